@@ -1,0 +1,1 @@
+//! qwen-layered-web: Qwen-Image-Layered in the browser on WebGPU.
