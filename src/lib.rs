@@ -1,1 +1,15 @@
-//! qwen-layered-web: Qwen-Image-Layered in the browser on WebGPU.
+//! qwen-layered-web: Qwen-Image-Layered (one image → N editable RGBA layers) running on the
+//! visitor's GPU through WebGPU, in Rust compiled to WebAssembly.
+//!
+//! Everything outside [`web`] compiles and is tested natively; [`web`] is the only module that
+//! touches the browser (`web-sys`, `js-sys`, `wasm-bindgen`).
+
+pub mod error;
+pub mod gpu;
+pub mod image_io;
+pub mod protocol;
+
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Error, Result};

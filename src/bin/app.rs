@@ -1,0 +1,12 @@
+//! The browser's main-thread program (page UI). Built for wasm32 by Trunk.
+
+#[cfg(target_arch = "wasm32")]
+fn main() {
+    qwen_layered_web::web::app::start();
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() {
+    eprintln!("`app` runs in the browser: build and serve the app with `bash scripts/serve.sh` (see README).");
+    std::process::exit(2);
+}

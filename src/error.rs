@@ -1,0 +1,31 @@
+//! The crate's error type. Every message names what failed and the value that made it fail,
+//! so that it can be shown to a person as it is (the browser code turns it into page text).
+
+/// Everything that can go wrong in the library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An input file could not be opened as an image.
+    #[error("could not open \"{name}\": {reason}")]
+    Image {
+        /// The file name as the user gave it.
+        name: String,
+        /// What is wrong with it, in words.
+        reason: String,
+    },
+    /// A GPU could not be obtained or used.
+    #[error("GPU: {0}")]
+    Gpu(String),
+    /// A tensor could not be read back from a device.
+    #[error("reading back {what} from {device} failed: {reason}")]
+    Readback {
+        /// Which tensor.
+        what: String,
+        /// Which device.
+        device: String,
+        /// The backend's message.
+        reason: String,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = core::result::Result<T, E>;
