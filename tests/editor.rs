@@ -23,13 +23,20 @@ fn three_layers() -> (TestEditor, [LayerId; 3]) {
 #[test]
 fn new_rejects_empty_and_oversized_documents() {
     assert!(matches!(Editor::new(0, 5), Err(Error::DocumentSize { .. })));
-    assert!(matches!(Editor::new(5, 30_001), Err(Error::DocumentSize { .. })));
+    assert!(matches!(
+        Editor::new(5, 30_001),
+        Err(Error::DocumentSize { .. })
+    ));
 }
 
 #[test]
 fn add_layers_from_a_decomposition_result() {
     let mut ed = TestEditor::new(4, 4);
-    let images = vec![solid(4, 4, [1, 1, 1, 255]), solid(4, 4, [2, 2, 2, 9]), solid(2, 2, [3; 4])];
+    let images = vec![
+        solid(4, 4, [1, 1, 1, 255]),
+        solid(4, 4, [2, 2, 2, 9]),
+        solid(2, 2, [3; 4]),
+    ];
     let fx = ed.send(EditorMessage::AddLayers {
         layers: NewLayer::from_decomposition("Layer", images),
     });
@@ -39,15 +46,27 @@ fn add_layers_from_a_decomposition_result() {
     assert_eq!(ed.doc().selected, Some(ids[2]));
     assert!(fx.contains(&Effect::Render) && fx.contains(&Effect::LayersPanel));
     assert!(fx.contains(&Effect::Selection(Some(ids[2]))));
-    assert!(fx.contains(&Effect::History { can_undo: true, can_redo: false }));
+    assert!(fx.contains(&Effect::History {
+        can_undo: true,
+        can_redo: false
+    }));
     let l = ed.layer(ids[1]);
-    assert_eq!((l.opacity, l.visible, l.transform), (1.0, true, Transform::default()));
+    assert_eq!(
+        (l.opacity, l.visible, l.transform),
+        (1.0, true, Transform::default())
+    );
 
     // Empty list: nothing happens, no undo step.
-    assert!(ed.send(EditorMessage::AddLayers { layers: vec![] }).is_empty());
+    assert!(
+        ed.send(EditorMessage::AddLayers { layers: vec![] })
+            .is_empty()
+    );
     // A zero-size image is refused, and the whole message with it.
     let err = ed.send_err(EditorMessage::AddLayers {
-        layers: vec![NewLayer::new("ok", solid(1, 1, [0; 4])), NewLayer::new("bad", RgbaImage::new(0, 3))],
+        layers: vec![
+            NewLayer::new("ok", solid(1, 1, [0; 4])),
+            NewLayer::new("bad", RgbaImage::new(0, 3)),
+        ],
     });
     assert!(matches!(err, Error::EmptyImage { .. }), "{err}");
     assert!(err.to_string().contains("\"bad\""), "{err}");
@@ -58,14 +77,20 @@ fn select_is_validated_and_is_not_an_undo_step() {
     let (mut ed, [a, ..]) = three_layers();
     assert_eq!(ed.select(Some(a)), [Effect::Selection(Some(a))]);
     assert!(ed.select(Some(a)).is_empty());
-    let err = ed.send_err(EditorMessage::Select { id: Some(LayerId(99)) });
+    let err = ed.send_err(EditorMessage::Select {
+        id: Some(LayerId(99)),
+    });
     assert!(err.to_string().contains("no layer with id 99"), "{err}");
     ed.select(None);
     assert_eq!(ed.doc().selected, None);
     // The last undo step is still the third AddLayers, which restores its own selection.
     ed.undo();
     assert_eq!(ed.ids().len(), 2);
-    assert_eq!(ed.doc().selected, Some(ed.ids()[1]), "the selection the step was taken with");
+    assert_eq!(
+        ed.doc().selected,
+        Some(ed.ids()[1]),
+        "the selection the step was taken with"
+    );
     // Undo then redo is the identity, selection included.
     ed.redo();
     assert_eq!(ed.ids().len(), 3);
@@ -84,7 +109,10 @@ fn visibility_toggles_and_undoes() {
     assert!(!ed.layer(b).visible);
     // Setting the current value changes nothing and records nothing.
     assert!(ed.set_visible(b, false).is_empty());
-    ed.send_err(EditorMessage::SetVisibility { id: LayerId(77), visible: true });
+    ed.send_err(EditorMessage::SetVisibility {
+        id: LayerId(77),
+        visible: true,
+    });
 }
 
 #[test]
@@ -93,12 +121,20 @@ fn opacity_is_validated() {
     ed.set_opacity(a, 0.25);
     assert_eq!(ed.layer(a).opacity, 0.25);
     for bad in [f32::NAN, -0.01, 1.01, f32::INFINITY] {
-        let err = ed.send_err(EditorMessage::SetOpacity { id: a, opacity: bad });
+        let err = ed.send_err(EditorMessage::SetOpacity {
+            id: a,
+            opacity: bad,
+        });
         assert!(matches!(err, Error::InvalidOpacity { .. }), "{err}");
     }
-    assert!(ed.send_err(EditorMessage::SetOpacity { id: LayerId(42), opacity: 0.5 })
+    assert!(
+        ed.send_err(EditorMessage::SetOpacity {
+            id: LayerId(42),
+            opacity: 0.5
+        })
         .to_string()
-        .starts_with("set opacity: no layer with id 42"));
+        .starts_with("set opacity: no layer with id 42")
+    );
     ed.set_opacity(a, 0.0);
     ed.set_opacity(a, 1.0);
     ed.undo();
@@ -224,27 +260,32 @@ fn move_and_nudge_translate() {
         ed.select(None);
         ed.send_err(EditorMessage::Nudge { dx: 1, dy: 0 })
     };
-    assert!(matches!(err, Error::NoSelection { action: "nudge" }), "{err}");
+    assert!(
+        matches!(err, Error::NoSelection { action: "nudge" }),
+        "{err}"
+    );
     ed.select(Some(a));
     ed.nudge(1, 0);
     ed.nudge(0, -10);
     assert_eq!((ed.layer(a).transform.x, ed.layer(a).transform.y), (1, -10));
-    let err = ed.send_err(EditorMessage::Move { id: a, dx: i32::MAX, dy: 0 });
+    let err = ed.send_err(EditorMessage::Move {
+        id: a,
+        dx: i32::MAX,
+        dy: 0,
+    });
     assert!(matches!(err, Error::OffsetOverflow { .. }), "{err}");
     assert!(ed.move_by(a, 0, 0).is_empty());
     ed.undo();
     ed.undo();
     ed.undo();
-    assert_eq!(ed.layer(b).transform, Transform::default().with_xy(2, 2));
-}
-
-trait WithXy {
-    fn with_xy(self, x: i32, y: i32) -> Self;
-}
-impl WithXy for Transform {
-    fn with_xy(self, x: i32, y: i32) -> Self {
-        Transform { x, y, ..self }
-    }
+    assert_eq!(
+        ed.layer(b).transform,
+        Transform {
+            x: 2,
+            y: 2,
+            scale: 1.0
+        }
+    );
 }
 
 #[test]
@@ -257,7 +298,11 @@ fn scale_is_validated_and_composites_bigger() {
     for y in 0..8 {
         for x in 0..8 {
             let inside = (1..5).contains(&x) && (1..5).contains(&y);
-            let want = if inside { Rgba([10, 20, 30, 255]) } else { Rgba([0, 0, 0, 0]) };
+            let want = if inside {
+                Rgba([10, 20, 30, 255])
+            } else {
+                Rgba([0, 0, 0, 0])
+            };
             assert_eq!(*out.get_pixel(x, y), want, "({x}, {y})");
         }
     }
@@ -276,19 +321,39 @@ fn replace_with_sublayers_places_them_in_the_parent_frame() {
     ed.set_opacity(b, 0.5);
     ed.set_visible(b, false);
     let subs = vec![
-        NewLayer { name: "b/1".into(), image: solid(4, 4, [9; 4]), x: 0, y: 0 },
-        NewLayer { name: "b/2".into(), image: solid(1, 1, [8; 4]), x: 3, y: 1 },
+        NewLayer {
+            name: "b/1".into(),
+            image: solid(4, 4, [9; 4]),
+            x: 0,
+            y: 0,
+        },
+        NewLayer {
+            name: "b/2".into(),
+            image: solid(1, 1, [8; 4]),
+            x: 3,
+            y: 1,
+        },
     ];
     ed.replace_with_sublayers(b, subs);
     assert_eq!(ed.names(), ["bg", "b/1", "b/2", "top"]);
     let ids = ed.ids();
     assert!(!ids.contains(&b));
     let s2 = ed.layer(ids[2]);
-    assert_eq!(s2.transform, Transform { x: 2 + 6, y: 2 + 2, scale: 2.0 });
+    assert_eq!(
+        s2.transform,
+        Transform {
+            x: 2 + 6,
+            y: 2 + 2,
+            scale: 2.0
+        }
+    );
     assert_eq!((s2.opacity, s2.visible), (0.5, false));
     assert_eq!(ed.doc().selected, Some(ids[2]));
 
-    let err = ed.send_err(EditorMessage::ReplaceWithSublayers { id: a, layers: vec![] });
+    let err = ed.send_err(EditorMessage::ReplaceWithSublayers {
+        id: a,
+        layers: vec![],
+    });
     assert!(matches!(err, Error::NoSublayers { .. }), "{err}");
     ed.send_err(EditorMessage::ReplaceWithSublayers {
         id: b,
@@ -321,7 +386,10 @@ fn undo_redo_sequences_and_redo_is_cleared_by_a_new_change() {
     ed.undo();
     assert!(ed.editor.can_redo());
     let fx = ed.set_visible(c, false);
-    assert!(fx.contains(&Effect::History { can_undo: true, can_redo: false }));
+    assert!(fx.contains(&Effect::History {
+        can_undo: true,
+        can_redo: false
+    }));
     assert!(ed.redo().is_empty());
 
     // Undo past the beginning is a no-op, not an error.
@@ -334,7 +402,9 @@ fn undo_redo_sequences_and_redo_is_cleared_by_a_new_change() {
 
 #[test]
 fn history_depth_is_bounded() {
-    let mut ed = TestEditor { editor: Editor::with_history_depth(4, 4, 3).expect("size") };
+    let mut ed = TestEditor {
+        editor: Editor::with_history_depth(4, 4, 3).expect("size"),
+    };
     let a = ed.add_solid("a", 1, 1, [1; 4], 0, 0);
     for i in 1..=5 {
         ed.move_by(a, i, 0);
@@ -348,7 +418,9 @@ fn history_depth_is_bounded() {
 }
 
 fn load_png(bytes: &[u8]) -> RgbaImage {
-    image::load_from_memory(bytes).expect("fixture PNG decodes").to_rgba8()
+    image::load_from_memory(bytes)
+        .expect("fixture PNG decodes")
+        .to_rgba8()
 }
 
 /// The composite matches PIL `Image.alpha_composite` folded bottom to top, within 1/255.

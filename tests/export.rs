@@ -21,19 +21,27 @@ const XML_NAME: &str = "<a & \"b\"> 'q'";
 /// needs XML escaping, a scaled layer, and a fully transparent layer.
 fn sample_document() -> Document {
     let mut ed = TestEditor::new(24, 16);
-    let bg = RgbaImage::from_fn(24, 16, |x, y| Rgba([(x * 10) as u8, (y * 15) as u8, 200, 255]));
+    let bg = RgbaImage::from_fn(24, 16, |x, y| {
+        Rgba([(x * 10) as u8, (y * 15) as u8, 200, 255])
+    });
     ed.add("Background", bg, 0, 0);
     let mut framed = RgbaImage::new(8, 6);
     for y in 1..5 {
         for x in 2..7 {
-            framed.put_pixel(x, y, Rgba([250, (x * 30) as u8, (y * 40) as u8, (60 * y) as u8]));
+            framed.put_pixel(
+                x,
+                y,
+                Rgba([250, (x * 30) as u8, (y * 40) as u8, (60 * y) as u8]),
+            );
         }
     }
     ed.add(UNICODE_NAME, framed, -3, 5);
     let hidden = ed.add_solid(XML_NAME, 5, 4, [10, 220, 30, 255], 10, 2);
     ed.set_visible(hidden, false);
     ed.set_opacity(hidden, 0.5);
-    let scaled = RgbaImage::from_fn(3, 2, |x, y| Rgba([(x * 80) as u8, 90, (y * 200) as u8, 255]));
+    let scaled = RgbaImage::from_fn(3, 2, |x, y| {
+        Rgba([(x * 80) as u8, 90, (y * 200) as u8, 255])
+    });
     let s = ed.add("scaled ×2", scaled, 14, 8);
     ed.scale(s, 2.0);
     ed.set_opacity(s, 0.75);
@@ -89,9 +97,20 @@ fn zip_has_a_png_per_layer_and_a_manifest() {
     for (entry, layer) in manifest.layers.iter().zip(&doc.layers) {
         assert_eq!(entry.id, layer.id);
         assert_eq!(entry.name, layer.name);
-        assert_eq!((entry.x, entry.y, entry.scale), (layer.transform.x, layer.transform.y, layer.transform.scale));
-        assert_eq!((entry.opacity, entry.visible), (layer.opacity, layer.visible));
-        assert_eq!(decode_png(&files[&entry.file]), *layer.image, "{}", entry.file);
+        assert_eq!(
+            (entry.x, entry.y, entry.scale),
+            (layer.transform.x, layer.transform.y, layer.transform.scale)
+        );
+        assert_eq!(
+            (entry.opacity, entry.visible),
+            (layer.opacity, layer.visible)
+        );
+        assert_eq!(
+            decode_png(&files[&entry.file]),
+            *layer.image,
+            "{}",
+            entry.file
+        );
     }
     assert_eq!(manifest.layers[1].name, UNICODE_NAME);
     assert!(!manifest.layers[2].visible);
@@ -112,7 +131,12 @@ fn ora_layers(xml: &str) -> Vec<HashMap<String, String>> {
             .replace("&amp;", "&")
     };
     xml.lines()
-        .filter_map(|l| l.trim().strip_prefix("<layer ")?.strip_suffix("/>").map(str::to_owned))
+        .filter_map(|l| {
+            l.trim()
+                .strip_prefix("<layer ")?
+                .strip_suffix("/>")
+                .map(str::to_owned)
+        })
         .map(|attrs| {
             let mut map = HashMap::new();
             let mut rest = attrs.as_str();
@@ -134,33 +158,64 @@ fn ora_has_mimetype_first_stored_and_a_top_to_bottom_stack() {
     let bytes = ora::export_ora(&doc).expect("ora");
     // What `file`-style sniffers read: the first local header is "mimetype", stored, no extra.
     assert_eq!(&bytes[0..4], b"PK\x03\x04");
-    assert_eq!(u16::from_le_bytes([bytes[8], bytes[9]]), 0, "mimetype is stored");
+    assert_eq!(
+        u16::from_le_bytes([bytes[8], bytes[9]]),
+        0,
+        "mimetype is stored"
+    );
     assert_eq!(u16::from_le_bytes([bytes[26], bytes[27]]), 8);
-    assert_eq!(u16::from_le_bytes([bytes[28], bytes[29]]), 0, "no extra field");
+    assert_eq!(
+        u16::from_le_bytes([bytes[28], bytes[29]]),
+        0,
+        "no extra field"
+    );
     assert_eq!(&bytes[30..38], b"mimetype");
     assert_eq!(&bytes[38..54], b"image/openraster");
 
     let (names, files) = unzip(&bytes);
     assert_eq!(names[0], "mimetype");
     for required in ["stack.xml", "mergedimage.png", "Thumbnails/thumbnail.png"] {
-        assert!(files.contains_key(required), "{required} missing: {names:?}");
+        assert!(
+            files.contains_key(required),
+            "{required} missing: {names:?}"
+        );
     }
     let xml = String::from_utf8(files["stack.xml"].clone()).expect("utf-8");
-    assert!(xml.contains("<image version=\"0.0.6\" w=\"24\" h=\"16\""), "{xml}");
-    assert!(xml.contains("&lt;a &amp; &quot;b&quot;&gt; &apos;q&apos;"), "{xml}");
+    assert!(
+        xml.contains("<image version=\"0.0.6\" w=\"24\" h=\"16\""),
+        "{xml}"
+    );
+    assert!(
+        xml.contains("&lt;a &amp; &quot;b&quot;&gt; &apos;q&apos;"),
+        "{xml}"
+    );
     let stack = ora_layers(&xml);
     assert_eq!(stack.len(), doc.layers.len());
     for (attrs, layer) in stack.iter().zip(doc.layers.iter().rev()) {
         assert_eq!(attrs["name"], layer.name);
         assert_eq!(attrs["x"], layer.transform.x.to_string());
         assert_eq!(attrs["y"], layer.transform.y.to_string());
-        assert_eq!(attrs["opacity"].parse::<f32>().expect("number"), layer.opacity);
-        assert_eq!(attrs["visibility"], if layer.visible { "visible" } else { "hidden" });
+        assert_eq!(
+            attrs["opacity"].parse::<f32>().expect("number"),
+            layer.opacity
+        );
+        assert_eq!(
+            attrs["visibility"],
+            if layer.visible { "visible" } else { "hidden" }
+        );
         assert_eq!(attrs["composite-op"], "svg:src-over");
         let png = decode_png(&files[&attrs["src"]]);
-        assert_eq!(png, *bake(&layer.image, layer.transform.scale), "{}", attrs["src"]);
+        assert_eq!(
+            png,
+            *bake(&layer.image, layer.transform.scale),
+            "{}",
+            attrs["src"]
+        );
     }
-    assert_eq!(stack[0]["name"], "empty", "the first <layer> is the top one");
+    assert_eq!(
+        stack[0]["name"], "empty",
+        "the first <layer> is the top one"
+    );
     assert_eq!(decode_png(&files["mergedimage.png"]), doc.composite());
     let thumb = decode_png(&files["Thumbnails/thumbnail.png"]);
     assert!(thumb.width() <= 256 && thumb.height() <= 256);
@@ -267,7 +322,7 @@ fn parse_psd(data: &[u8]) -> Psd {
         let start = r.pos;
         let len = r.u8() as usize;
         let pascal = String::from_utf8(r.bytes(len).to_vec()).expect("ASCII name");
-        while (r.pos - start) % 4 != 0 {
+        while !(r.pos - start).is_multiple_of(4) {
             assert_eq!(r.u8(), 0, "name padding");
         }
         let mut luni = None;
@@ -277,7 +332,10 @@ fn parse_psd(data: &[u8]) -> Psd {
             let len = r.u32() as usize;
             let block = r.bytes(len);
             if key == b"luni" {
-                let mut b = Reader { data: block, pos: 0 };
+                let mut b = Reader {
+                    data: block,
+                    pos: 0,
+                };
                 let n = b.u32() as usize;
                 let units: Vec<u16> = (0..n).map(|_| b.u16()).collect();
                 luni = Some(String::from_utf16(&units).expect("valid UTF-16"));
@@ -337,7 +395,11 @@ fn psd_layer_records_channels_and_merged_image_read_back() {
     let doc = sample_document();
     let psd = parse_psd(&export(&doc, ExportFormat::Psd).expect("psd"));
     assert_eq!((psd.width, psd.height, psd.channels), (24, 16, 4));
-    assert_eq!(psd.layer_count, -(doc.layers.len() as i16), "negative: merged alpha present");
+    assert_eq!(
+        psd.layer_count,
+        -(doc.layers.len() as i16),
+        "negative: merged alpha present"
+    );
 
     for (rec, layer) in psd.layers.iter().zip(&doc.layers) {
         // First record = bottom layer.
@@ -345,7 +407,10 @@ fn psd_layer_records_channels_and_merged_image_read_back() {
         assert_eq!(&rec.blend, b"norm");
         assert_eq!(rec.opacity, (layer.opacity * 255.0).round() as u8);
         assert_eq!(rec.flags & 0x02 != 0, !layer.visible, "bit 1 = hidden");
-        assert_eq!(rec.channels.iter().map(|c| c.0).collect::<Vec<_>>(), [-1, 0, 1, 2]);
+        assert_eq!(
+            rec.channels.iter().map(|c| c.0).collect::<Vec<_>>(),
+            [-1, 0, 1, 2]
+        );
 
         let baked = bake(&layer.image, layer.transform.scale);
         let crop = psd::opaque_bounds(&baked);
@@ -365,9 +430,21 @@ fn psd_layer_records_channels_and_merged_image_read_back() {
         }
     }
     assert_eq!(psd.layers[1].pascal, "?b?ne ? ????");
-    assert_eq!(psd.layers[1].rect, [6, -1, 10, 4], "cropped to the non-transparent pixels");
-    assert_eq!(psd.layers[4].rect, [1, 1, 1, 1], "a fully transparent layer is empty, at its offset");
-    assert_eq!(psd.layers[3].rect, [8, 14, 12, 20], "the scaled layer is baked");
+    assert_eq!(
+        psd.layers[1].rect,
+        [6, -1, 10, 4],
+        "cropped to the non-transparent pixels"
+    );
+    assert_eq!(
+        psd.layers[4].rect,
+        [1, 1, 1, 1],
+        "a fully transparent layer is empty, at its offset"
+    );
+    assert_eq!(
+        psd.layers[3].rect,
+        [8, 14, 12, 20],
+        "the scaled layer is baked"
+    );
 
     // Merged image: colour over white, alpha as composited.
     let comp = doc.composite();
@@ -401,11 +478,22 @@ fn export_check_files() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/export-check");
     fs::create_dir_all(dir.join("expected")).expect("create target/export-check");
     let doc = sample_document();
-    fs::write(dir.join("doc.psd"), export(&doc, ExportFormat::Psd).expect("psd")).expect("write");
-    fs::write(dir.join("doc.ora"), export(&doc, ExportFormat::Ora).expect("ora")).expect("write");
+    fs::write(
+        dir.join("doc.psd"),
+        export(&doc, ExportFormat::Psd).expect("psd"),
+    )
+    .expect("write");
+    fs::write(
+        dir.join("doc.ora"),
+        export(&doc, ExportFormat::Ora).expect("ora"),
+    )
+    .expect("write");
     let comp = doc.composite();
-    fs::write(dir.join("expected/composite.png"), png::encode_png(&comp, "c").expect("png"))
-        .expect("write");
+    fs::write(
+        dir.join("expected/composite.png"),
+        png::encode_png(&comp, "c").expect("png"),
+    )
+    .expect("write");
     let mut layers = Vec::new();
     for (i, layer) in doc.layers.iter().enumerate() {
         let baked = bake(&layer.image, layer.transform.scale);

@@ -26,7 +26,10 @@ pub fn composite(doc: &Document) -> RgbaImage {
 
 /// Composites `layers` (bottom to top; visibility is the caller's business, opacity is applied)
 /// into the canvas rectangle `region`. Used for the document composite and for merge down.
-pub fn composite_region<'a>(layers: impl IntoIterator<Item = &'a Layer>, region: Rect) -> RgbaImage {
+pub fn composite_region<'a>(
+    layers: impl IntoIterator<Item = &'a Layer>,
+    region: Rect,
+) -> RgbaImage {
     let (w, h) = (region.width as usize, region.height as usize);
     let mut acc: Vec<Premul> = vec![[0.0; 4]; w * h];
     for layer in layers {
@@ -98,8 +101,18 @@ mod tests {
     #[test]
     fn half_transparent_red_over_opaque_blue() {
         let mut doc = Document::new(1, 1);
-        doc.layers.push(layer(1, RgbaImage::from_pixel(1, 1, Rgba([0, 0, 255, 255])), 0, 0));
-        doc.layers.push(layer(2, RgbaImage::from_pixel(1, 1, Rgba([255, 0, 0, 128])), 0, 0));
+        doc.layers.push(layer(
+            1,
+            RgbaImage::from_pixel(1, 1, Rgba([0, 0, 255, 255])),
+            0,
+            0,
+        ));
+        doc.layers.push(layer(
+            2,
+            RgbaImage::from_pixel(1, 1, Rgba([255, 0, 0, 128])),
+            0,
+            0,
+        ));
         // PIL: r = 255*128/255 = 128, b = 255*(1-128/255) = 127.
         assert_eq!(*composite(&doc).get_pixel(0, 0), Rgba([128, 0, 127, 255]));
     }
@@ -107,8 +120,18 @@ mod tests {
     #[test]
     fn offsets_clip_and_hidden_or_zero_opacity_layers_vanish() {
         let mut doc = Document::new(3, 1);
-        doc.layers.push(layer(1, RgbaImage::from_pixel(2, 1, Rgba([9, 9, 9, 255])), 2, 0));
-        doc.layers.push(layer(2, RgbaImage::from_pixel(5, 5, Rgba([1, 1, 1, 255])), -10, 0));
+        doc.layers.push(layer(
+            1,
+            RgbaImage::from_pixel(2, 1, Rgba([9, 9, 9, 255])),
+            2,
+            0,
+        ));
+        doc.layers.push(layer(
+            2,
+            RgbaImage::from_pixel(5, 5, Rgba([1, 1, 1, 255])),
+            -10,
+            0,
+        ));
         let mut hidden = layer(3, RgbaImage::from_pixel(3, 1, Rgba([7, 7, 7, 255])), 0, 0);
         hidden.visible = false;
         doc.layers.push(hidden);
@@ -123,7 +146,12 @@ mod tests {
     #[test]
     fn opacity_scales_alpha() {
         let mut doc = Document::new(1, 1);
-        let mut l = layer(1, RgbaImage::from_pixel(1, 1, Rgba([10, 20, 30, 200])), 0, 0);
+        let mut l = layer(
+            1,
+            RgbaImage::from_pixel(1, 1, Rgba([10, 20, 30, 200])),
+            0,
+            0,
+        );
         l.opacity = 0.5;
         doc.layers.push(l);
         assert_eq!(*composite(&doc).get_pixel(0, 0), Rgba([10, 20, 30, 100]));

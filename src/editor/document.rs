@@ -58,7 +58,7 @@ impl Document {
         })
     }
 
-    /// The composite of the visible layers (see [`super::composite`]).
+    /// The composite of the visible layers (see [`mod@super::composite`]).
     pub fn composite(&self) -> RgbaImage {
         super::composite::composite(self)
     }
@@ -78,7 +78,8 @@ impl Document {
             }
             let (bx, by) = ((px - b.x as i64) as u32, (py - b.y as i64) as u32);
             // Through 8 bits, as the pixel is baked for export, so hits match exported pixels.
-            let alpha = unpremultiply(sample_scaled(&layer.image, layer.transform.scale, bx, by))[3];
+            let alpha =
+                unpremultiply(sample_scaled(&layer.image, layer.transform.scale, bx, by))[3];
             (alpha > 0).then_some(layer.id)
         })
     }

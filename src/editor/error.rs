@@ -8,7 +8,9 @@ use super::transform::{MAX_SCALE, MIN_SCALE};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A message named a layer id that is not in the document.
-    #[error("{action}: no layer with id {id} in the document (ids present, bottom to top: [{present}])")]
+    #[error(
+        "{action}: no layer with id {id} in the document (ids present, bottom to top: [{present}])"
+    )]
     UnknownLayer {
         action: &'static str,
         id: LayerId,
@@ -16,7 +18,9 @@ pub enum Error {
     },
 
     /// A message named a layer index past the end of the stack.
-    #[error("{action}: layer index {index} is out of range (the document has {len} layers, indices 0..{len})")]
+    #[error(
+        "{action}: layer index {index} is out of range (the document has {len} layers, indices 0..{len})"
+    )]
     IndexOutOfRange {
         action: &'static str,
         index: usize,
@@ -49,7 +53,9 @@ pub enum Error {
     },
 
     /// Replacing a layer by an empty list of sub-layers (that would be a delete).
-    #[error("replace layer {id} by sub-layers: no sub-layers were given (use Delete to remove a layer)")]
+    #[error(
+        "replace layer {id} by sub-layers: no sub-layers were given (use Delete to remove a layer)"
+    )]
     NoSublayers { id: LayerId },
 
     /// A layer offset would leave the `i32` range.

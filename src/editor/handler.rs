@@ -9,7 +9,7 @@ use super::document::Document;
 use super::error::{Error, Result};
 use super::history::{DEFAULT_HISTORY_DEPTH, History};
 use super::layer::{BlendMode, Layer, LayerId, NewLayer};
-use super::message::{Effect, EditorMessage};
+use super::message::{EditorMessage, Effect};
 use super::transform::{MAX_SCALE, MIN_SCALE, Rect, Transform};
 
 /// Largest accepted canvas side (PSD's limit).
@@ -178,7 +178,13 @@ fn new_layer(next_id: &mut u64, l: NewLayer, transform: Transform) -> Layer {
     }
 }
 
-fn translate(doc: &mut Document, action: &'static str, id: LayerId, dx: i32, dy: i32) -> Result<()> {
+fn translate(
+    doc: &mut Document,
+    action: &'static str,
+    id: LayerId,
+    dx: i32,
+    dy: i32,
+) -> Result<()> {
     let i = doc.require(action, id)?;
     let t = &mut doc.layers[i].transform;
     match (t.x.checked_add(dx), t.y.checked_add(dy)) {
@@ -342,11 +348,7 @@ fn merge_down(doc: &mut Document, id: LayerId) -> Result<()> {
         id: lower.id,
         name: lower.name.clone(),
         image: Arc::new(image),
-        transform: Transform {
-            x,
-            y,
-            scale: 1.0,
-        },
+        transform: Transform { x, y, scale: 1.0 },
         opacity: 1.0,
         visible: true,
         blend: BlendMode::Normal,

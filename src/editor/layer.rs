@@ -74,7 +74,8 @@ pub struct Layer {
 impl Layer {
     /// The rectangle the layer covers on the canvas (offset, and image size times scale).
     pub fn bounds(&self) -> Rect {
-        self.transform.bounds(self.image.width(), self.image.height())
+        self.transform
+            .bounds(self.image.width(), self.image.height())
     }
 }
 

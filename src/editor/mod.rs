@@ -11,8 +11,8 @@
 //! - [`handler`]: [`Editor`], which validates and applies messages atomically.
 //! - [`history`]: undo/redo as bounded snapshots (why: see the module).
 //! - [`transform`]: offset + scale, the shared bilinear resampler.
-//! - [`composite`]: premultiplied "over", matching PIL `alpha_composite`.
-//! - [`export`]: PNG, ZIP (+ manifest), PSD, OpenRaster, all returning bytes.
+//! - [`mod@composite`]: premultiplied "over", matching PIL `alpha_composite`.
+//! - [`mod@export`]: PNG, ZIP (+ manifest), PSD, OpenRaster, all returning bytes.
 
 pub mod composite;
 pub mod document;

@@ -205,6 +205,9 @@ mod tests {
             let p = Rgba([v, 255 - v, v / 2, 255]);
             assert_eq!(unpremultiply(premultiply(p)), p);
         }
-        assert_eq!(unpremultiply(premultiply(Rgba([9, 9, 9, 0]))), Rgba([0, 0, 0, 0]));
+        assert_eq!(
+            unpremultiply(premultiply(Rgba([9, 9, 9, 0]))),
+            Rgba([0, 0, 0, 0])
+        );
     }
 }

@@ -45,7 +45,10 @@ impl TestEditor {
             Err(e) => e,
         };
         assert_eq!(self.doc(), &before, "a failed message changed the document");
-        assert_eq!((self.editor.can_undo(), self.editor.can_redo()), (undo, redo));
+        assert_eq!(
+            (self.editor.can_undo(), self.editor.can_redo()),
+            (undo, redo)
+        );
         err
     }
 
@@ -63,7 +66,15 @@ impl TestEditor {
     }
 
     /// Adds a `w x h` layer of one colour at `(x, y)`.
-    pub fn add_solid(&mut self, name: &str, w: u32, h: u32, rgba: [u8; 4], x: i32, y: i32) -> LayerId {
+    pub fn add_solid(
+        &mut self,
+        name: &str,
+        w: u32,
+        h: u32,
+        rgba: [u8; 4],
+        x: i32,
+        y: i32,
+    ) -> LayerId {
         self.add(name, solid(w, h, rgba), x, y)
     }
 

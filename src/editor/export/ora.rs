@@ -32,11 +32,19 @@ pub fn export_ora(doc: &Document) -> Result<Vec<u8>> {
 
     for (layer, file) in doc.layers.iter().zip(&files) {
         let baked = bake(&layer.image, layer.transform.scale);
-        zip.add(file, &encode_png(&baked, &format!("layer {}", layer.id))?, false)?;
+        zip.add(
+            file,
+            &encode_png(&baked, &format!("layer {}", layer.id))?,
+            false,
+        )?;
     }
 
     let merged = doc.composite();
-    zip.add("mergedimage.png", &encode_png(&merged, "the composite")?, false)?;
+    zip.add(
+        "mergedimage.png",
+        &encode_png(&merged, "the composite")?,
+        false,
+    )?;
     let (tw, th) = thumbnail_size(doc.width, doc.height);
     let thumb = imageops::thumbnail(&merged, tw, th);
     zip.add(
@@ -53,7 +61,9 @@ pub fn thumbnail_size(width: u32, height: u32) -> (u32, u32) {
     if longest <= THUMBNAIL_MAX {
         return (width, height);
     }
-    let fit = |n: u32| ((n as u64 * THUMBNAIL_MAX as u64 + longest as u64 / 2) / longest as u64).max(1) as u32;
+    let fit = |n: u32| {
+        ((n as u64 * THUMBNAIL_MAX as u64 + longest as u64 / 2) / longest as u64).max(1) as u32
+    };
     (fit(width), fit(height))
 }
 

@@ -191,13 +191,19 @@ fn write_layer(layer: &Layer, records: &mut Vec<u8>, channels: &mut Vec<u8>) -> 
 fn pascal_name(name: &str, out: &mut Vec<u8>) {
     let text: Vec<u8> = name
         .chars()
-        .map(|c| if c.is_ascii() && !c.is_ascii_control() { c as u8 } else { b'?' })
+        .map(|c| {
+            if c.is_ascii() && !c.is_ascii_control() {
+                c as u8
+            } else {
+                b'?'
+            }
+        })
         .take(255)
         .collect();
     let start = out.len();
     out.push(text.len() as u8);
     out.extend_from_slice(&text);
-    while (out.len() - start) % 4 != 0 {
+    while !(out.len() - start).is_multiple_of(4) {
         out.push(0);
     }
 }
@@ -298,7 +304,7 @@ fn clamp_i32(v: i64) -> i32 {
 }
 
 fn pad_to(out: &mut Vec<u8>, multiple: usize) {
-    while out.len() % multiple != 0 {
+    while !out.len().is_multiple_of(multiple) {
         out.push(0);
     }
 }
@@ -347,7 +353,11 @@ mod tests {
             let mut packed = Vec::new();
             packbits(&row, &mut packed);
             assert_eq!(unpackbits(&packed).as_deref(), Some(&row[..]));
-            assert!(packed.len() <= row.len() + row.len().div_ceil(128), "{}", row.len());
+            assert!(
+                packed.len() <= row.len() + row.len().div_ceil(128),
+                "{}",
+                row.len()
+            );
         }
         let mut packed = Vec::new();
         packbits(&[4; 10], &mut packed);

@@ -96,7 +96,11 @@ pub fn manifest(doc: &Document) -> Manifest {
 pub fn export_zip(doc: &Document) -> Result<Vec<u8>> {
     let manifest = manifest(doc);
     let mut zip = Archive::new("ZIP");
-    zip.add("manifest.json", &serde_json::to_vec_pretty(&manifest)?, true)?;
+    zip.add(
+        "manifest.json",
+        &serde_json::to_vec_pretty(&manifest)?,
+        true,
+    )?;
     for (layer, entry) in doc.layers.iter().zip(&manifest.layers) {
         let png = encode_png(&layer.image, &format!("layer {}", layer.id))?;
         zip.add(&entry.file, &png, false)?;
