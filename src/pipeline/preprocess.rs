@@ -8,7 +8,7 @@
 //! `2.0 * x - 1.0` in torch `float32` (`image_processor.py:152-222, 607-736`). Alpha is kept
 //! (`do_convert_rgb=False`).
 //!
-//! PIL's resize of an RGBA image (`PIL/Image.py` `resize`, Pillow 12/13) converts to
+//! PIL's resize of an RGBA image (`PIL/Image.py` `resize`, Pillow 13.0.0) converts to
 //! premultiplied `RGBa` (`libImaging/Convert.c` `rgbA2rgba`), resamples the four 8-bit bands
 //! with the fixed-point separable filter of `libImaging/Resample.c`, and converts back
 //! (`rgba2rgbA`). All three steps are reproduced here exactly; the only floating point is the
@@ -144,12 +144,19 @@ fn resample_vertical(src: &Bands4, out_h: usize) -> Bands4 {
     Bands4 { w, h: out_h, px }
 }
 
-/// `ImagingResample` with LANCZOS and the full box: horizontal pass first (if the width
-/// changes), then vertical (if the height changes). Pillow only computes the rows the vertical
-/// pass needs; the values are the same.
+/// `ImagingResample` with LANCZOS and the full box (`ImagingResampleInner`, Pillow 13.0.0).
+///
+/// Horizontal pass first, then vertical, each only if that side changes; but when the height
+/// shrinks by more than twice what the width shrinks (`h0 − h1 > 0 && h0 − h1 > 2·(w0 − w1)`),
+/// Pillow 13 runs the vertical pass first. The 8-bit intermediate makes the order visible.
+/// (Pillow ≤ 12 always went horizontal first; Pillow only computes the rows the vertical pass
+/// needs, which changes nothing.)
 fn resample(src: Bands4, out_w: usize, out_h: usize) -> Bands4 {
-    let tmp = if out_w != src.w { resample_horizontal(&src, out_w) } else { src };
-    if out_h != tmp.h { resample_vertical(&tmp, out_h) } else { tmp }
+    let (dh, dw) = (src.h as i64 - out_h as i64, src.w as i64 - out_w as i64);
+    let horizontal_first = !(dh > 0 && dh > dw * 2);
+    let h_pass = |b: Bands4| if out_w != b.w { resample_horizontal(&b, out_w) } else { b };
+    let v_pass = |b: Bands4| if out_h != b.h { resample_vertical(&b, out_h) } else { b };
+    if horizontal_first { v_pass(h_pass(src)) } else { h_pass(v_pass(src)) }
 }
 
 /// `MULDIV255(a, b)`: `(a·b + 128 + ((a·b + 128) >> 8)) >> 8`.
@@ -182,10 +189,10 @@ pub fn unpremultiply_alpha(px: &mut [u8]) {
 }
 
 /// PIL `Image.resize((width, height), Image.LANCZOS)` on an RGBA image, bit-exact
-/// (Pillow 12/13, which is what the reference runs).
+/// (Pillow 13.0.0, which is what the reference runs).
 ///
-/// Same size → a copy. Otherwise premultiply, resample, un-premultiply. Like `Image.resize`,
-/// a very tall image (`h > 100·w`) that shrinks vertically is resampled vertically first.
+/// Same size → a copy. Otherwise premultiply, resample (see `resample` for the pass order),
+/// un-premultiply.
 pub fn resize_rgba_lanczos(img: &RgbaImage, width: u32, height: u32) -> Result<RgbaImage> {
     let (w0, h0) = img.dimensions();
     if w0 == 0 || h0 == 0 {
@@ -200,14 +207,7 @@ pub fn resize_rgba_lanczos(img: &RgbaImage, width: u32, height: u32) -> Result<R
     let mut px = img.as_raw().clone();
     premultiply_alpha(&mut px);
     let src = Bands4 { w: w0 as usize, h: h0 as usize, px };
-    let (ow, oh) = (width as usize, height as usize);
-    let out = if h0 as u64 > w0 as u64 * 100 && height < h0 {
-        // `Image.resize` (`PIL/Image.py`): two calls, vertical-only then horizontal-only.
-        let v = resample(src, w0 as usize, oh);
-        resample(v, ow, oh)
-    } else {
-        resample(src, ow, oh)
-    };
+    let out = resample(src, width as usize, height as usize);
     let mut px = out.px;
     unpremultiply_alpha(&mut px);
     Ok(RgbaImage::from_raw(width, height, px).expect("buffer size matches"))
