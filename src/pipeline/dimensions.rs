@@ -71,8 +71,12 @@ impl Dimensions {
     /// A working size given directly; both sides must be positive multiples of 16.
     pub fn new(width: u32, height: u32) -> Result<Self> {
         for (what, v) in [("width", width), ("height", height)] {
-            if v == 0 || v % PIXELS_PER_TOKEN != 0 {
-                return Err(PipelineError::NotMultiple { what, value: v as usize, multiple: PIXELS_PER_TOKEN as usize });
+            if v == 0 || !v.is_multiple_of(PIXELS_PER_TOKEN) {
+                return Err(PipelineError::NotMultiple {
+                    what,
+                    value: v as usize,
+                    multiple: PIXELS_PER_TOKEN as usize,
+                });
             }
         }
         Ok(Self { width, height })
@@ -89,18 +93,28 @@ impl Dimensions {
     /// The same rounding with any bucket side `resolution` (a positive multiple of 16): what
     /// the fixture generators get by wrapping `calculate_dimensions` with
     /// `lambda area, ratio: orig(R*R, ratio)` (`reference-fixtures.md` §5) for tiny models.
-    pub fn for_image_any_bucket(resolution: u32, image_width: u32, image_height: u32) -> Result<Self> {
-        if resolution == 0 || resolution % PIXELS_PER_TOKEN != 0 {
+    pub fn for_image_any_bucket(
+        resolution: u32,
+        image_width: u32,
+        image_height: u32,
+    ) -> Result<Self> {
+        if resolution == 0 || !resolution.is_multiple_of(PIXELS_PER_TOKEN) {
             return Err(PipelineError::InvalidTestResolution { resolution });
         }
         if image_width == 0 || image_height == 0 {
-            return Err(PipelineError::EmptyImage { width: image_width, height: image_height });
+            return Err(PipelineError::EmptyImage {
+                width: image_width,
+                height: image_height,
+            });
         }
         let area = resolution as u64 * resolution as u64;
         let (cw, ch) = calculate_dimensions(area, aspect_ratio(image_width, image_height));
         // `width // multiple_of * multiple_of` (`pipeline…:668-670`): a no-op on multiples of 32,
         // and the resize / condition use the unfloored `calculated_*`, which are equal then.
-        let (w, h) = (cw / PIXELS_PER_TOKEN * PIXELS_PER_TOKEN, ch / PIXELS_PER_TOKEN * PIXELS_PER_TOKEN);
+        let (w, h) = (
+            cw / PIXELS_PER_TOKEN * PIXELS_PER_TOKEN,
+            ch / PIXELS_PER_TOKEN * PIXELS_PER_TOKEN,
+        );
         if w == 0 || h == 0 {
             return Err(PipelineError::DegenerateDimensions {
                 resolution,
@@ -110,7 +124,10 @@ impl Dimensions {
                 height: ch,
             });
         }
-        Ok(Self { width: w, height: h })
+        Ok(Self {
+            width: w,
+            height: h,
+        })
     }
 
     /// Latent height `H/8` (what `prepare_latents` computes as `2 * (H // 16)`).
@@ -160,7 +177,13 @@ impl Dimensions {
 
     /// Shape of the unpacked noise `(B, N+1, 16, H/8, W/8)` for `latent_channels` channels.
     pub fn noise_shape(&self, batch: usize, layers: usize, latent_channels: usize) -> [usize; 5] {
-        [batch, layers + 1, latent_channels, self.latent_height(), self.latent_width()]
+        [
+            batch,
+            layers + 1,
+            latent_channels,
+            self.latent_height(),
+            self.latent_width(),
+        ]
     }
 
     /// The scheduler shift of this size: `sqrt(h·w / 256)` ([`super::scheduler::layered_mu`]).
@@ -170,12 +193,27 @@ impl Dimensions {
 }
 
 /// The shape bookkeeping shared by pack and unpack.
-fn check_pack_shape(len: usize, batch: usize, frames: usize, channels: usize, height: usize, width: usize) -> Result<()> {
-    if height % 2 != 0 {
-        return Err(PipelineError::NotMultiple { what: "latent height", value: height, multiple: 2 });
+fn check_pack_shape(
+    len: usize,
+    batch: usize,
+    frames: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<()> {
+    if !height.is_multiple_of(2) {
+        return Err(PipelineError::NotMultiple {
+            what: "latent height",
+            value: height,
+            multiple: 2,
+        });
     }
-    if width % 2 != 0 {
-        return Err(PipelineError::NotMultiple { what: "latent width", value: width, multiple: 2 });
+    if !width.is_multiple_of(2) {
+        return Err(PipelineError::NotMultiple {
+            what: "latent width",
+            value: width,
+            multiple: 2,
+        });
     }
     check_len("latents", batch * frames * channels * height * width, len)
 }
@@ -185,7 +223,14 @@ fn check_pack_shape(len: usize, batch: usize, frames: usize, channels: usize, he
 /// `height`/`width` are latent sizes (`H/8`, `W/8` of the image) and must be even.
 /// The condition latent, which the VAE gives as `(B, C, 1, H, W)`, is the same buffer as
 /// `(B, 1, C, H, W)` (the pipeline's permute of a size-1 axis), so it packs with `frames = 1`.
-pub fn pack_latents(x: &[f32], batch: usize, frames: usize, channels: usize, height: usize, width: usize) -> Result<Vec<f32>> {
+pub fn pack_latents(
+    x: &[f32],
+    batch: usize,
+    frames: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<Vec<f32>> {
     check_pack_shape(x.len(), batch, frames, channels, height, width)?;
     let (h2, w2) = (height / 2, width / 2);
     let mut out = vec![0.0f32; x.len()];
@@ -214,7 +259,14 @@ pub fn pack_latents(x: &[f32], batch: usize, frames: usize, channels: usize, hei
 
 /// `_unpack_latents`: `(B, F·(H/2)·(W/2), 4C)` → `(B, C, F, H, W)` (channel-first, as diffusers
 /// returns it before de-normalising and dropping frame 0). `frames` is `layers + 1`.
-pub fn unpack_latents(packed: &[f32], batch: usize, frames: usize, channels: usize, height: usize, width: usize) -> Result<Vec<f32>> {
+pub fn unpack_latents(
+    packed: &[f32],
+    batch: usize,
+    frames: usize,
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<Vec<f32>> {
     check_pack_shape(packed.len(), batch, frames, channels, height, width)?;
     let (h2, w2) = (height / 2, width / 2);
     let mut out = vec![0.0f32; packed.len()];
@@ -228,7 +280,8 @@ pub fn unpack_latents(packed: &[f32], batch: usize, frames: usize, channels: usi
                             for dx in 0..2 {
                                 let y = y2 * 2 + dy;
                                 let xx = x2 * 2 + dx;
-                                out[(((b * channels + c) * frames + f) * height + y) * width + xx] = packed[i];
+                                out[(((b * channels + c) * frames + f) * height + y) * width
+                                    + xx] = packed[i];
                                 i += 1;
                             }
                         }
@@ -242,7 +295,17 @@ pub fn unpack_latents(packed: &[f32], batch: usize, frames: usize, channels: usi
 
 /// Where `x[b, f, c, y, x]` of a `(B, F, C, H, W)` buffer lands after [`pack_latents`]:
 /// `(token, channel)` inside batch item `b`.
-pub fn packed_position(f: usize, c: usize, y: usize, x: usize, height: usize, width: usize) -> (usize, usize) {
+pub fn packed_position(
+    f: usize,
+    c: usize,
+    y: usize,
+    x: usize,
+    height: usize,
+    width: usize,
+) -> (usize, usize) {
     let (h2, w2) = (height / 2, width / 2);
-    (f * h2 * w2 + (y / 2) * w2 + x / 2, c * 4 + (y % 2) * 2 + x % 2)
+    (
+        f * h2 * w2 + (y / 2) * w2 + x / 2,
+        c * 4 + (y % 2) * 2 + x % 2,
+    )
 }

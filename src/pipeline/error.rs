@@ -8,8 +8,14 @@
 pub enum PipelineError {
     /// The reference pipeline only accepts the 640 and 1024 buckets
     /// (`assert resolution in [640, 1024]`, `pipeline_qwenimage_layered.py:663`).
-    #[error("resolution bucket {resolution} is not supported; the reference accepts only 640 and 1024")]
-    UnsupportedResolution { resolution: u32 },
+    #[error(
+        "resolution bucket {resolution} is not supported; the reference accepts only 640 and 1024 \
+         (Dimensions::for_image_any_bucket takes any multiple of 16, for tiny test models)"
+    )]
+    UnsupportedResolution {
+        /// The requested bucket side.
+        resolution: u32,
+    },
 
     /// A resolution for the test-model bucket must be a positive multiple of 16.
     #[error("test bucket resolution {resolution} must be a positive multiple of 16")]
@@ -34,11 +40,19 @@ pub enum PipelineError {
 
     /// A size that must be a multiple of something is not.
     #[error("{what} = {value} is not a multiple of {multiple}")]
-    NotMultiple { what: &'static str, value: usize, multiple: usize },
+    NotMultiple {
+        what: &'static str,
+        value: usize,
+        multiple: usize,
+    },
 
     /// A buffer has the wrong number of elements for the shape it is said to have.
     #[error("{what}: expected {expected} elements, got {got}")]
-    ShapeMismatch { what: &'static str, expected: usize, got: usize },
+    ShapeMismatch {
+        what: &'static str,
+        expected: usize,
+        got: usize,
+    },
 
     /// The scheduler config is invalid (the same checks as the diffusers constructor).
     #[error("invalid scheduler config: {0}")]
@@ -57,12 +71,20 @@ pub enum PipelineError {
     MissingMu,
 
     /// `set_timesteps` was called with neither a step count nor sigmas, or with zero steps.
-    #[error("set_timesteps needs at least one step (num_inference_steps = {num_inference_steps:?}, sigmas given: {sigmas_given})")]
-    NoSteps { num_inference_steps: Option<usize>, sigmas_given: bool },
+    #[error(
+        "set_timesteps needs at least one step (num_inference_steps = {num_inference_steps:?}, sigmas given: {sigmas_given})"
+    )]
+    NoSteps {
+        num_inference_steps: Option<usize>,
+        sigmas_given: bool,
+    },
 
     /// Custom sigmas disagree with `num_inference_steps`.
     #[error("{sigmas} custom sigmas given for num_inference_steps = {num_inference_steps}")]
-    SigmasLength { sigmas: usize, num_inference_steps: usize },
+    SigmasLength {
+        sigmas: usize,
+        num_inference_steps: usize,
+    },
 
     /// `step` was called more times than there are timesteps, or before `set_timesteps`.
     #[error("scheduler step index {step_index} is past the last step ({num_steps} steps)")]
@@ -74,13 +96,17 @@ pub enum PipelineError {
 }
 
 /// The module's result type.
-pub type Result<T> = std::result::Result<T, PipelineError>;
+pub type Result<T, E = PipelineError> = std::result::Result<T, E>;
 
 /// Checks that a buffer has `expected` elements.
 pub(crate) fn check_len(what: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
-        Err(PipelineError::ShapeMismatch { what, expected, got })
+        Err(PipelineError::ShapeMismatch {
+            what,
+            expected,
+            got,
+        })
     }
 }

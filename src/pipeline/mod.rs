@@ -27,16 +27,20 @@ pub mod preprocess;
 pub mod scheduler;
 
 pub use dimensions::{
-    Dimensions, PATCH_SIZE, PIXELS_PER_TOKEN, SUPPORTED_RESOLUTIONS, VAE_SCALE_FACTOR, aspect_ratio,
-    calculate_dimensions, pack_latents, packed_position, python_round, unpack_latents,
+    Dimensions, PATCH_SIZE, PIXELS_PER_TOKEN, SUPPORTED_RESOLUTIONS, VAE_SCALE_FACTOR,
+    aspect_ratio, calculate_dimensions, pack_latents, packed_position, python_round,
+    unpack_latents,
 };
 pub use error::{PipelineError, Result};
-pub use postprocess::{decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, unit_to_u8};
+pub use postprocess::{
+    decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, unit_to_u8,
+};
 pub use preprocess::{
-    PreprocessedImage, image_to_vae_input, premultiply_alpha, preprocess_image, resize_rgba_lanczos,
-    u8_to_unit_signed, unpremultiply_alpha,
+    PreprocessedImage, image_to_vae_input, premultiply_alpha, preprocess_image,
+    resize_rgba_lanczos, u8_to_unit_signed, unpremultiply_alpha,
 };
 pub use scheduler::{
-    FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler, TimeShiftType, euler_update, layered_mu,
-    layered_sigmas, numpy_linspace, round_to_bf16, transformer_timestep_bf16, transformer_timestep_f32,
+    FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler, TimeShiftType, euler_update,
+    layered_mu, layered_sigmas, numpy_linspace, round_to_bf16, transformer_timestep_bf16,
+    transformer_timestep_f32,
 };

@@ -10,7 +10,7 @@
 
 use image::RgbaImage;
 
-use super::error::{PipelineError, Result, check_len};
+use super::error::{Result, check_len};
 
 /// `(x * 0.5 + 0.5).clamp(0, 1)` in `f32` (torch `denormalize`). NaN stays NaN, as in torch.
 pub fn denormalize(x: f32) -> f32 {
@@ -50,14 +50,23 @@ pub fn decoded_to_rgba(decoded: &[f32], height: usize, width: usize) -> Result<R
             px[i * 4 + c] = unit_to_u8(denormalize(decoded[c * n + i]));
         }
     }
-    let (w, h) = (width as u32, height as u32);
-    RgbaImage::from_raw(w, h, px).ok_or(PipelineError::ShapeMismatch { what: "RGBA image", expected: 4 * n, got: 4 * n })
+    Ok(RgbaImage::from_raw(width as u32, height as u32, px)
+        .expect("4·H·W bytes for an H×W RGBA image"))
 }
 
 /// The decoder output for all layers, `(N, 4, H, W)` (frame 0 already dropped), → `N` RGBA
 /// images, bottom layer first (`images[0]` of the pipeline output).
-pub fn decoded_layers_to_rgba(decoded: &[f32], layers: usize, height: usize, width: usize) -> Result<Vec<RgbaImage>> {
+pub fn decoded_layers_to_rgba(
+    decoded: &[f32],
+    layers: usize,
+    height: usize,
+    width: usize,
+) -> Result<Vec<RgbaImage>> {
     let per = 4 * height * width;
     check_len("decoded layers (N, 4, H, W)", layers * per, decoded.len())?;
-    decoded.chunks_exact(per.max(1)).take(layers).map(|d| decoded_to_rgba(d, height, width)).collect()
+    decoded
+        .chunks_exact(per.max(1))
+        .take(layers)
+        .map(|d| decoded_to_rgba(d, height, width))
+        .collect()
 }

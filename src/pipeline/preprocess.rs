@@ -34,7 +34,11 @@ fn sinc(x: f64) -> f64 {
 
 /// Pillow's `lanczos_filter`: `sinc(x) * sinc(x/3)` on `[-3, 3)`.
 fn lanczos(x: f64) -> f64 {
-    if (-3.0..3.0).contains(&x) { sinc(x) * sinc(x / 3.0) } else { 0.0 }
+    if (-3.0..3.0).contains(&x) {
+        sinc(x) * sinc(x / 3.0)
+    } else {
+        0.0
+    }
 }
 
 /// Per output pixel: the first input index and the fixed-point coefficients.
@@ -77,7 +81,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         let row = &mut kk[xx * ksize..xx * ksize + ksize];
         for (dst, &w) in row.iter_mut().zip(k.iter()).take(n) {
             let v = w * (1u32 << PRECISION_BITS) as f64;
-            *dst = if w < 0.0 { (-0.5 + v) as i32 } else { (0.5 + v) as i32 };
+            *dst = if w < 0.0 {
+                (-0.5 + v) as i32
+            } else {
+                (0.5 + v) as i32
+            };
         }
         bounds.push((xmin, n));
     }
@@ -117,7 +125,11 @@ fn resample_horizontal(src: &Bands4, out_w: usize) -> Bands4 {
             }
         }
     }
-    Bands4 { w: out_w, h: src.h, px }
+    Bands4 {
+        w: out_w,
+        h: src.h,
+        px,
+    }
 }
 
 /// `_ImagingResampleVertical_8bpc`, 4 bands.
@@ -153,10 +165,27 @@ fn resample_vertical(src: &Bands4, out_h: usize) -> Bands4 {
 /// needs, which changes nothing.)
 fn resample(src: Bands4, out_w: usize, out_h: usize) -> Bands4 {
     let (dh, dw) = (src.h as i64 - out_h as i64, src.w as i64 - out_w as i64);
+    // NOTE: Pillow 13's pass-order rule; the 8-bit intermediate makes it visible in the output.
     let horizontal_first = !(dh > 0 && dh > dw * 2);
-    let h_pass = |b: Bands4| if out_w != b.w { resample_horizontal(&b, out_w) } else { b };
-    let v_pass = |b: Bands4| if out_h != b.h { resample_vertical(&b, out_h) } else { b };
-    if horizontal_first { v_pass(h_pass(src)) } else { h_pass(v_pass(src)) }
+    let h_pass = |b: Bands4| {
+        if out_w != b.w {
+            resample_horizontal(&b, out_w)
+        } else {
+            b
+        }
+    };
+    let v_pass = |b: Bands4| {
+        if out_h != b.h {
+            resample_vertical(&b, out_h)
+        } else {
+            b
+        }
+    };
+    if horizontal_first {
+        v_pass(h_pass(src))
+    } else {
+        h_pass(v_pass(src))
+    }
 }
 
 /// `MULDIV255(a, b)`: `(a·b + 128 + ((a·b + 128) >> 8)) >> 8`.
@@ -196,7 +225,10 @@ pub fn unpremultiply_alpha(px: &mut [u8]) {
 pub fn resize_rgba_lanczos(img: &RgbaImage, width: u32, height: u32) -> Result<RgbaImage> {
     let (w0, h0) = img.dimensions();
     if w0 == 0 || h0 == 0 {
-        return Err(PipelineError::EmptyImage { width: w0, height: h0 });
+        return Err(PipelineError::EmptyImage {
+            width: w0,
+            height: h0,
+        });
     }
     if width == 0 || height == 0 {
         return Err(PipelineError::EmptyImage { width, height });
@@ -206,7 +238,11 @@ pub fn resize_rgba_lanczos(img: &RgbaImage, width: u32, height: u32) -> Result<R
     }
     let mut px = img.as_raw().clone();
     premultiply_alpha(&mut px);
-    let src = Bands4 { w: w0 as usize, h: h0 as usize, px };
+    let src = Bands4 {
+        w: w0 as usize,
+        h: h0 as usize,
+        px,
+    };
     let out = resample(src, width as usize, height as usize);
     let mut px = out.px;
     unpremultiply_alpha(&mut px);
@@ -255,5 +291,9 @@ pub fn preprocess_image(img: &RgbaImage, dims: Dimensions) -> Result<Preprocesse
     let resized = resize_rgba_lanczos(img, dims.width, dims.height)?;
     let vae_input = image_to_vae_input(&resized);
     let shape = [1, 4, 1, dims.height as usize, dims.width as usize];
-    Ok(PreprocessedImage { resized, vae_input, shape })
+    Ok(PreprocessedImage {
+        resized,
+        vae_input,
+        shape,
+    })
 }

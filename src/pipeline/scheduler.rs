@@ -50,8 +50,11 @@ pub enum TimeShiftType {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct FlowMatchEulerDiscreteConfig {
+    /// Training timesteps `T` (1000): `timesteps = σ·T`.
     pub num_train_timesteps: u32,
+    /// Static shift `σ' = s·σ / (1 + (s−1)·σ)`, used only without dynamic shifting.
     pub shift: f64,
+    /// Shift by `mu` at `set_timesteps` (the layered model: true).
     pub use_dynamic_shifting: bool,
     /// Unused by the layered pipeline (it computes `mu` itself).
     pub base_shift: Option<f64>,
@@ -61,14 +64,20 @@ pub struct FlowMatchEulerDiscreteConfig {
     pub base_image_seq_len: u32,
     /// Unused by the layered pipeline.
     pub max_image_seq_len: u32,
+    /// Use `1 − σ` (Mochi); the terminal value becomes 1.
     pub invert_sigmas: bool,
     /// `None` when absent, `null`, `false` or `0` (Python truthiness: `if config.shift_terminal:`).
     #[serde(deserialize_with = "deserialize_shift_terminal")]
     pub shift_terminal: Option<f64>,
+    /// Re-space the sigmas as Karras et al. (ρ = 7).
     pub use_karras_sigmas: bool,
+    /// Re-space the sigmas log-linearly.
     pub use_exponential_sigmas: bool,
+    /// Beta-distribution spacing (needs scipy in diffusers): rejected by this port.
     pub use_beta_sigmas: bool,
+    /// Linear or exponential dynamic shift.
     pub time_shift_type: TimeShiftType,
+    /// Re-noise at each step instead of the Euler update (see `step_stochastic`).
     pub stochastic_sampling: bool,
 }
 
@@ -94,7 +103,9 @@ impl Default for FlowMatchEulerDiscreteConfig {
     }
 }
 
-fn deserialize_shift_terminal<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<f64>, D::Error> {
+fn deserialize_shift_terminal<'de, D: Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<f64>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -104,8 +115,10 @@ fn deserialize_shift_terminal<'de, D: Deserializer<'de>>(d: D) -> std::result::R
     match Option::<Raw>::deserialize(d)? {
         None | Some(Raw::Bool(false)) => Ok(None),
         // Python `True == 1`: the stretch would divide by `1 - 1`.
-        Some(Raw::Bool(true)) => Err(serde::de::Error::custom("shift_terminal = true is meaningless (it would be 1)")),
-        Some(Raw::Num(v)) if v == 0.0 => Ok(None),
+        Some(Raw::Bool(true)) => Err(serde::de::Error::custom(
+            "shift_terminal = true is meaningless (it would be 1)",
+        )),
+        Some(Raw::Num(0.0)) => Ok(None),
         Some(Raw::Num(v)) => Ok(Some(v)),
     }
 }
@@ -148,17 +161,23 @@ impl FlowMatchEulerDiscreteConfig {
 
     /// The constructor's checks (`__init__` `:112-128`), plus the features this port lacks.
     fn validate(&self) -> Result<()> {
-        let n_conv = [self.use_beta_sigmas, self.use_exponential_sigmas, self.use_karras_sigmas]
-            .iter()
-            .filter(|&&b| b)
-            .count();
+        let n_conv = [
+            self.use_beta_sigmas,
+            self.use_exponential_sigmas,
+            self.use_karras_sigmas,
+        ]
+        .iter()
+        .filter(|&&b| b)
+        .count();
         if n_conv > 1 {
             return Err(PipelineError::InvalidSchedulerConfig(
                 "only one of use_beta_sigmas, use_exponential_sigmas, use_karras_sigmas can be used".into(),
             ));
         }
         if self.num_train_timesteps == 0 {
-            return Err(PipelineError::InvalidSchedulerConfig("num_train_timesteps = 0".into()));
+            return Err(PipelineError::InvalidSchedulerConfig(
+                "num_train_timesteps = 0".into(),
+            ));
         }
         if self.use_beta_sigmas {
             // Needs scipy's beta.ppf; no model of this family uses it.
@@ -220,6 +239,7 @@ pub fn layered_sigmas(num_inference_steps: usize) -> Vec<f64> {
 /// 640×640 → 2.5; 1024×1024 → 4.0; 736×544 → sqrt(1564/256).
 pub fn layered_mu(condition_tokens: usize) -> f64 {
     let base_seqlen = 256.0 * 256.0 / 16.0 / 16.0;
+    // NOTE: `powf(0.5)`, not `sqrt`, to reproduce glibc `pow` bit for bit natively.
     (condition_tokens as f64 / base_seqlen).powf(0.5)
 }
 
@@ -250,7 +270,11 @@ pub fn round_to_bf16(x: f32) -> f32 {
 /// The plain Euler update of `step`: `sample ← sample + dt · model_output`, in `f32`, two
 /// roundings (`scheduling_flow_match_euler_discrete.py:509`).
 pub fn euler_update(dt: f32, model_output: &[f32], sample: &mut [f32]) -> Result<()> {
-    check_len("euler_update model_output vs sample", sample.len(), model_output.len())?;
+    check_len(
+        "euler_update model_output vs sample",
+        sample.len(),
+        model_output.len(),
+    )?;
     for (s, &v) in sample.iter_mut().zip(model_output) {
         *s += dt * v;
     }
@@ -258,31 +282,34 @@ pub fn euler_update(dt: f32, model_output: &[f32], sample: &mut [f32]) -> Result
 }
 
 /// Float types the schedule maths runs in (numpy `float32` or `float64`).
-trait Real: Copy + PartialEq + std::ops::Add<Output = Self> + std::ops::Sub<Output = Self>
-    + std::ops::Mul<Output = Self> + std::ops::Div<Output = Self>
+trait Real:
+    Copy
+    + PartialEq
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+    + std::ops::Div<Output = Self>
 {
     fn of(v: f64) -> Self;
-    fn f64(self) -> f64;
 }
 impl Real for f32 {
     fn of(v: f64) -> Self {
         v as f32
-    }
-    fn f64(self) -> f64 {
-        self as f64
     }
 }
 impl Real for f64 {
     fn of(v: f64) -> Self {
         v
     }
-    fn f64(self) -> f64 {
-        self
-    }
 }
 
 /// Steps 2–3 of `set_timesteps` (time shift, terminal stretch) in the precision of the array.
-fn shift_and_stretch<T: Real>(cfg: &FlowMatchEulerDiscreteConfig, shift: f64, mu: Option<f64>, sigmas: &mut [T]) -> Result<()> {
+fn shift_and_stretch<T: Real>(
+    cfg: &FlowMatchEulerDiscreteConfig,
+    shift: f64,
+    mu: Option<f64>,
+    sigmas: &mut [T],
+) -> Result<()> {
     let one = T::of(1.0);
     if cfg.use_dynamic_shifting {
         let mu = mu.ok_or(PipelineError::MissingMu)?;
@@ -302,29 +329,41 @@ fn shift_and_stretch<T: Real>(cfg: &FlowMatchEulerDiscreteConfig, shift: f64, mu
             *s = a * *s / (one + b * *s);
         }
     }
-    if let Some(st) = cfg.shift_terminal {
-        if let Some(&last) = sigmas.last() {
-            // one_minus_z[-1] / (1 - shift_terminal): the Python float is rounded to T.
-            let scale = (one - last) / T::of(1.0 - st);
-            for s in sigmas.iter_mut() {
-                *s = one - (one - *s) / scale;
-            }
+    if let (Some(st), Some(&last)) = (cfg.shift_terminal, sigmas.last()) {
+        // one_minus_z[-1] / (1 - shift_terminal): the Python float is rounded to T.
+        let scale = (one - last) / T::of(1.0 - st);
+        for s in sigmas.iter_mut() {
+            *s = one - (one - *s) / scale;
         }
     }
     Ok(())
 }
 
 /// Step 4 of `set_timesteps`: Karras / exponential conversions, `float64` results.
-fn convert_sigmas(cfg: &FlowMatchEulerDiscreteConfig, sigmas: &[f64], n: usize) -> Option<Vec<f64>> {
+fn convert_sigmas(
+    cfg: &FlowMatchEulerDiscreteConfig,
+    sigmas: &[f64],
+    n: usize,
+) -> Option<Vec<f64>> {
     let (first, last) = (*sigmas.first()?, *sigmas.last()?);
     if cfg.use_karras_sigmas {
         let rho = 7.0_f64;
         let min_inv_rho = last.powf(1.0 / rho);
         let max_inv_rho = first.powf(1.0 / rho);
         let d = min_inv_rho - max_inv_rho;
-        Some(numpy_linspace(0.0, 1.0, n).into_iter().map(|r| (max_inv_rho + r * d).powf(rho)).collect())
+        Some(
+            numpy_linspace(0.0, 1.0, n)
+                .into_iter()
+                .map(|r| (max_inv_rho + r * d).powf(rho))
+                .collect(),
+        )
     } else if cfg.use_exponential_sigmas {
-        Some(numpy_linspace(first.ln(), last.ln(), n).into_iter().map(f64::exp).collect())
+        Some(
+            numpy_linspace(first.ln(), last.ln(), n)
+                .into_iter()
+                .map(f64::exp)
+                .collect(),
+        )
     } else {
         None
     }
@@ -360,7 +399,11 @@ impl FlowMatchEulerDiscreteScheduler {
         config.validate()?;
         let n = config.num_train_timesteps as usize;
         // np.linspace(1, T, T, dtype=float32)[::-1]; then torch: sigmas = timesteps / T (f32).
-        let t_train: Vec<f32> = numpy_linspace(1.0, n as f64, n).into_iter().rev().map(|v| v as f32).collect();
+        let t_train: Vec<f32> = numpy_linspace(1.0, n as f64, n)
+            .into_iter()
+            .rev()
+            .map(|v| v as f32)
+            .collect();
         let tt = n as f32;
         let mut sigmas: Vec<f32> = t_train.iter().map(|&t| t / tt).collect();
         if !config.use_dynamic_shifting {
@@ -372,7 +415,15 @@ impl FlowMatchEulerDiscreteScheduler {
         let timesteps: Vec<f32> = sigmas.iter().map(|&s| s * tt).collect();
         let sigma_min = *sigmas.last().expect("num_train_timesteps > 0");
         let sigma_max = sigmas[0];
-        Ok(Self { shift: config.shift, config, sigma_min, sigma_max, timesteps, sigmas, step_index: 0 })
+        Ok(Self {
+            shift: config.shift,
+            config,
+            sigma_min,
+            sigma_max,
+            timesteps,
+            sigmas,
+            step_index: 0,
+        })
     }
 
     /// Builds the scheduler from the text of a diffusers `scheduler_config.json`.
@@ -380,6 +431,7 @@ impl FlowMatchEulerDiscreteScheduler {
         Self::new(FlowMatchEulerDiscreteConfig::from_json_str(json)?)
     }
 
+    /// The config the scheduler was built from.
     pub fn config(&self) -> &FlowMatchEulerDiscreteConfig {
         &self.config
     }
@@ -406,21 +458,32 @@ impl FlowMatchEulerDiscreteScheduler {
     /// `sigmas` are taken as `f64` because that is what the pipeline hands over; they are
     /// rounded to `f32` first, exactly like `np.array(sigmas).astype(np.float32)`.
     /// Resets the step index to 0 (the pipeline's `set_begin_index(0)`).
-    pub fn set_timesteps(&mut self, num_inference_steps: Option<usize>, sigmas: Option<&[f64]>, mu: Option<f64>) -> Result<()> {
+    pub fn set_timesteps(
+        &mut self,
+        num_inference_steps: Option<usize>,
+        sigmas: Option<&[f64]>,
+        mu: Option<f64>,
+    ) -> Result<()> {
         let cfg = &self.config;
         if cfg.use_dynamic_shifting && mu.is_none() {
             return Err(PipelineError::MissingMu);
         }
         let n = match (num_inference_steps, sigmas) {
             (Some(n), Some(s)) if s.len() != n => {
-                return Err(PipelineError::SigmasLength { sigmas: s.len(), num_inference_steps: n });
+                return Err(PipelineError::SigmasLength {
+                    sigmas: s.len(),
+                    num_inference_steps: n,
+                });
             }
             (Some(n), _) => n,
             (None, Some(s)) => s.len(),
             (None, None) => 0,
         };
         if n == 0 {
-            return Err(PipelineError::NoSteps { num_inference_steps, sigmas_given: sigmas.is_some() });
+            return Err(PipelineError::NoSteps {
+                num_inference_steps,
+                sigmas_given: sigmas.is_some(),
+            });
         }
 
         let tt = cfg.num_train_timesteps as f64;
@@ -468,6 +531,7 @@ impl FlowMatchEulerDiscreteScheduler {
         &self.sigmas
     }
 
+    /// The number of steps of the current schedule.
     pub fn num_inference_steps(&self) -> usize {
         self.timesteps.len()
     }
@@ -486,7 +550,10 @@ impl FlowMatchEulerDiscreteScheduler {
     pub fn dt(&self, step_index: usize) -> Result<f32> {
         match (self.sigmas.get(step_index), self.sigmas.get(step_index + 1)) {
             (Some(&s), Some(&n)) => Ok(n - s),
-            _ => Err(PipelineError::StepOutOfRange { step_index, num_steps: self.num_inference_steps() }),
+            _ => Err(PipelineError::StepOutOfRange {
+                step_index,
+                num_steps: self.num_inference_steps(),
+            }),
         }
     }
 
@@ -513,7 +580,12 @@ impl FlowMatchEulerDiscreteScheduler {
             return Err(PipelineError::NoiseRequired);
         }
         let dt = self.dt(self.step_index)?;
-        check_len("step_bf16 model_output vs sample", sample.len(), model_output.len())?;
+        check_len(
+            "step_bf16 model_output vs sample",
+            sample.len(),
+            model_output.len(),
+        )?;
+        // NOTE: torch rounds the 0-dim f32 `dt` to bf16 before the bf16 multiply.
         let dt = round_to_bf16(dt);
         for (s, &v) in sample.iter_mut().zip(model_output) {
             *s = round_to_bf16(*s + round_to_bf16(dt * v));
@@ -524,10 +596,19 @@ impl FlowMatchEulerDiscreteScheduler {
 
     /// `step` with `stochastic_sampling = True` (`f32`): `x0 = sample − σ·v`,
     /// `sample ← (1 − σ_next)·x0 + σ_next·noise`. `noise` replaces diffusers' `randn_tensor`.
-    pub fn step_stochastic(&mut self, model_output: &[f32], sample: &mut [f32], noise: &[f32]) -> Result<()> {
+    pub fn step_stochastic(
+        &mut self,
+        model_output: &[f32],
+        sample: &mut [f32],
+        noise: &[f32],
+    ) -> Result<()> {
         let i = self.step_index;
         self.dt(i)?;
-        check_len("step_stochastic model_output vs sample", sample.len(), model_output.len())?;
+        check_len(
+            "step_stochastic model_output vs sample",
+            sample.len(),
+            model_output.len(),
+        )?;
         check_len("step_stochastic noise vs sample", sample.len(), noise.len())?;
         let (sigma, next) = (self.sigmas[i], self.sigmas[i + 1]);
         let keep = 1.0 - next;
