@@ -233,8 +233,9 @@ pub fn layered_sigmas(num_inference_steps: usize) -> Vec<f64> {
 /// (`pipeline_qwenimage_layered.py:768-770`), where `image_latents.shape[1]` is the number of
 /// packed condition-image tokens `(H/16)·(W/16)`. In Python this is `f64` `pow(x, 0.5)`, which
 /// glibc does *not* always round like `sqrt` (58 token counts ≤ 70000 differ by 1 ulp, e.g.
-/// 2921); `powf` calls the same libm `pow` natively. Either way the `f32` value the scheduler
-/// uses (and `f32(exp(mu))`) is identical for every count ≤ 200000 (checked in the generator).
+/// 2921). Natively `powf` calls that same glibc `pow` (bit-exact); on wasm32 Rust's libm `pow`
+/// rounds like `sqrt`, 1 ulp off on those counts. The `f32` the scheduler uses (and
+/// `f32(exp(mu))`) is identical either way for every count ≤ 200000 (checked by the generator).
 ///
 /// 640×640 → 2.5; 1024×1024 → 4.0; 736×544 → sqrt(1564/256).
 pub fn layered_mu(condition_tokens: usize) -> f64 {
