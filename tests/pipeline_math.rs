@@ -14,9 +14,10 @@ use image::RgbaImage;
 use qwen_layered_web::pipeline::{
     Dimensions, FlowMatchEulerDiscreteConfig, FlowMatchEulerDiscreteScheduler, PipelineError,
     TimeShiftType, aspect_ratio, calculate_dimensions, decoded_layers_to_rgba, decoded_to_rgba,
-    decoded_to_unit_hwc, image_to_vae_input, layered_mu, layered_sigmas, numpy_linspace,
-    pack_latents, packed_position, preprocess_image, resize_rgba_lanczos, round_to_bf16,
-    transformer_timestep_bf16, transformer_timestep_f32, u8_to_unit_signed, unpack_latents,
+    decoded_to_unit_hwc, image_to_vae_input, latents_for_decode, layered_mu, layered_sigmas,
+    normalize_latents, numpy_linspace, pack_latents, packed_position, preprocess_image,
+    resize_rgba_lanczos, round_to_bf16, transformer_timestep_bf16, transformer_timestep_f32,
+    u8_to_unit_signed, unpack_latents,
 };
 use serde_json::Value;
 
@@ -702,6 +703,36 @@ fn pack_unpack_match_diffusers() {
         pack_latents(&x[1..], b, f, ch, h, w),
         Err(PipelineError::ShapeMismatch { .. })
     ));
+}
+
+#[cfg_attr(not(target_arch = "wasm32"), test)]
+#[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+fn latent_normalisation_matches_pipeline() {
+    let c = &fixture()["latent_norm"];
+    let mean = f32s_from_bits(&c["mean"]);
+    let std = f32s_from_bits(&c["std"]);
+    let s: Vec<usize> = c["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .collect();
+    let shape = [s[0], s[1], s[2], s[3], s[4]];
+    let mut z = f32s_from_bits(&c["z"]);
+    normalize_latents(&mut z, shape, &mean, &std).unwrap();
+    assert_f32_bits("(z - mean) / std", &z, &f32s_from_bits(&c["normalized"]));
+    let layers = c["layers"].as_u64().unwrap() as usize;
+    let (ch, h, w) = (shape[1], shape[3], shape[4]);
+    // packed (B, F·h/2·w/2, 4C) → (B, F, C, H, W) twin of the unpack → decoder input.
+    let unpacked = unpack_latents(&f32s_from_bits(&c["packed"]), 1, layers + 1, ch, h, w).unwrap();
+    let got = latents_for_decode(&unpacked, [1, ch, layers + 1, h, w], &mean, &std).unwrap();
+    assert_f32_bits(
+        "latents / (1/std) + mean, frame 0 dropped",
+        &got,
+        &f32s_from_bits(&c["decode_input"]),
+    );
+    assert!(c["n_differ_from_multiply"].as_u64().unwrap() > 0);
+    assert!(latents_for_decode(&unpacked[1..], [1, ch, layers + 1, h, w], &mean, &std).is_err());
 }
 
 // ------------------------------------------------------------------ images

@@ -309,3 +309,64 @@ pub fn packed_position(
         c * 4 + (y % 2) * 2 + x % 2,
     )
 }
+
+/// Normalises the VAE posterior mean of the condition image in place:
+/// `(z − mean[c]) / std[c]` in `f32` (`_encode_vae_image`, `pipeline…:440-450`), on a buffer of
+/// `shape = [B, C, F, H, W]` (`F = 1` for the condition image). `latents_mean`/`latents_std` are
+/// the VAE config's lists rounded to `f32`, as `torch.tensor(list)` does.
+pub fn normalize_latents(
+    z: &mut [f32],
+    shape: [usize; 5],
+    latents_mean: &[f32],
+    latents_std: &[f32],
+) -> Result<()> {
+    let [b, c, f, h, w] = shape;
+    check_len("latents_mean", c, latents_mean.len())?;
+    check_len("latents_std", c, latents_std.len())?;
+    check_len("latents (B, C, F, H, W)", b * c * f * h * w, z.len())?;
+    let plane = f * h * w;
+    for (i, v) in z.iter_mut().enumerate() {
+        let ch = (i / plane.max(1)) % c;
+        *v = (*v - latents_mean[ch]) / latents_std[ch];
+    }
+    Ok(())
+}
+
+/// The decoder input from the unpacked final latents (`pipeline…:880-893`), `shape =
+/// [B, C, F, H, W]` as [`unpack_latents`] returns it: `z / (1 / std[c]) + mean[c]` in `f32`,
+/// then frame 0 (the composite) is dropped and the rest reordered to `(B·(F−1), C, H, W)`,
+/// layer 1 of batch item 0 first.
+///
+/// NOTE: diffusers divides by the `f32` reciprocal of `std` instead of multiplying by `std`;
+/// the two can differ by an ulp, so the tensor version must do the same.
+pub fn latents_for_decode(
+    unpacked: &[f32],
+    shape: [usize; 5],
+    latents_mean: &[f32],
+    latents_std: &[f32],
+) -> Result<Vec<f32>> {
+    let [batch, channels, frames, height, width] = shape;
+    check_len("latents_mean", channels, latents_mean.len())?;
+    check_len("latents_std", channels, latents_std.len())?;
+    let hw = height * width;
+    check_len(
+        "unpacked latents (B, C, F, H, W)",
+        batch * channels * frames * hw,
+        unpacked.len(),
+    )?;
+    let inv_std: Vec<f32> = latents_std.iter().map(|&s| 1.0 / s).collect();
+    let mut out = Vec::with_capacity(batch * channels * frames.saturating_sub(1) * hw);
+    for b in 0..batch {
+        for f in 1..frames {
+            for c in 0..channels {
+                let src = ((b * channels + c) * frames + f) * hw;
+                out.extend(
+                    unpacked[src..src + hw]
+                        .iter()
+                        .map(|&v| v / inv_std[c] + latents_mean[c]),
+                );
+            }
+        }
+    }
+    Ok(out)
+}

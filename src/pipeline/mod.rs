@@ -28,8 +28,8 @@ pub mod scheduler;
 
 pub use dimensions::{
     Dimensions, PATCH_SIZE, PIXELS_PER_TOKEN, SUPPORTED_RESOLUTIONS, VAE_SCALE_FACTOR,
-    aspect_ratio, calculate_dimensions, pack_latents, packed_position, python_round,
-    unpack_latents,
+    aspect_ratio, calculate_dimensions, latents_for_decode, normalize_latents, pack_latents,
+    packed_position, python_round, unpack_latents,
 };
 pub use error::{PipelineError, Result};
 pub use postprocess::{
