@@ -10,8 +10,9 @@
 //!    latent sizes, sequence lengths, `img_shapes`.
 //! 2. [`preprocess_image`] — PIL-exact Lanczos resize of the RGBA input (premultiplied), then
 //!    `(1, 4, 1, H, W)` floats in `[-1, 1]` for the VAE encoder.
-//! 3. [`pack_latents`] / [`unpack_latents`] — the 2×2 patch packing (reference twins for the
-//!    tensor versions).
+//! 3. [`normalize_latents`], [`pack_latents`] / [`unpack_latents`], [`latents_for_decode`] —
+//!    latent normalisation, the 2×2 patch packing and the decoder-input layout (plain-slice
+//!    twins for the tensor versions; `latents_for_decode` keeps diffusers' `z / (1/std)`).
 //! 4. [`FlowMatchEulerDiscreteScheduler`] with [`layered_sigmas`] and [`layered_mu`] — the
 //!    sigma/timestep schedule and the Euler step; [`transformer_timestep_f32`] is what the
 //!    transformer receives.
