@@ -483,7 +483,8 @@ function parseArgs(argv) {
     const k = argv[i];
     if (!k.startsWith('--')) throw new Error(`unexpected argument ${k}`);
     const key = k.slice(2);
-    if (['help'].includes(key)) { a[key] = true; continue; }
+    if (key === 'help') { a[key] = true; continue; }
+    if (!['root', 'repo', 'revision', 'generate', 'port', 'cdn-port', 'faults'].includes(key)) throw new Error(`unknown option ${k}`);
     if (i + 1 >= argv.length) throw new Error(`${k} needs a value`);
     a[key] = argv[++i];
   }
