@@ -8,6 +8,7 @@ pub mod editor;
 pub mod error;
 pub mod gpu;
 pub mod image_io;
+pub mod pipeline;
 pub mod protocol;
 
 #[cfg(target_arch = "wasm32")]
