@@ -23,6 +23,9 @@ cargo test --test export export_check_files
 step "browser unit tests: wasm-pack test --headless --chrome"
 wasm-pack test --headless --chrome
 
+step "mock Hugging Face host: node --test tests/mock-hf/"
+node --test tests/mock-hf/
+
 step "app build: trunk build --release"
 trunk build --release
 
