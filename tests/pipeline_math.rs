@@ -5,10 +5,13 @@
 //! compared by bit pattern; a failure names the comparison, the number of differing values, the
 //! worst index with both values and the max error.
 //!
-//! On `wasm32-unknown-unknown` the same tests run under `wasm-bindgen-test` (node), so the
+//! On `wasm32-unknown-unknown` the same tests run under `wasm-bindgen-test` in the browser, so the
 //! libm differences of that target (`sin`, `pow`) are checked too.
 
 use std::sync::OnceLock;
+
+#[cfg(target_arch = "wasm32")]
+wasm_bindgen_test::wasm_bindgen_test_configure!(run_in_browser);
 
 use image::RgbaImage;
 use qwen_layered_web::pipeline::{
