@@ -120,10 +120,21 @@ impl GpuReport {
     pub fn lines(&self) -> Vec<String> {
         let mib = |b: u64| format!("{} MiB", b >> 20);
         vec![
-            format!("Adapter: {} {} {}", self.vendor, self.architecture, self.description)
-                .trim_end()
-                .to_owned(),
-            format!("Backend: {}{}", self.backend, if self.is_fallback { " (software/fallback adapter)" } else { "" }),
+            format!(
+                "Adapter: {} {} {}",
+                self.vendor, self.architecture, self.description
+            )
+            .trim_end()
+            .to_owned(),
+            format!(
+                "Backend: {}{}",
+                self.backend,
+                if self.is_fallback {
+                    " (software/fallback adapter)"
+                } else {
+                    ""
+                }
+            ),
             format!("maxBufferSize: {}", mib(self.limits.max_buffer_size)),
             format!(
                 "maxStorageBufferBindingSize: {}",
@@ -177,6 +188,21 @@ pub struct MatmulCheck {
     pub cpu_value: f32,
 }
 
+impl MatmulCheck {
+    /// `Ok` when the largest difference is at most `tolerance`; otherwise a message naming the
+    /// shape, the worst element and both values.
+    pub fn within(&self, tolerance: f32) -> Result<(), String> {
+        if self.max_abs_err <= tolerance {
+            return Ok(());
+        }
+        let (m, k, n) = (self.m, self.k, self.n);
+        Err(format!(
+            "[{m},{k}]x[{k},{n}]: max |gpu-cpu| {} > {tolerance} at index {} (gpu {}, cpu {})",
+            self.max_abs_err, self.worst_index, self.gpu_value, self.cpu_value
+        ))
+    }
+}
+
 /// Deterministic values in [-1, 1) from a seed (xorshift64*), so the GPU and CPU get the
 /// same inputs and failures reproduce.
 pub fn seeded_values(seed: u64, len: usize) -> Vec<f32> {
@@ -197,7 +223,13 @@ pub fn seeded_values(seed: u64, len: usize) -> Vec<f32> {
 /// - a: [m, k], b: [k, n], result [m, n].
 ///
 /// Reads back asynchronously, as the browser requires.
-pub async fn matmul_self_test(gpu: &Device, m: usize, k: usize, n: usize, seed: u64) -> Result<MatmulCheck> {
+pub async fn matmul_self_test(
+    gpu: &Device,
+    m: usize,
+    k: usize,
+    n: usize,
+    seed: u64,
+) -> Result<MatmulCheck> {
     let a = seeded_values(seed, m * k);
     let b = seeded_values(seed.wrapping_add(1), k * n);
     let run = |device: &Device| {
@@ -213,7 +245,13 @@ pub async fn matmul_self_test(gpu: &Device, m: usize, k: usize, n: usize, seed: 
         .zip(&cpu_out)
         .map(|(g, c)| (g - c).abs())
         .enumerate()
-        .fold((0, 0.0f32), |best, (i, e)| if e > best.1 || e.is_nan() { (i, e) } else { best });
+        .fold((0, 0.0f32), |best, (i, e)| {
+            if e > best.1 || e.is_nan() {
+                (i, e)
+            } else {
+                best
+            }
+        });
     Ok(MatmulCheck {
         m,
         k,
@@ -226,14 +264,23 @@ pub async fn matmul_self_test(gpu: &Device, m: usize, k: usize, n: usize, seed: 
 }
 
 /// Reads a float tensor back as `Vec<f32>` without blocking (works on wasm).
-pub async fn read_f32<const D: usize>(tensor: Tensor<D>, what: &str, device: &Device) -> Result<Vec<f32>> {
+pub async fn read_f32<const D: usize>(
+    tensor: Tensor<D>,
+    what: &str,
+    device: &Device,
+) -> Result<Vec<f32>> {
     let readback = |reason: String| Error::Readback {
         what: what.to_owned(),
         device: format!("{device:?}"),
         reason,
     };
-    let data = tensor.into_data_async().await.map_err(|e| readback(format!("{e:?}")))?;
-    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| readback(format!("{e:?}")))
+    let data = tensor
+        .into_data_async()
+        .await
+        .map_err(|e| readback(format!("{e:?}")))?;
+    data.convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| readback(format!("{e:?}")))
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
@@ -276,9 +323,18 @@ mod tests {
         };
         let text = report.lines().join("\n");
         assert!(text.contains("maxBufferSize: 1024 MiB"), "{text}");
-        assert!(text.contains("maxStorageBufferBindingSize: 128 MiB"), "{text}");
-        assert!(text.contains("maxComputeWorkgroupStorageSize: 16 KiB"), "{text}");
-        assert!(text.contains("shader-f16: no") && text.contains("subgroups: offered"), "{text}");
+        assert!(
+            text.contains("maxStorageBufferBindingSize: 128 MiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("maxComputeWorkgroupStorageSize: 16 KiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("shader-f16: no") && text.contains("subgroups: offered"),
+            "{text}"
+        );
         let json = serde_json::to_string(&report).unwrap();
         assert!(json.contains("maxStorageBufferBindingSize"), "{json}");
         assert_eq!(serde_json::from_str::<GpuReport>(&json).unwrap(), report);

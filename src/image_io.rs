@@ -21,7 +21,10 @@ pub const SUPPORTED: &str = "PNG, JPEG, WebP, GIF, BMP, TIFF, ICO, QOI";
 /// Errors name the file and say what is wrong: empty, not an image, unsupported format,
 /// dimensions over [`MAX_SIDE`], or a corrupt stream.
 pub fn decode_image(name: &str, bytes: &[u8]) -> Result<RgbaImage> {
-    let fail = |reason: String| Error::Image { name: name.to_owned(), reason };
+    let fail = |reason: String| Error::Image {
+        name: name.to_owned(),
+        reason,
+    };
     if bytes.is_empty() {
         return Err(fail("the file is empty (0 bytes)".into()));
     }
@@ -48,10 +51,14 @@ pub fn decode_image(name: &str, bytes: &[u8]) -> Result<RgbaImage> {
                 MAX_DECODED_BYTES >> 20
             ))
         }
-        image::ImageError::Unsupported(e) => {
-            fail(format!("{} images of this kind are not supported: {e}", name_of(format)))
-        }
-        other => fail(format!("the {} data is damaged or truncated: {other}", name_of(format))),
+        image::ImageError::Unsupported(e) => fail(format!(
+            "{} images of this kind are not supported: {e}",
+            name_of(format)
+        )),
+        other => fail(format!(
+            "the {} data is damaged or truncated: {other}",
+            name_of(format)
+        )),
     })?;
     Ok(image.to_rgba8())
 }
@@ -70,20 +77,25 @@ mod tests {
         [P::Subpixel]: image::EncodableLayout,
     {
         let mut out = Vec::new();
-        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png).unwrap();
+        img.write_to(&mut Cursor::new(&mut out), ImageFormat::Png)
+            .unwrap();
         out
     }
 
     #[test]
     fn decodes_rgba_png_exactly() {
-        let img = RgbaImage::from_fn(5, 3, |x, y| Rgba([x as u8 * 40, y as u8 * 80, 7, 255 - x as u8]));
+        let img = RgbaImage::from_fn(5, 3, |x, y| {
+            Rgba([x as u8 * 40, y as u8 * 80, 7, 255 - x as u8])
+        });
         let got = decode_image("a.png", &png_bytes(&img)).unwrap();
         assert_eq!(got, img);
     }
 
     #[test]
     fn sixteen_bit_grey_becomes_rgba8() {
-        let img = ImageBuffer::<Luma<u16>, _>::from_fn(2, 2, |x, _| Luma([if x == 0 { 0 } else { 65535 }]));
+        let img = ImageBuffer::<Luma<u16>, _>::from_fn(2, 2, |x, _| {
+            Luma([if x == 0 { 0 } else { 65535 }])
+        });
         let got = decode_image("g16.png", &png_bytes(&img)).unwrap();
         assert_eq!(got.get_pixel(0, 0).0, [0, 0, 0, 255]);
         assert_eq!(got.get_pixel(1, 1).0, [255, 255, 255, 255]);
@@ -97,15 +109,22 @@ mod tests {
 
     #[test]
     fn text_file_is_not_an_image() {
-        let err = decode_image("notes.txt", b"hello, this is text").unwrap_err().to_string();
-        assert!(err.contains("notes.txt") && err.contains("not an image"), "{err}");
+        let err = decode_image("notes.txt", b"hello, this is text")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("notes.txt") && err.contains("not an image"),
+            "{err}"
+        );
     }
 
     #[test]
     fn truncated_png_is_reported_as_damaged() {
         let img = RgbaImage::from_pixel(64, 64, Rgba([1, 2, 3, 4]));
         let bytes = png_bytes(&img);
-        let err = decode_image("cut.png", &bytes[..bytes.len() / 2]).unwrap_err().to_string();
+        let err = decode_image("cut.png", &bytes[..bytes.len() / 2])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("cut.png") && err.contains("damaged"), "{err}");
     }
 
@@ -127,7 +146,11 @@ mod tests {
         for &b in data {
             crc ^= b as u32;
             for _ in 0..8 {
-                crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xEDB8_8320
+                } else {
+                    crc >> 1
+                };
             }
         }
         !crc

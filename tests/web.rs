@@ -16,35 +16,40 @@ wasm_bindgen_test_configure!(run_in_browser);
 async fn burn_matmul_on_webgpu_matches_the_cpu_backend() {
     let facts = match request_adapter_facts().await {
         Ok(facts) => facts,
-        Err(_) => panic!("no WebGPU adapter: run Chromium with --enable-unsafe-webgpu (webdriver.json)"),
+        Err(_) => {
+            panic!("no WebGPU adapter: run Chromium with --enable-unsafe-webgpu (webdriver.json)")
+        }
     };
     let (device, setup) = Device::wgpu_options()
         .init_with_setup_async()
         .await
         .expect("Burn acquires a WebGPU device");
-    assert_eq!(setup.backend, wgpu::Backend::BrowserWebGpu, "Burn must run on the browser's WebGPU");
+    assert_eq!(
+        setup.backend,
+        wgpu::Backend::BrowserWebGpu,
+        "Burn must run on the browser's WebGPU"
+    );
     // The device got the adapter's maximum limits, not WebGPU's defaults (128 MiB binding).
     let limits = setup.device.limits();
     assert!(limits.max_storage_buffer_binding_size >= 128 << 20);
     web_sys::console::log_1(
         &format!(
             "adapter {} {} fallback={} maxStorageBufferBindingSize={} features={:?}",
-            facts.vendor, facts.architecture, facts.is_fallback, limits.max_storage_buffer_binding_size, facts.features
+            facts.vendor,
+            facts.architecture,
+            facts.is_fallback,
+            limits.max_storage_buffer_binding_size,
+            facts.features
         )
         .into(),
     );
 
     // Non-square, non-multiple-of-tile shapes catch indexing errors in the kernels.
     for (m, k, n) in [(64, 48, 32), (33, 65, 17)] {
-        let check = matmul_self_test(&device, m, k, n, 11).await.expect("matmul runs and reads back");
-        assert!(
-            check.max_abs_err <= 1e-4,
-            "[{m},{k}]x[{k},{n}]: max |gpu-cpu| {} at {} (gpu {}, cpu {})",
-            check.max_abs_err,
-            check.worst_index,
-            check.gpu_value,
-            check.cpu_value
-        );
+        let check = matmul_self_test(&device, m, k, n, 11)
+            .await
+            .expect("matmul runs and reads back");
+        check.within(1e-4).unwrap_or_else(|msg| panic!("{msg}"));
         // A result of all zeros would also "match" zeros: the CPU value must be non-trivial.
         assert!(check.cpu_value.abs() > 0.0 || check.max_abs_err == 0.0);
     }

@@ -7,6 +7,8 @@ fn main() {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() {
-    eprintln!("`app` runs in the browser: build and serve the app with `bash scripts/serve.sh` (see README).");
+    eprintln!(
+        "`app` runs in the browser: build and serve the app with `bash scripts/serve.sh` (see README)."
+    );
     std::process::exit(2);
 }

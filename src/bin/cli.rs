@@ -60,7 +60,11 @@ commands:
                     check.max_abs_err,
                     start.elapsed().as_millis()
                 );
-                if check.max_abs_err <= 1e-3 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+                if check.max_abs_err <= 1e-3 {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
             }
             Err(err) => {
                 eprintln!("{err}");

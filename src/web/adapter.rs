@@ -57,16 +57,20 @@ pub async fn request_adapter_facts() -> Result<AdapterFacts, NoAdapter> {
         .dyn_into()
         .map_err(|_| NoAdapter::Failed("navigator.gpu.requestAdapter is not a function".into()))?;
     let options = Object::new();
-    Reflect::set(&options, &"powerPreference".into(), &"high-performance".into())
-        .map_err(|e| NoAdapter::Failed(js_error_text(&e)))?;
+    Reflect::set(
+        &options,
+        &"powerPreference".into(),
+        &"high-performance".into(),
+    )
+    .map_err(|e| NoAdapter::Failed(js_error_text(&e)))?;
     let promise: Promise = request
         .call1(&gpu, &options)
         .map_err(|e| NoAdapter::Failed(js_error_text(&e)))?
         .dyn_into()
         .map_err(|_| NoAdapter::Failed("requestAdapter() did not return a promise".into()))?;
-    let adapter = JsFuture::from(promise)
-        .await
-        .map_err(|e| NoAdapter::Failed(format!("requestAdapter() failed: {}", js_error_text(&e))))?;
+    let adapter = JsFuture::from(promise).await.map_err(|e| {
+        NoAdapter::Failed(format!("requestAdapter() failed: {}", js_error_text(&e)))
+    })?;
     if adapter.is_null() || adapter.is_undefined() {
         return Err(NoAdapter::Unavailable(
             "WebGPU is present but no GPU adapter is available (it may be disabled or \

@@ -25,7 +25,10 @@ pub fn start() {
     if let Err(err) = Ui::mount() {
         web_sys::console::error_1(&err);
         if let Some(status) = document().get_element_by_id("status") {
-            status.set_text_content(Some(&format!("The page failed to start: {}", js_error_text(&err))));
+            status.set_text_content(Some(&format!(
+                "The page failed to start: {}",
+                js_error_text(&err)
+            )));
             status.set_class_name("error");
         }
     }
@@ -62,9 +65,9 @@ impl Ui {
     fn mount() -> Result<(), JsValue> {
         let document = document();
         let by_id = |id: &str| {
-            document
-                .get_element_by_id(id)
-                .ok_or_else(|| JsValue::from_str(&format!("element #{id} is missing from the page")))
+            document.get_element_by_id(id).ok_or_else(|| {
+                JsValue::from_str(&format!("element #{id} is missing from the page"))
+            })
         };
         let canvas: HtmlCanvasElement = by_id("canvas")?.dyn_into()?;
         let context: CanvasRenderingContext2d = canvas
@@ -95,7 +98,16 @@ impl Ui {
             Tone::Ok => "ok",
             Tone::Error => "error",
         });
-        self.status.set_attribute("role", if matches!(tone, Tone::Error) { "alert" } else { "status" }).ok();
+        self.status
+            .set_attribute(
+                "role",
+                if matches!(tone, Tone::Error) {
+                    "alert"
+                } else {
+                    "status"
+                },
+            )
+            .ok();
     }
 
     fn set_gpu_lines(&self, lines: &[String], error: bool) {
@@ -169,7 +181,8 @@ impl Ui {
             let bytes = match gloo::file::futures::read_as_bytes(&file).await {
                 Ok(bytes) => bytes,
                 Err(err) => {
-                    return ui.set_status(&format!("Could not read \"{name}\": {err}"), Tone::Error);
+                    return ui
+                        .set_status(&format!("Could not read \"{name}\": {err}"), Tone::Error);
                 }
             };
             // The current picture stays on the canvas when the new file cannot be opened.
@@ -184,7 +197,10 @@ impl Ui {
                         Tone::Error,
                     ),
                 },
-                Err(err) => ui.set_status(&format!("Could not open \"{name}\": {}", reason_of(err)), Tone::Error),
+                Err(err) => ui.set_status(
+                    &format!("Could not open \"{name}\": {}", reason_of(err)),
+                    Tone::Error,
+                ),
             }
         });
     }
@@ -208,11 +224,16 @@ impl Ui {
         thumb.set_width(image.width());
         thumb.set_height(image.height());
         if let Some(ctx) = thumb.get_context("2d")? {
-            ctx.dyn_into::<CanvasRenderingContext2d>()?.put_image_data(&data, 0.0, 0.0)?;
+            ctx.dyn_into::<CanvasRenderingContext2d>()?
+                .put_image_data(&data, 0.0, 0.0)?;
         }
         thumb.set_attribute("aria-hidden", "true")?;
         let label = self.document.create_element("span")?;
-        label.set_text_content(Some(&format!("{name} — {}×{}", image.width(), image.height())));
+        label.set_text_content(Some(&format!(
+            "{name} — {}×{}",
+            image.width(),
+            image.height()
+        )));
         li.append_child(&thumb)?;
         li.append_child(&label)?;
         self.layer_list.append_child(&li)?;
@@ -234,17 +255,26 @@ impl Ui {
                 .and_then(|m| m.as_string())
                 .unwrap_or_else(|| "see the browser console".into());
             this.set_status(&format!("The model worker stopped: {detail}"), Tone::Error);
-            this.set_gpu_lines(&["The worker failed; reload the page to retry.".into()], true);
+            this.set_gpu_lines(
+                &["The worker failed; reload the page to retry.".into()],
+                true,
+            );
         })
         .forget();
 
         let this = ui.clone();
         let worker2 = worker.clone();
         EventListener::new(&worker, "message", move |event| {
-            let data = event.dyn_ref::<MessageEvent>().map(|e| e.data()).unwrap_or(JsValue::NULL);
+            let data = event
+                .dyn_ref::<MessageEvent>()
+                .map(|e| e.data())
+                .unwrap_or(JsValue::NULL);
             match serde_wasm_bindgen::from_value::<FromWorker>(data) {
                 Ok(message) => this.on_worker_message(&worker2, message),
-                Err(err) => this.set_status(&format!("Unreadable message from the worker: {err}"), Tone::Error),
+                Err(err) => this.set_status(
+                    &format!("Unreadable message from the worker: {err}"),
+                    Tone::Error,
+                ),
             }
         })
         .forget();
@@ -258,12 +288,17 @@ impl Ui {
                 match serde_wasm_bindgen::to_value(&ToWorker::ProbeGpu) {
                     Ok(value) => {
                         if let Err(err) = worker.post_message(&value) {
-                            self.set_status(&format!("Could not talk to the worker: {}", js_error_text(&err)), Tone::Error);
+                            self.set_status(
+                                &format!("Could not talk to the worker: {}", js_error_text(&err)),
+                                Tone::Error,
+                            );
                         } else {
                             self.set_status("Ready. Open an image to begin.", Tone::Info);
                         }
                     }
-                    Err(err) => self.set_status(&format!("Could not encode a message: {err}"), Tone::Error),
+                    Err(err) => {
+                        self.set_status(&format!("Could not encode a message: {err}"), Tone::Error)
+                    }
                 }
             }
             FromWorker::Gpu { report } => self.show_gpu(&report),
@@ -277,7 +312,7 @@ impl Ui {
                 );
             }
             FromWorker::SelfTest { check, millis } => {
-                let ok = check.max_abs_err <= 1e-3;
+                let ok = check.within(1e-3).is_ok();
                 self.add_gpu_line(
                     &format!(
                         "Self-test: {}×{}×{} matmul on the GPU {} the CPU (max error {:.1e}, {:.0} ms)",

@@ -62,11 +62,15 @@ async fn probe_gpu() {
         Ok(facts) => facts,
         Err(NoAdapter::Unavailable(reason)) => return post(&FromWorker::NoWebGpu { reason }),
         Err(NoAdapter::Failed(message)) => {
-            return post(&FromWorker::Error { message: format!("WebGPU adapter request: {message}") });
+            return post(&FromWorker::Error {
+                message: format!("WebGPU adapter request: {message}"),
+            });
         }
     };
     if DEVICE.with(|d| d.borrow().is_some()) {
-        return post(&FromWorker::Error { message: "the GPU was already initialised in this worker".into() });
+        return post(&FromWorker::Error {
+            message: "the GPU was already initialised in this worker".into(),
+        });
     }
     let (device, setup) = match Device::wgpu_options().init_with_setup_async().await {
         Ok(pair) => pair,
@@ -77,13 +81,20 @@ async fn probe_gpu() {
         }
     };
     DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
-    post(&FromWorker::Gpu { report: report(&facts, &setup) });
+    post(&FromWorker::Gpu {
+        report: report(&facts, &setup),
+    });
 
     let (m, k, n) = SELF_TEST;
     let start = js_sys::Date::now();
     match matmul_self_test(&device, m, k, n, 7).await {
-        Ok(check) => post(&FromWorker::SelfTest { check, millis: js_sys::Date::now() - start }),
-        Err(err) => post(&FromWorker::Error { message: format!("GPU self-test: {err}") }),
+        Ok(check) => post(&FromWorker::SelfTest {
+            check,
+            millis: js_sys::Date::now() - start,
+        }),
+        Err(err) => post(&FromWorker::Error {
+            message: format!("GPU self-test: {err}"),
+        }),
     }
 }
 
@@ -103,8 +114,14 @@ fn report(facts: &AdapterFacts, setup: &WgpuSetup) -> GpuReport {
         },
         is_fallback: facts.is_fallback,
         limits: KeyLimits::from_wgpu(&setup.device.limits()),
-        shader_f16: FeatureState::new(offered("shader-f16"), enabled.contains(wgpu::Features::SHADER_F16)),
-        subgroups: FeatureState::new(offered("subgroups"), enabled.contains(wgpu::Features::SUBGROUP)),
+        shader_f16: FeatureState::new(
+            offered("shader-f16"),
+            enabled.contains(wgpu::Features::SHADER_F16),
+        ),
+        subgroups: FeatureState::new(
+            offered("subgroups"),
+            enabled.contains(wgpu::Features::SUBGROUP),
+        ),
         features: facts.features.clone(),
     }
 }
