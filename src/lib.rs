@@ -7,7 +7,9 @@
 pub mod error;
 pub mod gpu;
 pub mod image_io;
+pub mod model;
 pub mod protocol;
+pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;
