@@ -24,6 +24,8 @@ if $for_tests; then
   ls /usr/share/vulkan/icd.d/lvp_icd.*.json >/dev/null 2>&1 || packages+=(mesa-vulkan-drivers)
   command -v node >/dev/null || packages+=(nodejs)
   command -v npm >/dev/null || packages+=(npm)
+  command -v python3 >/dev/null || packages+=(python3)
+  python3 -c "import ensurepip, venv" 2>/dev/null || packages+=(python3-venv)
 fi
 if [ ${#packages[@]} -gt 0 ]; then
   say "apt: ${packages[*]}"
@@ -51,6 +53,12 @@ if $for_tests; then
   if [ "$(version_of wasm-pack)" != "$WASM_PACK_VERSION" ]; then
     say "cargo install wasm-pack $WASM_PACK_VERSION"
     cargo install wasm-pack --version "$WASM_PACK_VERSION" --force
+  fi
+  # The independent reader for the PSD/ORA exports (psd-tools), in a venv inside the checkout.
+  if ! .venv-export/bin/python -c "import psd_tools" 2>/dev/null; then
+    say "python venv .venv-export (tests/requirements-export.txt: psd-tools, Pillow)"
+    python3 -m venv .venv-export
+    .venv-export/bin/pip install -q --disable-pip-version-check -r tests/requirements-export.txt
   fi
   if [ ! -d tests/e2e/node_modules/playwright-core ]; then
     say "npm ci (tests/e2e: playwright-core, driving the system Chromium)"

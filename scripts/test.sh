@@ -15,8 +15,16 @@ step() { printf '\n== %s (t=%ss)\n' "$*" "$((SECONDS - started))"; }
 step "native tests: cargo test"
 cargo test --all-targets
 
+step "exports read back by an independent reader: psd-tools (tests/export_check.py)"
+rm -rf target/export-check
+cargo test --test export export_check_files
+.venv-export/bin/python tests/export_check.py target/export-check
+
 step "browser unit tests: wasm-pack test --headless --chrome"
 wasm-pack test --headless --chrome
+
+step "mock Hugging Face host: node --test tests/mock-hf/"
+node --test tests/mock-hf/
 
 step "app build: trunk build --release"
 trunk build --release

@@ -15,6 +15,12 @@ pub enum Error {
     /// A GPU could not be obtained or used.
     #[error("GPU: {0}")]
     Gpu(String),
+    /// A pipeline computation got arguments it cannot work with.
+    #[error(transparent)]
+    Pipeline(#[from] crate::pipeline::PipelineError),
+    /// An editor change or export was refused.
+    #[error(transparent)]
+    Editor(#[from] crate::editor::Error),
     /// A tensor could not be read back from a device.
     #[error("reading back {what} from {device} failed: {reason}")]
     Readback {

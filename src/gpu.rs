@@ -233,7 +233,7 @@ pub async fn read_f32<const D: usize>(tensor: Tensor<D>, what: &str, device: &De
         reason,
     };
     let data = tensor.into_data_async().await.map_err(|e| readback(format!("{e:?}")))?;
-    data.convert::<f32>().into_vec::<f32>().map_err(|e| readback(format!("{e:?}")))
+    data.convert::<f32>().try_into_vec::<f32>().map_err(|e| readback(format!("{e:?}")))
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]

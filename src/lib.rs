@@ -4,10 +4,12 @@
 //! Everything outside [`web`] compiles and is tested natively; [`web`] is the only module that
 //! touches the browser (`web-sys`, `js-sys`, `wasm-bindgen`).
 
+pub mod editor;
 pub mod error;
 pub mod gpu;
 pub mod image_io;
 pub mod model;
+pub mod pipeline;
 pub mod protocol;
 pub mod weights;
 

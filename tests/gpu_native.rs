@@ -13,7 +13,7 @@ fn burn_matmul_on_native_wgpu_matches_the_cpu_backend() {
     let report = GpuReport::from_native(&setup.adapter, &setup.device);
     eprintln!("{}", report.lines().join("\n"));
     assert!(report.limits.max_buffer_size > 0);
-    for (m, k, n) in [(64, 48, 32), (33, 65, 17), (256, 256, 256)] {
+    for (m, k, n) in [(64, 48, 32), (33, 65, 17)] {
         let check = pollster::block_on(matmul_self_test(&device, m, k, n, 3)).unwrap();
         assert!(
             check.max_abs_err <= 1e-4,
