@@ -65,6 +65,12 @@ pub enum Error {
         /// What is wrong with the inputs, with the shapes involved.
         reason: String,
     },
+    /// The caller stopped a run through its progress callback.
+    #[error("cancelled {at}")]
+    Cancelled {
+        /// Where the run stopped, e.g. "after denoising step 3 of 50".
+        at: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

@@ -86,6 +86,21 @@ impl Record {
         }
     }
 
+    /// A `uint8` tensor as `(values, shape)` (e.g. `output.layers`).
+    pub fn u8(&self, name: &str) -> (Vec<u8>, Vec<usize>) {
+        let st = SafeTensors::deserialize(&self.bytes).expect("record parses");
+        match st.tensor(name) {
+            Ok(view) => {
+                assert_eq!(view.dtype(), Dtype::U8, "{}: {name} is not u8", self.name);
+                (view.data().to_vec(), view.shape().to_vec())
+            }
+            Err(_) => match &self.fallback {
+                Some(f) if self.shared(name) => f.u8(name),
+                _ => panic!("{}: no tensor {name} in the record", self.name),
+            },
+        }
+    }
+
     /// A float tensor on `device`, reshaped to `D` dims (`shape` gives the wanted dims; the
     /// element count must match).
     pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Tensor<D> {
