@@ -33,10 +33,10 @@ fn not_multiple(what: &'static str, value: usize, multiple: usize) -> Error {
 ///   `c·4 + (y%2)·2 + x%2`
 pub fn pack_latents_tensor(x: Tensor<4>) -> Result<Tensor<3>> {
     let [f, c, h, w] = x.dims();
-    if h % 2 != 0 {
+    if !h.is_multiple_of(2) {
         return Err(not_multiple("latent height", h, 2));
     }
-    if w % 2 != 0 {
+    if !w.is_multiple_of(2) {
         return Err(not_multiple("latent width", w, 2));
     }
     let (h2, w2) = (h / 2, w / 2);
@@ -58,10 +58,10 @@ pub fn unpack_latents_tensor(
     width: usize,
 ) -> Result<Tensor<4>> {
     let [b, s, c4] = packed.dims();
-    if height % 2 != 0 {
+    if !height.is_multiple_of(2) {
         return Err(not_multiple("latent height", height, 2));
     }
-    if width % 2 != 0 {
+    if !width.is_multiple_of(2) {
         return Err(not_multiple("latent width", width, 2));
     }
     let (h2, w2) = (height / 2, width / 2);

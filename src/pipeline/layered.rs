@@ -96,6 +96,7 @@ impl DecomposeParams {
 
 /// Where the initial noise comes from.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one value per run; boxing the tensor buys nothing
 pub enum Noise {
     /// Packed noise `[1, (N+1)·h·w, 64]` (frame 0 = composite), e.g. the reference's
     /// `noise.packed`; this is how a run reproduces a diffusers run.
