@@ -31,6 +31,46 @@ pub enum Error {
         /// The backend's message.
         reason: String,
     },
+    /// A weight file or config could not be read from its source.
+    #[error("reading \"{file}\": {reason}")]
+    Source {
+        /// The file, relative to the model folder root.
+        file: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A config file is missing a field, has a wrong value, or asks for something unsupported.
+    #[error("config \"{file}\": {reason}")]
+    Config {
+        /// The config file.
+        file: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A checkpoint tensor is missing, unexpected, of the wrong shape or of an unsupported dtype.
+    #[error("weights: tensor \"{key}\" ({file}): {reason}")]
+    Weights {
+        /// The diffusers key of the tensor.
+        key: String,
+        /// The file that holds it, or the files searched.
+        file: String,
+        /// What is wrong, with both shapes where shapes differ.
+        reason: String,
+    },
+    /// A model was called with inputs of the wrong shape or inconsistent arguments.
+    #[error("{model}: {reason}")]
+    Input {
+        /// Which model or stage.
+        model: &'static str,
+        /// What is wrong with the inputs, with the shapes involved.
+        reason: String,
+    },
+    /// The caller stopped a run through its progress callback.
+    #[error("cancelled {at}")]
+    Cancelled {
+        /// Where the run stopped, e.g. "after denoising step 3 of 50".
+        at: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

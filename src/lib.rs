@@ -8,8 +8,10 @@ pub mod editor;
 pub mod error;
 pub mod gpu;
 pub mod image_io;
+pub mod model;
 pub mod pipeline;
 pub mod protocol;
+pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
 pub mod web;

@@ -1,4 +1,8 @@
 //! `qwen-layered`: the native command-line program, sharing the library with the browser app.
+//!
+//! Commands: `decompose` (image → N RGBA layers with a diffusers-layout model folder),
+//! `inspect` (list the tensors of a safetensors file, a sharded index or a model folder) and
+//! `gpu` (native adapter report + matmul self-test). See README "Command line".
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {
@@ -10,29 +14,65 @@ fn main() {}
 
 #[cfg(not(target_arch = "wasm32"))]
 mod native {
+    use std::ops::ControlFlow;
+    use std::path::{Path, PathBuf};
     use std::process::ExitCode;
+    use std::time::Instant;
 
-    use burn::tensor::Device;
-    use qwen_layered_web::gpu::{GpuReport, matmul_self_test};
+    use burn::tensor::{Device, Tensor, TensorData};
+    use qwen_layered_web::gpu::{GpuReport, matmul_self_test, read_f32};
+    use qwen_layered_web::image_io::decode_image;
+    use qwen_layered_web::pipeline::{
+        DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise, Progress,
+    };
+    use qwen_layered_web::weights::{DirSource, SafetensorsFolder, WeightSource, to_f32};
+    use safetensors::{Dtype, SafeTensors};
 
-    const USAGE: &str = "usage: qwen-layered <command>
+    const USAGE: &str = "usage: qwen-layered <command> [options]
 
 commands:
-  gpu    acquire the native wgpu device Burn uses, print its adapter, limits and features,
-         and check a 256x256x256 matmul on it against the CPU backend
-  help   print this text";
+  decompose  split an image into N RGBA layers (bottom to top) with a diffusers model folder
+             --model DIR --image IN.png --prompt-embeds F.safetensors
+             (--noise F.safetensors | --seed K) --out OUTDIR
+             [--layers N (4)] [--steps S (50)] [--resolution R (640)]
+             [--true-cfg-scale F (4.0)] [--negative-prompt-embeds F.safetensors]
+             [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
+  inspect    PATH: list the tensors (name, dtype, shape) of a .safetensors file, a
+             *.safetensors.index.json, a model folder or a pipeline folder
+  gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
+             and check a 256x256x256 matmul on it against the CPU backend
+  help       print this text";
+
+    /// A failure: the message for stderr and the exit code.
+    struct Fail(String, u8);
+
+    impl<E: std::fmt::Display> From<E> for Fail {
+        fn from(e: E) -> Self {
+            Fail(e.to_string(), 1)
+        }
+    }
+
+    fn usage_error(msg: impl Into<String>) -> Fail {
+        Fail(format!("{}\n\n{USAGE}", msg.into()), 2)
+    }
 
     pub fn main() -> ExitCode {
         let args: Vec<String> = std::env::args().skip(1).collect();
-        match args.first().map(String::as_str) {
-            Some("gpu") => gpu(),
+        let result = match args.first().map(String::as_str) {
+            Some("gpu") => return gpu(),
+            Some("decompose") => decompose(&args[1..]),
+            Some("inspect") => inspect(&args[1..]),
             Some("help" | "--help" | "-h") | None => {
                 println!("{USAGE}");
-                ExitCode::SUCCESS
+                Ok(())
             }
-            Some(other) => {
-                eprintln!("unknown command {other:?}\n\n{USAGE}");
-                ExitCode::from(2)
+            Some(other) => Err(usage_error(format!("unknown command {other:?}"))),
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Fail(msg, code)) => {
+                eprintln!("error: {msg}");
+                ExitCode::from(code)
             }
         }
     }
@@ -52,7 +92,7 @@ commands:
         for line in report.lines() {
             println!("{line}");
         }
-        let start = std::time::Instant::now();
+        let start = Instant::now();
         match pollster::block_on(matmul_self_test(&device, 256, 256, 256, 42)) {
             Ok(check) => {
                 println!(
@@ -71,5 +111,372 @@ commands:
                 ExitCode::FAILURE
             }
         }
+    }
+
+    /// `--name value` options and `--flag`s, each at most once.
+    struct Options {
+        values: Vec<(String, String)>,
+        flags: Vec<String>,
+    }
+
+    impl Options {
+        fn parse(args: &[String], with_value: &[&str], flags: &[&str]) -> Result<Self, Fail> {
+            let mut me = Options {
+                values: Vec::new(),
+                flags: Vec::new(),
+            };
+            let mut it = args.iter();
+            while let Some(arg) = it.next() {
+                let name = arg.as_str();
+                let seen =
+                    me.values.iter().any(|(n, _)| n == name) || me.flags.iter().any(|f| f == name);
+                if seen {
+                    return Err(usage_error(format!("{name} given twice")));
+                }
+                if with_value.contains(&name) {
+                    let value = it
+                        .next()
+                        .ok_or_else(|| usage_error(format!("{name} needs a value")))?;
+                    me.values.push((name.to_owned(), value.clone()));
+                } else if flags.contains(&name) {
+                    me.flags.push(name.to_owned());
+                } else {
+                    return Err(usage_error(format!("unknown option {name:?}")));
+                }
+            }
+            Ok(me)
+        }
+
+        fn get(&self, name: &str) -> Option<&str> {
+            self.values
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn required(&self, name: &str) -> Result<&str, Fail> {
+            self.get(name)
+                .ok_or_else(|| usage_error(format!("{name} is required")))
+        }
+
+        fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, Fail> {
+            match self.get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| usage_error(format!("{name} {v:?} is not a valid number"))),
+            }
+        }
+
+        fn flag(&self, name: &str) -> bool {
+            self.flags.iter().any(|f| f == name)
+        }
+    }
+
+    /// The single tensor of a safetensors file, as f32 with its name and shape.
+    fn read_single_tensor(path: &Path) -> Result<(String, Vec<usize>, Vec<f32>), Fail> {
+        let file = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| Fail(format!("reading {file}: {e}"), 1))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| Fail(format!("{file} is not a safetensors file: {e}"), 1))?;
+        let names = st.names();
+        let [name] = names.as_slice() else {
+            return Err(Fail(
+                format!(
+                    "{file} must hold exactly one tensor, it holds {}: {:?}",
+                    names.len(),
+                    names
+                ),
+                1,
+            ));
+        };
+        let view = st
+            .tensor(name)
+            .map_err(|e| Fail(format!("{file}: {e}"), 1))?;
+        let values = to_f32(view.data(), view.dtype(), name, &file)?;
+        Ok((name.to_string(), view.shape().to_vec(), values))
+    }
+
+    /// Reads a `[1, L, D]` tensor file (`what` names its role), checking its shape.
+    fn read_tensor3(
+        what: &str,
+        path: &Path,
+        want: [Option<usize>; 3],
+        device: &Device,
+    ) -> Result<Tensor<3>, Fail> {
+        let (name, shape, values) = read_single_tensor(path)?;
+        let fits = shape.len() == 3
+            && shape
+                .iter()
+                .zip(want)
+                .all(|(&s, w)| w.is_none_or(|w| w == s) && s > 0);
+        if !fits {
+            let want: Vec<String> = want
+                .iter()
+                .zip(["B", "L", "D"])
+                .map(|(w, letter)| w.map_or(letter.to_owned(), |v| v.to_string()))
+                .collect();
+            return Err(Fail(
+                format!(
+                    "{what} {}: tensor {name:?} has shape {shape:?}, expected [{}]",
+                    path.display(),
+                    want.join(", ")
+                ),
+                1,
+            ));
+        }
+        Ok(Tensor::from_data(
+            TensorData::new(values, [shape[0], shape[1], shape[2]]),
+            device,
+        ))
+    }
+
+    fn decompose(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(
+            args,
+            &[
+                "--model",
+                "--image",
+                "--layers",
+                "--steps",
+                "--resolution",
+                "--true-cfg-scale",
+                "--negative-prompt-embeds",
+                "--prompt-embeds",
+                "--noise",
+                "--seed",
+                "--scheduler-config",
+                "--out",
+                "--device",
+            ],
+            &["--cfg-normalize"],
+        )?;
+        let defaults = DecomposeParams::default();
+        let params = DecomposeParams {
+            layers: opts.number("--layers", defaults.layers)?,
+            steps: opts.number("--steps", defaults.steps)?,
+            resolution: opts.number("--resolution", defaults.resolution)?,
+            true_cfg_scale: opts.number("--true-cfg-scale", defaults.true_cfg_scale)?,
+            cfg_normalize: opts.flag("--cfg-normalize"),
+        };
+        let model = PathBuf::from(opts.required("--model")?);
+        let image_path = PathBuf::from(opts.required("--image")?);
+        let out_dir = PathBuf::from(opts.required("--out")?);
+        let prompt_path = PathBuf::from(opts.required("--prompt-embeds")?);
+        let seed = match (opts.get("--noise"), opts.get("--seed")) {
+            (Some(_), Some(_)) => return Err(usage_error("give --noise or --seed, not both")),
+            (None, None) => return Err(usage_error("--noise or --seed is required")),
+            (None, Some(_)) => Some(opts.number("--seed", 0u64)?),
+            (Some(_), None) => None,
+        };
+        let device = match opts.get("--device").unwrap_or("cpu") {
+            "cpu" => Device::flex(),
+            "wgpu" => {
+                Device::wgpu_options()
+                    .init_with_setup()
+                    .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?
+                    .0
+            }
+            other => return Err(usage_error(format!("--device {other:?}: use cpu or wgpu"))),
+        };
+        let start = Instant::now();
+        let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
+
+        let image_name = image_path.display().to_string();
+        let bytes = std::fs::read(&image_path)
+            .map_err(|e| Fail(format!("reading {image_name}: {e}"), 1))?;
+        let image = decode_image(&image_name, &bytes)?;
+        let dims =
+            Dimensions::for_image_any_bucket(params.resolution, image.width(), image.height())?;
+        log(&format!(
+            "image {image_name}: {}x{} -> working size {}x{}",
+            image.width(),
+            image.height(),
+            dims.width,
+            dims.height
+        ));
+
+        let mut pipeline =
+            pollster::block_on(LayeredPipeline::load(&DirSource::new(&model), &device))?;
+        if let Some(file) = opts.get("--scheduler-config") {
+            let text = std::fs::read_to_string(file)
+                .map_err(|e| Fail(format!("reading {file}: {e}"), 1))?;
+            pipeline.scheduler_config = FlowMatchEulerDiscreteConfig::from_json_str(&text)
+                .map_err(|e| Fail(format!("scheduler config {file}: {e}"), 1))?;
+        }
+        log(&format!("loaded model {}", model.display()));
+
+        let text_dim = Some(pipeline.transformer.config.joint_attention_dim);
+        let prompt_embeds = read_tensor3(
+            "--prompt-embeds",
+            &prompt_path,
+            [Some(1), None, text_dim],
+            &device,
+        )?;
+        let negative = match opts.get("--negative-prompt-embeds") {
+            Some(p) => Some(read_tensor3(
+                "--negative-prompt-embeds",
+                Path::new(p),
+                [Some(1), None, text_dim],
+                &device,
+            )?),
+            None => None,
+        };
+        if negative.is_none() && params.true_cfg_scale > 1.0 {
+            log("no --negative-prompt-embeds: classifier-free guidance is off (as the reference)");
+        }
+        let noise = match (seed, opts.get("--noise")) {
+            (Some(seed), _) => Noise::Seed(seed),
+            (None, Some(p)) => {
+                let want = [
+                    Some(1),
+                    Some(dims.noise_seq_len(params.layers)),
+                    Some(pipeline.transformer.config.in_channels),
+                ];
+                Noise::Packed(read_tensor3("--noise", Path::new(p), want, &device)?)
+            }
+            (None, None) => unreachable!("checked above: --noise or --seed"),
+        };
+
+        let out = pollster::block_on(pipeline.run(
+            &image,
+            &params,
+            prompt_embeds,
+            negative,
+            noise,
+            |p| {
+                match p {
+                    Progress::Prepared {
+                        width,
+                        height,
+                        layers,
+                        steps,
+                        cfg,
+                    } => log(&format!(
+                        "{layers} layers at {width}x{height}, {steps} steps, CFG {}",
+                        if cfg { "on" } else { "off" }
+                    )),
+                    Progress::Encoded => log("image encoded"),
+                    Progress::Step {
+                        step,
+                        steps,
+                        timestep,
+                    } => log(&format!("step {}/{steps} (t = {timestep:.3})", step + 1)),
+                    Progress::Decoding => log("decoding layers"),
+                    Progress::Done => log("done"),
+                }
+                ControlFlow::Continue(())
+            },
+        ))?;
+
+        std::fs::create_dir_all(&out_dir)
+            .map_err(|e| Fail(format!("creating {}: {e}", out_dir.display()), 1))?;
+        for (k, layer) in out.layers.iter().enumerate() {
+            let path = out_dir.join(format!("layer_{k}.png"));
+            layer
+                .save_with_format(&path, image::ImageFormat::Png)
+                .map_err(|e| Fail(format!("writing {}: {e}", path.display()), 1))?;
+        }
+        let shape = out.latents.dims().to_vec();
+        let latents = pollster::block_on(read_f32(out.latents, "final latents", &device))?;
+        let bytes: Vec<u8> = latents.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)?;
+        let path = out_dir.join("latents.safetensors");
+        safetensors::serialize_to_file([("latents", view)], None, &path)
+            .map_err(|e| Fail(format!("writing {}: {e}", path.display()), 1))?;
+        log(&format!(
+            "wrote {} layers (layer_0.png = bottom) and latents.safetensors to {}",
+            out.layers.len(),
+            out_dir.display()
+        ));
+        Ok(())
+    }
+
+    fn print_folder(label: &str, folder: &SafetensorsFolder) {
+        let params: usize = folder
+            .keys()
+            .filter_map(|k| folder.get(k))
+            .map(|e| e.shape.iter().product::<usize>())
+            .sum();
+        println!(
+            "{label}: {} tensors, {params} values, files {:?}",
+            folder.len(),
+            folder.files()
+        );
+        for key in folder.keys() {
+            if let Some(e) = folder.get(key) {
+                println!("  {key}\t{:?}\t{:?}", e.dtype, e.shape);
+            }
+        }
+    }
+
+    fn inspect(args: &[String]) -> Result<(), Fail> {
+        let [path] = args else {
+            return Err(usage_error("inspect takes one PATH"));
+        };
+        let path = Path::new(path);
+        let name = |p: &Path| {
+            p.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        };
+        if path.is_file() {
+            let source = DirSource::new(path.parent().unwrap_or(Path::new(".")));
+            let file = name(path);
+            let folder = if file.ends_with(".index.json") {
+                pollster::block_on(SafetensorsFolder::open_index(&source, "", &file))?
+            } else {
+                pollster::block_on(SafetensorsFolder::open_files(&source, "", &[file]))?
+            };
+            print_folder(&path.display().to_string(), &folder);
+            return Ok(());
+        }
+        if !path.is_dir() {
+            return Err(Fail(
+                format!("{}: no such file or folder", path.display()),
+                1,
+            ));
+        }
+        let source = DirSource::new(path);
+        // A model folder (weights at its root), or a pipeline folder (weights in subfolders).
+        if let Ok(folder) = pollster::block_on(SafetensorsFolder::open(&source, "")) {
+            print_folder(&path.display().to_string(), &folder);
+            return Ok(());
+        }
+        let mut subs: Vec<String> = std::fs::read_dir(path)
+            .map_err(|e| Fail(format!("{}: {e}", path.display()), 1))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir())
+            .map(|e| name(&e.path()))
+            .collect();
+        subs.sort();
+        let mut found = 0;
+        for sub in subs {
+            let has_weights = pollster::block_on(async {
+                for stem in ["diffusion_pytorch_model", "model"] {
+                    for ext in ["safetensors", "safetensors.index.json"] {
+                        if source.exists(&format!("{sub}/{stem}.{ext}")).await? {
+                            return Ok::<bool, qwen_layered_web::Error>(true);
+                        }
+                    }
+                }
+                Ok(false)
+            })?;
+            if has_weights {
+                let folder = pollster::block_on(SafetensorsFolder::open(&source, &sub))?;
+                print_folder(&format!("{}/{sub}", path.display()), &folder);
+                found += 1;
+            }
+        }
+        if found == 0 {
+            return Err(Fail(
+                format!(
+                    "{}: no safetensors weights in the folder or its subfolders",
+                    path.display()
+                ),
+                1,
+            ));
+        }
+        Ok(())
     }
 }

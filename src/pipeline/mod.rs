@@ -18,11 +18,20 @@
 //!    transformer receives.
 //! 5. [`decoded_layers_to_rgba`] — decoder output to straight-alpha RGBA layers.
 //!
-//! Nothing here allocates GPU memory or depends on Burn; it compiles for
+//! Those modules allocate no GPU memory and do not depend on Burn; they compile for
 //! `wasm32-unknown-unknown` as is.
+//!
+//! On top of them, on a Burn device:
+//!
+//! - [`layered`] — [`LayeredPipeline`]: the whole `__call__` (image → N RGBA layers) with the
+//!   transformer and VAE of [`crate::model`], progress reports and cancellation between steps;
+//! - [`latents`] — [`pack_latents_tensor`] / [`unpack_latents_tensor`] (device twins of the
+//!   slice functions) and the deterministic [`seeded_noise`].
 
 pub mod dimensions;
 pub mod error;
+pub mod latents;
+pub mod layered;
 pub mod postprocess;
 pub mod preprocess;
 pub mod scheduler;
@@ -33,6 +42,10 @@ pub use dimensions::{
     packed_position, python_round, unpack_latents,
 };
 pub use error::{PipelineError, Result};
+pub use latents::{pack_latents_tensor, seeded_noise, seeded_normal, unpack_latents_tensor};
+pub use layered::{
+    DecomposeParams, LayeredOutput, LayeredPipeline, Noise, Progress, SCHEDULER_CONFIG_FILE, Traced,
+};
 pub use postprocess::{
     decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, unit_to_u8,
 };

@@ -1,0 +1,7 @@
+//! The image-side models of Qwen-Image-Layered, one implementation for every Burn device
+//! (Flex on the CPU for tests, wgpu natively, WebGPU in the browser): synchronous maths, no
+//! browser code. Weights come through [`crate::weights`].
+
+pub mod nn;
+pub mod transformer;
+pub mod vae;

@@ -1,0 +1,164 @@
+//! Reading diffusers-layout model folders: `config.json` plus `*.safetensors` weights, single
+//! file or sharded (`*.safetensors.index.json`), by the diffusers key names.
+//!
+//! The only I/O seam is [`WeightSource`]: "give me bytes `offset..offset+len` of file `name`".
+//! The filesystem ([`DirSource`], native only) and in-memory buffers ([`MemorySource`], what the
+//! browser hands over) implement it; an HTTP/OPFS source can implement it the same way.
+//! On top of it:
+//!
+//! - [`SafetensorsFolder`] reads only the headers (and the index) and knows, for each key, its
+//!   file, dtype, shape and byte range;
+//! - [`TensorLoader`] reads one tensor at a time, checks its shape against what the model
+//!   expects, converts bf16/f16/f32 to f32, uploads it to the device and drops the bytes;
+//!   at the end [`TensorLoader::finish`] reports every checkpoint tensor the model did not
+//!   take (an unexpected key is an error, like a missing or wrongly shaped one).
+
+mod loader;
+mod safetensors;
+
+pub use loader::TensorLoader;
+pub use safetensors::{SafetensorsFolder, TensorEntry, to_f32};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, Result};
+
+/// A read-only store of named files (paths relative to the model repository root, with `/`,
+/// e.g. `transformer/config.json`).
+///
+/// Methods are `async` so that browser sources (fetch, OPFS) can implement it; the model maths
+/// never awaits anything but these reads. Futures are not required to be `Send` (wasm is
+/// single-threaded), hence the allowed lint.
+#[allow(async_fn_in_trait)]
+pub trait WeightSource {
+    /// Whether `file` exists in the store.
+    async fn exists(&self, file: &str) -> Result<bool>;
+    /// The total size of `file` in bytes.
+    async fn size(&self, file: &str) -> Result<u64>;
+    /// Bytes `offset .. offset + len` of `file`; an error if the range is not inside the file.
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
+
+    /// The whole of `file`.
+    async fn read_all(&self, file: &str) -> Result<Vec<u8>> {
+        let size = self.size(file).await?;
+        self.read(file, 0, size).await
+    }
+}
+
+/// Reads and parses a JSON file (a `config.json`, an index) from a source.
+pub async fn read_json<T: DeserializeOwned>(source: &impl WeightSource, file: &str) -> Result<T> {
+    let bytes = source.read_all(file).await?;
+    serde_json::from_slice(&bytes).map_err(|e| Error::Config {
+        file: file.to_owned(),
+        reason: format!("not the expected JSON: {e}"),
+    })
+}
+
+/// Files held in memory, e.g. handed over by the browser after a download.
+#[derive(Debug, Clone, Default)]
+pub struct MemorySource {
+    files: HashMap<String, Arc<[u8]>>,
+}
+
+impl MemorySource {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) `file` with `bytes`.
+    pub fn insert(&mut self, file: impl Into<String>, bytes: impl Into<Arc<[u8]>>) {
+        self.files.insert(file.into(), bytes.into());
+    }
+
+    /// Removes `file`, returning whether it was there (to free memory once loaded).
+    pub fn remove(&mut self, file: &str) -> bool {
+        self.files.remove(file).is_some()
+    }
+
+    fn get(&self, file: &str) -> Result<&Arc<[u8]>> {
+        self.files.get(file).ok_or_else(|| Error::Source {
+            file: file.to_owned(),
+            reason: format!("not in the in-memory store ({} files held)", self.files.len()),
+        })
+    }
+}
+
+impl WeightSource for MemorySource {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        Ok(self.files.contains_key(file))
+    }
+
+    async fn size(&self, file: &str) -> Result<u64> {
+        Ok(self.get(file)?.len() as u64)
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let bytes = self.get(file)?;
+        let range = checked_range(file, offset, len, bytes.len() as u64)?;
+        Ok(bytes[range].to_vec())
+    }
+}
+
+/// `offset..offset+len` as a `usize` range, or an error naming the file if it is outside.
+fn checked_range(file: &str, offset: u64, len: u64, size: u64) -> Result<std::ops::Range<usize>> {
+    let end = offset.checked_add(len).filter(|&end| end <= size).ok_or_else(|| Error::Source {
+        file: file.to_owned(),
+        reason: format!("range {offset}+{len} is outside the file ({size} bytes)"),
+    })?;
+    let to_usize = |v: u64| {
+        usize::try_from(v).map_err(|_| Error::Source {
+            file: file.to_owned(),
+            reason: format!("offset {v} does not fit in memory on this platform"),
+        })
+    };
+    Ok(to_usize(offset)?..to_usize(end)?)
+}
+
+/// A model repository folder on the local filesystem (native only).
+#[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug, Clone)]
+pub struct DirSource {
+    root: std::path::PathBuf,
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl DirSource {
+    /// The folder that holds `transformer/`, `vae/`, ... (or any folder of files).
+    pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    fn path(&self, file: &str) -> std::path::PathBuf {
+        self.root.join(file)
+    }
+
+    fn io_error(&self, file: &str, e: std::io::Error) -> Error {
+        Error::Source { file: self.path(file).display().to_string(), reason: e.to_string() }
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+impl WeightSource for DirSource {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        Ok(self.path(file).is_file())
+    }
+
+    async fn size(&self, file: &str) -> Result<u64> {
+        std::fs::metadata(self.path(file)).map(|m| m.len()).map_err(|e| self.io_error(file, e))
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        use std::io::{Read, Seek, SeekFrom};
+        let size = self.size(file).await?;
+        let range = checked_range(file, offset, len, size)?;
+        let mut f = std::fs::File::open(self.path(file)).map_err(|e| self.io_error(file, e))?;
+        f.seek(SeekFrom::Start(offset)).map_err(|e| self.io_error(file, e))?;
+        let mut buf = vec![0u8; range.len()];
+        f.read_exact(&mut buf).map_err(|e| self.io_error(file, e))?;
+        Ok(buf)
+    }
+}

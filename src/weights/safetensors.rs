@@ -1,0 +1,230 @@
+//! safetensors headers and index files: where each tensor of a diffusers folder lives.
+//!
+//! Only headers are read here (8 bytes of length, then the JSON header), never tensor data;
+//! the header JSON is parsed and validated by the `safetensors` crate's `Metadata`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use safetensors::Dtype;
+use safetensors::tensor::Metadata;
+use serde::Deserialize;
+
+use super::{WeightSource, read_json};
+use crate::error::{Error, Result};
+
+/// Where one tensor lives and what it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorEntry {
+    /// The file that holds it, relative to the source root.
+    pub file: String,
+    /// Stored element type.
+    pub dtype: Dtype,
+    /// Stored shape.
+    pub shape: Vec<usize>,
+    /// Absolute byte offset of the data in `file`.
+    pub offset: u64,
+    /// Length of the data in bytes.
+    pub len: u64,
+}
+
+/// The tensors of one model folder (e.g. `transformer/`), single-file or sharded.
+#[derive(Debug, Clone)]
+pub struct SafetensorsFolder {
+    folder: String,
+    files: Vec<String>,
+    entries: BTreeMap<String, TensorEntry>,
+}
+
+/// `*.safetensors.index.json`: `{"metadata": {...}, "weight_map": {key: shard file}}`.
+#[derive(Deserialize)]
+struct IndexFile {
+    weight_map: BTreeMap<String, String>,
+}
+
+/// The weight file names diffusers and transformers write, in the order they are tried.
+const STEMS: [&str; 2] = ["diffusion_pytorch_model", "model"];
+
+impl SafetensorsFolder {
+    /// Reads the index (if any) and every shard header of `folder` (`""` for the root).
+    ///
+    /// Looks for `{stem}.safetensors.index.json`, then `{stem}.safetensors`, for the stems
+    /// `diffusion_pytorch_model` (diffusers) and `model` (transformers).
+    pub async fn open(source: &impl WeightSource, folder: &str) -> Result<Self> {
+        for stem in STEMS {
+            let index = join(folder, &format!("{stem}.safetensors.index.json"));
+            if source.exists(&index).await? {
+                return Self::open_index(source, folder, &index).await;
+            }
+            let single = join(folder, &format!("{stem}.safetensors"));
+            if source.exists(&single).await? {
+                return Self::open_files(source, folder, &[single]).await;
+            }
+        }
+        Err(Error::Source {
+            file: join(folder, "*.safetensors"),
+            reason: format!(
+                "no weights found: looked for {}",
+                STEMS
+                    .iter()
+                    .flat_map(|s| [format!("{s}.safetensors.index.json"), format!("{s}.safetensors")])
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+    }
+
+    /// A sharded folder: the index names the shards; every key in the index must be in the
+    /// shard it names, and every shard key must be in the index.
+    pub async fn open_index(source: &impl WeightSource, folder: &str, index_file: &str) -> Result<Self> {
+        let index: IndexFile = read_json(source, index_file).await?;
+        let shards: BTreeSet<&String> = index.weight_map.values().collect();
+        let shards: Vec<String> = shards.into_iter().map(|s| join(folder, s)).collect();
+        let me = Self::open_files(source, folder, &shards).await?;
+        for (key, shard) in &index.weight_map {
+            let want = join(folder, shard);
+            match me.entries.get(key) {
+                Some(e) if e.file == want => {}
+                Some(e) => {
+                    return Err(Error::Weights {
+                        key: key.clone(),
+                        file: index_file.to_owned(),
+                        reason: format!("the index says {want}, but it is in {}", e.file),
+                    });
+                }
+                None => {
+                    return Err(Error::Weights {
+                        key: key.clone(),
+                        file: want,
+                        reason: format!("listed in {index_file} but not in the shard's header"),
+                    });
+                }
+            }
+        }
+        if let Some((key, e)) = me.entries.iter().find(|(k, _)| !index.weight_map.contains_key(*k)) {
+            return Err(Error::Weights {
+                key: key.clone(),
+                file: e.file.clone(),
+                reason: format!("in the shard but not listed in {index_file}"),
+            });
+        }
+        Ok(me)
+    }
+
+    /// The given safetensors files, as one folder (a key in two files is an error).
+    pub async fn open_files(source: &impl WeightSource, folder: &str, files: &[String]) -> Result<Self> {
+        let mut entries = BTreeMap::new();
+        for file in files {
+            for (key, entry) in read_header(source, file).await? {
+                if let Some(prev) = entries.get(&key) {
+                    let prev: &TensorEntry = prev;
+                    return Err(Error::Weights {
+                        key,
+                        file: file.clone(),
+                        reason: format!("also present in {}", prev.file),
+                    });
+                }
+                entries.insert(key, entry);
+            }
+        }
+        Ok(Self { folder: folder.to_owned(), files: files.to_vec(), entries })
+    }
+
+    /// The folder these weights came from.
+    pub fn folder(&self) -> &str {
+        &self.folder
+    }
+
+    /// The weight files read.
+    pub fn files(&self) -> &[String] {
+        &self.files
+    }
+
+    /// The entry for `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&TensorEntry> {
+        self.entries.get(key)
+    }
+
+    /// Every key, sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.entries.keys().map(String::as_str)
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if the folder holds no tensor.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// `folder/name`, or `name` for the root.
+fn join(folder: &str, name: &str) -> String {
+    let folder = folder.trim_end_matches('/');
+    if folder.is_empty() { name.to_owned() } else { format!("{folder}/{name}") }
+}
+
+/// Reads one file's header: key → entry with absolute offsets.
+async fn read_header(source: &impl WeightSource, file: &str) -> Result<HashMap<String, TensorEntry>> {
+    let bad = |reason: String| Error::Source { file: file.to_owned(), reason };
+    let size = source.size(file).await?;
+    let n_bytes = source.read(file, 0, 8).await?;
+    let n = u64::from_le_bytes(
+        n_bytes.as_slice().try_into().map_err(|_| bad("shorter than the 8-byte header length".into()))?,
+    );
+    if n > 100_000_000 || 8 + n > size {
+        return Err(bad(format!("header length {n} is impossible for a {size}-byte file")));
+    }
+    let header = source.read(file, 8, n).await?;
+    let metadata: Metadata = serde_json::from_slice(&header)
+        .map_err(|e| bad(format!("not a safetensors header: {e}")))?;
+    let data_start = 8 + n;
+    let mut out = HashMap::new();
+    for (key, info) in metadata.tensors() {
+        let (start, end) = info.data_offsets;
+        let entry = TensorEntry {
+            file: file.to_owned(),
+            dtype: info.dtype,
+            shape: info.shape.clone(),
+            offset: data_start + start as u64,
+            len: (end - start) as u64,
+        };
+        if entry.offset + entry.len > size {
+            return Err(Error::Weights {
+                key,
+                file: file.to_owned(),
+                reason: format!("data {}..{} runs past the end of the file ({size} bytes)", entry.offset, entry.offset + entry.len),
+            });
+        }
+        out.insert(key, entry);
+    }
+    Ok(out)
+}
+
+/// Converts little-endian raw tensor bytes to f32 (bf16, f16 and f32 are accepted).
+///
+/// `key`/`file` only name the tensor in errors.
+pub fn to_f32(bytes: &[u8], dtype: Dtype, key: &str, file: &str) -> Result<Vec<f32>> {
+    let bad = |reason: String| Error::Weights { key: key.to_owned(), file: file.to_owned(), reason };
+    let width = match dtype {
+        Dtype::BF16 | Dtype::F16 => 2,
+        Dtype::F32 => 4,
+        other => return Err(bad(format!("dtype {other:?} is not supported (bf16, f16 or f32 expected)"))),
+    };
+    if bytes.len() % width != 0 {
+        return Err(bad(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len())));
+    }
+    Ok(match dtype {
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect(),
+        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+    })
+}

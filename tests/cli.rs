@@ -1,0 +1,243 @@
+//! The `qwen-layered` binary: `decompose` on fixture cases (layers within 1/255 of the
+//! reference's `output.layers`, final latents within 1e-4), its shape errors, and `inspect`.
+//!
+//! Run: `cargo test --test cli -- --nocapture`.
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{Record, assert_close, fixtures_dir};
+use safetensors::{Dtype, SafeTensors};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_qwen-layered"))
+}
+
+/// A fresh scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("qwen-layered-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    dir
+}
+
+/// Writes the record's tensor `name` alone into `dir/file` under the tensor name `as_name`.
+fn extract(rec: &Record, name: &str, dir: &Path, file: &str, as_name: &str) -> PathBuf {
+    let (values, shape) = rec.f32(name);
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes).expect("view");
+    let path = dir.join(file);
+    safetensors::serialize_to_file([(as_name, view)], None, &path).expect("write safetensors");
+    path
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("the binary runs");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// `decompose` arguments for a fixture case, with the embeddings and noise extracted.
+fn decompose_args(case: &str, dir: &Path) -> (Record, Vec<String>) {
+    let rec = Record::load(case);
+    let call = &rec.json["call"];
+    let s = |p: PathBuf| p.display().to_string();
+    let mut args: Vec<String> = vec![
+        "decompose".into(),
+        "--model".into(),
+        s(fixtures_dir().join("model")),
+        "--image".into(),
+        s(fixtures_dir().join(case).join("input.png")),
+        "--layers".into(),
+        call["layers"].to_string(),
+        "--steps".into(),
+        call["num_inference_steps"].to_string(),
+        "--resolution".into(),
+        rec.json["bucket"]["size"].to_string(),
+        "--true-cfg-scale".into(),
+        call["true_cfg_scale"].to_string(),
+        "--prompt-embeds".into(),
+        s(extract(
+            &rec,
+            "text.prompt.embeds",
+            dir,
+            "prompt.safetensors",
+            "prompt_embeds",
+        )),
+        "--noise".into(),
+        s(extract(
+            &rec,
+            "noise.packed",
+            dir,
+            "noise.safetensors",
+            "noise",
+        )),
+        "--scheduler-config".into(),
+        s(fixtures_dir().join(
+            rec.json["scheduler"]["config_file"]
+                .as_str()
+                .expect("config_file"),
+        )),
+        "--out".into(),
+        s(dir.join("out")),
+    ];
+    if rec.has("text.negative.embeds") {
+        args.push("--negative-prompt-embeds".into());
+        args.push(s(extract(
+            &rec,
+            "text.negative.embeds",
+            dir,
+            "negative.safetensors",
+            "neg",
+        )));
+    }
+    if call["cfg_normalize"].as_bool().expect("cfg_normalize") {
+        args.push("--cfg-normalize".into());
+    }
+    (rec, args)
+}
+
+#[test]
+fn decompose_reproduces_the_reference_layers_and_latents() {
+    for case in ["a_lin_cfgnorm_l3_s3_64", "f_exp_cfg_l2_s4_40x24"] {
+        let dir = scratch(case);
+        let (rec, args) = decompose_args(case, &dir);
+        let out = run(bin().args(&args));
+        assert!(out.status.success(), "{case}: decompose failed");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("step 1/") && stderr.contains("decoding"),
+            "{case}: progress: {stderr}"
+        );
+
+        let (want, shape) = rec.u8("output.layers");
+        let [n, h, w, _] = shape[..] else {
+            panic!("{case}: output.layers {shape:?}")
+        };
+        let (mut off_by_one, mut worse) = (0usize, 0usize);
+        for k in 0..n {
+            let png = image::open(dir.join("out").join(format!("layer_{k}.png")))
+                .unwrap_or_else(|e| panic!("{case}: layer_{k}.png: {e}"));
+            let png = png.as_rgba8().expect("RGBA8 PNG");
+            assert_eq!(
+                png.dimensions(),
+                (w as u32, h as u32),
+                "{case}: layer {k} size"
+            );
+            let want = &want[k * h * w * 4..(k + 1) * h * w * 4];
+            for (&g, &e) in png.as_raw().iter().zip(want) {
+                match g.abs_diff(e) {
+                    0 => {}
+                    1 => off_by_one += 1,
+                    _ => worse += 1,
+                }
+            }
+        }
+        assert!(
+            !dir.join("out").join(format!("layer_{n}.png")).exists(),
+            "{case}: extra layer"
+        );
+        eprintln!(
+            "{case}: PNG bytes differing by 1: {off_by_one} of {}, by more: {worse}",
+            want.len()
+        );
+        assert_eq!(worse, 0, "{case}: PNG bytes off by more than 1/255");
+
+        let bytes =
+            std::fs::read(dir.join("out/latents.safetensors")).expect("latents.safetensors");
+        let st = SafeTensors::deserialize(&bytes).expect("latents.safetensors parses");
+        let view = st.tensor("latents").expect("tensor \"latents\"");
+        let got: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let last = format!("step{}.latents", rec.steps() - 1);
+        let (want, shape) = rec.f32(&last);
+        assert_eq!(view.shape(), &shape[..], "{case}: latents shape");
+        assert_close(
+            &format!("{case}: latents.safetensors vs {last}"),
+            &got,
+            &want,
+            &shape,
+            1e-4,
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[test]
+fn decompose_names_file_tensor_and_shapes_on_a_wrong_noise() {
+    let dir = scratch("wrong-noise");
+    let (rec, mut args) = decompose_args("a_lin_cfgnorm_l3_s3_64", &dir);
+    let wrong = extract(
+        &rec,
+        "text.prompt.embeds",
+        &dir,
+        "wrong.safetensors",
+        "not_noise",
+    );
+    let i = args.iter().position(|a| a == "--noise").expect("--noise") + 1;
+    args[i] = wrong.display().to_string();
+    let out = run(bin().args(&args));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for part in [
+        "--noise",
+        "wrong.safetensors",
+        "\"not_noise\"",
+        "[1, 173, 64]",
+        "expected [1, 64, 64]",
+    ] {
+        assert!(stderr.contains(part), "{part:?} missing from: {stderr}");
+    }
+
+    args.extend(["--seed".into(), "1".into()]);
+    let out = run(bin().args(&args));
+    assert_eq!(out.status.code(), Some(2), "usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("give --noise or --seed, not both"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn inspect_lists_the_model_folder_and_a_single_file() {
+    let out = run(bin().args([
+        "inspect",
+        &fixtures_dir().join("model").display().to_string(),
+    ]));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "model/text_encoder: ",
+        "model/transformer: ",
+        "model/vae: ",
+        "transformer_blocks.0.attn.to_q.weight\tBF16\t[64, 64]",
+        "decoder.up_blocks.0.upsamplers.0.time_conv.weight",
+        "img_in.weight\tBF16\t[64, 64]",
+    ] {
+        assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");
+    }
+
+    let file = fixtures_dir().join("a_lin_cfgnorm_l3_s3_64/record.safetensors");
+    let out = run(bin().args(["inspect", &file.display().to_string()]));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("noise.packed\tF32\t[1, 64, 64]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("output.layers\tU8\t[3, 64, 64, 4]"),
+        "{stdout}"
+    );
+
+    let out = run(bin().args(["inspect", "/nonexistent/path"]));
+    assert_eq!(out.status.code(), Some(1));
+}
