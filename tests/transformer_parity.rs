@@ -6,8 +6,8 @@
 
 mod common;
 
-use burn::tensor::{Int, Tensor, TensorData};
-use common::{Record, assert_close, cases, check, cpu, model_source};
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use common::{Record, assert_close, cases, check, cpu, model_source, read};
 use qwen_layered_web::model::transformer::{ForwardTrace, QwenImageTransformer2DModel, TransformerInput, timestep_proj};
 
 /// Everything before the VAE decoder.
@@ -135,4 +135,31 @@ fn mismatched_img_shapes_are_an_error() {
     let err = model.forward(input(&rec, 0, "text.prompt.embeds", &wrong)).expect_err("must fail");
     let msg = err.to_string();
     assert!(msg.contains("64 image tokens") && msg.contains("80"), "{msg}");
+}
+
+#[test]
+fn masked_padding_changes_nothing() {
+    // diffusers `encoder_hidden_states_mask`: padded text tokens (mask 0) must not affect any real
+    // token; an all-ones mask equals no mask. RoPE text positions of the real tokens are unchanged.
+    let model = load_model();
+    let rec = Record::load("a_lin_cfgnorm_l3_s3_64");
+    let shapes = rec.img_shapes();
+    let base = input(&rec, 0, "text.prompt.embeds", &shapes);
+    let want = read(model.forward(base.clone()).expect("forward"));
+
+    let device = cpu();
+    let ones = Tensor::<2, Bool>::from_bool(TensorData::new(vec![true; 173], [1, 173]), &device);
+    let all_ones = TransformerInput { encoder_hidden_states_mask: Some(ones), ..base.clone() };
+    assert_close("all-ones mask", &read(model.forward(all_ones).expect("forward")), &want, &[1, 80, 64], 1e-6);
+
+    let pad = 7;
+    let junk = Tensor::<3>::from_data(
+        TensorData::new(qwen_layered_web::gpu::seeded_values(5, pad * 64).iter().map(|v| v * 3.0).collect::<Vec<f32>>(), [1, pad, 64]),
+        &device,
+    );
+    let padded = Tensor::cat(vec![base.encoder_hidden_states.clone(), junk], 1);
+    let valid: Vec<bool> = (0..173 + pad).map(|i| i < 173).collect();
+    let mask = Tensor::<2, Bool>::from_bool(TensorData::new(valid, [1, 173 + pad]), &device);
+    let masked = TransformerInput { encoder_hidden_states: padded, encoder_hidden_states_mask: Some(mask), ..base };
+    assert_close("padded + mask", &read(model.forward(masked).expect("forward")), &want, &[1, 80, 64], 1e-5);
 }

@@ -213,7 +213,7 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype, key: &str, file: &str) -> Result<Vec<f
         Dtype::F32 => 4,
         other => return Err(bad(format!("dtype {other:?} is not supported (bf16, f16 or f32 expected)"))),
     };
-    if bytes.len() % width != 0 {
+    if !bytes.len().is_multiple_of(width) {
         return Err(bad(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len())));
     }
     Ok(match dtype {
@@ -227,4 +227,40 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype, key: &str, file: &str) -> Result<Vec<f
             .collect(),
         _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
     })
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converts_bf16_f16_f32_and_refuses_the_rest() {
+        let bf: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(to_f32(&bf, Dtype::BF16, "k", "f").expect("bf16"), vec![1.5, -2.0]);
+        let h: Vec<u8> = [0.25f32, 3.0].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(to_f32(&h, Dtype::F16, "k", "f").expect("f16"), vec![0.25, 3.0]);
+        let f: Vec<u8> = [1e-3f32].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(to_f32(&f, Dtype::F32, "k", "f").expect("f32"), vec![1e-3]);
+        let err = to_f32(&[0; 8], Dtype::I64, "a.weight", "x.safetensors").expect_err("i64").to_string();
+        assert!(err.contains("a.weight") && err.contains("x.safetensors") && err.contains("I64"), "{err}");
+        assert!(to_f32(&[0; 3], Dtype::BF16, "k", "f").is_err(), "odd byte count");
+    }
+
+    #[test]
+    fn reads_headers_from_memory_and_rejects_truncated_files() {
+        let data = [1u8, 2, 3, 4];
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, vec![1], &data).expect("view");
+        let bytes = safetensors::serialize([("w", view)], None).expect("serialize");
+        let mut src = super::super::MemorySource::new();
+        src.insert("m/model.safetensors", bytes.clone());
+        let folder = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect("open");
+        let e = folder.get("w").expect("w");
+        assert_eq!((e.shape.clone(), e.len), (vec![1], 4));
+        assert_eq!(pollster::block_on(src.read("m/model.safetensors", e.offset, e.len)).expect("read"), data);
+        src.insert("m/model.safetensors", bytes[..bytes.len() - 2].to_vec());
+        let err = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect_err("truncated").to_string();
+        assert!(err.contains("\"w\"") && err.contains("past the end"), "{err}");
+        let err = pollster::block_on(SafetensorsFolder::open(&src, "nothing")).expect_err("absent").to_string();
+        assert!(err.contains("no weights found"), "{err}");
+    }
 }

@@ -19,6 +19,9 @@ pub const TIMESTEP_PROJ_DIM: usize = 256;
 /// `[cos(1000·t·f_k), sin(1000·t·f_k)]` with `f_k = exp(−ln(10000)·k/128)`, k = 0..128.
 ///
 /// The f32 operation order of diffusers' `get_timestep_embedding` is kept (`(t·f)·1000`).
+/// `f_k` is the correctly rounded f32 exponential; torch's vectorised `expf` is 1 ulp off at
+/// k = 12 and k = 106, which moves `cos/sin(1000·f_k)` by up to 2.3e-5 at t = 1 (measured
+/// against the fixtures; 7e-7 after `timestep_embedder`).
 ///
 /// - timestep: `[B]` (σ in [0, 1]) → `[B, 256]`
 pub fn timestep_proj(timestep: Tensor<1>) -> Tensor<2> {
@@ -181,18 +184,19 @@ impl QwenEmbedRope {
         }
     }
 
-    /// The image and text tables for one sample's `img_shapes` and `txt_len` text tokens.
+    /// The `(frame, row, col)` RoPE positions of every image token and every text token.
     ///
-    /// Image tokens are ordered entry by entry, each row-major over `frame × height × width`.
-    /// Text token `j` is at position `max_vid_index + j` on all three axes, where
-    /// `max_vid_index = max(h//2, w//2 over entries)` (and `len(img_shapes) − 1` for Layer3D).
-    pub fn tables(&self, img_shapes: &[ImgShape], txt_len: usize) -> Result<RopeTables> {
+    /// Image tokens are ordered entry by entry, each row-major over `frame × height × width`;
+    /// rows are centred `-(h - h//2) .. h//2 - 1` (`scale_rope=True`), columns likewise. Entry
+    /// `i` has frame position `i` (plus the frame within it), except, for Layer3D, the last
+    /// entry (the condition image), which has −1. Text token `j` is at `max_vid_index + j` on
+    /// all three axes, `max_vid_index = max(h//2, w//2 over entries)` (and `len(img_shapes) − 1`
+    /// for Layer3D).
+    pub fn positions(&self, img_shapes: &[ImgShape], txt_len: usize) -> Result<(Vec<[i64; 3]>, Vec<[i64; 3]>)> {
         let input = |reason: String| Error::Input { model: "QwenEmbedRope", reason };
         if img_shapes.is_empty() {
             return Err(input("img_shapes is empty".into()));
         }
-        let inv = [self.inv_freqs(self.axes_dim[0]), self.inv_freqs(self.axes_dim[1]), self.inv_freqs(self.axes_dim[2])];
-        let half = self.axes_dim.iter().sum::<usize>() / 2;
         let check = |p: i64| {
             if (-ROPE_TABLE_LEN..ROPE_TABLE_LEN).contains(&p) {
                 Ok(p)
@@ -200,7 +204,7 @@ impl QwenEmbedRope {
                 Err(input(format!("RoPE position {p} is outside diffusers' tables (±{ROPE_TABLE_LEN})")))
             }
         };
-        let (mut img_cos, mut img_sin) = (Vec::new(), Vec::new());
+        let mut img = Vec::new();
         let layer_num = img_shapes.len() - 1;
         let mut max_vid_index = 0usize;
         for (idx, &(frame, height, width)) in img_shapes.iter().enumerate() {
@@ -211,11 +215,10 @@ impl QwenEmbedRope {
             for f in 0..frame {
                 let frame_pos = if condition { -1 } else { check((idx + f) as i64)? };
                 for r in 0..height {
-                    // scale_rope: rows -(h - h//2) .. h//2 - 1
-                    let row = r as i64 - (height - height / 2) as i64;
+                    let row = check(r as i64 - (height - height / 2) as i64)?;
                     for c in 0..width {
-                        let col = c as i64 - (width - width / 2) as i64;
-                        self.push_token(&inv, [frame_pos, check(row)?, check(col)?], &mut img_cos, &mut img_sin);
+                        let col = check(c as i64 - (width - width / 2) as i64)?;
+                        img.push([frame_pos, row, col]);
                     }
                 }
             }
@@ -224,20 +227,27 @@ impl QwenEmbedRope {
         if self.layer3d {
             max_vid_index = max_vid_index.max(layer_num);
         }
-        let (mut txt_cos, mut txt_sin) = (Vec::new(), Vec::new());
-        for j in 0..txt_len {
-            let p = check((max_vid_index + j) as i64)?;
-            self.push_token(&inv, [p, p, p], &mut txt_cos, &mut txt_sin);
+        let txt = (0..txt_len)
+            .map(|j| check((max_vid_index + j) as i64).map(|p| [p, p, p]))
+            .collect::<Result<Vec<_>>>()?;
+        Ok((img, txt))
+    }
+
+    /// The image and text tables for one sample's `img_shapes` and `txt_len` text tokens, at
+    /// the [`positions`](Self::positions).
+    pub fn tables(&self, img_shapes: &[ImgShape], txt_len: usize) -> Result<RopeTables> {
+        let (img, txt) = self.positions(img_shapes, txt_len)?;
+        let inv = [self.inv_freqs(self.axes_dim[0]), self.inv_freqs(self.axes_dim[1]), self.inv_freqs(self.axes_dim[2])];
+        let half = self.axes_dim.iter().sum::<usize>() / 2;
+        let (mut img_cos, mut img_sin) = (Vec::with_capacity(img.len() * half), Vec::with_capacity(img.len() * half));
+        for pos in &img {
+            self.push_token(&inv, *pos, &mut img_cos, &mut img_sin);
         }
-        Ok(RopeTables {
-            s_img: img_cos.len() / half,
-            s_txt: txt_len,
-            img_cos,
-            img_sin,
-            txt_cos,
-            txt_sin,
-            half,
-        })
+        let (mut txt_cos, mut txt_sin) = (Vec::with_capacity(txt.len() * half), Vec::with_capacity(txt.len() * half));
+        for pos in &txt {
+            self.push_token(&inv, *pos, &mut txt_cos, &mut txt_sin);
+        }
+        Ok(RopeTables { s_img: img.len(), s_txt: txt.len(), img_cos, img_sin, txt_cos, txt_sin, half })
     }
 }
 
@@ -255,4 +265,51 @@ pub fn apply_rotary_emb(x: Tensor<4>, cos: &Tensor<2>, sin: &Tensor<2>) -> Tenso
     let out_re = re.clone() * cos.clone() - im.clone() * sin.clone();
     let out_im = re * sin + im * cos;
     Tensor::stack::<5>(vec![out_re, out_im], 4).reshape([b, s, h, d])
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    fn layered() -> QwenEmbedRope {
+        QwenEmbedRope { axes_dim: [8, 4, 4], theta: 10000.0, layer3d: true }
+    }
+
+    #[test]
+    fn layer3d_positions_follow_the_spec_dump() {
+        // model-spec.md §6: h=4, w=6, N=2 -> frames 0, 1, 2 and -1; rows -2..1, cols -3..2;
+        // text from max(2, 3, N+1=3) = 3.
+        let shapes = vec![(1, 4, 6); 4];
+        let (img, txt) = layered().positions(&shapes, 5).expect("positions");
+        assert_eq!(img.len(), 96);
+        assert_eq!(img[0], [0, -2, -3]);
+        assert_eq!(img[23], [0, 1, 2]);
+        assert_eq!(img[24], [1, -2, -3]);
+        assert_eq!(img[48], [2, -2, -3]);
+        assert_eq!(img[72], [-1, -2, -3]);
+        assert_eq!(img[95], [-1, 1, 2]);
+        assert_eq!(txt, vec![[3; 3], [4; 3], [5; 3], [6; 3], [7; 3]]);
+        // 640x640 with N=4: text starts at max(20, 20, 5) = 20.
+        let (_, txt) = layered().positions(&[(1, 40, 40); 6], 1).expect("positions");
+        assert_eq!(txt, vec![[20; 3]]);
+    }
+
+    #[test]
+    fn plain_rope_uses_the_entry_index_and_odd_sizes_centre_down() {
+        let rope = QwenEmbedRope { layer3d: false, ..layered() };
+        let (img, txt) = rope.positions(&[(1, 3, 1), (1, 1, 1)], 1).expect("positions");
+        assert_eq!(img, vec![[0, -2, -1], [0, -1, -1], [0, 0, -1], [1, -1, -1]]);
+        assert_eq!(txt, vec![[1; 3]]);
+    }
+
+    #[test]
+    fn tables_are_cos_sin_of_position_times_frequency() {
+        let t = layered().tables(&[(1, 2, 2), (1, 2, 2)], 2).expect("tables");
+        assert_eq!((t.s_img, t.s_txt, t.half), (8, 2, 8));
+        // Token 4 is the condition entry at frame -1: frame frequencies 1, 10000^-1/4, ...
+        let inv0 = 1.0f32;
+        assert!((t.img_cos[4 * 8] - (-inv0).cos()).abs() < 1e-7);
+        assert!((t.img_sin[4 * 8] - (-inv0).sin()).abs() < 1e-7);
+        assert!(layered().positions(&[(1, 2, 2), (2, 2, 2)], 0).is_err(), "a 2-frame condition entry is refused");
+    }
 }

@@ -177,15 +177,15 @@ impl QwenImageTransformer2DModel {
         if input.timestep.dims() != [b] {
             return bad(format!("timestep {:?} must be [{b}]", input.timestep.dims()));
         }
-        if let Some(m) = &input.encoder_hidden_states_mask {
-            if m.dims() != [b, s_txt] {
-                return bad(format!("encoder_hidden_states_mask {:?} must be [{b}, {s_txt}]", m.dims()));
-            }
+        if let Some(m) = &input.encoder_hidden_states_mask
+            && m.dims() != [b, s_txt]
+        {
+            return bad(format!("encoder_hidden_states_mask {:?} must be [{b}, {s_txt}]", m.dims()));
         }
-        if let Some(a) = &input.additional_t_cond {
-            if a.dims() != [b] {
-                return bad(format!("additional_t_cond {:?} must be [{b}]", a.dims()));
-            }
+        if let Some(a) = &input.additional_t_cond
+            && a.dims() != [b]
+        {
+            return bad(format!("additional_t_cond {:?} must be [{b}]", a.dims()));
         }
         let Some(first) = input.img_shapes.first() else {
             return bad("img_shapes is empty".into());

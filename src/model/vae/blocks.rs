@@ -79,13 +79,22 @@ impl AttentionBlock {
     }
 
     /// - x: `[B, C, H, W]` → `[B, C, H, W]`
+    ///
+    /// The 1×1 `to_qkv` conv is computed as three matmuls so that q, k and v are fresh
+    /// contiguous `[B, 1, HW, C]` tensors: Burn 0.22.1's wgpu flash-attention kernel gives wrong
+    /// results for inputs whose last axis is a strided view (chunks of a transposed
+    /// tensor, as a literal port would pass), measured at 3e-1 on lavapipe for HW ≥ 64.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let qkv = self.to_qkv.forward(self.norm.forward(x.clone())); // [B, 3C, H, W]
-        let qkv = qkv.reshape([b, 1, 3 * c, h * w]).swap_dims(2, 3); // [B, 1, HW, 3C]
-        let mut parts = qkv.chunk(3, 3).into_iter();
-        let mut next = || parts.next().expect("chunk(3) of 3C channels yields 3 parts");
-        let (q, k, v) = (next(), next(), next()); // [B, 1, HW, C] each
+        let tokens = self.norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [B, HW, C]
+        let weight = self.to_qkv.weight.val().reshape([3 * c, c]); // [3C, C]
+        let bias = self.to_qkv.bias.val(); // [3C]
+        let project = |i: usize| {
+            let w_i = weight.clone().narrow(0, i * c, c).transpose(); // [C_in, C_out]
+            let b_i = bias.clone().narrow(0, i * c, c).reshape([1, 1, c]);
+            (tokens.clone().matmul(w_i.unsqueeze::<3>()) + b_i).unsqueeze_dim::<4>(1) // [B, 1, HW, C]
+        };
+        let (q, k, v) = (project(0), project(1), project(2));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default()); // [B, 1, HW, C]
         let out = out.reshape([b, h * w, c]).swap_dims(1, 2).reshape([b, c, h, w]);
         self.proj.forward(out) + x
