@@ -8,27 +8,46 @@ mod common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{Record, assert_close, cases, check, cpu, model_source, read};
-use qwen_layered_web::model::transformer::{ForwardTrace, QwenImageTransformer2DModel, TransformerInput, timestep_proj};
+use qwen_layered_web::model::transformer::{
+    ForwardTrace, QwenImageTransformer2DModel, TransformerInput, timestep_proj,
+};
 
 /// Everything before the VAE decoder.
 const ATOL: f32 = 1e-4;
 
 fn load_model() -> QwenImageTransformer2DModel {
-    pollster::block_on(QwenImageTransformer2DModel::load(&model_source(), "transformer", &cpu())).expect("tiny transformer loads")
+    pollster::block_on(QwenImageTransformer2DModel::load(
+        &model_source(),
+        "transformer",
+        &cpu(),
+    ))
+    .expect("tiny transformer loads")
 }
 
 /// The transformer input of step `step` with the given text embeddings.
-fn input<'a>(rec: &Record, step: usize, text: &str, img_shapes: &'a [Vec<(usize, usize, usize)>]) -> TransformerInput<'a> {
+fn input<'a>(
+    rec: &Record,
+    step: usize,
+    text: &str,
+    img_shapes: &'a [Vec<(usize, usize, usize)>],
+) -> TransformerInput<'a> {
     let device = cpu();
     let hs = rec.shape(&format!("step{step}.transformer_in"));
     let ts = rec.shape(text);
     TransformerInput {
-        hidden_states: rec.tensor(&format!("step{step}.transformer_in"), [hs[0], hs[1], hs[2]], &device),
+        hidden_states: rec.tensor(
+            &format!("step{step}.transformer_in"),
+            [hs[0], hs[1], hs[2]],
+            &device,
+        ),
         encoder_hidden_states: rec.tensor(text, [ts[0], ts[1], ts[2]], &device),
         encoder_hidden_states_mask: None,
         timestep: rec.tensor(&format!("step{step}.timestep"), [1], &device),
         img_shapes,
-        additional_t_cond: Some(Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &device)),
+        additional_t_cond: Some(Tensor::<1, Int>::from_data(
+            TensorData::new(vec![0i64], [1]),
+            &device,
+        )),
     }
 }
 
@@ -65,8 +84,16 @@ fn timestep_embedding_matches() {
             continue;
         }
         let t = rec.tensor("step0.timestep", [1], &device);
-        check(&rec, "first_call.timestep_proj", timestep_proj(t.clone()), ATOL);
-        let emb = model.time_text_embed.timestep_embedder.forward(timestep_proj(t.clone()));
+        check(
+            &rec,
+            "first_call.timestep_proj",
+            timestep_proj(t.clone()),
+            ATOL,
+        );
+        let emb = model
+            .time_text_embed
+            .timestep_embedder
+            .forward(timestep_proj(t.clone()));
         check(&rec, "first_call.timestep_emb", emb, ATOL);
         let idx = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &device);
         let temb = model.time_text_embed.forward(t, Some(idx)).expect("temb");
@@ -85,20 +112,43 @@ fn first_call_stages_and_blocks_match() {
         let shapes = rec.img_shapes();
         let mut trace = ForwardTrace::default();
         let out = model
-            .forward_traced(input(&rec, 0, "text.prompt.embeds", &shapes), Some(&mut trace))
+            .forward_traced(
+                input(&rec, 0, "text.prompt.embeds", &shapes),
+                Some(&mut trace),
+            )
             .expect("forward");
         check(&rec, "first_call.temb", trace.temb.expect("traced"), ATOL);
-        check(&rec, "first_call.img_in", trace.img_in.expect("traced"), ATOL);
+        check(
+            &rec,
+            "first_call.img_in",
+            trace.img_in.expect("traced"),
+            ATOL,
+        );
         if rec.has("first_call.txt_norm") {
-            check(&rec, "first_call.txt_norm", trace.txt_norm.expect("traced"), ATOL);
+            check(
+                &rec,
+                "first_call.txt_norm",
+                trace.txt_norm.expect("traced"),
+                ATOL,
+            );
         }
-        check(&rec, "first_call.txt_in", trace.txt_in.expect("traced"), ATOL);
+        check(
+            &rec,
+            "first_call.txt_in",
+            trace.txt_in.expect("traced"),
+            ATOL,
+        );
         assert_eq!(trace.blocks.len(), model.transformer_blocks.len());
         for (k, (txt, img)) in trace.blocks.into_iter().enumerate() {
             check(&rec, &format!("block{k}.first_call.txt"), txt, ATOL);
             check(&rec, &format!("block{k}.first_call.img"), img, ATOL);
         }
-        check(&rec, "first_call.norm_out", trace.norm_out.expect("traced"), ATOL);
+        check(
+            &rec,
+            "first_call.norm_out",
+            trace.norm_out.expect("traced"),
+            ATOL,
+        );
         check(&rec, "step0.cond.transformer_out", out, ATOL);
     }
 }
@@ -117,8 +167,15 @@ fn every_transformer_call_matches() {
                 branches.push(("uncond", "text.negative.embeds"));
             }
             for (branch, text) in branches {
-                let out = model.forward(input(&rec, step, text, &shapes)).expect("forward");
-                worst = worst.max(check(&rec, &format!("step{step}.{branch}.transformer_out"), out, ATOL));
+                let out = model
+                    .forward(input(&rec, step, text, &shapes))
+                    .expect("forward");
+                worst = worst.max(check(
+                    &rec,
+                    &format!("step{step}.{branch}.transformer_out"),
+                    out,
+                    ATOL,
+                ));
                 calls += 1;
             }
         }
@@ -132,9 +189,14 @@ fn mismatched_img_shapes_are_an_error() {
     let model = load_model();
     let rec = Record::load("a_lin_cfgnorm_l3_s3_64");
     let wrong = vec![vec![(1, 4, 4); 4]]; // 64 tokens, hidden_states has 80
-    let err = model.forward(input(&rec, 0, "text.prompt.embeds", &wrong)).expect_err("must fail");
+    let err = model
+        .forward(input(&rec, 0, "text.prompt.embeds", &wrong))
+        .expect_err("must fail");
     let msg = err.to_string();
-    assert!(msg.contains("64 image tokens") && msg.contains("80"), "{msg}");
+    assert!(
+        msg.contains("64 image tokens") && msg.contains("80"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -149,17 +211,42 @@ fn masked_padding_changes_nothing() {
 
     let device = cpu();
     let ones = Tensor::<2, Bool>::from_bool(TensorData::new(vec![true; 173], [1, 173]), &device);
-    let all_ones = TransformerInput { encoder_hidden_states_mask: Some(ones), ..base.clone() };
-    assert_close("all-ones mask", &read(model.forward(all_ones).expect("forward")), &want, &[1, 80, 64], 1e-6);
+    let all_ones = TransformerInput {
+        encoder_hidden_states_mask: Some(ones),
+        ..base.clone()
+    };
+    assert_close(
+        "all-ones mask",
+        &read(model.forward(all_ones).expect("forward")),
+        &want,
+        &[1, 80, 64],
+        1e-6,
+    );
 
     let pad = 7;
     let junk = Tensor::<3>::from_data(
-        TensorData::new(qwen_layered_web::gpu::seeded_values(5, pad * 64).iter().map(|v| v * 3.0).collect::<Vec<f32>>(), [1, pad, 64]),
+        TensorData::new(
+            qwen_layered_web::gpu::seeded_values(5, pad * 64)
+                .iter()
+                .map(|v| v * 3.0)
+                .collect::<Vec<f32>>(),
+            [1, pad, 64],
+        ),
         &device,
     );
     let padded = Tensor::cat(vec![base.encoder_hidden_states.clone(), junk], 1);
     let valid: Vec<bool> = (0..173 + pad).map(|i| i < 173).collect();
     let mask = Tensor::<2, Bool>::from_bool(TensorData::new(valid, [1, 173 + pad]), &device);
-    let masked = TransformerInput { encoder_hidden_states: padded, encoder_hidden_states_mask: Some(mask), ..base };
-    assert_close("padded + mask", &read(model.forward(masked).expect("forward")), &want, &[1, 80, 64], 1e-5);
+    let masked = TransformerInput {
+        encoder_hidden_states: padded,
+        encoder_hidden_states_mask: Some(mask),
+        ..base
+    };
+    assert_close(
+        "padded + mask",
+        &read(model.forward(masked).expect("forward")),
+        &want,
+        &[1, 80, 64],
+        1e-5,
+    );
 }

@@ -18,7 +18,8 @@ const ATOL_ENCODE: f32 = 1e-4;
 const ATOL_DECODE: f32 = 1e-3;
 
 fn load_vae() -> AutoencoderKLQwenImage {
-    pollster::block_on(AutoencoderKLQwenImage::load(&model_source(), "vae", &cpu())).expect("tiny VAE loads")
+    pollster::block_on(AutoencoderKLQwenImage::load(&model_source(), "vae", &cpu()))
+        .expect("tiny VAE loads")
 }
 
 /// `[B, C, 1, H, W]` recorded → `[B, C, H, W]` on the CPU device.
@@ -46,9 +47,18 @@ fn encode_posterior_mean_matches() {
         let mean = moments.clone().narrow(1, 0, vae.config.z_dim);
         if rec.has("vae_debug.quant_conv.out") {
             for (name, ours) in [
-                ("vae_debug.encoder.down_blocks.2.out", "encoder.down_blocks.2"),
-                ("vae_debug.encoder.down_blocks.5.out", "encoder.down_blocks.5"),
-                ("vae_debug.encoder.down_blocks.8.out", "encoder.down_blocks.8"),
+                (
+                    "vae_debug.encoder.down_blocks.2.out",
+                    "encoder.down_blocks.2",
+                ),
+                (
+                    "vae_debug.encoder.down_blocks.5.out",
+                    "encoder.down_blocks.5",
+                ),
+                (
+                    "vae_debug.encoder.down_blocks.8.out",
+                    "encoder.down_blocks.8",
+                ),
                 ("vae_debug.encoder.mid_block.out", "encoder.mid_block"),
                 ("vae_debug.encoder.out", "encoder.out"),
             ] {
@@ -57,7 +67,12 @@ fn encode_posterior_mean_matches() {
             check(&rec, "vae_debug.quant_conv.out", moments, ATOL_ENCODE);
         }
         check(&rec, "vae.encode.posterior_mean", mean.clone(), ATOL_ENCODE);
-        check(&rec, "image_latents.normalized", vae.normalize_latents(mean), ATOL_ENCODE);
+        check(
+            &rec,
+            "image_latents.normalized",
+            vae.normalize_latents(mean),
+            ATOL_ENCODE,
+        );
     }
 }
 
@@ -80,12 +95,36 @@ fn decode_output_matches() {
         if rec.has("vae_debug.post_quant_conv.out.layer0") {
             // Debug tensors hold batch row 0 (layer 0) only.
             for (name, ours, atol) in [
-                ("vae_debug.post_quant_conv.out.layer0", "post_quant_conv", ATOL_ENCODE),
-                ("vae_debug.decoder.conv_in.out.layer0", "decoder.conv_in", ATOL_ENCODE),
-                ("vae_debug.decoder.mid_block.out.layer0", "decoder.mid_block", ATOL_ENCODE),
-                ("vae_debug.decoder.up_blocks.0.out.layer0", "decoder.up_blocks.0", ATOL_DECODE),
-                ("vae_debug.decoder.up_blocks.1.out.layer0", "decoder.up_blocks.1", ATOL_DECODE),
-                ("vae_debug.decoder.up_blocks.2.out.layer0", "decoder.up_blocks.2", ATOL_DECODE),
+                (
+                    "vae_debug.post_quant_conv.out.layer0",
+                    "post_quant_conv",
+                    ATOL_ENCODE,
+                ),
+                (
+                    "vae_debug.decoder.conv_in.out.layer0",
+                    "decoder.conv_in",
+                    ATOL_ENCODE,
+                ),
+                (
+                    "vae_debug.decoder.mid_block.out.layer0",
+                    "decoder.mid_block",
+                    ATOL_ENCODE,
+                ),
+                (
+                    "vae_debug.decoder.up_blocks.0.out.layer0",
+                    "decoder.up_blocks.0",
+                    ATOL_DECODE,
+                ),
+                (
+                    "vae_debug.decoder.up_blocks.1.out.layer0",
+                    "decoder.up_blocks.1",
+                    ATOL_DECODE,
+                ),
+                (
+                    "vae_debug.decoder.up_blocks.2.out.layer0",
+                    "decoder.up_blocks.2",
+                    ATOL_DECODE,
+                ),
             ] {
                 check(&rec, name, traced[ours].clone().narrow(0, 0, 1), atol);
             }

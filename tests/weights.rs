@@ -34,7 +34,12 @@ fn tensors(bytes: &[u8]) -> Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>
 fn serialize(list: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)]) -> Vec<u8> {
     let views: Vec<(String, TensorView<'_>)> = list
         .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("valid view")))
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(*d, s.clone(), b).expect("valid view"),
+            )
+        })
         .collect();
     safetensors::serialize(views, None).expect("serialize")
 }
@@ -48,7 +53,11 @@ fn transformer_source(weights: Vec<u8>) -> MemorySource {
 }
 
 fn load(src: &MemorySource) -> qwen_layered_web::Result<QwenImageTransformer2DModel> {
-    pollster::block_on(QwenImageTransformer2DModel::load(src, "transformer", &cpu()))
+    pollster::block_on(QwenImageTransformer2DModel::load(
+        src,
+        "transformer",
+        &cpu(),
+    ))
 }
 
 /// The first recorded transformer call, run on `model`.
@@ -63,7 +72,10 @@ fn first_call(model: &QwenImageTransformer2DModel) -> Vec<f32> {
             encoder_hidden_states_mask: None,
             timestep: rec.tensor("step0.timestep", [1], &device),
             img_shapes: &shapes,
-            additional_t_cond: Some(Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &device)),
+            additional_t_cond: Some(Tensor::<1, Int>::from_data(
+                TensorData::new(vec![0i64], [1]),
+                &device,
+            )),
         })
         .expect("forward");
     read(out)
@@ -75,7 +87,12 @@ fn in_memory_source_loads_every_tensor() {
     // 340,608 params in the tiny transformer (fixtures README).
     assert_eq!(model.num_params(), 340_608);
     // The VAE loads with its unused time_conv tensors; causal 3×3×3 convs keep 1 of 3 taps.
-    pollster::block_on(AutoencoderKLQwenImage::load(&common::model_source(), "vae", &cpu())).expect("vae loads");
+    pollster::block_on(AutoencoderKLQwenImage::load(
+        &common::model_source(),
+        "vae",
+        &cpu(),
+    ))
+    .expect("vae loads");
 }
 
 #[test]
@@ -83,13 +100,20 @@ fn sharded_folder_gives_the_same_model() {
     let all = tensors(&file(WEIGHTS));
     let (a, b) = all.split_at(all.len() / 2);
     let mut weight_map = serde_json::Map::new();
-    for (name, shard) in a.iter().map(|t| (&t.0, "shard-1.safetensors")).chain(b.iter().map(|t| (&t.0, "shard-2.safetensors"))) {
+    for (name, shard) in a
+        .iter()
+        .map(|t| (&t.0, "shard-1.safetensors"))
+        .chain(b.iter().map(|t| (&t.0, "shard-2.safetensors")))
+    {
         weight_map.insert(name.clone(), serde_json::Value::from(shard));
     }
     let index = serde_json::json!({"metadata": {"total_size": 0}, "weight_map": weight_map});
     let mut src = MemorySource::new();
     src.insert("transformer/config.json", file("transformer/config.json"));
-    src.insert("transformer/diffusion_pytorch_model.safetensors.index.json", serde_json::to_vec(&index).expect("json"));
+    src.insert(
+        "transformer/diffusion_pytorch_model.safetensors.index.json",
+        serde_json::to_vec(&index).expect("json"),
+    );
     src.insert("transformer/shard-1.safetensors", serialize(a));
     src.insert("transformer/shard-2.safetensors", serialize(b));
     let folder = pollster::block_on(SafetensorsFolder::open(&src, "transformer")).expect("index");
@@ -103,28 +127,54 @@ fn sharded_folder_gives_the_same_model() {
 fn missing_tensor_is_named() {
     let mut all = tensors(&file(WEIGHTS));
     all.retain(|t| t.0 != "transformer_blocks.1.attn.norm_added_k.weight");
-    let err = load(&transformer_source(serialize(&all))).expect_err("must fail").to_string();
-    assert!(err.contains("transformer_blocks.1.attn.norm_added_k.weight"), "{err}");
-    assert!(err.contains("missing") && err.contains("[32]") && err.contains(WEIGHTS), "{err}");
+    let err = load(&transformer_source(serialize(&all)))
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        err.contains("transformer_blocks.1.attn.norm_added_k.weight"),
+        "{err}"
+    );
+    assert!(
+        err.contains("missing") && err.contains("[32]") && err.contains(WEIGHTS),
+        "{err}"
+    );
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
     let mut all = tensors(&file(WEIGHTS));
-    all.push(("transformer_blocks.9.attn.to_q.weight".into(), safetensors::Dtype::F32, vec![2], vec![0; 8]));
+    all.push((
+        "transformer_blocks.9.attn.to_q.weight".into(),
+        safetensors::Dtype::F32,
+        vec![2],
+        vec![0; 8],
+    ));
     all.sort_by(|a, b| a.0.cmp(&b.0));
-    let err = load(&transformer_source(serialize(&all))).expect_err("must fail").to_string();
-    assert!(err.contains("transformer_blocks.9.attn.to_q.weight") && err.contains("unexpected"), "{err}");
+    let err = load(&transformer_source(serialize(&all)))
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        err.contains("transformer_blocks.9.attn.to_q.weight") && err.contains("unexpected"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_shape_names_both_shapes() {
     let mut all = tensors(&file(WEIGHTS));
-    let t = all.iter_mut().find(|t| t.0 == "proj_out.weight").expect("proj_out.weight");
+    let t = all
+        .iter_mut()
+        .find(|t| t.0 == "proj_out.weight")
+        .expect("proj_out.weight");
     assert_eq!(t.2, vec![64, 64]);
     t.2 = vec![32, 128];
-    let err = load(&transformer_source(serialize(&all))).expect_err("must fail").to_string();
-    assert!(err.contains("proj_out.weight") && err.contains("[32, 128]") && err.contains("[64, 64]"), "{err}");
+    let err = load(&transformer_source(serialize(&all)))
+        .expect_err("must fail")
+        .to_string();
+    assert!(
+        err.contains("proj_out.weight") && err.contains("[32, 128]") && err.contains("[64, 64]"),
+        "{err}"
+    );
     assert!(err.contains(WEIGHTS), "{err}");
 }
 
@@ -137,19 +187,37 @@ fn f32_and_f16_checkpoints_load_like_bf16() {
         all.iter()
             .map(|(n, d, s, b)| {
                 assert_eq!(*d, safetensors::Dtype::BF16);
-                let vals = b.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32());
+                let vals = b
+                    .chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32());
                 let bytes: Vec<u8> = match to {
                     safetensors::Dtype::F32 => vals.flat_map(f32::to_le_bytes).collect(),
-                    _ => vals.flat_map(|v| half::f16::from_f32(v).to_le_bytes()).collect(),
+                    _ => vals
+                        .flat_map(|v| half::f16::from_f32(v).to_le_bytes())
+                        .collect(),
                 };
                 (n.clone(), to, s.clone(), bytes)
             })
             .collect()
     };
     let base = first_call(&load(&transformer_source(file(WEIGHTS))).expect("bf16"));
-    let f32_out = first_call(&load(&transformer_source(serialize(&convert(safetensors::Dtype::F32)))).expect("f32"));
+    let f32_out = first_call(
+        &load(&transformer_source(serialize(&convert(
+            safetensors::Dtype::F32,
+        ))))
+        .expect("f32"),
+    );
     assert_eq!(base, f32_out);
-    let f16_out = first_call(&load(&transformer_source(serialize(&convert(safetensors::Dtype::F16)))).expect("f16"));
-    let max = base.iter().zip(&f16_out).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let f16_out = first_call(
+        &load(&transformer_source(serialize(&convert(
+            safetensors::Dtype::F16,
+        ))))
+        .expect("f16"),
+    );
+    let max = base
+        .iter()
+        .zip(&f16_out)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(max < 5e-2, "f16 weights drift {max}");
 }

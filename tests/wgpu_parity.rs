@@ -31,7 +31,12 @@ fn transformer_and_vae_match_on_wgpu() {
     let rec = Record::load("c_lin_cfg_l2_s2_120x80");
     let src = model_source();
 
-    let model = pollster::block_on(QwenImageTransformer2DModel::load(&src, "transformer", &device)).expect("transformer");
+    let model = pollster::block_on(QwenImageTransformer2DModel::load(
+        &src,
+        "transformer",
+        &device,
+    ))
+    .expect("transformer");
     let shapes = rec.img_shapes();
     let out = model
         .forward(TransformerInput {
@@ -40,15 +45,22 @@ fn transformer_and_vae_match_on_wgpu() {
             encoder_hidden_states_mask: None,
             timestep: rec.tensor("step1.timestep", [1], &device),
             img_shapes: &shapes,
-            additional_t_cond: Some(Tensor::<1, Int>::from_data(TensorData::new(vec![0i64], [1]), &device)),
+            additional_t_cond: Some(Tensor::<1, Int>::from_data(
+                TensorData::new(vec![0i64], [1]),
+                &device,
+            )),
         })
         .expect("forward");
     check(&rec, "step1.uncond.transformer_out", out, 1e-4);
 
     let vae = pollster::block_on(AutoencoderKLQwenImage::load(&src, "vae", &device)).expect("vae");
-    let mean = vae.encode(rec.tensor("vae.encode.input", [1, 4, 64, 96], &device)).expect("encode");
+    let mean = vae
+        .encode(rec.tensor("vae.encode.input", [1, 4, 64, 96], &device))
+        .expect("encode");
     check(&rec, "vae.encode.posterior_mean", mean, 1e-4);
-    let out = vae.decode(rec.tensor("vae.decode.input", [2, 16, 8, 12], &device)).expect("decode");
+    let out = vae
+        .decode(rec.tensor("vae.decode.input", [2, 16, 8, 12], &device))
+        .expect("decode");
     check(&rec, "vae.decode.output", out, 1e-3);
 }
 
@@ -62,10 +74,21 @@ fn vae_ops_match_flex_on_wgpu() {
 
     let Some(device) = gpu() else { return };
     let cpu = common::cpu();
-    let x = |d: &Device| Tensor::<4>::from_data(TensorData::new(seeded_values(1, 2 * 8 * 6 * 10), [2, 8, 6, 10]), d);
+    let x = |d: &Device| {
+        Tensor::<4>::from_data(
+            TensorData::new(seeded_values(1, 2 * 8 * 6 * 10), [2, 8, 6, 10]),
+            d,
+        )
+    };
     let conv = |d: &Device, stride, pad: (usize, usize)| Conv2d {
-        weight: Param::from_tensor(Tensor::from_data(TensorData::new(seeded_values(2, 4 * 8 * 9), [4, 8, 3, 3]), d)),
-        bias: Param::from_tensor(Tensor::from_data(TensorData::new(seeded_values(3, 4), [4]), d)),
+        weight: Param::from_tensor(Tensor::from_data(
+            TensorData::new(seeded_values(2, 4 * 8 * 9), [4, 8, 3, 3]),
+            d,
+        )),
+        bias: Param::from_tensor(Tensor::from_data(
+            TensorData::new(seeded_values(3, 4), [4]),
+            d,
+        )),
         stride,
         pad_begin: pad.0,
         pad_end: pad.1,
@@ -76,16 +99,28 @@ fn vae_ops_match_flex_on_wgpu() {
         common::assert_close(name, &common::read(got), &common::read(want), &shape, 1e-5);
     };
     both("conv k3 pad 1", &|d| conv(d, 1, (1, 1)).forward(x(d)));
-    both("conv k3 stride 2 pad (0, 1)", &|d| conv(d, 2, (0, 1)).forward(x(d)));
+    both("conv k3 stride 2 pad (0, 1)", &|d| {
+        conv(d, 2, (0, 1)).forward(x(d))
+    });
     both("upsample_nearest2x", &|d| upsample_nearest2x(x(d)));
     let src = model_source();
     let vae_cpu = pollster::block_on(AutoencoderKLQwenImage::load(&src, "vae", &cpu)).expect("vae");
-    let vae_gpu = pollster::block_on(AutoencoderKLQwenImage::load(&src, "vae", &device)).expect("vae");
-    let y = |d: &Device| Tensor::<4>::from_data(TensorData::new(seeded_values(4, 2 * 32 * 4 * 6), [2, 32, 4, 6]), d);
+    let vae_gpu =
+        pollster::block_on(AutoencoderKLQwenImage::load(&src, "vae", &device)).expect("vae");
+    let y = |d: &Device| {
+        Tensor::<4>::from_data(
+            TensorData::new(seeded_values(4, 2 * 32 * 4 * 6), [2, 32, 4, 6]),
+            d,
+        )
+    };
     let pick = |d: &Device| if d == &cpu { &vae_cpu } else { &vae_gpu };
     both("rms norm", &|d| pick(d).encoder.norm_out.forward(y(d)));
-    both("attention block", &|d| pick(d).encoder.mid_block.attentions[0].forward(y(d)));
-    both("residual block", &|d| pick(d).encoder.mid_block.resnets[0].forward(y(d)));
+    both("attention block", &|d| {
+        pick(d).encoder.mid_block.attentions[0].forward(y(d))
+    });
+    both("residual block", &|d| {
+        pick(d).encoder.mid_block.resnets[0].forward(y(d))
+    });
 }
 
 /// Prints the error of every traced encoder stage on wgpu (a debugging aid; never fails).
@@ -94,25 +129,55 @@ fn vae_ops_match_flex_on_wgpu() {
 fn encoder_stages_on_wgpu() {
     let Some(device) = gpu() else { return };
     let rec = Record::load("a_lin_cfgnorm_l3_s3_64");
-    let vae = pollster::block_on(AutoencoderKLQwenImage::load(&model_source(), "vae", &device)).expect("vae");
+    let vae = pollster::block_on(AutoencoderKLQwenImage::load(
+        &model_source(),
+        "vae",
+        &device,
+    ))
+    .expect("vae");
     let x = rec.tensor("vae.encode.input", [1, 4, 64, 64], &device);
     let conv_in = vae.encoder.conv_in.forward(x.clone());
     let cpu = common::cpu();
-    let vae_cpu = pollster::block_on(AutoencoderKLQwenImage::load(&model_source(), "vae", &cpu)).expect("vae");
-    let want = vae_cpu.encoder.conv_in.forward(rec.tensor("vae.encode.input", [1, 4, 64, 64], &cpu));
-    let e = common::read(conv_in).iter().zip(common::read(want)).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let vae_cpu = pollster::block_on(AutoencoderKLQwenImage::load(&model_source(), "vae", &cpu))
+        .expect("vae");
+    let want =
+        vae_cpu
+            .encoder
+            .conv_in
+            .forward(rec.tensor("vae.encode.input", [1, 4, 64, 64], &cpu));
+    let e = common::read(conv_in)
+        .iter()
+        .zip(common::read(want))
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     eprintln!("conv_in vs flex: {e:.3e}");
     let mut traced = Vec::new();
-    let moments = vae.encode_moments_traced(x, &mut |n, t| traced.push((n.to_owned(), t.clone()))).expect("encode");
+    let moments = vae
+        .encode_moments_traced(x, &mut |n, t| traced.push((n.to_owned(), t.clone())))
+        .expect("encode");
     for (name, t) in traced {
         let fixture = format!("vae_debug.{name}.out");
-        let want = if rec.has(&fixture) { fixture } else if name == "encoder.out" { "vae_debug.encoder.out".into() } else { continue };
+        let want = if rec.has(&fixture) {
+            fixture
+        } else if name == "encoder.out" {
+            "vae_debug.encoder.out".into()
+        } else {
+            continue;
+        };
         let (w, _) = rec.f32(&want);
-        let e = common::read(t).iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let e = common::read(t)
+            .iter()
+            .zip(&w)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         eprintln!("{name}: {e:.3e}");
     }
     let (w, _) = rec.f32("vae_debug.quant_conv.out");
-    let e = common::read(moments).iter().zip(&w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let e = common::read(moments)
+        .iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     eprintln!("quant_conv: {e:.3e}");
 }
 
@@ -127,21 +192,50 @@ fn mid_block_parts_on_wgpu() {
     let cpu = common::cpu();
     let src = model_source();
     let vae_cpu = pollster::block_on(AutoencoderKLQwenImage::load(&src, "vae", &cpu)).expect("vae");
-    let vae_gpu = pollster::block_on(AutoencoderKLQwenImage::load(&src, "vae", &device)).expect("vae");
+    let vae_gpu =
+        pollster::block_on(AutoencoderKLQwenImage::load(&src, "vae", &device)).expect("vae");
     let pick = |d: &Device| if d == &cpu { &vae_cpu } else { &vae_gpu };
     let report = |name: &str, f: &dyn Fn(&Device) -> Vec<f32>| {
         let (want, got) = (f(&cpu), f(&device));
-        let e = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let e = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         eprintln!("{name}: {e:.3e}");
     };
     for (b, c, h, w) in [(1, 32, 8, 8), (1, 32, 4, 6), (2, 32, 8, 8), (1, 32, 16, 16)] {
-        let y = move |d: &Device| Tensor::<4>::from_data(TensorData::new(seeded_values(4, b * c * h * w), [b, c, h, w]), d);
-        report(&format!("{:?} resnet", [b, c, h, w]), &|d| common::read(pick(d).encoder.mid_block.resnets[0].forward(y(d))));
-        report(&format!("{:?} attention block", [b, c, h, w]), &|d| common::read(pick(d).encoder.mid_block.attentions[0].forward(y(d))));
-        let s = h * w;
-        let qkv = move |d: &Device, seed| Tensor::<4>::from_data(TensorData::new(seeded_values(seed, b * s * c), [b, 1, s, c]), d);
-        report(&format!("{:?} raw attention, contiguous", [b, 1, s, c]), &|d| {
-            common::read(attention(qkv(d, 7), qkv(d, 8), qkv(d, 9), None, None, AttentionModuleOptions::default()))
+        let y = move |d: &Device| {
+            Tensor::<4>::from_data(
+                TensorData::new(seeded_values(4, b * c * h * w), [b, c, h, w]),
+                d,
+            )
+        };
+        report(&format!("{:?} resnet", [b, c, h, w]), &|d| {
+            common::read(pick(d).encoder.mid_block.resnets[0].forward(y(d)))
         });
+        report(&format!("{:?} attention block", [b, c, h, w]), &|d| {
+            common::read(pick(d).encoder.mid_block.attentions[0].forward(y(d)))
+        });
+        let s = h * w;
+        let qkv = move |d: &Device, seed| {
+            Tensor::<4>::from_data(
+                TensorData::new(seeded_values(seed, b * s * c), [b, 1, s, c]),
+                d,
+            )
+        };
+        report(
+            &format!("{:?} raw attention, contiguous", [b, 1, s, c]),
+            &|d| {
+                common::read(attention(
+                    qkv(d, 7),
+                    qkv(d, 8),
+                    qkv(d, 9),
+                    None,
+                    None,
+                    AttentionModuleOptions::default(),
+                ))
+            },
+        );
     }
 }

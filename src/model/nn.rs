@@ -23,8 +23,16 @@ pub struct RmsNorm {
 
 impl RmsNorm {
     /// Loads `{prefix}.weight` `[dim]`.
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, dim: usize, eps: f64) -> Result<Self> {
-        Ok(Self { weight: l.param(&format!("{prefix}.weight"), [dim]).await?, eps })
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        dim: usize,
+        eps: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: l.param(&format!("{prefix}.weight"), [dim]).await?,
+            eps,
+        })
     }
 
     /// - x: `[..., dim]` → `[..., dim]`
@@ -64,16 +72,25 @@ pub struct FeedForward {
 
 impl FeedForward {
     /// Loads `{prefix}.net.0.proj` and `{prefix}.net.2`.
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, dim: usize) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        dim: usize,
+    ) -> Result<Self> {
         Ok(Self {
-            proj_in: l.linear(&format!("{prefix}.net.0.proj"), dim, 4 * dim, true).await?,
-            proj_out: l.linear(&format!("{prefix}.net.2"), 4 * dim, dim, true).await?,
+            proj_in: l
+                .linear(&format!("{prefix}.net.0.proj"), dim, 4 * dim, true)
+                .await?,
+            proj_out: l
+                .linear(&format!("{prefix}.net.2"), 4 * dim, dim, true)
+                .await?,
         })
     }
 
     /// - x: `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.proj_out.forward(gelu_approximate(self.proj_in.forward(x)))
+        self.proj_out
+            .forward(gelu_approximate(self.proj_in.forward(x)))
     }
 }
 

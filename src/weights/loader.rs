@@ -24,7 +24,12 @@ pub struct TensorLoader<'a, S: WeightSource> {
 impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// A loader reading `folder`'s tensors from `source` onto `device`.
     pub fn new(source: &'a S, folder: &'a SafetensorsFolder, device: &Device) -> Self {
-        Self { source, folder, device: device.clone(), taken: BTreeSet::new() }
+        Self {
+            source,
+            folder,
+            device: device.clone(),
+            taken: BTreeSet::new(),
+        }
     }
 
     /// The device tensors are uploaded to.
@@ -43,7 +48,10 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
             return Err(Error::Weights {
                 key: key.to_owned(),
                 file: entry.file.clone(),
-                reason: format!("stored shape {:?}, but the model expects {shape:?}", entry.shape),
+                reason: format!(
+                    "stored shape {:?}, but the model expects {shape:?}",
+                    entry.shape
+                ),
             });
         }
         if !self.taken.insert(key.to_owned()) {
@@ -53,40 +61,68 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
                 reason: "taken twice by the model (a loader bug)".into(),
             });
         }
-        let bytes = self.source.read(&entry.file, entry.offset, entry.len).await?;
+        let bytes = self
+            .source
+            .read(&entry.file, entry.offset, entry.len)
+            .await?;
         let values = to_f32(&bytes, entry.dtype, key, &entry.file)?;
         let want: usize = shape.iter().product();
         if values.len() != want {
             return Err(Error::Weights {
                 key: key.to_owned(),
                 file: entry.file.clone(),
-                reason: format!("{} values stored for shape {shape:?} ({want} values)", values.len()),
+                reason: format!(
+                    "{} values stored for shape {shape:?} ({want} values)",
+                    values.len()
+                ),
             });
         }
         Ok(values)
     }
 
     /// Reads `key` onto the device; its stored shape must be `shape`.
-    pub async fn tensor<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Tensor<D>> {
+    pub async fn tensor<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+    ) -> Result<Tensor<D>> {
         let values = self.host(key, &shape).await?;
-        Ok(Tensor::from_data(TensorData::new(values, shape), &self.device))
+        Ok(Tensor::from_data(
+            TensorData::new(values, shape),
+            &self.device,
+        ))
     }
 
     /// [`tensor`](Self::tensor) as a module parameter.
-    pub async fn param<const D: usize>(&mut self, key: &str, shape: [usize; D]) -> Result<Param<Tensor<D>>> {
+    pub async fn param<const D: usize>(
+        &mut self,
+        key: &str,
+        shape: [usize; D],
+    ) -> Result<Param<Tensor<D>>> {
         Ok(Param::from_tensor(self.tensor(key, shape).await?))
     }
 
     /// A `torch.nn.Linear` stored as `{prefix}.weight` `[d_out, d_in]` (and `{prefix}.bias`
     /// `[d_out]`), as a Burn [`Linear`] (whose weight is `[d_in, d_out]`: a transposed view of
     /// the stored matrix, no copy).
-    pub async fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize, bias: bool) -> Result<Linear> {
-        let weight = self.tensor(&format!("{prefix}.weight"), [d_out, d_in]).await?;
+    pub async fn linear(
+        &mut self,
+        prefix: &str,
+        d_in: usize,
+        d_out: usize,
+        bias: bool,
+    ) -> Result<Linear> {
+        let weight = self
+            .tensor(&format!("{prefix}.weight"), [d_out, d_in])
+            .await?;
         let bias = match bias {
             true => Some(self.param(&format!("{prefix}.bias"), [d_out]).await?),
             false => None,
         };
-        Ok(Linear { weight: Param::from_tensor(weight.transpose()), bias })
+        Ok(Linear {
+            weight: Param::from_tensor(weight.transpose()),
+            bias,
+        })
     }
 
     /// Marks `key` as deliberately unused after checking that it exists with `shape` (its data
@@ -101,7 +137,10 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
             return Err(Error::Weights {
                 key: key.to_owned(),
                 file: entry.file.clone(),
-                reason: format!("stored shape {:?}, but the model expects {shape:?}", entry.shape),
+                reason: format!(
+                    "stored shape {:?}, but the model expects {shape:?}",
+                    entry.shape
+                ),
             });
         }
         self.taken.insert(key.to_owned());
@@ -119,7 +158,11 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         let mut left = self.folder.keys().filter(|k| !self.taken.contains(*k));
         if let Some(first) = left.next() {
             let rest: Vec<&str> = left.collect();
-            let file = self.folder.get(first).map(|e| e.file.clone()).unwrap_or_default();
+            let file = self
+                .folder
+                .get(first)
+                .map(|e| e.file.clone())
+                .unwrap_or_default();
             return Err(Error::Weights {
                 key: first.to_owned(),
                 file,

@@ -82,7 +82,10 @@ impl MemorySource {
     fn get(&self, file: &str) -> Result<&Arc<[u8]>> {
         self.files.get(file).ok_or_else(|| Error::Source {
             file: file.to_owned(),
-            reason: format!("not in the in-memory store ({} files held)", self.files.len()),
+            reason: format!(
+                "not in the in-memory store ({} files held)",
+                self.files.len()
+            ),
         })
     }
 }
@@ -105,10 +108,13 @@ impl WeightSource for MemorySource {
 
 /// `offset..offset+len` as a `usize` range, or an error naming the file if it is outside.
 fn checked_range(file: &str, offset: u64, len: u64, size: u64) -> Result<std::ops::Range<usize>> {
-    let end = offset.checked_add(len).filter(|&end| end <= size).ok_or_else(|| Error::Source {
-        file: file.to_owned(),
-        reason: format!("range {offset}+{len} is outside the file ({size} bytes)"),
-    })?;
+    let end = offset
+        .checked_add(len)
+        .filter(|&end| end <= size)
+        .ok_or_else(|| Error::Source {
+            file: file.to_owned(),
+            reason: format!("range {offset}+{len} is outside the file ({size} bytes)"),
+        })?;
     let to_usize = |v: u64| {
         usize::try_from(v).map_err(|_| Error::Source {
             file: file.to_owned(),
@@ -137,7 +143,10 @@ impl DirSource {
     }
 
     fn io_error(&self, file: &str, e: std::io::Error) -> Error {
-        Error::Source { file: self.path(file).display().to_string(), reason: e.to_string() }
+        Error::Source {
+            file: self.path(file).display().to_string(),
+            reason: e.to_string(),
+        }
     }
 }
 
@@ -148,7 +157,9 @@ impl WeightSource for DirSource {
     }
 
     async fn size(&self, file: &str) -> Result<u64> {
-        std::fs::metadata(self.path(file)).map(|m| m.len()).map_err(|e| self.io_error(file, e))
+        std::fs::metadata(self.path(file))
+            .map(|m| m.len())
+            .map_err(|e| self.io_error(file, e))
     }
 
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
@@ -156,7 +167,8 @@ impl WeightSource for DirSource {
         let size = self.size(file).await?;
         let range = checked_range(file, offset, len, size)?;
         let mut f = std::fs::File::open(self.path(file)).map_err(|e| self.io_error(file, e))?;
-        f.seek(SeekFrom::Start(offset)).map_err(|e| self.io_error(file, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.io_error(file, e))?;
         let mut buf = vec![0u8; range.len()];
         f.read_exact(&mut buf).map_err(|e| self.io_error(file, e))?;
         Ok(buf)

@@ -66,7 +66,10 @@ impl SafetensorsFolder {
                 "no weights found: looked for {}",
                 STEMS
                     .iter()
-                    .flat_map(|s| [format!("{s}.safetensors.index.json"), format!("{s}.safetensors")])
+                    .flat_map(|s| [
+                        format!("{s}.safetensors.index.json"),
+                        format!("{s}.safetensors")
+                    ])
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
@@ -75,7 +78,11 @@ impl SafetensorsFolder {
 
     /// A sharded folder: the index names the shards; every key in the index must be in the
     /// shard it names, and every shard key must be in the index.
-    pub async fn open_index(source: &impl WeightSource, folder: &str, index_file: &str) -> Result<Self> {
+    pub async fn open_index(
+        source: &impl WeightSource,
+        folder: &str,
+        index_file: &str,
+    ) -> Result<Self> {
         let index: IndexFile = read_json(source, index_file).await?;
         let shards: BTreeSet<&String> = index.weight_map.values().collect();
         let shards: Vec<String> = shards.into_iter().map(|s| join(folder, s)).collect();
@@ -100,7 +107,11 @@ impl SafetensorsFolder {
                 }
             }
         }
-        if let Some((key, e)) = me.entries.iter().find(|(k, _)| !index.weight_map.contains_key(*k)) {
+        if let Some((key, e)) = me
+            .entries
+            .iter()
+            .find(|(k, _)| !index.weight_map.contains_key(*k))
+        {
             return Err(Error::Weights {
                 key: key.clone(),
                 file: e.file.clone(),
@@ -111,7 +122,11 @@ impl SafetensorsFolder {
     }
 
     /// The given safetensors files, as one folder (a key in two files is an error).
-    pub async fn open_files(source: &impl WeightSource, folder: &str, files: &[String]) -> Result<Self> {
+    pub async fn open_files(
+        source: &impl WeightSource,
+        folder: &str,
+        files: &[String],
+    ) -> Result<Self> {
         let mut entries = BTreeMap::new();
         for file in files {
             for (key, entry) in read_header(source, file).await? {
@@ -126,7 +141,11 @@ impl SafetensorsFolder {
                 entries.insert(key, entry);
             }
         }
-        Ok(Self { folder: folder.to_owned(), files: files.to_vec(), entries })
+        Ok(Self {
+            folder: folder.to_owned(),
+            files: files.to_vec(),
+            entries,
+        })
     }
 
     /// The folder these weights came from.
@@ -163,19 +182,34 @@ impl SafetensorsFolder {
 /// `folder/name`, or `name` for the root.
 fn join(folder: &str, name: &str) -> String {
     let folder = folder.trim_end_matches('/');
-    if folder.is_empty() { name.to_owned() } else { format!("{folder}/{name}") }
+    if folder.is_empty() {
+        name.to_owned()
+    } else {
+        format!("{folder}/{name}")
+    }
 }
 
 /// Reads one file's header: key → entry with absolute offsets.
-async fn read_header(source: &impl WeightSource, file: &str) -> Result<HashMap<String, TensorEntry>> {
-    let bad = |reason: String| Error::Source { file: file.to_owned(), reason };
+async fn read_header(
+    source: &impl WeightSource,
+    file: &str,
+) -> Result<HashMap<String, TensorEntry>> {
+    let bad = |reason: String| Error::Source {
+        file: file.to_owned(),
+        reason,
+    };
     let size = source.size(file).await?;
     let n_bytes = source.read(file, 0, 8).await?;
     let n = u64::from_le_bytes(
-        n_bytes.as_slice().try_into().map_err(|_| bad("shorter than the 8-byte header length".into()))?,
+        n_bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| bad("shorter than the 8-byte header length".into()))?,
     );
     if n > 100_000_000 || 8 + n > size {
-        return Err(bad(format!("header length {n} is impossible for a {size}-byte file")));
+        return Err(bad(format!(
+            "header length {n} is impossible for a {size}-byte file"
+        )));
     }
     let header = source.read(file, 8, n).await?;
     let metadata: Metadata = serde_json::from_slice(&header)
@@ -195,7 +229,11 @@ async fn read_header(source: &impl WeightSource, file: &str) -> Result<HashMap<S
             return Err(Error::Weights {
                 key,
                 file: file.to_owned(),
-                reason: format!("data {}..{} runs past the end of the file ({size} bytes)", entry.offset, entry.offset + entry.len),
+                reason: format!(
+                    "data {}..{} runs past the end of the file ({size} bytes)",
+                    entry.offset,
+                    entry.offset + entry.len
+                ),
             });
         }
         out.insert(key, entry);
@@ -207,14 +245,25 @@ async fn read_header(source: &impl WeightSource, file: &str) -> Result<HashMap<S
 ///
 /// `key`/`file` only name the tensor in errors.
 pub fn to_f32(bytes: &[u8], dtype: Dtype, key: &str, file: &str) -> Result<Vec<f32>> {
-    let bad = |reason: String| Error::Weights { key: key.to_owned(), file: file.to_owned(), reason };
+    let bad = |reason: String| Error::Weights {
+        key: key.to_owned(),
+        file: file.to_owned(),
+        reason,
+    };
     let width = match dtype {
         Dtype::BF16 | Dtype::F16 => 2,
         Dtype::F32 => 4,
-        other => return Err(bad(format!("dtype {other:?} is not supported (bf16, f16 or f32 expected)"))),
+        other => {
+            return Err(bad(format!(
+                "dtype {other:?} is not supported (bf16, f16 or f32 expected)"
+            )));
+        }
     };
     if !bytes.len().is_multiple_of(width) {
-        return Err(bad(format!("{} bytes is not a whole number of {dtype:?} values", bytes.len())));
+        return Err(bad(format!(
+            "{} bytes is not a whole number of {dtype:?} values",
+            bytes.len()
+        )));
     }
     Ok(match dtype {
         Dtype::BF16 => bytes
@@ -225,7 +274,10 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype, key: &str, file: &str) -> Result<Vec<f
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
             .collect(),
-        _ => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        _ => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
     })
 }
 
@@ -235,15 +287,35 @@ mod tests {
 
     #[test]
     fn converts_bf16_f16_f32_and_refuses_the_rest() {
-        let bf: Vec<u8> = [1.5f32, -2.0].iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect();
-        assert_eq!(to_f32(&bf, Dtype::BF16, "k", "f").expect("bf16"), vec![1.5, -2.0]);
-        let h: Vec<u8> = [0.25f32, 3.0].iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
-        assert_eq!(to_f32(&h, Dtype::F16, "k", "f").expect("f16"), vec![0.25, 3.0]);
+        let bf: Vec<u8> = [1.5f32, -2.0]
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(
+            to_f32(&bf, Dtype::BF16, "k", "f").expect("bf16"),
+            vec![1.5, -2.0]
+        );
+        let h: Vec<u8> = [0.25f32, 3.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        assert_eq!(
+            to_f32(&h, Dtype::F16, "k", "f").expect("f16"),
+            vec![0.25, 3.0]
+        );
         let f: Vec<u8> = [1e-3f32].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(to_f32(&f, Dtype::F32, "k", "f").expect("f32"), vec![1e-3]);
-        let err = to_f32(&[0; 8], Dtype::I64, "a.weight", "x.safetensors").expect_err("i64").to_string();
-        assert!(err.contains("a.weight") && err.contains("x.safetensors") && err.contains("I64"), "{err}");
-        assert!(to_f32(&[0; 3], Dtype::BF16, "k", "f").is_err(), "odd byte count");
+        let err = to_f32(&[0; 8], Dtype::I64, "a.weight", "x.safetensors")
+            .expect_err("i64")
+            .to_string();
+        assert!(
+            err.contains("a.weight") && err.contains("x.safetensors") && err.contains("I64"),
+            "{err}"
+        );
+        assert!(
+            to_f32(&[0; 3], Dtype::BF16, "k", "f").is_err(),
+            "odd byte count"
+        );
     }
 
     #[test]
@@ -256,11 +328,21 @@ mod tests {
         let folder = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect("open");
         let e = folder.get("w").expect("w");
         assert_eq!((e.shape.clone(), e.len), (vec![1], 4));
-        assert_eq!(pollster::block_on(src.read("m/model.safetensors", e.offset, e.len)).expect("read"), data);
+        assert_eq!(
+            pollster::block_on(src.read("m/model.safetensors", e.offset, e.len)).expect("read"),
+            data
+        );
         src.insert("m/model.safetensors", bytes[..bytes.len() - 2].to_vec());
-        let err = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect_err("truncated").to_string();
-        assert!(err.contains("\"w\"") && err.contains("past the end"), "{err}");
-        let err = pollster::block_on(SafetensorsFolder::open(&src, "nothing")).expect_err("absent").to_string();
+        let err = pollster::block_on(SafetensorsFolder::open(&src, "m"))
+            .expect_err("truncated")
+            .to_string();
+        assert!(
+            err.contains("\"w\"") && err.contains("past the end"),
+            "{err}"
+        );
+        let err = pollster::block_on(SafetensorsFolder::open(&src, "nothing"))
+            .expect_err("absent")
+            .to_string();
         assert!(err.contains("no weights found"), "{err}");
     }
 }

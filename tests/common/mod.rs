@@ -50,24 +50,36 @@ impl Record {
     /// Reads `tests/fixtures/<case>/`.
     pub fn load(case: &str) -> Record {
         let dir = fixtures_dir().join(case);
-        let bytes = std::fs::read(dir.join("record.safetensors")).unwrap_or_else(|e| panic!("{case}: record: {e}"));
+        let bytes = std::fs::read(dir.join("record.safetensors"))
+            .unwrap_or_else(|e| panic!("{case}: record: {e}"));
         let json: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(dir.join("case.json")).unwrap_or_else(|e| panic!("{case}: case.json: {e}")),
+            &std::fs::read(dir.join("case.json"))
+                .unwrap_or_else(|e| panic!("{case}: case.json: {e}")),
         )
         .expect("case.json parses");
-        let fallback = json["same_as"].as_str().map(|other| Box::new(Record::load(other)));
-        Record { name: case.to_owned(), bytes, json, fallback }
+        let fallback = json["same_as"]
+            .as_str()
+            .map(|other| Box::new(Record::load(other)));
+        Record {
+            name: case.to_owned(),
+            bytes,
+            json,
+            fallback,
+        }
     }
 
     /// Whether `name` was left out of this record as bitwise equal to the `same_as` case's.
     fn shared(&self, name: &str) -> bool {
-        self.json["shared_with_same_as"].as_array().is_some_and(|a| a.iter().any(|v| v.as_str() == Some(name)))
+        self.json["shared_with_same_as"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(name)))
     }
 
     /// Whether the record holds `name` (itself, or through `shared_with_same_as`).
     pub fn has(&self, name: &str) -> bool {
         let st = SafeTensors::deserialize(&self.bytes).expect("record parses");
-        st.tensor(name).is_ok() || (self.shared(name) && self.fallback.as_ref().is_some_and(|f| f.has(name)))
+        st.tensor(name).is_ok()
+            || (self.shared(name) && self.fallback.as_ref().is_some_and(|f| f.has(name)))
     }
 
     /// A float tensor as `(values, shape)`.
@@ -76,7 +88,11 @@ impl Record {
         match st.tensor(name) {
             Ok(view) => {
                 assert_eq!(view.dtype(), Dtype::F32, "{}: {name} is not f32", self.name);
-                let v = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+                let v = view
+                    .data()
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
                 (v, view.shape().to_vec())
             }
             Err(_) => match &self.fallback {
@@ -103,7 +119,12 @@ impl Record {
 
     /// A float tensor on `device`, reshaped to `D` dims (`shape` gives the wanted dims; the
     /// element count must match).
-    pub fn tensor<const D: usize>(&self, name: &str, shape: [usize; D], device: &Device) -> Tensor<D> {
+    pub fn tensor<const D: usize>(
+        &self,
+        name: &str,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Tensor<D> {
         let (v, stored) = self.f32(name);
         assert_eq!(
             v.len(),
@@ -131,7 +152,12 @@ impl Record {
                     .expect("sample")
                     .iter()
                     .map(|e| {
-                        let v: Vec<usize> = e.as_array().expect("entry").iter().map(|x| x.as_u64().expect("int") as usize).collect();
+                        let v: Vec<usize> = e
+                            .as_array()
+                            .expect("entry")
+                            .iter()
+                            .map(|x| x.as_u64().expect("int") as usize)
+                            .collect();
                         (v[0], v[1], v[2])
                     })
                     .collect()
@@ -141,7 +167,9 @@ impl Record {
 
     /// Number of denoising steps.
     pub fn steps(&self) -> usize {
-        self.json["call"]["num_inference_steps"].as_u64().expect("steps") as usize
+        self.json["call"]["num_inference_steps"]
+            .as_u64()
+            .expect("steps") as usize
     }
 
     /// Whether CFG ran (two transformer calls per step).
@@ -153,7 +181,8 @@ impl Record {
 /// Reads a tensor back to the host (tests may block).
 pub fn read<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     let device = t.device();
-    pollster::block_on(qwen_layered_web::gpu::read_f32(t, "test tensor", &device)).expect("readback")
+    pollster::block_on(qwen_layered_web::gpu::read_f32(t, "test tensor", &device))
+        .expect("readback")
 }
 
 /// Multi-dimensional index of flat `i` in `shape`.
@@ -172,7 +201,13 @@ fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
 /// max abs error, or panics naming the tensor, the worst index, both values and the max error
 /// if it exceeds `atol` (or a value is NaN).
 pub fn assert_close(name: &str, got: &[f32], want: &[f32], shape: &[usize], atol: f32) -> f32 {
-    assert_eq!(got.len(), want.len(), "{name}: {} values computed, {} expected (shape {shape:?})", got.len(), want.len());
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "{name}: {} values computed, {} expected (shape {shape:?})",
+        got.len(),
+        want.len()
+    );
     let mut worst = (0usize, 0f32);
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let e = (g - w).abs();

@@ -103,8 +103,12 @@ impl QwenDoubleStreamAttention {
         let img_q = self.norm_q.forward(self.heads(&self.to_q, img.clone())); // [B, S_img, H, Dh]
         let img_k = self.norm_k.forward(self.heads(&self.to_k, img.clone()));
         let img_v = self.heads(&self.to_v, img);
-        let txt_q = self.norm_added_q.forward(self.heads(&self.add_q_proj, txt.clone())); // [B, S_txt, H, Dh]
-        let txt_k = self.norm_added_k.forward(self.heads(&self.add_k_proj, txt.clone()));
+        let txt_q = self
+            .norm_added_q
+            .forward(self.heads(&self.add_q_proj, txt.clone())); // [B, S_txt, H, Dh]
+        let txt_k = self
+            .norm_added_k
+            .forward(self.heads(&self.add_k_proj, txt.clone()));
         let txt_v = self.heads(&self.add_v_proj, txt);
 
         let img_q = apply_rotary_emb(img_q, &rope.img.0, &rope.img.1);
@@ -114,7 +118,11 @@ impl QwenDoubleStreamAttention {
 
         // Order: [text, image]; to [B, H, S, Dh] for attention.
         let joint = |t: Tensor<4>, i: Tensor<4>| Tensor::cat(vec![t, i], 1).swap_dims(1, 2);
-        let (q, k, v) = (joint(txt_q, img_q), joint(txt_k, img_k), joint(txt_v, img_v));
+        let (q, k, v) = (
+            joint(txt_q, img_q),
+            joint(txt_k, img_k),
+            joint(txt_v, img_v),
+        );
 
         let s = s_txt + s_img;
         let mask = txt_mask.map(|valid| {

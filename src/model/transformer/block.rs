@@ -38,7 +38,10 @@ pub struct QwenImageTransformerBlock {
 fn chunk6(m: Tensor<2>) -> [Tensor<2>; 6] {
     let c = m.chunk(6, 1);
     let mut it = c.into_iter();
-    std::array::from_fn(|_| it.next().expect("chunk(6) of a [B, 6·D] tensor yields 6 parts"))
+    std::array::from_fn(|_| {
+        it.next()
+            .expect("chunk(6) of a [B, 6·D] tensor yields 6 parts")
+    })
 }
 
 impl QwenImageTransformerBlock {
@@ -51,10 +54,15 @@ impl QwenImageTransformerBlock {
     ) -> Result<Self> {
         let dim = heads * head_dim;
         Ok(Self {
-            img_mod: l.linear(&format!("{prefix}.img_mod.1"), dim, 6 * dim, true).await?,
-            attn: QwenDoubleStreamAttention::load(l, &format!("{prefix}.attn"), heads, head_dim).await?,
+            img_mod: l
+                .linear(&format!("{prefix}.img_mod.1"), dim, 6 * dim, true)
+                .await?,
+            attn: QwenDoubleStreamAttention::load(l, &format!("{prefix}.attn"), heads, head_dim)
+                .await?,
             img_mlp: FeedForward::load(l, &format!("{prefix}.img_mlp"), dim).await?,
-            txt_mod: l.linear(&format!("{prefix}.txt_mod.1"), dim, 6 * dim, true).await?,
+            txt_mod: l
+                .linear(&format!("{prefix}.txt_mod.1"), dim, 6 * dim, true)
+                .await?,
             txt_mlp: FeedForward::load(l, &format!("{prefix}.txt_mlp"), dim).await?,
         })
     }
@@ -77,16 +85,33 @@ impl QwenImageTransformerBlock {
             chunk6(silu_linear(&self.txt_mod, temb.clone()));
         let gate = |g: Tensor<2>| g.unsqueeze_dim::<3>(1); // [B, 1, D]
 
-        let img_mod1 = modulate(layer_norm(hidden_states.clone(), NORM_EPS), i_shift1, i_scale1);
-        let txt_mod1 = modulate(layer_norm(encoder_hidden_states.clone(), NORM_EPS), t_shift1, t_scale1);
+        let img_mod1 = modulate(
+            layer_norm(hidden_states.clone(), NORM_EPS),
+            i_shift1,
+            i_scale1,
+        );
+        let txt_mod1 = modulate(
+            layer_norm(encoder_hidden_states.clone(), NORM_EPS),
+            t_shift1,
+            t_scale1,
+        );
         let (img_attn, txt_attn) = self.attn.forward(img_mod1, txt_mod1, txt_mask, rope);
         let hidden_states = hidden_states + gate(i_gate1) * img_attn;
         let encoder_hidden_states = encoder_hidden_states + gate(t_gate1) * txt_attn;
 
-        let img_mod2 = modulate(layer_norm(hidden_states.clone(), NORM_EPS), i_shift2, i_scale2);
+        let img_mod2 = modulate(
+            layer_norm(hidden_states.clone(), NORM_EPS),
+            i_shift2,
+            i_scale2,
+        );
         let hidden_states = hidden_states + gate(i_gate2) * self.img_mlp.forward(img_mod2);
-        let txt_mod2 = modulate(layer_norm(encoder_hidden_states.clone(), NORM_EPS), t_shift2, t_scale2);
-        let encoder_hidden_states = encoder_hidden_states + gate(t_gate2) * self.txt_mlp.forward(txt_mod2);
+        let txt_mod2 = modulate(
+            layer_norm(encoder_hidden_states.clone(), NORM_EPS),
+            t_shift2,
+            t_scale2,
+        );
+        let encoder_hidden_states =
+            encoder_hidden_states + gate(t_gate2) * self.txt_mlp.forward(txt_mod2);
         (encoder_hidden_states, hidden_states)
     }
 }

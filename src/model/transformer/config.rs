@@ -74,15 +74,25 @@ impl QwenImageTransformerConfig {
 
     /// Checks what this port supports; `file` names the config in errors.
     pub fn validate(&self, file: &str) -> Result<()> {
-        let bad = |reason: String| Err(Error::Config { file: file.to_owned(), reason });
+        let bad = |reason: String| {
+            Err(Error::Config {
+                file: file.to_owned(),
+                reason,
+            })
+        };
         if self.guidance_embeds {
-            return bad("guidance_embeds = true (guidance-distilled variant) is not supported".into());
+            return bad(
+                "guidance_embeds = true (guidance-distilled variant) is not supported".into(),
+            );
         }
         if self.zero_cond_t {
             return bad("zero_cond_t = true (per-token modulation index) is not supported".into());
         }
         if self.axes_dims_rope.len() != 3 || self.axes_dims_rope.iter().any(|d| d % 2 != 0) {
-            return bad(format!("axes_dims_rope {:?} must be 3 even numbers", self.axes_dims_rope));
+            return bad(format!(
+                "axes_dims_rope {:?} must be 3 even numbers",
+                self.axes_dims_rope
+            ));
         }
         if self.axes_dims_rope.iter().sum::<usize>() != self.attention_head_dim {
             return bad(format!(
@@ -91,7 +101,9 @@ impl QwenImageTransformerConfig {
             ));
         }
         if self.inner_dim() == 0 || self.patch_size == 0 {
-            return bad("num_attention_heads, attention_head_dim and patch_size must be positive".into());
+            return bad(
+                "num_attention_heads, attention_head_dim and patch_size must be positive".into(),
+            );
         }
         Ok(())
     }

@@ -74,19 +74,43 @@ impl QwenTimestepProjEmbeddings {
         additional: bool,
     ) -> Result<Self> {
         let timestep_embedder = TimestepEmbedding {
-            linear_1: l.linear(&format!("{prefix}.timestep_embedder.linear_1"), TIMESTEP_PROJ_DIM, dim, true).await?,
-            linear_2: l.linear(&format!("{prefix}.timestep_embedder.linear_2"), dim, dim, true).await?,
+            linear_1: l
+                .linear(
+                    &format!("{prefix}.timestep_embedder.linear_1"),
+                    TIMESTEP_PROJ_DIM,
+                    dim,
+                    true,
+                )
+                .await?,
+            linear_2: l
+                .linear(
+                    &format!("{prefix}.timestep_embedder.linear_2"),
+                    dim,
+                    dim,
+                    true,
+                )
+                .await?,
         };
         let addition_t_embedding = match additional {
-            true => Some(l.param(&format!("{prefix}.addition_t_embedding.weight"), [2, dim]).await?),
+            true => Some(
+                l.param(&format!("{prefix}.addition_t_embedding.weight"), [2, dim])
+                    .await?,
+            ),
             false => None,
         };
-        Ok(Self { timestep_embedder, addition_t_embedding })
+        Ok(Self {
+            timestep_embedder,
+            addition_t_embedding,
+        })
     }
 
     /// - timestep: `[B]`, additional_t_cond: `[B]` of 0/1 (required iff the model has
     ///   `addition_t_embedding`) → temb `[B, dim]`
-    pub fn forward(&self, timestep: Tensor<1>, additional_t_cond: Option<Tensor<1, Int>>) -> Result<Tensor<2>> {
+    pub fn forward(
+        &self,
+        timestep: Tensor<1>,
+        additional_t_cond: Option<Tensor<1, Int>>,
+    ) -> Result<Tensor<2>> {
         let emb = self.timestep_embedder.forward(timestep_proj(timestep));
         match (&self.addition_t_embedding, additional_t_cond) {
             (Some(table), Some(idx)) => Ok(emb + table.val().select(0, idx)),
@@ -136,7 +160,9 @@ pub struct RopeDevice {
 impl RopeTables {
     /// Uploads the tables.
     pub fn to_device(&self, device: &Device) -> RopeDevice {
-        let t = |v: &Vec<f32>, s: usize| Tensor::<2>::from_data(TensorData::new(v.clone(), [s, self.half]), device);
+        let t = |v: &Vec<f32>, s: usize| {
+            Tensor::<2>::from_data(TensorData::new(v.clone(), [s, self.half]), device)
+        };
         RopeDevice {
             img: (t(&self.img_cos, self.s_img), t(&self.img_sin, self.s_img)),
             txt: (t(&self.txt_cos, self.s_txt), t(&self.txt_sin, self.s_txt)),
@@ -173,7 +199,13 @@ impl QwenEmbedRope {
     }
 
     /// Appends the cos/sin of one token at positions `(frame, row, col)`.
-    fn push_token(&self, inv: &[Vec<f32>; 3], pos: [i64; 3], cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+    fn push_token(
+        &self,
+        inv: &[Vec<f32>; 3],
+        pos: [i64; 3],
+        cos: &mut Vec<f32>,
+        sin: &mut Vec<f32>,
+    ) {
         for (axis, p) in pos.iter().enumerate() {
             for f in &inv[axis] {
                 // torch.outer(int64 index, f32 freqs) -> f32 product, then polar() in f32.
@@ -192,8 +224,15 @@ impl QwenEmbedRope {
     /// entry (the condition image), which has −1. Text token `j` is at `max_vid_index + j` on
     /// all three axes, `max_vid_index = max(h//2, w//2 over entries)` (and `len(img_shapes) − 1`
     /// for Layer3D).
-    pub fn positions(&self, img_shapes: &[ImgShape], txt_len: usize) -> Result<(Vec<[i64; 3]>, Vec<[i64; 3]>)> {
-        let input = |reason: String| Error::Input { model: "QwenEmbedRope", reason };
+    pub fn positions(
+        &self,
+        img_shapes: &[ImgShape],
+        txt_len: usize,
+    ) -> Result<(Vec<[i64; 3]>, Vec<[i64; 3]>)> {
+        let input = |reason: String| Error::Input {
+            model: "QwenEmbedRope",
+            reason,
+        };
         if img_shapes.is_empty() {
             return Err(input("img_shapes is empty".into()));
         }
@@ -201,7 +240,9 @@ impl QwenEmbedRope {
             if (-ROPE_TABLE_LEN..ROPE_TABLE_LEN).contains(&p) {
                 Ok(p)
             } else {
-                Err(input(format!("RoPE position {p} is outside diffusers' tables (±{ROPE_TABLE_LEN})")))
+                Err(input(format!(
+                    "RoPE position {p} is outside diffusers' tables (±{ROPE_TABLE_LEN})"
+                )))
             }
         };
         let mut img = Vec::new();
@@ -210,10 +251,16 @@ impl QwenEmbedRope {
         for (idx, &(frame, height, width)) in img_shapes.iter().enumerate() {
             let condition = self.layer3d && idx == layer_num;
             if condition && frame != 1 {
-                return Err(input(format!("the condition entry must have 1 frame, got {frame}")));
+                return Err(input(format!(
+                    "the condition entry must have 1 frame, got {frame}"
+                )));
             }
             for f in 0..frame {
-                let frame_pos = if condition { -1 } else { check((idx + f) as i64)? };
+                let frame_pos = if condition {
+                    -1
+                } else {
+                    check((idx + f) as i64)?
+                };
                 for r in 0..height {
                     let row = check(r as i64 - (height - height / 2) as i64)?;
                     for c in 0..width {
@@ -237,17 +284,35 @@ impl QwenEmbedRope {
     /// the [`positions`](Self::positions).
     pub fn tables(&self, img_shapes: &[ImgShape], txt_len: usize) -> Result<RopeTables> {
         let (img, txt) = self.positions(img_shapes, txt_len)?;
-        let inv = [self.inv_freqs(self.axes_dim[0]), self.inv_freqs(self.axes_dim[1]), self.inv_freqs(self.axes_dim[2])];
+        let inv = [
+            self.inv_freqs(self.axes_dim[0]),
+            self.inv_freqs(self.axes_dim[1]),
+            self.inv_freqs(self.axes_dim[2]),
+        ];
         let half = self.axes_dim.iter().sum::<usize>() / 2;
-        let (mut img_cos, mut img_sin) = (Vec::with_capacity(img.len() * half), Vec::with_capacity(img.len() * half));
+        let (mut img_cos, mut img_sin) = (
+            Vec::with_capacity(img.len() * half),
+            Vec::with_capacity(img.len() * half),
+        );
         for pos in &img {
             self.push_token(&inv, *pos, &mut img_cos, &mut img_sin);
         }
-        let (mut txt_cos, mut txt_sin) = (Vec::with_capacity(txt.len() * half), Vec::with_capacity(txt.len() * half));
+        let (mut txt_cos, mut txt_sin) = (
+            Vec::with_capacity(txt.len() * half),
+            Vec::with_capacity(txt.len() * half),
+        );
         for pos in &txt {
             self.push_token(&inv, *pos, &mut txt_cos, &mut txt_sin);
         }
-        Ok(RopeTables { s_img: img.len(), s_txt: txt.len(), img_cos, img_sin, txt_cos, txt_sin, half })
+        Ok(RopeTables {
+            s_img: img.len(),
+            s_txt: txt.len(),
+            img_cos,
+            img_sin,
+            txt_cos,
+            txt_sin,
+            half,
+        })
     }
 }
 
@@ -272,7 +337,11 @@ mod tests {
     use super::*;
 
     fn layered() -> QwenEmbedRope {
-        QwenEmbedRope { axes_dim: [8, 4, 4], theta: 10000.0, layer3d: true }
+        QwenEmbedRope {
+            axes_dim: [8, 4, 4],
+            theta: 10000.0,
+            layer3d: true,
+        }
     }
 
     #[test]
@@ -290,26 +359,38 @@ mod tests {
         assert_eq!(img[95], [-1, 1, 2]);
         assert_eq!(txt, vec![[3; 3], [4; 3], [5; 3], [6; 3], [7; 3]]);
         // 640x640 with N=4: text starts at max(20, 20, 5) = 20.
-        let (_, txt) = layered().positions(&[(1, 40, 40); 6], 1).expect("positions");
+        let (_, txt) = layered()
+            .positions(&[(1, 40, 40); 6], 1)
+            .expect("positions");
         assert_eq!(txt, vec![[20; 3]]);
     }
 
     #[test]
     fn plain_rope_uses_the_entry_index_and_odd_sizes_centre_down() {
-        let rope = QwenEmbedRope { layer3d: false, ..layered() };
-        let (img, txt) = rope.positions(&[(1, 3, 1), (1, 1, 1)], 1).expect("positions");
+        let rope = QwenEmbedRope {
+            layer3d: false,
+            ..layered()
+        };
+        let (img, txt) = rope
+            .positions(&[(1, 3, 1), (1, 1, 1)], 1)
+            .expect("positions");
         assert_eq!(img, vec![[0, -2, -1], [0, -1, -1], [0, 0, -1], [1, -1, -1]]);
         assert_eq!(txt, vec![[1; 3]]);
     }
 
     #[test]
     fn tables_are_cos_sin_of_position_times_frequency() {
-        let t = layered().tables(&[(1, 2, 2), (1, 2, 2)], 2).expect("tables");
+        let t = layered()
+            .tables(&[(1, 2, 2), (1, 2, 2)], 2)
+            .expect("tables");
         assert_eq!((t.s_img, t.s_txt, t.half), (8, 2, 8));
         // Token 4 is the condition entry at frame -1: frame frequencies 1, 10000^-1/4, ...
         let inv0 = 1.0f32;
         assert!((t.img_cos[4 * 8] - (-inv0).cos()).abs() < 1e-7);
         assert!((t.img_sin[4 * 8] - (-inv0).sin()).abs() < 1e-7);
-        assert!(layered().positions(&[(1, 2, 2), (2, 2, 2)], 0).is_err(), "a 2-frame condition entry is refused");
+        assert!(
+            layered().positions(&[(1, 2, 2), (2, 2, 2)], 0).is_err(),
+            "a 2-frame condition entry is refused"
+        );
     }
 }

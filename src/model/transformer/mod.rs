@@ -15,7 +15,9 @@ pub use attention::QwenDoubleStreamAttention;
 pub use block::QwenImageTransformerBlock;
 pub use config::QwenImageTransformerConfig;
 pub use embeddings::{
-    ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice, RopeTables, TIMESTEP_PROJ_DIM, TimestepEmbedding,
-    apply_rotary_emb, timestep_proj,
+    ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice, RopeTables, TIMESTEP_PROJ_DIM,
+    TimestepEmbedding, apply_rotary_emb, timestep_proj,
 };
-pub use model::{AdaLayerNormContinuous, ForwardTrace, QwenImageTransformer2DModel, TransformerInput};
+pub use model::{
+    AdaLayerNormContinuous, ForwardTrace, QwenImageTransformer2DModel, TransformerInput,
+};

@@ -28,8 +28,14 @@ impl AdaLayerNormContinuous {
     pub fn forward(&self, x: Tensor<3>, temb: Tensor<2>) -> Tensor<3> {
         let emb = silu_linear(&self.linear, temb); // [B, 2D]
         let mut parts = emb.chunk(2, 1).into_iter();
-        let scale = parts.next().expect("chunk(2) yields 2 parts").unsqueeze_dim::<3>(1);
-        let shift = parts.next().expect("chunk(2) yields 2 parts").unsqueeze_dim::<3>(1);
+        let scale = parts
+            .next()
+            .expect("chunk(2) yields 2 parts")
+            .unsqueeze_dim::<3>(1);
+        let shift = parts
+            .next()
+            .expect("chunk(2) yields 2 parts")
+            .unsqueeze_dim::<3>(1);
         layer_norm(x, 1e-6) * (scale + 1.0) + shift
     }
 }
@@ -116,7 +122,11 @@ impl QwenImageTransformer2DModel {
     /// Loads `{folder}/config.json` and the weights of `folder` (e.g. `"transformer"`), and
     /// rejects missing, unexpected or wrongly shaped tensors.
     pub async fn load<S: WeightSource>(source: &S, folder: &str, device: &Device) -> Result<Self> {
-        let config_file = if folder.is_empty() { "config.json".to_owned() } else { format!("{folder}/config.json") };
+        let config_file = if folder.is_empty() {
+            "config.json".to_owned()
+        } else {
+            format!("{folder}/config.json")
+        };
         let config: QwenImageTransformerConfig = read_json(source, &config_file).await?;
         config.validate(&config_file)?;
         let weights = SafetensorsFolder::open(source, folder).await?;
@@ -127,21 +137,40 @@ impl QwenImageTransformer2DModel {
     }
 
     /// Builds the model from `config`, taking its tensors from `l` (keys at the root).
-    pub async fn load_with<S: WeightSource>(config: &QwenImageTransformerConfig, l: &mut TensorLoader<'_, S>) -> Result<Self> {
+    pub async fn load_with<S: WeightSource>(
+        config: &QwenImageTransformerConfig,
+        l: &mut TensorLoader<'_, S>,
+    ) -> Result<Self> {
         config.validate("transformer config")?;
         let dim = config.inner_dim();
         let (heads, head_dim) = (config.num_attention_heads, config.attention_head_dim);
         let img_in = l.linear("img_in", config.in_channels, dim, true).await?;
         let txt_norm = RmsNorm::load(l, "txt_norm", config.joint_attention_dim, 1e-6).await?;
-        let txt_in = l.linear("txt_in", config.joint_attention_dim, dim, true).await?;
-        let time_text_embed =
-            QwenTimestepProjEmbeddings::load(l, "time_text_embed", dim, config.use_additional_t_cond).await?;
+        let txt_in = l
+            .linear("txt_in", config.joint_attention_dim, dim, true)
+            .await?;
+        let time_text_embed = QwenTimestepProjEmbeddings::load(
+            l,
+            "time_text_embed",
+            dim,
+            config.use_additional_t_cond,
+        )
+        .await?;
         let mut transformer_blocks = Vec::with_capacity(config.num_layers);
         for i in 0..config.num_layers {
-            transformer_blocks
-                .push(QwenImageTransformerBlock::load(l, &format!("transformer_blocks.{i}"), heads, head_dim).await?);
+            transformer_blocks.push(
+                QwenImageTransformerBlock::load(
+                    l,
+                    &format!("transformer_blocks.{i}"),
+                    heads,
+                    head_dim,
+                )
+                .await?,
+            );
         }
-        let norm_out = AdaLayerNormContinuous { linear: l.linear("norm_out.linear", dim, 2 * dim, true).await? };
+        let norm_out = AdaLayerNormContinuous {
+            linear: l.linear("norm_out.linear", dim, 2 * dim, true).await?,
+        };
         let out = config.patch_size * config.patch_size * config.out_channels();
         let proj_out = l.linear("proj_out", dim, out, true).await?;
         let a = &config.axes_dims_rope;
@@ -153,7 +182,11 @@ impl QwenImageTransformer2DModel {
             transformer_blocks,
             norm_out,
             proj_out,
-            pos_embed: QwenEmbedRope { axes_dim: [a[0], a[1], a[2]], theta: 10000.0, layer3d: config.use_layer3d_rope },
+            pos_embed: QwenEmbedRope {
+                axes_dim: [a[0], a[1], a[2]],
+                theta: 10000.0,
+                layer3d: config.use_layer3d_rope,
+            },
             config: config.clone(),
         })
     }
@@ -161,11 +194,20 @@ impl QwenImageTransformer2DModel {
     /// Checks the argument shapes against each other and the config; returns the shared
     /// per-sample `img_shapes`.
     fn check<'a>(&self, input: &TransformerInput<'a>) -> Result<&'a [ImgShape]> {
-        let bad = |reason: String| Err(Error::Input { model: "QwenImageTransformer2DModel", reason });
+        let bad = |reason: String| {
+            Err(Error::Input {
+                model: "QwenImageTransformer2DModel",
+                reason,
+            })
+        };
         let [b, s_img, c] = input.hidden_states.dims();
         let [bt, s_txt, ct] = input.encoder_hidden_states.dims();
         if c != self.config.in_channels {
-            return bad(format!("hidden_states {:?}: last axis must be in_channels {}", [b, s_img, c], self.config.in_channels));
+            return bad(format!(
+                "hidden_states {:?}: last axis must be in_channels {}",
+                [b, s_img, c],
+                self.config.in_channels
+            ));
         }
         if ct != self.config.joint_attention_dim || bt != b {
             return bad(format!(
@@ -175,12 +217,18 @@ impl QwenImageTransformer2DModel {
             ));
         }
         if input.timestep.dims() != [b] {
-            return bad(format!("timestep {:?} must be [{b}]", input.timestep.dims()));
+            return bad(format!(
+                "timestep {:?} must be [{b}]",
+                input.timestep.dims()
+            ));
         }
         if let Some(m) = &input.encoder_hidden_states_mask
             && m.dims() != [b, s_txt]
         {
-            return bad(format!("encoder_hidden_states_mask {:?} must be [{b}, {s_txt}]", m.dims()));
+            return bad(format!(
+                "encoder_hidden_states_mask {:?} must be [{b}, {s_txt}]",
+                m.dims()
+            ));
         }
         if let Some(a) = &input.additional_t_cond
             && a.dims() != [b]
@@ -191,11 +239,16 @@ impl QwenImageTransformer2DModel {
             return bad("img_shapes is empty".into());
         };
         if input.img_shapes.iter().any(|s| s != first) {
-            return bad(format!("img_shapes differ between samples ({:?}); RoPE would use the first only", input.img_shapes));
+            return bad(format!(
+                "img_shapes differ between samples ({:?}); RoPE would use the first only",
+                input.img_shapes
+            ));
         }
         let tokens: usize = first.iter().map(|(f, h, w)| f * h * w).sum();
         if tokens != s_img {
-            return bad(format!("img_shapes {first:?} describe {tokens} image tokens, hidden_states has {s_img}"));
+            return bad(format!(
+                "img_shapes {first:?} describe {tokens} image tokens, hidden_states has {s_img}"
+            ));
         }
         Ok(first)
     }
@@ -209,7 +262,11 @@ impl QwenImageTransformer2DModel {
     }
 
     /// [`forward`](Self::forward), also recording intermediate tensors into `trace`.
-    pub fn forward_traced(&self, input: TransformerInput<'_>, mut trace: Option<&mut ForwardTrace>) -> Result<Tensor<3>> {
+    pub fn forward_traced(
+        &self,
+        input: TransformerInput<'_>,
+        mut trace: Option<&mut ForwardTrace>,
+    ) -> Result<Tensor<3>> {
         let img_shapes = self.check(&input)?;
         let device = input.hidden_states.device();
         let s_txt = input.encoder_hidden_states.dims()[1];
@@ -217,7 +274,9 @@ impl QwenImageTransformer2DModel {
         let mut hidden_states = self.img_in.forward(input.hidden_states); // [B, S_img, D]
         let txt_normed = self.txt_norm.forward(input.encoder_hidden_states); // [B, S_txt, J]
         let mut encoder_hidden_states = self.txt_in.forward(txt_normed.clone()); // [B, S_txt, D]
-        let temb = self.time_text_embed.forward(input.timestep, input.additional_t_cond)?; // [B, D]
+        let temb = self
+            .time_text_embed
+            .forward(input.timestep, input.additional_t_cond)?; // [B, D]
         let rope: RopeDevice = self.pos_embed.tables(img_shapes, s_txt)?.to_device(&device);
         if let Some(t) = trace.as_deref_mut() {
             t.temb = Some(temb.clone());

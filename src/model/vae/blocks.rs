@@ -31,7 +31,12 @@ pub struct ResidualBlock {
 
 impl ResidualBlock {
     /// Loads `{prefix}.{norm1,conv1,norm2,conv2[,conv_shortcut]}`.
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, c_in: usize, c_out: usize) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        c_in: usize,
+        c_out: usize,
+    ) -> Result<Self> {
         let p = |n: &str| format!("{prefix}.{n}");
         Ok(Self {
             norm1: RmsNorm2d::load(l, &p("norm1"), c_in, 3).await?,
@@ -39,7 +44,9 @@ impl ResidualBlock {
             norm2: RmsNorm2d::load(l, &p("norm2"), c_out, 3).await?,
             conv2: Conv2d::load_causal3d(l, &p("conv2"), [c_out, c_out, 3]).await?,
             conv_shortcut: match c_in != c_out {
-                true => Some(Conv2d::load_causal3d(l, &p("conv_shortcut"), [c_in, c_out, 1]).await?),
+                true => {
+                    Some(Conv2d::load_causal3d(l, &p("conv_shortcut"), [c_in, c_out, 1]).await?)
+                }
                 false => None,
             },
         })
@@ -70,10 +77,15 @@ pub struct AttentionBlock {
 
 impl AttentionBlock {
     /// Loads `{prefix}.{norm,to_qkv,proj}`.
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, dim: usize) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        dim: usize,
+    ) -> Result<Self> {
         Ok(Self {
             norm: RmsNorm2d::load(l, &format!("{prefix}.norm"), dim, 2).await?,
-            to_qkv: Conv2d::load(l, &format!("{prefix}.to_qkv"), [dim, 3 * dim, 1], 1, (0, 0)).await?,
+            to_qkv: Conv2d::load(l, &format!("{prefix}.to_qkv"), [dim, 3 * dim, 1], 1, (0, 0))
+                .await?,
             proj: Conv2d::load(l, &format!("{prefix}.proj"), [dim, dim, 1], 1, (0, 0)).await?,
         })
     }
@@ -86,7 +98,11 @@ impl AttentionBlock {
     /// tensor, as a literal port would pass), measured at 3e-1 on lavapipe for HW ≥ 64.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [b, c, h, w] = x.dims();
-        let tokens = self.norm.forward(x.clone()).reshape([b, c, h * w]).swap_dims(1, 2); // [B, HW, C]
+        let tokens = self
+            .norm
+            .forward(x.clone())
+            .reshape([b, c, h * w])
+            .swap_dims(1, 2); // [B, HW, C]
         let weight = self.to_qkv.weight.val().reshape([3 * c, c]); // [3C, C]
         let bias = self.to_qkv.bias.val(); // [3C]
         let project = |i: usize| {
@@ -96,7 +112,10 @@ impl AttentionBlock {
         };
         let (q, k, v) = (project(0), project(1), project(2));
         let out = attention(q, k, v, None, None, AttentionModuleOptions::default()); // [B, 1, HW, C]
-        let out = out.reshape([b, h * w, c]).swap_dims(1, 2).reshape([b, c, h, w]);
+        let out = out
+            .reshape([b, h * w, c])
+            .swap_dims(1, 2)
+            .reshape([b, c, h, w]);
         self.proj.forward(out) + x
     }
 }
@@ -132,7 +151,12 @@ pub struct Resample {
 
 impl Resample {
     /// Loads `{prefix}.resample.1` (and `{prefix}.time_conv`).
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, dim: usize, mode: ResampleMode) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        dim: usize,
+        mode: ResampleMode,
+    ) -> Result<Self> {
         let conv = format!("{prefix}.resample.1");
         let time = format!("{prefix}.time_conv");
         let (resample, time_conv) = match mode {
@@ -153,13 +177,19 @@ impl Resample {
                 (resample, time_conv)
             }
         };
-        Ok(Self { resample, time_conv, mode })
+        Ok(Self {
+            resample,
+            time_conv,
+            mode,
+        })
     }
 
     /// - x: `[B, C, H, W]` → up: `[B, C/2, 2H, 2W]`; down: `[B, C, H/2, W/2]` (H, W even)
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match self.mode {
-            ResampleMode::Upsample2d | ResampleMode::Upsample3d => self.resample.forward(upsample_nearest2x(x)),
+            ResampleMode::Upsample2d | ResampleMode::Upsample3d => {
+                self.resample.forward(upsample_nearest2x(x))
+            }
             // ZeroPad2d((0, 1, 0, 1)) is the conv's (0, 1) padding per axis.
             ResampleMode::Downsample2d | ResampleMode::Downsample3d => self.resample.forward(x),
         }
@@ -171,7 +201,9 @@ impl Resample {
 /// - x: `[B, C, H, W]` → `[B, C, 2H, 2W]`
 pub fn upsample_nearest2x(x: Tensor<4>) -> Tensor<4> {
     let [b, c, h, w] = x.dims();
-    x.reshape([b, c, h, 1, w, 1]).expand([b, c, h, 2, w, 2]).reshape([b, c, 2 * h, 2 * w])
+    x.reshape([b, c, h, 1, w, 1])
+        .expand([b, c, h, 2, w, 2])
+        .reshape([b, c, 2 * h, 2 * w])
 }
 
 /// `QwenImageMidBlock(dim, num_layers=1)`: `resnets.0`, `attentions.0`, `resnets.1`.
@@ -185,13 +217,19 @@ pub struct MidBlock {
 
 impl MidBlock {
     /// Loads `{prefix}.resnets.{0,1}` and `{prefix}.attentions.0`.
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, dim: usize) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        dim: usize,
+    ) -> Result<Self> {
         Ok(Self {
             resnets: vec![
                 ResidualBlock::load(l, &format!("{prefix}.resnets.0"), dim, dim).await?,
                 ResidualBlock::load(l, &format!("{prefix}.resnets.1"), dim, dim).await?,
             ],
-            attentions: vec![AttentionBlock::load(l, &format!("{prefix}.attentions.0"), dim).await?],
+            attentions: vec![
+                AttentionBlock::load(l, &format!("{prefix}.attentions.0"), dim).await?,
+            ],
         })
     }
 
@@ -227,14 +265,21 @@ impl UpBlock {
         let mut resnets = Vec::with_capacity(num_res_blocks + 1);
         let mut current = c_in;
         for i in 0..=num_res_blocks {
-            resnets.push(ResidualBlock::load(l, &format!("{prefix}.resnets.{i}"), current, c_out).await?);
+            resnets.push(
+                ResidualBlock::load(l, &format!("{prefix}.resnets.{i}"), current, c_out).await?,
+            );
             current = c_out;
         }
         let upsamplers = match upsample {
-            Some(mode) => Some(Resample::load(l, &format!("{prefix}.upsamplers.0"), c_out, mode).await?),
+            Some(mode) => {
+                Some(Resample::load(l, &format!("{prefix}.upsamplers.0"), c_out, mode).await?)
+            }
             None => None,
         };
-        Ok(Self { resnets, upsamplers })
+        Ok(Self {
+            resnets,
+            upsamplers,
+        })
     }
 
     /// - x: `[B, in, H, W]` → `[B, out/2, 2H, 2W]` with an upsampler, else `[B, out, H, W]`

@@ -58,27 +58,45 @@ pub struct Encoder {
 
 impl Encoder {
     /// Loads `{prefix}.*` for `config` (the encoder's output has `2·z_dim` channels).
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, c: &AutoencoderKLQwenImageConfig) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        c: &AutoencoderKLQwenImageConfig,
+    ) -> Result<Self> {
         let p = |n: &str| format!("{prefix}.{n}");
-        let dims: Vec<usize> = std::iter::once(1).chain(c.dim_mult.iter().copied()).map(|u| c.base_dim * u).collect();
-        let conv_in = Conv2d::load_causal3d(l, &p("conv_in"), [c.input_channels, dims[0], 3]).await?;
+        let dims: Vec<usize> = std::iter::once(1)
+            .chain(c.dim_mult.iter().copied())
+            .map(|u| c.base_dim * u)
+            .collect();
+        let conv_in =
+            Conv2d::load_causal3d(l, &p("conv_in"), [c.input_channels, dims[0], 3]).await?;
         let mut down_blocks = Vec::new();
         let mut scale = 1.0f64;
         for i in 0..c.dim_mult.len() {
             let (mut c_in, c_out) = (dims[i], dims[i + 1]);
             for _ in 0..c.num_res_blocks {
                 let at = format!("{prefix}.down_blocks.{}", down_blocks.len());
-                down_blocks.push(DownBlock::Residual(ResidualBlock::load(l, &at, c_in, c_out).await?));
+                down_blocks.push(DownBlock::Residual(
+                    ResidualBlock::load(l, &at, c_in, c_out).await?,
+                ));
                 if c.attn_scales.contains(&scale) {
                     let at = format!("{prefix}.down_blocks.{}", down_blocks.len());
-                    down_blocks.push(DownBlock::Attention(AttentionBlock::load(l, &at, c_out).await?));
+                    down_blocks.push(DownBlock::Attention(
+                        AttentionBlock::load(l, &at, c_out).await?,
+                    ));
                 }
                 c_in = c_out;
             }
             if i != c.dim_mult.len() - 1 {
-                let mode = if c.temperal_downsample[i] { ResampleMode::Downsample3d } else { ResampleMode::Downsample2d };
+                let mode = if c.temperal_downsample[i] {
+                    ResampleMode::Downsample3d
+                } else {
+                    ResampleMode::Downsample2d
+                };
                 let at = format!("{prefix}.down_blocks.{}", down_blocks.len());
-                down_blocks.push(DownBlock::Resample(Resample::load(l, &at, c_out, mode).await?));
+                down_blocks.push(DownBlock::Resample(
+                    Resample::load(l, &at, c_out, mode).await?,
+                ));
                 scale /= 2.0;
             }
         }
@@ -96,7 +114,11 @@ impl Encoder {
     /// the mid block (`encoder.mid_block`) and at the end (`encoder.out`).
     ///
     /// - x: `[B, input_channels, H, W]` → `[B, 2·z_dim, H/8, W/8]`
-    pub fn forward_traced(&self, x: Tensor<4>, trace: &mut dyn FnMut(&str, &Tensor<4>)) -> Tensor<4> {
+    pub fn forward_traced(
+        &self,
+        x: Tensor<4>,
+        trace: &mut dyn FnMut(&str, &Tensor<4>),
+    ) -> Tensor<4> {
         let mut x = self.conv_in.forward(x);
         for (i, block) in self.down_blocks.iter().enumerate() {
             x = block.forward(x);
@@ -132,11 +154,17 @@ pub struct Decoder {
 
 impl Decoder {
     /// Loads `{prefix}.*` for `config`.
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, c: &AutoencoderKLQwenImageConfig) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        c: &AutoencoderKLQwenImageConfig,
+    ) -> Result<Self> {
         let p = |n: &str| format!("{prefix}.{n}");
         let last_mult = *c.dim_mult.last().expect("validated: dim_mult is not empty");
-        let dims: Vec<usize> =
-            std::iter::once(last_mult).chain(c.dim_mult.iter().rev().copied()).map(|u| c.base_dim * u).collect();
+        let dims: Vec<usize> = std::iter::once(last_mult)
+            .chain(c.dim_mult.iter().rev().copied())
+            .map(|u| c.base_dim * u)
+            .collect();
         let temperal_upsample: Vec<bool> = c.temperal_downsample.iter().rev().copied().collect();
         let conv_in = Conv2d::load_causal3d(l, &p("conv_in"), [c.z_dim, dims[0], 3]).await?;
         let mid_block = MidBlock::load(l, &p("mid_block"), dims[0]).await?;
@@ -150,7 +178,16 @@ impl Decoder {
                 true => ResampleMode::Upsample3d,
                 false => ResampleMode::Upsample2d,
             });
-            up_blocks.push(UpBlock::load(l, &format!("{prefix}.up_blocks.{i}"), (c_in, c_out), c.num_res_blocks, mode).await?);
+            up_blocks.push(
+                UpBlock::load(
+                    l,
+                    &format!("{prefix}.up_blocks.{i}"),
+                    (c_in, c_out),
+                    c.num_res_blocks,
+                    mode,
+                )
+                .await?,
+            );
         }
         let last = dims[dims.len() - 1];
         Ok(Self {
@@ -166,7 +203,11 @@ impl Decoder {
     /// (names as in the fixtures: `decoder.conv_in`, `decoder.mid_block`, `decoder.up_blocks.{i}`).
     ///
     /// - z: `[B, z_dim, h, w]` (after `post_quant_conv`) → `[B, input_channels, 8h, 8w]`, unclamped
-    pub fn forward_traced(&self, z: Tensor<4>, trace: &mut dyn FnMut(&str, &Tensor<4>)) -> Tensor<4> {
+    pub fn forward_traced(
+        &self,
+        z: Tensor<4>,
+        trace: &mut dyn FnMut(&str, &Tensor<4>),
+    ) -> Tensor<4> {
         let x = self.conv_in.forward(z);
         trace("decoder.conv_in", &x);
         let mut x = self.mid_block.forward(x);

@@ -47,12 +47,12 @@ impl Default for AutoencoderKLQwenImageConfig {
             dropout: 0.0,
             input_channels: 3,
             latents_mean: vec![
-                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134, -0.0715, 0.5517, -0.3632,
-                -0.1922, -0.9497, 0.2503, -0.2921,
+                -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508, 0.4134,
+                -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
             ],
             latents_std: vec![
-                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526, 2.8652, 1.5579, 1.6382,
-                1.1253, 2.8251, 1.9160,
+                2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743, 3.2687, 2.1526,
+                2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
             ],
         }
     }
@@ -66,7 +66,12 @@ impl AutoencoderKLQwenImageConfig {
 
     /// Checks what this port supports; `file` names the config in errors.
     pub fn validate(&self, file: &str) -> Result<()> {
-        let bad = |reason: String| Err(Error::Config { file: file.to_owned(), reason });
+        let bad = |reason: String| {
+            Err(Error::Config {
+                file: file.to_owned(),
+                reason,
+            })
+        };
         if self.dim_mult.is_empty() || self.temperal_downsample.len() + 1 != self.dim_mult.len() {
             return bad(format!(
                 "temperal_downsample ({} entries) must have one entry fewer than dim_mult ({})",

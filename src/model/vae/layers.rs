@@ -37,7 +37,9 @@ impl Conv2d {
         (pad_begin, pad_end): (usize, usize),
     ) -> Result<Self> {
         Ok(Self {
-            weight: l.param(&format!("{prefix}.weight"), [c_out, c_in, k, k]).await?,
+            weight: l
+                .param(&format!("{prefix}.weight"), [c_out, c_in, k, k])
+                .await?,
             bias: l.param(&format!("{prefix}.bias"), [c_out]).await?,
             stride,
             pad_begin,
@@ -57,7 +59,9 @@ impl Conv2d {
         prefix: &str,
         [c_in, c_out, k]: [usize; 3],
     ) -> Result<Self> {
-        let full = l.host(&format!("{prefix}.weight"), &[c_out, c_in, k, k, k]).await?;
+        let full = l
+            .host(&format!("{prefix}.weight"), &[c_out, c_in, k, k, k])
+            .await?;
         let plane = k * k;
         let mut last = Vec::with_capacity(c_out * c_in * plane);
         for oi in 0..c_out * c_in {
@@ -97,9 +101,16 @@ pub struct TimeConv {
 
 impl TimeConv {
     /// Loads `{prefix}.weight` `[c_out, c_in, 3, 1, 1]` and `{prefix}.bias`.
-    pub async fn load<S: WeightSource>(l: &mut TensorLoader<'_, S>, prefix: &str, c_in: usize, c_out: usize) -> Result<Self> {
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        c_in: usize,
+        c_out: usize,
+    ) -> Result<Self> {
         Ok(Self {
-            weight: l.param(&format!("{prefix}.weight"), [c_out, c_in, 3, 1, 1]).await?,
+            weight: l
+                .param(&format!("{prefix}.weight"), [c_out, c_in, 3, 1, 1])
+                .await?,
             bias: l.param(&format!("{prefix}.bias"), [c_out]).await?,
         })
     }
@@ -125,7 +136,9 @@ impl RmsNorm2d {
         shape.extend(std::iter::repeat_n(1, trailing_ones));
         let values = l.host(&format!("{prefix}.gamma"), &shape).await?;
         let gamma = Tensor::from_data(TensorData::new(values, [dim]), l.device());
-        Ok(Self { gamma: Param::from_tensor(gamma) })
+        Ok(Self {
+            gamma: Param::from_tensor(gamma),
+        })
     }
 
     /// - x: `[B, C, H, W]` → `[B, C, H, W]`

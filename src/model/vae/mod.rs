@@ -11,7 +11,9 @@ mod config;
 mod layers;
 mod model;
 
-pub use blocks::{AttentionBlock, MidBlock, Resample, ResampleMode, ResidualBlock, UpBlock, upsample_nearest2x};
+pub use blocks::{
+    AttentionBlock, MidBlock, Resample, ResampleMode, ResidualBlock, UpBlock, upsample_nearest2x,
+};
 pub use coders::{Decoder, DownBlock, Encoder};
 pub use config::AutoencoderKLQwenImageConfig;
 pub use layers::{Conv2d, RmsNorm2d, TimeConv};

@@ -45,7 +45,11 @@ impl AutoencoderKLQwenImage {
     /// Loads `{folder}/config.json` and the weights of `folder` (e.g. `"vae"`), rejecting
     /// missing, unexpected or wrongly shaped tensors.
     pub async fn load<S: WeightSource>(source: &S, folder: &str, device: &Device) -> Result<Self> {
-        let config_file = if folder.is_empty() { "config.json".to_owned() } else { format!("{folder}/config.json") };
+        let config_file = if folder.is_empty() {
+            "config.json".to_owned()
+        } else {
+            format!("{folder}/config.json")
+        };
         let config: AutoencoderKLQwenImageConfig = read_json(source, &config_file).await?;
         config.validate(&config_file)?;
         let weights = SafetensorsFolder::open(source, folder).await?;
@@ -56,7 +60,10 @@ impl AutoencoderKLQwenImage {
     }
 
     /// Builds the model from `config`, taking its tensors from `l` (keys at the root).
-    pub async fn load_with<S: WeightSource>(config: &AutoencoderKLQwenImageConfig, l: &mut TensorLoader<'_, S>) -> Result<Self> {
+    pub async fn load_with<S: WeightSource>(
+        config: &AutoencoderKLQwenImageConfig,
+        l: &mut TensorLoader<'_, S>,
+    ) -> Result<Self> {
         config.validate("vae config")?;
         let z = config.z_dim;
         Ok(Self {
@@ -73,7 +80,9 @@ impl AutoencoderKLQwenImage {
         if dims[1] != channels {
             return Err(Error::Input {
                 model: "AutoencoderKLQwenImage",
-                reason: format!("{what} {dims:?} must have {channels} channels ([B, {channels}, H, W])"),
+                reason: format!(
+                    "{what} {dims:?} must have {channels} channels ([B, {channels}, H, W])"
+                ),
             });
         }
         Ok(())
@@ -88,9 +97,15 @@ impl AutoencoderKLQwenImage {
 
     /// [`encode_moments`](Self::encode_moments), calling `trace` with the encoder's
     /// intermediate outputs (see [`Encoder::forward_traced`]).
-    pub fn encode_moments_traced(&self, x: Tensor<4>, trace: &mut dyn FnMut(&str, &Tensor<4>)) -> Result<Tensor<4>> {
+    pub fn encode_moments_traced(
+        &self,
+        x: Tensor<4>,
+        trace: &mut dyn FnMut(&str, &Tensor<4>),
+    ) -> Result<Tensor<4>> {
         self.check("image", &x, self.config.input_channels)?;
-        Ok(self.quant_conv.forward(self.encoder.forward_traced(x, trace)))
+        Ok(self
+            .quant_conv
+            .forward(self.encoder.forward_traced(x, trace)))
     }
 
     /// The posterior mean (`latent_dist.mode()`, what the pipeline uses), not normalised.
@@ -109,7 +124,11 @@ impl AutoencoderKLQwenImage {
 
     /// [`decode`](Self::decode), calling `trace` with `post_quant_conv`'s output and the
     /// decoder's intermediate outputs (see [`Decoder::forward_traced`]).
-    pub fn decode_traced(&self, z: Tensor<4>, trace: &mut dyn FnMut(&str, &Tensor<4>)) -> Result<Tensor<4>> {
+    pub fn decode_traced(
+        &self,
+        z: Tensor<4>,
+        trace: &mut dyn FnMut(&str, &Tensor<4>),
+    ) -> Result<Tensor<4>> {
         self.check("latents", &z, self.config.z_dim)?;
         let z = self.post_quant_conv.forward(z);
         trace("post_quant_conv", &z);
@@ -141,7 +160,10 @@ impl AutoencoderKLQwenImage {
     pub fn denormalize_latents(&self, z: Tensor<4>) -> Tensor<4> {
         let device = z.device();
         let mean = self.per_channel(self.config.latents_mean.clone(), &device);
-        let inv_std = self.per_channel(self.config.latents_std.iter().map(|s| 1.0f32 / s).collect(), &device);
+        let inv_std = self.per_channel(
+            self.config.latents_std.iter().map(|s| 1.0f32 / s).collect(),
+            &device,
+        );
         z / inv_std + mean
     }
 }
