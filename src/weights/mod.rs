@@ -57,6 +57,22 @@ pub async fn read_json<T: DeserializeOwned>(source: &impl WeightSource, file: &s
     })
 }
 
+/// A model component's folder (`"transformer"`, `"vae"`; `""` for the root): its parsed
+/// `config.json`, that file's path (for error messages), and its safetensors headers.
+pub async fn open_component<C: DeserializeOwned>(
+    source: &impl WeightSource,
+    folder: &str,
+) -> Result<(C, String, SafetensorsFolder)> {
+    let config_file = if folder.is_empty() {
+        "config.json".to_owned()
+    } else {
+        format!("{folder}/config.json")
+    };
+    let config = read_json(source, &config_file).await?;
+    let weights = SafetensorsFolder::open(source, folder).await?;
+    Ok((config, config_file, weights))
+}
+
 /// Files held in memory, e.g. handed over by the browser after a download.
 #[derive(Debug, Clone, Default)]
 pub struct MemorySource {

@@ -11,7 +11,7 @@ use super::config::QwenImageTransformerConfig;
 use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice};
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
-use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, read_json};
+use crate::weights::{TensorLoader, WeightSource, open_component};
 
 /// diffusers `AdaLayerNormContinuous(D, D, elementwise_affine=False, eps=1e-6)`:
 /// `LN(x) · (1 + scale) + shift` with `[scale, shift] = linear(silu(temb))` (scale first).
@@ -122,14 +122,9 @@ impl QwenImageTransformer2DModel {
     /// Loads `{folder}/config.json` and the weights of `folder` (e.g. `"transformer"`), and
     /// rejects missing, unexpected or wrongly shaped tensors.
     pub async fn load<S: WeightSource>(source: &S, folder: &str, device: &Device) -> Result<Self> {
-        let config_file = if folder.is_empty() {
-            "config.json".to_owned()
-        } else {
-            format!("{folder}/config.json")
-        };
-        let config: QwenImageTransformerConfig = read_json(source, &config_file).await?;
+        let (config, config_file, weights) =
+            open_component::<QwenImageTransformerConfig>(source, folder).await?;
         config.validate(&config_file)?;
-        let weights = SafetensorsFolder::open(source, folder).await?;
         let mut loader = TensorLoader::new(source, &weights, device);
         let model = Self::load_with(&config, &mut loader).await?;
         loader.finish()?;

@@ -9,7 +9,7 @@ use super::coders::{Decoder, Encoder};
 use super::config::AutoencoderKLQwenImageConfig;
 use super::layers::Conv2d;
 use crate::error::{Error, Result};
-use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, read_json};
+use crate::weights::{TensorLoader, WeightSource, open_component};
 
 /// The Wan-2.1-style causal VAE of Qwen-Image, run on single frames.
 ///
@@ -45,14 +45,9 @@ impl AutoencoderKLQwenImage {
     /// Loads `{folder}/config.json` and the weights of `folder` (e.g. `"vae"`), rejecting
     /// missing, unexpected or wrongly shaped tensors.
     pub async fn load<S: WeightSource>(source: &S, folder: &str, device: &Device) -> Result<Self> {
-        let config_file = if folder.is_empty() {
-            "config.json".to_owned()
-        } else {
-            format!("{folder}/config.json")
-        };
-        let config: AutoencoderKLQwenImageConfig = read_json(source, &config_file).await?;
+        let (config, config_file, weights) =
+            open_component::<AutoencoderKLQwenImageConfig>(source, folder).await?;
         config.validate(&config_file)?;
-        let weights = SafetensorsFolder::open(source, folder).await?;
         let mut loader = TensorLoader::new(source, &weights, device);
         let model = Self::load_with(&config, &mut loader).await?;
         loader.finish()?;
