@@ -6,7 +6,7 @@ use burn::module::Param;
 use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::{SafetensorsFolder, WeightSource, to_f32};
+use super::{SafetensorsFolder, TensorEntry, WeightSource, to_f32};
 use crate::error::{Error, Result};
 
 /// Takes tensors out of a checkpoint folder by diffusers key, checking shapes.
@@ -39,21 +39,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
 
     /// Reads `key` as f32 values on the host, after checking that its stored shape is `shape`.
     pub async fn host(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let entry = self.folder.get(key).ok_or_else(|| Error::Weights {
-            key: key.to_owned(),
-            file: self.folder.files().join(", "),
-            reason: format!("missing; the model expects shape {shape:?}"),
-        })?;
-        if entry.shape != shape {
-            return Err(Error::Weights {
-                key: key.to_owned(),
-                file: entry.file.clone(),
-                reason: format!(
-                    "stored shape {:?}, but the model expects {shape:?}",
-                    entry.shape
-                ),
-            });
-        }
+        let entry = self.checked_entry(key, shape)?;
         if !self.taken.insert(key.to_owned()) {
             return Err(Error::Weights {
                 key: key.to_owned(),
@@ -128,6 +114,14 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// Marks `key` as deliberately unused after checking that it exists with `shape` (its data
     /// is not read).
     pub fn skip(&mut self, key: &str, shape: &[usize]) -> Result<()> {
+        self.checked_entry(key, shape)?;
+        self.taken.insert(key.to_owned());
+        Ok(())
+    }
+
+    /// The checkpoint entry of `key`, or an error naming the key, the file(s) and both shapes
+    /// when it is missing or stored with another shape.
+    fn checked_entry(&self, key: &str, shape: &[usize]) -> Result<&'a TensorEntry> {
         let entry = self.folder.get(key).ok_or_else(|| Error::Weights {
             key: key.to_owned(),
             file: self.folder.files().join(", "),
@@ -143,8 +137,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
                 ),
             });
         }
-        self.taken.insert(key.to_owned());
-        Ok(())
+        Ok(entry)
     }
 
     /// Number of tensors taken so far.
