@@ -1,8 +1,11 @@
 //! The few layers the models share: RMSNorm with weight, LayerNorm without affine, the
 //! GELU(tanh) feed-forward, and the SiLU-then-Linear of diffusers' `nn.Sequential(SiLU, Linear)`.
 
+/// The linear layer every model uses. Models name it through this path only, so that its
+/// representation (f32 today; quantised blocks later) can change in one place.
+pub use burn::nn::Linear;
+
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::Tensor;
 use burn::tensor::activation::{gelu_approximate, silu};
 

@@ -2,8 +2,8 @@
 
 use std::collections::BTreeSet;
 
+use crate::model::nn::Linear;
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use super::{SafetensorsFolder, TensorEntry, WeightSource, to_f32};

@@ -4,8 +4,8 @@
 //! <https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/models/transformers/transformer_qwenimage.py#L43-L95>
 //! (sinusoid), `#L207-L229` (timestep embedding), `#L232-L512` (RoPE), `#L97-L142` (rotation).
 
+use crate::model::nn::Linear;
 use burn::module::{Module, Param};
-use burn::nn::Linear;
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 

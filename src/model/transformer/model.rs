@@ -2,8 +2,8 @@
 //!
 //! <https://github.com/huggingface/diffusers/blob/58eb52c0803ea9af3abec60841c2a093bdf1f951/src/diffusers/models/transformers/transformer_qwenimage.py#L791-L1031>
 
+use crate::model::nn::Linear;
 use burn::module::Module;
-use burn::nn::Linear;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::block::QwenImageTransformerBlock;
