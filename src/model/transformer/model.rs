@@ -11,7 +11,7 @@ use super::config::QwenImageTransformerConfig;
 use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice};
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
-use crate::weights::{TensorLoader, WeightSource, open_component};
+use crate::weights::{GgufFile, Precision, TensorLoader, WeightSource, open_component, read_json};
 
 /// diffusers `AdaLayerNormContinuous(D, D, elementwise_affine=False, eps=1e-6)`:
 /// `LN(x) · (1 + scale) + shift` with `[scale, shift] = linear(silu(temb))` (scale first).
@@ -122,10 +122,39 @@ impl QwenImageTransformer2DModel {
     /// Loads `{folder}/config.json` and the weights of `folder` (e.g. `"transformer"`), and
     /// rejects missing, unexpected or wrongly shaped tensors.
     pub async fn load<S: WeightSource>(source: &S, folder: &str, device: &Device) -> Result<Self> {
+        Self::load_precision(source, folder, device, Precision::F32).await
+    }
+
+    /// [`load`](Self::load) with the linear weights kept in `precision`.
+    pub async fn load_precision<S: WeightSource>(
+        source: &S,
+        folder: &str,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let (config, config_file, weights) =
             open_component::<QwenImageTransformerConfig>(source, folder).await?;
         config.validate(&config_file)?;
-        let mut loader = TensorLoader::new(source, &weights, device);
+        let mut loader = TensorLoader::new(source, &weights, device).with_precision(precision);
+        let model = Self::load_with(&config, &mut loader).await?;
+        loader.finish()?;
+        Ok(model)
+    }
+
+    /// Loads the weights from a GGUF file with diffusers key names (ComfyUI-GGUF's
+    /// `qwen_image` files) and the architecture from a diffusers `config.json` (GGUF files of
+    /// diffusion models carry none), keeping the linear weights in `precision`.
+    pub async fn load_gguf<S: WeightSource>(
+        source: &S,
+        config_file: &str,
+        gguf_file: &str,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let config: QwenImageTransformerConfig = read_json(source, config_file).await?;
+        config.validate(config_file)?;
+        let gguf = GgufFile::open(source, gguf_file).await?;
+        let mut loader = TensorLoader::gguf(source, &gguf, device).with_precision(precision);
         let model = Self::load_with(&config, &mut loader).await?;
         loader.finish()?;
         Ok(model)
