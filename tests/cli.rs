@@ -241,3 +241,68 @@ fn inspect_lists_the_model_folder_and_a_single_file() {
     let out = run(bin().args(["inspect", "/nonexistent/path"]));
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn inspect_lists_a_gguf_file_and_prints_values() {
+    let gguf = fixtures_dir().join("gguf/types.gguf").display().to_string();
+    let out = run(bin().args(["inspect", &gguf]));
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for part in [
+        "GGUF v3, 12 tensors",
+        "(alignment 64)",
+        "meta general.architecture = \"test\"",
+        "meta t.u64 = 9223372036854775813",
+        "meta t.arr.string = string[3] [\"a\", \"\", \"xyz\"]",
+        "meta t.arr.nested = array[2] [i32[2], i32[1]]",
+        "q4_k\tQ4_K\t[2, 512]\t576 bytes",
+        "bf16\tBF16\t[4, 64]\t512 bytes",
+        "shape_2x3x4\tF32\t[2, 3, 4]\t96 bytes",
+    ] {
+        assert!(stdout.contains(part), "{part:?} missing from:\n{stdout}");
+    }
+
+    // Values: row-major in PyTorch order, as gguf-py dequantizes them.
+    let values = |path: &str, name: &str, k: &str| {
+        let out = run(bin().args(["inspect", path, "--tensor", name, "--values", k]));
+        assert!(out.status.success(), "{name}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse::<f32>().expect("a number per line"))
+            .collect::<Vec<f32>>()
+    };
+    let want: Vec<f32> = (0..24).map(|v| v as f32).collect();
+    assert_eq!(values(&gguf, "shape_2x3x4", "100"), want);
+    let expected = std::fs::read(fixtures_dir().join("gguf/types_expected.safetensors"))
+        .expect("expected values");
+    let expected = SafeTensors::deserialize(&expected).expect("parses");
+    let q6: Vec<f32> = expected
+        .tensor("q6_k")
+        .expect("q6_k")
+        .data()
+        .chunks_exact(4)
+        .take(300)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    assert_eq!(values(&gguf, "q6_k", "300"), q6);
+
+    // The same for safetensors (bf16 widened exactly), file and model folder.
+    let st = fixtures_dir().join("model/transformer");
+    let from_file = values(
+        &st.join("diffusion_pytorch_model.safetensors")
+            .display()
+            .to_string(),
+        "img_in.bias",
+        "5",
+    );
+    assert_eq!(from_file.len(), 5);
+    assert_eq!(
+        values(&st.display().to_string(), "img_in.bias", "5"),
+        from_file
+    );
+    let out = run(bin().args(["inspect", &gguf, "--tensor", "nope"]));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    let out = run(bin().args(["inspect", &gguf, "--values", "3"]));
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -12,10 +12,13 @@ mod common;
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{Record, cpu, fixtures_dir, read};
 use qwen_layered_web::model::nn::LinearWeight;
-use qwen_layered_web::model::transformer::{QwenImageTransformer2DModel, TransformerInput};
+use qwen_layered_web::model::transformer::{
+    QwenImageTransformer2DModel, QwenImageTransformerConfig, TransformerInput,
+};
 use qwen_layered_web::weights::gguf::dequantize;
 use qwen_layered_web::weights::{
     DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision, WeightSource,
+    read_json,
 };
 use safetensors::SafeTensors;
 
@@ -275,11 +278,15 @@ fn model_dir() -> DirSource {
     DirSource::new(fixtures_dir())
 }
 
+fn config() -> QwenImageTransformerConfig {
+    pollster::block_on(read_json(&model_dir(), "model/transformer/config.json")).expect("config")
+}
+
 fn load_gguf(file: &str, precision: Precision) -> QwenImageTransformer2DModel {
     pollster::block_on(QwenImageTransformer2DModel::load_gguf(
-        &model_dir(),
-        "model/transformer/config.json",
-        &format!("gguf/{file}"),
+        &gguf_dir(),
+        file,
+        &config(),
         &cpu(),
         precision,
     ))
@@ -383,15 +390,14 @@ fn transformer_from_gguf_and_quantized_at_load_matches_the_reference() {
 #[test]
 fn gguf_loading_refuses_wrong_and_extra_tensors() {
     let bytes = std::fs::read(fixtures_dir().join("gguf/transformer-Q8_0.gguf")).expect("fixture");
-    let config = std::fs::read(fixtures_dir().join("model/transformer/config.json")).expect("cfg");
+    let config = config();
     let load = |bytes: Vec<u8>| {
         let mut src = MemorySource::new();
-        src.insert("config.json", config.clone());
         src.insert("t.gguf", bytes);
         pollster::block_on(QwenImageTransformer2DModel::load_gguf(
             &src,
-            "config.json",
             "t.gguf",
+            &config,
             &cpu(),
             Precision::Q8,
         ))

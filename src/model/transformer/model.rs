@@ -11,7 +11,7 @@ use super::config::QwenImageTransformerConfig;
 use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice};
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
-use crate::weights::{GgufFile, Precision, TensorLoader, WeightSource, open_component, read_json};
+use crate::weights::{GgufFile, Precision, TensorLoader, WeightSource, open_component};
 
 /// diffusers `AdaLayerNormContinuous(D, D, elementwise_affine=False, eps=1e-6)`:
 /// `LN(x) · (1 + scale) + shift` with `[scale, shift] = linear(silu(temb))` (scale first).
@@ -142,20 +142,18 @@ impl QwenImageTransformer2DModel {
     }
 
     /// Loads the weights from a GGUF file with diffusers key names (ComfyUI-GGUF's
-    /// `qwen_image` files) and the architecture from a diffusers `config.json` (GGUF files of
-    /// diffusion models carry none), keeping the linear weights in `precision`.
+    /// `qwen_image` files), keeping the linear weights in `precision`. GGUF files of diffusion
+    /// models carry no architecture config, so it is given (from a diffusers `config.json`).
     pub async fn load_gguf<S: WeightSource>(
         source: &S,
-        config_file: &str,
         gguf_file: &str,
+        config: &QwenImageTransformerConfig,
         device: &Device,
         precision: Precision,
     ) -> Result<Self> {
-        let config: QwenImageTransformerConfig = read_json(source, config_file).await?;
-        config.validate(config_file)?;
         let gguf = GgufFile::open(source, gguf_file).await?;
         let mut loader = TensorLoader::gguf(source, &gguf, device).with_precision(precision);
-        let model = Self::load_with(&config, &mut loader).await?;
+        let model = Self::load_with(config, &mut loader).await?;
         loader.finish()?;
         Ok(model)
     }
