@@ -26,9 +26,7 @@ use qwen_layered_web::model::transformer::QwenImageTransformerConfig;
 use qwen_layered_web::model::vae::AutoencoderKLQwenImageConfig;
 use qwen_layered_web::pipeline::FlowMatchEulerDiscreteConfig;
 use qwen_layered_web::weights::gguf::dequantize;
-use qwen_layered_web::weights::{
-    GgufFile, MemorySource, SafetensorsFolder, WeightSource, read_json,
-};
+use qwen_layered_web::weights::{GgufFile, MemorySource, SafetensorsFolder, read_json};
 
 /// Most bytes live at once beyond the baseline while one input is parsed.
 const ALLOC_LIMIT: usize = 256 << 20;
@@ -166,7 +164,7 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, focus: usize, other: &[u8]) {
 }
 
 /// Parses one GGUF input: the header, then every tensor the header places in the file.
-fn gguf_target(bytes: &[u8]) {
+fn gguf_target(bytes: &[u8]) -> bool {
     let mut src = MemorySource::new();
     src.insert("f.gguf", bytes.to_vec());
     if let Ok(g) = pollster::block_on(GgufFile::open(&src, "f.gguf")) {
@@ -179,42 +177,45 @@ fn gguf_target(bytes: &[u8]) {
         for (_, v) in g.metadata() {
             let _ = v.to_string();
         }
+        return true;
     }
+    false
 }
 
-fn safetensors_target(bytes: &[u8]) {
+fn safetensors_target(bytes: &[u8]) -> bool {
     let mut src = MemorySource::new();
     src.insert("model.safetensors", bytes.to_vec());
-    let _ = pollster::block_on(SafetensorsFolder::open(&src, ""));
+    pollster::block_on(SafetensorsFolder::open(&src, "")).is_ok()
 }
 
 /// The index is mutated; its two shards are intact.
-fn index_target(bytes: &[u8], shards: &[(String, Vec<u8>)]) {
+fn index_target(bytes: &[u8], shards: &[(String, Vec<u8>)]) -> bool {
     let mut src = MemorySource::new();
     src.insert("model.safetensors.index.json", bytes.to_vec());
     for (name, b) in shards {
         src.insert(name.clone(), b.clone());
     }
-    let _ = pollster::block_on(SafetensorsFolder::open(&src, ""));
+    pollster::block_on(SafetensorsFolder::open(&src, "")).is_ok()
 }
 
-fn config_target(bytes: &[u8]) {
+fn config_target(bytes: &[u8]) -> bool {
     let mut src = MemorySource::new();
     src.insert("config.json", bytes.to_vec());
+    let mut ok = false;
     if let Ok(c) = pollster::block_on(read_json::<QwenImageTransformerConfig>(&src, "config.json"))
     {
-        let _ = c.validate("config.json");
+        ok |= c.validate("config.json").is_ok();
     }
     if let Ok(c) = pollster::block_on(read_json::<AutoencoderKLQwenImageConfig>(
         &src,
         "config.json",
     )) {
-        let _ = c.validate("config.json");
+        ok |= c.validate("config.json").is_ok();
     }
     if let Ok(text) = std::str::from_utf8(bytes) {
-        let _ = FlowMatchEulerDiscreteConfig::from_json_str(text);
+        ok |= FlowMatchEulerDiscreteConfig::from_json_str(text).is_ok();
     }
-    let _ = pollster::block_on(src.size("config.json"));
+    ok
 }
 
 fn read(rel: &str) -> Vec<u8> {
@@ -257,7 +258,7 @@ fn fuzz(
     focus: usize,
     iters: usize,
     seed: u64,
-    target: &dyn Fn(&[u8]),
+    target: &dyn Fn(&[u8]) -> bool,
 ) -> usize {
     let started = Instant::now();
     let current = std::sync::Arc::new(AtomicU64::new(u64::MAX));
@@ -285,6 +286,7 @@ fn fuzz(
         })
     };
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let (mut accepted, mut max_peak) = (0usize, 0usize);
     for i in 0..iters {
         let pick = rng.below(corpus.len());
         let mut input = corpus[pick].clone();
@@ -301,6 +303,8 @@ fn fuzz(
         PEAK.store(base, Ordering::Relaxed);
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| target(&input)));
         let peak = PEAK.load(Ordering::Relaxed).saturating_sub(base);
+        max_peak = max_peak.max(peak);
+        accepted += usize::from(matches!(outcome, Ok(true)));
         if outcome.is_err() || peak > ALLOC_LIMIT {
             let path = std::env::temp_dir().join(format!("fuzz-{name}-{seed}-{i}.bin"));
             let _ = std::fs::write(&path, &input);
@@ -321,7 +325,8 @@ fn fuzz(
     done.store(true, Ordering::Relaxed);
     watchdog.join().expect("watchdog");
     eprintln!(
-        "fuzz {name}: {iters} inputs in {:.1} s (seed {seed})",
+        "fuzz {name}: {iters} inputs in {:.1} s (seed {seed}), {accepted} accepted, the others \
+         refused with an error; largest allocation peak {max_peak} bytes",
         started.elapsed().as_secs_f64()
     );
     iters
