@@ -424,3 +424,39 @@ fn gguf_loading_refuses_wrong_and_extra_tensors() {
     let src = gguf_dir();
     assert!(pollster::block_on(src.exists("transformer-Q4_0.gguf")).expect("exists"));
 }
+
+/// A header longer than the first 1 MiB read is read in growing prefixes, and every read
+/// stays inside the file.
+#[test]
+fn long_headers_are_read_in_growing_prefixes() {
+    let long = "x".repeat(3 << 20);
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // one tensor
+    b.extend(1u64.to_le_bytes()); // one metadata entry
+    b.extend(4u64.to_le_bytes());
+    b.extend(b"long");
+    b.extend(8u32.to_le_bytes()); // string
+    b.extend((long.len() as u64).to_le_bytes());
+    b.extend(long.as_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.push(b'w');
+    b.extend(1u32.to_le_bytes());
+    b.extend(32u64.to_le_bytes());
+    b.extend(0u32.to_le_bytes()); // F32
+    b.extend(0u64.to_le_bytes());
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    b.extend((0..32).flat_map(|i| (i as f32).to_le_bytes()));
+    let mut src = MemorySource::new();
+    src.insert("big.gguf", b.clone());
+    let g = pollster::block_on(GgufFile::open(&src, "big.gguf")).expect("opens");
+    assert_eq!(g.meta("long"), Some(&MetaValue::String(long)));
+    let w = pollster::block_on(g.read_f32(&src, "w")).expect("w");
+    assert_eq!(w, (0..32).map(|i| i as f32).collect::<Vec<_>>());
+    // Cut inside the tensor data: the header says more than the file holds.
+    src.insert("big.gguf", b[..b.len() - 4].to_vec());
+    let err = pollster::block_on(GgufFile::open(&src, "big.gguf"))
+        .expect_err("truncated")
+        .to_string();
+    assert!(err.contains("past the end"), "{err}");
+}
