@@ -306,3 +306,53 @@ fn inspect_lists_a_gguf_file_and_prints_values() {
     let out = run(bin().args(["inspect", &gguf, "--values", "3"]));
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `decompose --transformer-gguf F --precision q8` runs the whole pipeline with the GGUF
+/// transformer kept in 8-bit blocks; its final latents stay close to the f32 reference.
+#[test]
+fn decompose_runs_a_gguf_transformer_in_8_bit() {
+    let case = "a_lin_cfgnorm_l3_s3_64";
+    let dir = scratch("gguf-q8");
+    let (rec, mut args) = decompose_args(case, &dir);
+    args.extend([
+        "--transformer-gguf".into(),
+        fixtures_dir()
+            .join("gguf/transformer-Q8_0.gguf")
+            .display()
+            .to_string(),
+        "--precision".into(),
+        "q8".into(),
+    ]);
+    let out = run(bin().args(&args));
+    assert!(
+        out.status.success(),
+        "decompose with a GGUF transformer failed"
+    );
+    let bytes = std::fs::read(dir.join("out/latents.safetensors")).expect("latents.safetensors");
+    let st = SafeTensors::deserialize(&bytes).expect("parses");
+    let got: Vec<f32> = st
+        .tensor("latents")
+        .expect("latents")
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let (want, shape) = rec.f32(&format!("step{}.latents", rec.steps() - 1));
+    // Measured max abs error 1.7e-2 (8-bit weights through 3 steps with CFG; latents ~ ±3).
+    assert_close(
+        "q8 GGUF latents vs f32 reference",
+        &got,
+        &want,
+        &shape,
+        4e-2,
+    );
+    for k in 0..3 {
+        assert!(
+            dir.join(format!("out/layer_{k}.png")).is_file(),
+            "layer_{k}.png"
+        );
+    }
+    let bad = run(bin().args(["decompose", "--precision", "q3"]));
+    assert_eq!(bad.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
