@@ -273,3 +273,48 @@ fn text_encoder_matches_on_wgpu() {
     let hidden = Tensor::cat(vec![first, rest], 1).narrow(1, 34, ids.len() - 34);
     check(&rec, "text.prompt.embeds", hidden, 1e-4);
 }
+
+/// Quantized linear layers (8- and 4-bit blocks) give the same values and outputs on wgpu as
+/// on Flex: the dequantization's integer shifts and masks are exact on both.
+#[test]
+fn quantized_linear_matches_flex_on_wgpu() {
+    use qwen_layered_web::model::nn::Linear;
+    use qwen_layered_web::weights::QuantizedMatrix;
+    let Some(device) = gpu() else { return };
+    let cpu = common::cpu();
+    let (d_in, d_out) = (96, 40);
+    let weights: Vec<f32> = (0..d_in * d_out)
+        .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 300.0)
+        .collect();
+    let x: Vec<f32> = (0..3 * d_in)
+        .map(|i| ((i * 31 % 17) as f32 - 8.0) / 5.0)
+        .collect();
+    let bias: Vec<f32> = (0..d_out).map(|i| i as f32 / 10.0).collect();
+    for bits in [8, 4] {
+        let m = QuantizedMatrix::quantize(&weights, d_out, d_in, bits).expect("quantize");
+        let run = |device: &Device| {
+            let bias = burn::module::Param::from_tensor(Tensor::<1>::from_data(
+                TensorData::new(bias.clone(), [d_out]),
+                device,
+            ));
+            let linear = Linear::from_blocks(&m, Some(bias), device);
+            let input = Tensor::<2>::from_data(TensorData::new(x.clone(), [3, d_in]), device);
+            let weight = match &linear.weight {
+                qwen_layered_web::model::nn::LinearWeight::Blocks(b) => b.dequantize(),
+                _ => unreachable!("built from blocks"),
+            };
+            (common::read(weight), common::read(linear.forward(input)))
+        };
+        let (w_cpu, y_cpu) = run(&cpu);
+        let (w_gpu, y_gpu) = run(&device);
+        assert_eq!(w_cpu, m.dequantize(), "{bits}-bit: Flex vs host twin");
+        assert_eq!(w_gpu, w_cpu, "{bits}-bit: wgpu vs Flex dequantization");
+        common::assert_close(
+            &format!("{bits}-bit linear, wgpu vs flex"),
+            &y_gpu,
+            &y_cpu,
+            &[3, d_out],
+            1e-4,
+        );
+    }
+}

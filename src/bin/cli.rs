@@ -22,13 +22,18 @@ mod native {
     use burn::tensor::{Device, Tensor, TensorData};
     use qwen_layered_web::gpu::{GpuReport, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
+    use qwen_layered_web::model::transformer::{
+        QwenImageTransformer2DModel, QwenImageTransformerConfig,
+    };
     use qwen_layered_web::pipeline::{
         DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise, Progress,
     };
     use qwen_layered_web::text::{
         DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, needs_caption,
     };
-    use qwen_layered_web::weights::{DirSource, SafetensorsFolder, WeightSource, to_f32};
+    use qwen_layered_web::weights::{
+        DirSource, GgufFile, Precision, SafetensorsFolder, WeightSource, read_json, to_f32,
+    };
     use safetensors::{Dtype, SafeTensors};
 
     const USAGE: &str = "usage: qwen-layered <command> [options]
@@ -42,12 +47,15 @@ commands:
              [--negative-prompt TEXT (\" \" with --prompt) | --negative-prompt-embeds F.safetensors]
              [--max-sequence-length L (512)]
              [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
+             [--precision f32|q8|q4 (f32)] [--transformer-gguf F.gguf]
   encode-prompt  run the model's tokenizer and text encoder on a prompt and write its
              prompt_embeds [1, L, D] (f32) as the tensor \"prompt_embeds\" (any text, \" \" too)
              --model DIR --prompt TEXT --out F.safetensors
              [--max-sequence-length L (512)] [--device cpu|wgpu (cpu)]
-  inspect    PATH: list the tensors (name, dtype, shape) of a .safetensors file, a
-             *.safetensors.index.json, a model folder or a pipeline folder
+  inspect    PATH [--tensor NAME [--values K (10)]]: list the tensors (name, dtype, shape)
+             of a .safetensors file, a *.safetensors.index.json, a model folder, a pipeline
+             folder, or a .gguf file (also its metadata, ggml types and byte sizes); with
+             --tensor, print the first K values of one tensor as f32 (row-major), one a line
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
              and check a 256x256x256 matmul on it against the CPU backend
   help       print this text";
@@ -340,6 +348,8 @@ commands:
                 "--scheduler-config",
                 "--out",
                 "--device",
+                "--precision",
+                "--transformer-gguf",
             ],
             &["--cfg-normalize"],
         )?;
@@ -427,8 +437,37 @@ commands:
             (None, None)
         };
 
-        let mut pipeline =
-            pollster::block_on(LayeredPipeline::load(&DirSource::new(&model), &device))?;
+        let precision: Precision = opts
+            .get("--precision")
+            .unwrap_or("f32")
+            .parse()
+            .map_err(usage_error)?;
+        let source = DirSource::new(&model);
+        let mut pipeline = match opts.get("--transformer-gguf") {
+            None => {
+                pollster::block_on(LayeredPipeline::load_precision(&source, &device, precision))?
+            }
+            Some(gguf) => {
+                let (gguf_source, file) = file_source(Path::new(gguf));
+                let transformer = pollster::block_on(async {
+                    let config: QwenImageTransformerConfig =
+                        read_json(&source, "transformer/config.json").await?;
+                    QwenImageTransformer2DModel::load_gguf(
+                        &gguf_source,
+                        &file,
+                        &config,
+                        &device,
+                        precision,
+                    )
+                    .await
+                })?;
+                pollster::block_on(LayeredPipeline::load_with_transformer(
+                    &source,
+                    transformer,
+                    &device,
+                ))?
+            }
+        };
         if let Some(file) = opts.get("--scheduler-config") {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| Fail(format!("reading {file}: {e}"), 1))?;
@@ -564,16 +603,123 @@ commands:
         }
     }
 
-    fn inspect(args: &[String]) -> Result<(), Fail> {
-        let [path] = args else {
-            return Err(usage_error("inspect takes one PATH"));
+    fn print_gguf(label: &str, g: &GgufFile) {
+        let values: usize = g.tensors().iter().map(|t| t.numel()).sum();
+        let bytes: u64 = g.tensors().iter().map(|t| t.len).sum();
+        println!(
+            "{label}: GGUF v{}, {} tensors, {values} values, {bytes} bytes of data at offset {} \
+             (alignment {}), {} metadata entries",
+            g.version(),
+            g.tensors().len(),
+            g.data_offset(),
+            g.alignment(),
+            g.metadata().len()
+        );
+        for (key, value) in g.metadata() {
+            println!("  meta {key} = {value}");
+        }
+        for t in g.tensors() {
+            println!(
+                "  {}\t{}\t{:?}\t{} bytes",
+                t.name,
+                t.ggml_type.name(),
+                t.shape,
+                t.len
+            );
+        }
+    }
+
+    /// Prints the first `k` values of tensor `name` of the file or model folder at `path`,
+    /// dequantized to f32, row-major in PyTorch order, one per line.
+    fn print_values(path: &Path, name: &str, k: usize) -> Result<(), Fail> {
+        let values = if is_gguf(path) {
+            let (source, file) = file_source(path);
+            let g = pollster::block_on(GgufFile::open(&source, &file))?;
+            pollster::block_on(g.read_f32(&source, name))?
+        } else {
+            let (source, folder) = if path.is_dir() {
+                let source = DirSource::new(path);
+                let folder = pollster::block_on(SafetensorsFolder::open(&source, ""))?;
+                (source, folder)
+            } else {
+                let (source, file) = file_source(path);
+                let folder = if file.ends_with(".index.json") {
+                    pollster::block_on(SafetensorsFolder::open_index(&source, "", &file))?
+                } else {
+                    pollster::block_on(SafetensorsFolder::open_files(&source, "", &[file]))?
+                };
+                (source, folder)
+            };
+            let e = folder.get(name).ok_or_else(|| {
+                Fail(
+                    format!(
+                        "{}: no tensor {name:?} ({} tensors)",
+                        path.display(),
+                        folder.len()
+                    ),
+                    1,
+                )
+            })?;
+            let bytes = pollster::block_on(source.read(&e.file, e.offset, e.len))?;
+            to_f32(&bytes, e.dtype, name, &e.file)?
         };
+        for v in values.iter().take(k) {
+            println!("{v}");
+        }
+        Ok(())
+    }
+
+    /// A `.gguf` file (by extension or magic).
+    fn is_gguf(path: &Path) -> bool {
+        if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            return path.is_file();
+        }
+        let mut magic = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok()
+            && &magic == b"GGUF"
+    }
+
+    /// A source over the folder of `path`, and the file name in it.
+    fn file_source(path: &Path) -> (DirSource, String) {
+        let file = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        (
+            DirSource::new(path.parent().unwrap_or(Path::new("."))),
+            file,
+        )
+    }
+
+    fn inspect(args: &[String]) -> Result<(), Fail> {
+        let Some((path, rest)) = args.split_first() else {
+            return Err(usage_error("inspect takes a PATH"));
+        };
+        let opts = Options::parse(rest, &["--tensor", "--values"], &[])?;
         let path = Path::new(path);
+        if let Some(tensor) = opts.get("--tensor") {
+            let k = opts.number("--values", 10usize)?;
+            return print_values(path, tensor, k);
+        }
+        if opts.get("--values").is_some() {
+            return Err(usage_error("--values needs --tensor NAME"));
+        }
         let name = |p: &Path| {
             p.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         };
+        if path.is_file() && is_gguf(path) {
+            let (source, file) = file_source(path);
+            let g = pollster::block_on(GgufFile::open(&source, &file))?;
+            print_gguf(&path.display().to_string(), &g);
+            return Ok(());
+        }
         if path.is_file() {
             let source = DirSource::new(path.parent().unwrap_or(Path::new(".")));
             let file = name(path);

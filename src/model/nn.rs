@@ -1,16 +1,141 @@
 //! The few layers the models share: RMSNorm with weight, LayerNorm without affine, the
 //! GELU(tanh) feed-forward, and the SiLU-then-Linear of diffusers' `nn.Sequential(SiLU, Linear)`.
 
-/// The linear layer every model uses. Models name it through this path only, so that its
-/// representation (f32 today; quantised blocks later) can change in one place.
-pub use burn::nn::Linear;
-
-use burn::module::{Module, Param};
-use burn::tensor::Tensor;
+use burn::module::{Module, Param, ParamId};
 use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::error::Result;
-use crate::weights::{TensorLoader, WeightSource};
+use crate::weights::{BLOCK, QuantizedMatrix, TensorLoader, WeightSource};
+
+/// The linear layer every model uses (`torch.nn.Linear`), in whichever precision it was loaded:
+/// f32, or blockwise 8-/4-bit codes with f16 scales ([`QuantizedMatrix`]'s layout). Models name
+/// it through this path only and build it with [`TensorLoader::linear`]; one `forward` serves
+/// both.
+#[derive(Module, Debug)]
+pub struct Linear {
+    /// The weight.
+    pub weight: LinearWeight,
+    /// `[d_out]`, checkpoint key `{prefix}.bias`.
+    pub bias: Option<Param<Tensor<1>>>,
+}
+
+/// The weight of a [`Linear`].
+#[derive(Module, Debug)]
+pub enum LinearWeight {
+    /// `[d_in, d_out]` (Burn's layout: the transposed checkpoint matrix).
+    F32(Param<Tensor<2>>),
+    /// Blockwise-quantized `[d_out, d_in]` (the checkpoint's layout).
+    Blocks(BlockWeight),
+}
+
+/// A `[d_out, d_in]` matrix as packed codes and scales on the device (see
+/// [`crate::weights::QuantizedMatrix`]): value `= scale · (code − 2^(bits−1))`, one scale per
+/// 32 consecutive values along `d_in`.
+#[derive(Module, Debug)]
+pub struct BlockWeight {
+    /// `[d_out, d_in · bits / 32]`: the `u32` code words (bit patterns stored as `i32`).
+    pub words: Param<Tensor<2, Int>>,
+    /// `[d_out, d_in / 32]`: the f16 scales (held as f32, the same values).
+    pub scales: Param<Tensor<2>>,
+    /// 8 or 4.
+    #[module(skip)]
+    pub bits: u32,
+}
+
+impl BlockWeight {
+    /// Uploads a host matrix.
+    pub fn new(m: &QuantizedMatrix, device: &Device) -> Self {
+        let words: Vec<i32> = m.words.iter().map(|&w| w as i32).collect();
+        let scales: Vec<f32> = m.scales.iter().map(|s| s.to_f32()).collect();
+        Self {
+            words: Param::initialized(
+                ParamId::new(),
+                Tensor::<2, Int>::from_data(
+                    TensorData::new(words, [m.rows, m.row_words()]),
+                    device,
+                ),
+            ),
+            scales: Param::from_tensor(Tensor::from_data(
+                TensorData::new(scales, [m.rows, m.cols / BLOCK]),
+                device,
+            )),
+            bits: m.bits,
+        }
+    }
+
+    /// The f32 values with plain Burn ops (the twin a fused GPU kernel is tested against).
+    ///
+    /// → `[d_out, d_in]`
+    pub fn dequantize(&self) -> Tensor<2> {
+        let words = self.words.val(); // [R, W]
+        let [rows, n_words] = words.dims();
+        let per_word = (32 / self.bits) as usize;
+        let mask = (1i64 << self.bits) - 1;
+        let offset = (1u32 << (self.bits - 1)) as f32;
+        let codes: Vec<Tensor<2>> = (0..per_word)
+            .map(|k| {
+                words
+                    .clone()
+                    .bitwise_right_shift_scalar(k as i64 * self.bits as i64)
+                    .bitwise_and_scalar(mask)
+                    .float()
+            })
+            .collect();
+        let cols = n_words * per_word;
+        let values = Tensor::stack::<3>(codes, 2).reshape([rows, cols / BLOCK, BLOCK]) - offset;
+        let scales = self.scales.val().unsqueeze_dim::<3>(2); // [R, C/32, 1]
+        (values * scales).reshape([rows, cols])
+    }
+}
+
+impl Linear {
+    /// An f32 layer from the checkpoint's `[d_out, d_in]` weight (kept as a transposed view).
+    pub fn from_f32(weight: Tensor<2>, bias: Option<Param<Tensor<1>>>) -> Self {
+        Self {
+            weight: LinearWeight::F32(Param::from_tensor(weight.transpose())),
+            bias,
+        }
+    }
+
+    /// A quantized layer.
+    pub fn from_blocks(
+        weight: &QuantizedMatrix,
+        bias: Option<Param<Tensor<1>>>,
+        device: &Device,
+    ) -> Self {
+        Self {
+            weight: LinearWeight::Blocks(BlockWeight::new(weight, device)),
+            bias,
+        }
+    }
+
+    /// `(d_in, d_out)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match &self.weight {
+            LinearWeight::F32(w) => {
+                let [d_in, d_out] = w.dims();
+                (d_in, d_out)
+            }
+            LinearWeight::Blocks(b) => {
+                let [d_out, _] = b.scales.dims();
+                let [_, w] = b.words.dims();
+                (w * 32 / b.bits as usize, d_out)
+            }
+        }
+    }
+
+    /// `x · Wᵀ + b`; a quantized weight is dequantized to f32 on the device first.
+    ///
+    /// - x: `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let weight = match &self.weight {
+            LinearWeight::F32(w) => w.val(),
+            LinearWeight::Blocks(b) => b.dequantize().transpose(),
+        };
+        burn::tensor::module::linear(x, weight, self.bias.as_ref().map(|b| b.val()))
+    }
+}
 
 /// diffusers `RMSNorm(dim, eps, elementwise_affine=True)` over the last axis:
 /// `x * rsqrt(mean(x², -1) + eps) * weight` (the variance in f32).

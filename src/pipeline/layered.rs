@@ -33,7 +33,7 @@ use crate::error::{Error, Result};
 use crate::gpu::read_f32;
 use crate::model::transformer::{QwenImageTransformer2DModel, TransformerInput};
 use crate::model::vae::AutoencoderKLQwenImage;
-use crate::weights::WeightSource;
+use crate::weights::{Precision, WeightSource};
 
 /// The scheduler config file inside a diffusers pipeline folder.
 pub const SCHEDULER_CONFIG_FILE: &str = "scheduler/scheduler_config.json";
@@ -230,7 +230,28 @@ impl LayeredPipeline {
     /// Loads `transformer/`, `vae/` and `scheduler/scheduler_config.json` of a diffusers
     /// pipeline folder onto `device`.
     pub async fn load<S: WeightSource>(source: &S, device: &Device) -> Result<Self> {
-        let transformer = QwenImageTransformer2DModel::load(source, "transformer", device).await?;
+        Self::load_precision(source, device, Precision::F32).await
+    }
+
+    /// [`load`](Self::load) with the transformer's linear weights kept in `precision`.
+    pub async fn load_precision<S: WeightSource>(
+        source: &S,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let transformer =
+            QwenImageTransformer2DModel::load_precision(source, "transformer", device, precision)
+                .await?;
+        Self::load_with_transformer(source, transformer, device).await
+    }
+
+    /// Loads `vae/` and `scheduler/scheduler_config.json` of a diffusers pipeline folder and
+    /// assembles them with an already loaded transformer (e.g. from a GGUF file).
+    pub async fn load_with_transformer<S: WeightSource>(
+        source: &S,
+        transformer: QwenImageTransformer2DModel,
+        device: &Device,
+    ) -> Result<Self> {
         let vae = AutoencoderKLQwenImage::load(source, "vae", device).await?;
         let bytes = source.read_all(SCHEDULER_CONFIG_FILE).await?;
         let text = String::from_utf8(bytes).map_err(|e| Error::Config {

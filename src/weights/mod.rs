@@ -11,12 +11,21 @@
 //! - [`TensorLoader`] reads one tensor at a time, checks its shape against what the model
 //!   expects, converts bf16/f16/f32 to f32, uploads it to the device and drops the bytes;
 //!   at the end [`TensorLoader::finish`] reports every checkpoint tensor the model did not
-//!   take (an unexpected key is an error, like a missing or wrongly shaped one).
+//!   take (an unexpected key is an error, like a missing or wrongly shaped one);
+//! - [`GgufFile`] reads a GGUF header (metadata, tensor infos) through byte ranges, and
+//!   [`TensorLoader::gguf`] loads a model from it by the same key names, dequantizing ggml
+//!   blocks;
+//! - [`Precision`] chooses how linear weights are kept: f32, or 8-/4-bit blocks
+//!   ([`QuantizedMatrix`]) quantized at load time or repacked from GGUF `Q8_0`/`Q4_0`.
 
+pub mod gguf;
 mod loader;
+mod quant;
 mod safetensors;
 
-pub use loader::TensorLoader;
+pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
+pub use loader::{Precision, TensorLoader};
+pub use quant::{BLOCK, QuantizedMatrix};
 pub use safetensors::{SafetensorsFolder, TensorEntry, to_f32};
 
 use std::collections::HashMap;

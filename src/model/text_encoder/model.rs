@@ -238,10 +238,9 @@ impl QwenLanguageModel {
         let (v, d) = (config.vocab_size, config.hidden_size);
         let lm_head = match (options.lm_head, weights.get("lm_head.weight").is_some()) {
             (true, true) => Some(l.linear("lm_head", d, v, false).await?),
-            (true, false) if config.tie_word_embeddings => Some(Linear {
-                weight: Param::from_tensor(model.embed_tokens.weight.val().transpose()),
-                bias: None,
-            }),
+            (true, false) if config.tie_word_embeddings => {
+                Some(Linear::from_f32(model.embed_tokens.weight.val(), None))
+            }
             (false, true) => {
                 l.skip("lm_head.weight", &[v, d])?;
                 None

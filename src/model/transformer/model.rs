@@ -11,7 +11,7 @@ use super::config::QwenImageTransformerConfig;
 use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice};
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
-use crate::weights::{TensorLoader, WeightSource, open_component};
+use crate::weights::{GgufFile, Precision, TensorLoader, WeightSource, open_component};
 
 /// diffusers `AdaLayerNormContinuous(D, D, elementwise_affine=False, eps=1e-6)`:
 /// `LN(x) · (1 + scale) + shift` with `[scale, shift] = linear(silu(temb))` (scale first).
@@ -91,7 +91,7 @@ pub struct ForwardTrace {
 /// | `….attn.to_out.0` | `attn.to_out` | `nn.ModuleList([Linear, Dropout])` |
 /// | `….img_mlp.net.0.proj` / `txt_mlp.net.0.proj` | `img_mlp.proj_in` / `txt_mlp.proj_in` | `FeedForward`'s GELU wrapper |
 /// | `….img_mlp.net.2` / `txt_mlp.net.2` | `img_mlp.proj_out` / `txt_mlp.proj_out` | `nn.ModuleList` index |
-/// | `*.weight` of a Linear `[out, in]` | `Linear::weight` `[in, out]` | Burn's layout (a transposed view) |
+/// | `*.weight` of a Linear `[out, in]` | `Linear::weight`: `LinearWeight::F32` `[in, out]` (a transposed view) or `LinearWeight::Blocks` `[out, in]` | by the loader's `Precision` |
 ///
 /// LayerNorms have no parameters; `pos_embed` has no checkpoint tensors (computed tables).
 #[derive(Module, Debug)]
@@ -122,11 +122,38 @@ impl QwenImageTransformer2DModel {
     /// Loads `{folder}/config.json` and the weights of `folder` (e.g. `"transformer"`), and
     /// rejects missing, unexpected or wrongly shaped tensors.
     pub async fn load<S: WeightSource>(source: &S, folder: &str, device: &Device) -> Result<Self> {
+        Self::load_precision(source, folder, device, Precision::F32).await
+    }
+
+    /// [`load`](Self::load) with the linear weights kept in `precision`.
+    pub async fn load_precision<S: WeightSource>(
+        source: &S,
+        folder: &str,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
         let (config, config_file, weights) =
             open_component::<QwenImageTransformerConfig>(source, folder).await?;
         config.validate(&config_file)?;
-        let mut loader = TensorLoader::new(source, &weights, device);
+        let mut loader = TensorLoader::new(source, &weights, device).with_precision(precision);
         let model = Self::load_with(&config, &mut loader).await?;
+        loader.finish()?;
+        Ok(model)
+    }
+
+    /// Loads the weights from a GGUF file with diffusers key names (ComfyUI-GGUF's
+    /// `qwen_image` files), keeping the linear weights in `precision`. GGUF files of diffusion
+    /// models carry no architecture config, so it is given (from a diffusers `config.json`).
+    pub async fn load_gguf<S: WeightSource>(
+        source: &S,
+        gguf_file: &str,
+        config: &QwenImageTransformerConfig,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<Self> {
+        let gguf = GgufFile::open(source, gguf_file).await?;
+        let mut loader = TensorLoader::gguf(source, &gguf, device).with_precision(precision);
+        let model = Self::load_with(config, &mut loader).await?;
         loader.finish()?;
         Ok(model)
     }

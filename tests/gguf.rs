@@ -1,0 +1,462 @@
+//! GGUF reading and quantized weights on the fixtures of `tests/fixtures/gguf/` (written by
+//! llama.cpp's gguf-py 0.19.0, see `gen_gguf.py` there): metadata of every type, tensor shapes,
+//! dequantization of every supported ggml type against `gguf.quants.dequantize`, hostile
+//! headers, and the tiny transformer loaded from GGUF and quantized at load time against the
+//! recorded diffusers output.
+//!
+//! Run: `cargo test --test gguf -- --nocapture` (prints the measured quantization errors).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use burn::tensor::{Int, Tensor, TensorData};
+use common::{Record, cpu, fixtures_dir, read};
+use qwen_layered_web::model::nn::LinearWeight;
+use qwen_layered_web::model::transformer::{
+    QwenImageTransformer2DModel, QwenImageTransformerConfig, TransformerInput,
+};
+use qwen_layered_web::weights::gguf::dequantize;
+use qwen_layered_web::weights::{
+    DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision, WeightSource,
+    read_json,
+};
+use safetensors::SafeTensors;
+
+fn gguf_dir() -> DirSource {
+    DirSource::new(fixtures_dir().join("gguf"))
+}
+
+fn open(file: &str) -> GgufFile {
+    pollster::block_on(GgufFile::open(&gguf_dir(), file)).expect("fixture GGUF opens")
+}
+
+#[test]
+fn reads_every_metadata_type() {
+    let g = open("types.gguf");
+    assert_eq!((g.version(), g.alignment()), (3, 64));
+    assert_eq!(g.data_offset() % 64, 0);
+    assert_eq!(g.architecture(), Some("test"));
+    let m = |k: &str| g.meta(k).unwrap_or_else(|| panic!("{k}")).clone();
+    assert_eq!(m("t.u8"), MetaValue::U8(200));
+    assert_eq!(m("t.i8"), MetaValue::I8(-100));
+    assert_eq!(m("t.u16"), MetaValue::U16(60000));
+    assert_eq!(m("t.i16"), MetaValue::I16(-30000));
+    assert_eq!(m("t.u32"), MetaValue::U32(4_000_000_000));
+    assert_eq!(m("t.i32"), MetaValue::I32(-2_000_000_000));
+    assert_eq!(m("t.f32"), MetaValue::F32(1.5));
+    assert_eq!(m("t.bool"), MetaValue::Bool(true));
+    assert_eq!(m("t.string"), MetaValue::String("héllo ✓".into()));
+    assert_eq!(m("t.u64"), MetaValue::U64((1 << 63) + 5));
+    assert_eq!(m("t.i64"), MetaValue::I64(-(1 << 62)));
+    assert_eq!(m("t.f64"), MetaValue::F64(-0.125));
+    let a = |k: &str| match m(k) {
+        MetaValue::Array(a) => a,
+        other => panic!("{k}: {other:?}"),
+    };
+    assert_eq!(a("t.arr.u8"), MetaArray::U8(vec![1, 2, 255]));
+    assert_eq!(a("t.arr.i8"), MetaArray::I8(vec![-1, 2, -128]));
+    assert_eq!(a("t.arr.u16"), MetaArray::U16(vec![1, 65535]));
+    assert_eq!(a("t.arr.i16"), MetaArray::I16(vec![-2, 3]));
+    assert_eq!(a("t.arr.u32"), MetaArray::U32(vec![7, 8, 9]));
+    assert_eq!(a("t.arr.i32"), MetaArray::I32(vec![-7, 8]));
+    assert_eq!(a("t.arr.f32"), MetaArray::F32(vec![0.5, -2.25]));
+    assert_eq!(a("t.arr.bool"), MetaArray::Bool(vec![true, false, true]));
+    assert_eq!(
+        a("t.arr.string"),
+        MetaArray::String(vec!["a".into(), "".into(), "xyz".into()])
+    );
+    assert_eq!(a("t.arr.u64"), MetaArray::U64(vec![u64::MAX]));
+    assert_eq!(a("t.arr.i64"), MetaArray::I64(vec![i64::MIN]));
+    assert_eq!(a("t.arr.f64"), MetaArray::F64(vec![1e300, -0.0]));
+    assert_eq!(
+        a("t.arr.nested"),
+        MetaArray::Array(vec![MetaArray::I32(vec![1, 2]), MetaArray::I32(vec![3])])
+    );
+    assert_eq!(
+        a("t.arr.nested_str"),
+        MetaArray::Array(vec![
+            MetaArray::String(vec!["p".into(), "q".into()]),
+            MetaArray::String(vec!["r".into()])
+        ])
+    );
+}
+
+#[test]
+fn dequantizes_every_type_as_gguf_py() {
+    let g = open("types.gguf");
+    let expected = std::fs::read(fixtures_dir().join("gguf/types_expected.safetensors"))
+        .expect("expected values");
+    let expected = SafeTensors::deserialize(&expected).expect("parses");
+    let s = g.get("shape_2x3x4").expect("3-D tensor");
+    assert_eq!(
+        (s.shape.clone(), s.ggml_type),
+        (vec![2, 3, 4], GgmlType::F32)
+    );
+    let want_types = [
+        ("f32", GgmlType::F32),
+        ("f16", GgmlType::F16),
+        ("bf16", GgmlType::BF16),
+        ("q8_0", GgmlType::Q8_0),
+        ("q4_0", GgmlType::Q4_0),
+        ("q4_1", GgmlType::Q4_1),
+        ("q5_0", GgmlType::Q5_0),
+        ("q5_1", GgmlType::Q5_1),
+        ("q4_k", GgmlType::Q4_K),
+        ("q5_k", GgmlType::Q5_K),
+        ("q6_k", GgmlType::Q6_K),
+    ];
+    for (name, ty) in want_types {
+        assert_eq!(g.get(name).expect(name).ggml_type, ty, "{name}");
+    }
+    assert_eq!(g.tensors().len(), want_types.len() + 1);
+    for t in g.tensors() {
+        let view = expected.tensor(&t.name).expect("expected tensor");
+        assert_eq!(view.shape(), t.shape.as_slice(), "{}: shape", t.name);
+        assert_eq!(t.offset % 64, 0, "{}: aligned", t.name);
+        let want: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let got = pollster::block_on(g.read_f32(&gguf_dir(), &t.name)).expect("dequantize");
+        assert_eq!(got.len(), want.len(), "{}", t.name);
+        let diff = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(
+            diff, 0,
+            "{} ({:?}): {diff} values differ",
+            t.name, t.ggml_type
+        );
+    }
+    assert!(dequantize(GgmlType::Q2_K, &[0; 84], 256).is_err(), "Q2_K");
+    assert!(dequantize(GgmlType::Q8_0, &[0; 33], 32).is_err(), "short");
+    assert!(
+        dequantize(GgmlType::Q8_0, &[0; 34], 31).is_err(),
+        "partial block"
+    );
+}
+
+/// Every prefix of a real file, and targeted corruptions of its header, give an error (no
+/// panic, no huge allocation).
+#[test]
+fn hostile_headers_are_errors() {
+    let bytes = std::fs::read(fixtures_dir().join("gguf/types.gguf")).expect("fixture");
+    let full = GgufFile::parse(&bytes, bytes.len() as u64).expect("whole file parses");
+    let header_end = full.data_offset() as usize;
+    for cut in 0..header_end.min(bytes.len()) {
+        // The prefix as the whole file: must fail (the data of the last tensor is missing).
+        assert!(
+            GgufFile::parse(&bytes[..cut], cut as u64).is_err(),
+            "prefix {cut} parsed"
+        );
+    }
+    let corrupt = |at: usize, with: &[u8]| {
+        let mut b = bytes.clone();
+        b[at..at + with.len()].copy_from_slice(with);
+        GgufFile::parse(&b, b.len() as u64)
+            .expect_err("corrupt header parsed")
+            .to_string()
+    };
+    assert!(corrupt(0, b"GGUG").contains("magic"));
+    assert!(corrupt(4, &1u32.to_le_bytes()).contains("version"));
+    assert!(corrupt(8, &u64::MAX.to_le_bytes()).contains("tensor count"));
+    assert!(corrupt(16, &(1u64 << 40).to_le_bytes()).contains("metadata count"));
+    // The first key's length.
+    assert!(corrupt(24, &u64::MAX.to_le_bytes()).contains("limit"));
+    // A hand-made file: one array nested deeper than the limit.
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(0u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.push(b'k');
+    b.extend(9u32.to_le_bytes());
+    for _ in 0..20 {
+        b.extend(9u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+    }
+    b.extend([0u8; 64]);
+    let err = GgufFile::parse(&b, b.len() as u64)
+        .expect_err("deep")
+        .to_string();
+    assert!(err.contains("nested"), "{err}");
+    // A tensor whose data runs past the end, and one with 5 dimensions.
+    let tensor_file = |n_dims: u32, dims: &[u64], offset: u64| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(0u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.push(b't');
+        b.extend(n_dims.to_le_bytes());
+        for d in dims {
+            b.extend(d.to_le_bytes());
+        }
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(offset.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32 + 64, 0);
+        GgufFile::parse(&b, b.len() as u64)
+    };
+    assert!(tensor_file(1, &[16], 0).is_ok());
+    assert!(
+        tensor_file(1, &[17], 0)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end")
+    );
+    assert!(
+        tensor_file(1, &[16], 32)
+            .unwrap_err()
+            .to_string()
+            .contains("past the end")
+    );
+    assert!(
+        tensor_file(1, &[16], 8)
+            .unwrap_err()
+            .to_string()
+            .contains("alignment")
+    );
+    assert!(
+        tensor_file(5, &[1; 5], 0)
+            .unwrap_err()
+            .to_string()
+            .contains("dimensions")
+    );
+    assert!(
+        tensor_file(2, &[1 << 40, 1 << 40], 0)
+            .unwrap_err()
+            .to_string()
+            .contains("too large")
+    );
+}
+
+/// The tiny transformer's first conditional call of case a (as in `transformer_parity.rs`).
+fn run(model: &QwenImageTransformer2DModel) -> (Vec<f32>, Vec<f32>) {
+    let rec = Record::load("a_lin_cfgnorm_l3_s3_64");
+    let device = cpu();
+    let shapes = rec.img_shapes();
+    let hs = rec.shape("step0.transformer_in");
+    let ts = rec.shape("text.prompt.embeds");
+    let out = model
+        .forward(TransformerInput {
+            hidden_states: rec.tensor("step0.transformer_in", [hs[0], hs[1], hs[2]], &device),
+            encoder_hidden_states: rec.tensor("text.prompt.embeds", [ts[0], ts[1], ts[2]], &device),
+            encoder_hidden_states_mask: None,
+            timestep: rec.tensor("step0.timestep", [1], &device),
+            img_shapes: &shapes,
+            additional_t_cond: Some(Tensor::<1, Int>::from_data(
+                TensorData::new(vec![0i64], [1]),
+                &device,
+            )),
+        })
+        .expect("forward");
+    (read(out), rec.f32("step0.cond.transformer_out").0)
+}
+
+/// `(max abs error, max abs error / max |want|, cosine similarity)`.
+fn errors(got: &[f32], want: &[f32]) -> (f32, f32, f64) {
+    assert_eq!(got.len(), want.len());
+    let max_err = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let scale = want.iter().map(|v| v.abs()).fold(0f32, f32::max);
+    let dot: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(a, b)| *a as f64 * *b as f64)
+        .sum();
+    let n = |v: &[f32]| v.iter().map(|a| (*a as f64).powi(2)).sum::<f64>().sqrt();
+    (max_err, max_err / scale, dot / (n(got) * n(want)))
+}
+
+fn model_dir() -> DirSource {
+    DirSource::new(fixtures_dir())
+}
+
+fn config() -> QwenImageTransformerConfig {
+    pollster::block_on(read_json(&model_dir(), "model/transformer/config.json")).expect("config")
+}
+
+fn load_gguf(file: &str, precision: Precision) -> QwenImageTransformer2DModel {
+    pollster::block_on(QwenImageTransformer2DModel::load_gguf(
+        &gguf_dir(),
+        file,
+        &config(),
+        &cpu(),
+        precision,
+    ))
+    .unwrap_or_else(|e| panic!("{file} {precision:?}: {e}"))
+}
+
+fn load_st(precision: Precision) -> QwenImageTransformer2DModel {
+    pollster::block_on(QwenImageTransformer2DModel::load_precision(
+        &model_dir(),
+        "model/transformer",
+        &cpu(),
+        precision,
+    ))
+    .expect("safetensors loads")
+}
+
+fn report(label: &str, model: &QwenImageTransformer2DModel) -> (f32, f32, f64) {
+    let (got, want) = run(model);
+    let e = errors(&got, &want);
+    eprintln!(
+        "{label}: max abs err {:.3e}, relative to max |ref| {:.3e}, cosine {:.6}",
+        e.0, e.1, e.2
+    );
+    e
+}
+
+/// Every linear weight of a model, dequantized, with whether it was quantized.
+fn linear_weights(model: &QwenImageTransformer2DModel) -> Vec<(bool, Vec<f32>)> {
+    let b = &model.transformer_blocks[0];
+    [
+        &model.img_in,
+        &model.txt_in,
+        &model.proj_out,
+        &b.attn.to_q,
+        &b.img_mlp.proj_in,
+    ]
+    .iter()
+    .map(|l| match &l.weight {
+        LinearWeight::F32(w) => (false, read(w.val().transpose())),
+        LinearWeight::Blocks(bw) => (true, read(bw.dequantize())),
+    })
+    .collect()
+}
+
+#[test]
+fn transformer_from_gguf_and_quantized_at_load_matches_the_reference() {
+    // Bounds: 2-3x the errors measured (Q8: rel 6.0e-3, cosine 0.999983; Q4: rel 0.128,
+    // cosine 0.9942; see the printed lines).
+    let cases: [(&str, QwenImageTransformer2DModel, f32, f64); 6] = [
+        (
+            "safetensors bf16, f32",
+            load_st(Precision::F32),
+            1e-4,
+            0.999_999_9,
+        ),
+        (
+            "GGUF Q8_0, f32",
+            load_gguf("transformer-Q8_0.gguf", Precision::F32),
+            0.02,
+            0.9999,
+        ),
+        (
+            "GGUF Q8_0, q8",
+            load_gguf("transformer-Q8_0.gguf", Precision::Q8),
+            0.02,
+            0.9999,
+        ),
+        ("safetensors bf16, q8", load_st(Precision::Q8), 0.02, 0.9999),
+        (
+            "GGUF Q4_0, q4",
+            load_gguf("transformer-Q4_0.gguf", Precision::Q4),
+            0.3,
+            0.99,
+        ),
+        ("safetensors bf16, q4", load_st(Precision::Q4), 0.3, 0.99),
+    ];
+    for (label, model, max_rel, min_cos) in &cases {
+        let (_, rel, cos) = report(label, model);
+        assert!(
+            rel <= *max_rel && cos >= *min_cos,
+            "{label}: rel {rel:.3e}, cosine {cos}"
+        );
+    }
+    // Q8_0/Q4_0 blocks are taken over without loss: the quantized layers hold exactly the
+    // values of the GGUF dequantized to f32, and quantizing the bf16 checkpoint at load gives
+    // the same blocks as gguf-py's quantizer.
+    let w = |i: usize| linear_weights(&cases[i].1);
+    let (gguf_f32, gguf_q8, st_q8) = (w(1), w(2), w(3));
+    for ((a, b), c) in gguf_f32.iter().zip(&gguf_q8).zip(&st_q8) {
+        assert!(!a.0 && b.0 && c.0, "precisions");
+        assert_eq!(a.1, b.1, "GGUF Q8_0 repacked vs dequantized");
+        assert_eq!(b.1, c.1, "quantized at load vs gguf-py Q8_0");
+    }
+    let q4_gguf = linear_weights(&load_gguf("transformer-Q4_0.gguf", Precision::F32));
+    for ((a, b), c) in q4_gguf.iter().zip(w(4)).zip(w(5)) {
+        assert_eq!(a.1, b.1, "GGUF Q4_0 repacked vs dequantized");
+        assert_eq!(b.1, c.1, "quantized at load vs gguf-py Q4_0");
+    }
+}
+
+#[test]
+fn gguf_loading_refuses_wrong_and_extra_tensors() {
+    let bytes = std::fs::read(fixtures_dir().join("gguf/transformer-Q8_0.gguf")).expect("fixture");
+    let config = config();
+    let load = |bytes: Vec<u8>| {
+        let mut src = MemorySource::new();
+        src.insert("t.gguf", bytes);
+        pollster::block_on(QwenImageTransformer2DModel::load_gguf(
+            &src,
+            "t.gguf",
+            &config,
+            &cpu(),
+            Precision::Q8,
+        ))
+        .map(|_| ())
+    };
+    load(bytes.clone()).expect("intact file loads");
+    let err = load(bytes[..bytes.len() - 1].to_vec())
+        .expect_err("truncated")
+        .to_string();
+    assert!(err.contains("past the end"), "{err}");
+    // Rename one tensor in place (same length): it is then missing, and the renamed one
+    // unexpected.
+    let at = bytes
+        .windows(10)
+        .position(|w| w == b"img_in.wei")
+        .expect("name in header");
+    let mut renamed = bytes.clone();
+    renamed[at..at + 6].copy_from_slice(b"img_xx");
+    let err = load(renamed).expect_err("renamed").to_string();
+    assert!(
+        err.contains("img_in.weight") && err.contains("missing"),
+        "{err}"
+    );
+    let src = gguf_dir();
+    assert!(pollster::block_on(src.exists("transformer-Q4_0.gguf")).expect("exists"));
+}
+
+/// A header longer than the first 1 MiB read is read in growing prefixes, and every read
+/// stays inside the file.
+#[test]
+fn long_headers_are_read_in_growing_prefixes() {
+    let long = "x".repeat(3 << 20);
+    let mut b = b"GGUF".to_vec();
+    b.extend(3u32.to_le_bytes());
+    b.extend(1u64.to_le_bytes()); // one tensor
+    b.extend(1u64.to_le_bytes()); // one metadata entry
+    b.extend(4u64.to_le_bytes());
+    b.extend(b"long");
+    b.extend(8u32.to_le_bytes()); // string
+    b.extend((long.len() as u64).to_le_bytes());
+    b.extend(long.as_bytes());
+    b.extend(1u64.to_le_bytes());
+    b.push(b'w');
+    b.extend(1u32.to_le_bytes());
+    b.extend(32u64.to_le_bytes());
+    b.extend(0u32.to_le_bytes()); // F32
+    b.extend(0u64.to_le_bytes());
+    b.resize(b.len().div_ceil(32) * 32, 0);
+    b.extend((0..32).flat_map(|i| (i as f32).to_le_bytes()));
+    let mut src = MemorySource::new();
+    src.insert("big.gguf", b.clone());
+    let g = pollster::block_on(GgufFile::open(&src, "big.gguf")).expect("opens");
+    assert_eq!(g.meta("long"), Some(&MetaValue::String(long)));
+    let w = pollster::block_on(g.read_f32(&src, "w")).expect("w");
+    assert_eq!(w, (0..32).map(|i| i as f32).collect::<Vec<_>>());
+    // Cut inside the tensor data: the header says more than the file holds.
+    src.insert("big.gguf", b[..b.len() - 4].to_vec());
+    let err = pollster::block_on(GgufFile::open(&src, "big.gguf"))
+        .expect_err("truncated")
+        .to_string();
+    assert!(err.contains("past the end"), "{err}");
+}
