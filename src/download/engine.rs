@@ -398,7 +398,17 @@ pub async fn download_file<C: HttpClient, S: Store>(
             let end = (offset + opts.chunk_bytes.max(1)).min(file.size) - 1;
             let url = cdn_url.clone().unwrap_or_else(|| file.url.clone());
             outcome.requests += 1;
-            let attempt = match client.get(&url, Some((offset, end))).await {
+            let response = client.get(&url, Some((offset, end))).await;
+            let redirect_failed =
+                matches!(response, Err(TransportError::RedirectLoop { hops: 0, .. }));
+            let attempt = match response {
+                // The browser cannot tell a loop from a CDN that fails after the redirect
+                // (hops 0): retried like a network error, reported as a redirect failure.
+                Err(TransportError::RedirectLoop { hops: 0, detail }) => Attempt::Retry {
+                    reason: Err(detail),
+                    retry_after: None,
+                    progressed: false,
+                },
                 Err(TransportError::RedirectLoop { hops, detail }) => {
                     return Err(DownloadError::RedirectLoop {
                         url: file.url.clone(),
@@ -434,6 +444,10 @@ pub async fn download_file<C: HttpClient, S: Store>(
                         let retry_reason = match result {
                             Ok(r) => r,
                             Err(err) => {
+                                if err == DownloadError::Cancelled {
+                                    // Keep what arrived for the next run.
+                                    part.checkpoint(offset).await?;
+                                }
                                 if let DownloadError::QuotaExceeded { .. } = err {
                                     // No half-written entry stays behind.
                                     drop(part);
@@ -494,6 +508,11 @@ pub async fn download_file<C: HttpClient, S: Store>(
                                 url: file.url.clone(),
                                 status,
                                 attempts: failures,
+                            },
+                            Err(detail) if redirect_failed => DownloadError::RedirectLoop {
+                                url: file.url.clone(),
+                                hops: 0,
+                                detail: format!("{detail} ({failures} attempts)"),
                             },
                             Err(reason) => DownloadError::Network {
                                 url: url.clone(),

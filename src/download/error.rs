@@ -59,11 +59,12 @@ pub enum DownloadError {
         attempts: u32,
     },
     /// The server kept redirecting (a loop, or more hops than allowed).
-    #[error("{url}: too many redirects ({hops} hops){detail}")]
+    #[error("{url}: too many redirects or a broken redirect{detail}")]
     RedirectLoop {
         /// The URL asked for.
         url: String,
-        /// How many redirects were followed (0 where the browser does not say).
+        /// How many redirects were followed (0 where the browser does not say; the detail
+        /// then says what is known).
         hops: u32,
         /// Extra words where the browser hides the cause.
         detail: String,

@@ -151,7 +151,7 @@ impl HttpClient for UreqClient {
         }
         Err(TransportError::RedirectLoop {
             hops: MAX_REDIRECTS + 1,
-            detail: format!(", last to {current}"),
+            detail: format!(" ({} hops, the last to {current})", MAX_REDIRECTS + 1),
         })
     }
 
