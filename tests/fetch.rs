@@ -356,7 +356,12 @@ fn not_found_and_forbidden_are_specific_and_not_retried() {
         other => panic!("expected NotFound, got {other:?}"),
     }
     assert_eq!(hf.file_requests(VAE), 1);
-    assert!(!r.store.model_dir(&r.plan).join(VAE).exists());
+    let vae = r.store.model_dir(&r.plan).join(VAE);
+    assert!(!vae.exists());
+    assert!(
+        !PathBuf::from(format!("{}.part", vae.display())).exists(),
+        "an empty partial file was left"
+    );
 
     hf.set_faults(&format!(
         r#"[{{"path":"{VAE}","stage":"cdn","status":403}}]"#

@@ -336,8 +336,26 @@ enum Attempt {
     Restart,
 }
 
-/// Downloads one file: resume, chunks, retries, verification, commit.
+/// Downloads one file: resume, chunks, retries, verification, commit. On a final error the
+/// file keeps its durable partial bytes for a later resume (never served: not committed); an
+/// entry with no durable bytes is removed, so failures leave no empty files behind.
 pub async fn download_file<C: HttpClient, S: Store>(
+    client: &C,
+    store: &S,
+    plan: &DownloadPlan,
+    file: &FilePlan,
+    session: &Session<'_>,
+) -> DResult<FileOutcome> {
+    let result = download_file_inner(client, store, plan, file, session).await;
+    if let Err(e) = &result {
+        if *e != DownloadError::Cancelled && store.present_bytes(plan, file).await? == 0 {
+            store.discard(plan, file).await?;
+        }
+    }
+    result
+}
+
+async fn download_file_inner<C: HttpClient, S: Store>(
     client: &C,
     store: &S,
     plan: &DownloadPlan,
