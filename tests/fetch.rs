@@ -437,7 +437,7 @@ fn a_redirect_loop_is_a_clear_error() {
 #[test]
 fn a_slow_or_delayed_server_still_completes_with_a_measured_rate() {
     let hf = MockHf::start(&format!(
-        r#"[{{"path":"{TRANSFORMER}","method":"GET","fault":"slow","bytesPerSec":400000,"maxMs":300}},
+        r#"[{{"path":"{TRANSFORMER}","method":"GET","fault":"slow","bytesPerSec":400000,"maxMs":300,"times":2}},
            {{"path":"{VAE}","fault":"delay","delayMs":300,"times":1}}]"#
     ));
     let r = run(&hf, &scratch("slow"));

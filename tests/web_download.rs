@@ -387,7 +387,7 @@ async fn rate_limits_and_server_errors_are_retried_honouring_retry_after() {
 #[wasm_bindgen_test]
 async fn a_slow_or_delayed_link_completes_with_a_measured_rate() {
     faults(&format!(
-        r#"[{{"path":"{TRANSFORMER}","method":"GET","fault":"slow","bytesPerSec":400000,"maxMs":300}},
+        r#"[{{"path":"{TRANSFORMER}","method":"GET","fault":"slow","bytesPerSec":400000,"maxMs":300,"times":2}},
            {{"path":"{VAE}","fault":"delay","delayMs":300,"times":1}}]"#
     ))
     .await;

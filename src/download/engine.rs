@@ -347,10 +347,11 @@ pub async fn download_file<C: HttpClient, S: Store>(
     session: &Session<'_>,
 ) -> DResult<FileOutcome> {
     let result = download_file_inner(client, store, plan, file, session).await;
-    if let Err(e) = &result {
-        if *e != DownloadError::Cancelled && store.present_bytes(plan, file).await? == 0 {
-            store.discard(plan, file).await?;
-        }
+    if let Err(e) = &result
+        && *e != DownloadError::Cancelled
+        && store.present_bytes(plan, file).await? == 0
+    {
+        store.discard(plan, file).await?;
     }
     result
 }
@@ -582,15 +583,15 @@ fn check_etag(file: &FilePlan, head: &ResponseHead) -> DResult<()> {
         return Ok(());
     };
     for tag in [&head.linked_etag, &head.etag].into_iter().flatten() {
-        if let Some(sha) = etag_sha256(tag) {
-            if &sha != expected {
-                return Err(DownloadError::Protocol {
-                    url: file.url.clone(),
-                    reason: format!(
-                        "the server's ETag says sha256 {sha}, the listing says {expected}: the file changed upstream"
-                    ),
-                });
-            }
+        if let Some(sha) = etag_sha256(tag)
+            && &sha != expected
+        {
+            return Err(DownloadError::Protocol {
+                url: file.url.clone(),
+                reason: format!(
+                    "the server's ETag says sha256 {sha}, the listing says {expected}: the file changed upstream"
+                ),
+            });
         }
     }
     Ok(())
@@ -640,12 +641,12 @@ async fn receive<C: HttpClient, B: ResponseBody, P: PartFile>(
     } else {
         // 200: the whole file (a server or proxy that ignores Range). Take the rest of the file
         // from this body instead of asking again per chunk.
-        if let Some(len) = head.content_length {
-            if len != size {
-                return Ok(Err(format!(
-                    "a 200 answer of {len} bytes for a file of {size}"
-                )));
-            }
+        if let Some(len) = head.content_length
+            && len != size
+        {
+            return Ok(Err(format!(
+                "a 200 answer of {len} bytes for a file of {size}"
+            )));
         }
         (0, size)
     };
