@@ -216,6 +216,25 @@ async fn a_clean_download_lands_verified_in_opfs_and_is_not_fetched_twice() {
         starts(TRANSFORMER).await.is_empty(),
         "no file bytes fetched again"
     );
+    // After a reload, offline: the commit records alone describe the cached model.
+    let cached = OpfsSource::open_cached("t-clean", REPO, &first.plan.revision)
+        .await
+        .unwrap();
+    let key = |f: &qwen_layered_web::download::FilePlan| (f.path.clone(), f.size, f.check.clone());
+    let listed: Vec<_> = cached.files().iter().map(key).collect();
+    let planned: Vec<_> = first.plan.files.iter().map(key).collect();
+    assert_eq!(listed, planned);
+    let transformer = first
+        .plan
+        .files
+        .iter()
+        .find(|f| f.path == TRANSFORMER)
+        .unwrap();
+    assert_eq!(cached.size(TRANSFORMER).await.unwrap(), transformer.size);
+    // The safetensors header length (u64 LE) is readable by range, like the loader reads it.
+    let header = cached.read(TRANSFORMER, 0, 8).await.unwrap();
+    let n = u64::from_le_bytes(header.try_into().unwrap());
+    assert!(n > 0 && n < transformer.size, "header length {n}");
     // The cache manager deletes it.
     delete_cached("t-clean", REPO, Some(&first.plan.revision))
         .await

@@ -660,6 +660,56 @@ impl OpfsSource {
         Ok(Self { store, plan })
     }
 
+    /// The source for the committed files of `repo@revision` in `folder`, from their commit
+    /// records alone (offline, after a reload: no listing needed). Partial files are left out.
+    pub async fn open_cached(folder: &str, repo: &str, revision: &str) -> Result<Self> {
+        let store = OpfsStore::open_at(folder).await?;
+        let mut plan = DownloadPlan {
+            repo: repo.to_owned(),
+            revision: revision.to_owned(),
+            files: Vec::new(),
+        };
+        let js = |e: JsValue| Error::Source {
+            file: format!("{repo}@{revision}"),
+            reason: js_error_text(&e),
+        };
+        let mut dir = store.root.clone();
+        for seg in repo.split('/').chain([revision]) {
+            dir = subdir(&dir, seg, false).await.map_err(|e| Error::Source {
+                file: format!("{repo}@{revision}"),
+                reason: format!("not in the browser's model cache ({})", js_error_text(&e)),
+            })?;
+        }
+        let mut found = Vec::new();
+        walk(dir.clone(), String::new(), &mut found)
+            .await
+            .map_err(js)?;
+        for f in found.into_iter().filter(|f| f.complete) {
+            let (folder_path, name) = f.path.rsplit_once('/').unwrap_or(("", &f.path));
+            let mut d = dir.clone();
+            for seg in folder_path.split('/').filter(|s| !s.is_empty()) {
+                d = subdir(&d, seg, false).await.map_err(js)?;
+            }
+            let record = read_small(&d, &format!("{name}{RECORD_SUFFIX}"))
+                .await
+                .map_err(js)?;
+            if let Some(state) = record.and_then(|b| serde_json::from_slice::<FileState>(&b).ok()) {
+                plan.files.push(FilePlan {
+                    path: f.path.clone(),
+                    size: state.size,
+                    check: state.check,
+                    url: String::new(),
+                });
+            }
+        }
+        Ok(Self { store, plan })
+    }
+
+    /// The committed files this source serves (all of the plan's, once downloaded).
+    pub fn files(&self) -> &[FilePlan] {
+        &self.plan.files
+    }
+
     fn entry(&self, file: &str) -> Result<&FilePlan> {
         self.plan
             .files
