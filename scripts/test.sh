@@ -21,7 +21,15 @@ cargo test --test export export_check_files
 .venv-export/bin/python tests/export_check.py target/export-check
 
 step "browser unit tests: wasm-pack test --headless --chrome"
+# tests/web_download.rs downloads from the mock Hugging Face host at 127.0.0.1:18090 (its CDN on
+# :18091, a second origin like the real hub's); it runs only while the browser tests do.
+mkdir -p target
+node tests/mock-hf/server.mjs --port 18090 --cdn-port 18091 > target/mock-hf-browser.log 2>&1 &
+mock_hf_pid=$!
+trap 'kill "$mock_hf_pid" 2>/dev/null || true' EXIT
+node -e 'const go = (n) => fetch("http://127.0.0.1:18090/__control/health").then((r) => process.exit(r.ok ? 0 : 1), () => n > 0 ? setTimeout(go, 200, n - 1) : process.exit(1)); go(50)'
 wasm-pack test --headless --chrome
+kill "$mock_hf_pid"
 
 step "mock Hugging Face host: node --test tests/mock-hf/"
 node --test tests/mock-hf/

@@ -73,6 +73,9 @@ pub enum Error {
         /// What is wrong with the inputs, with the shapes involved.
         reason: String,
     },
+    /// Getting model files from a hub into storage failed.
+    #[error(transparent)]
+    Download(#[from] crate::download::DownloadError),
     /// The caller stopped a run through its progress callback.
     #[error("cancelled {at}")]
     Cancelled {

@@ -1,8 +1,10 @@
 //! `qwen-layered`: the native command-line program, sharing the library with the browser app.
 //!
 //! Commands: `decompose` (image → N RGBA layers with a diffusers-layout model folder),
-//! `encode-prompt` (prompt → `prompt_embeds` with the model's text encoder), `inspect` (list the tensors of a safetensors file, a sharded index or a model folder) and
-//! `gpu` (native adapter report + matmul self-test). See README "Command line".
+//! `encode-prompt` (prompt → `prompt_embeds` with the model's text encoder), `inspect` (list
+//! the tensors of a safetensors file, a sharded index, a model folder or a GGUF file), `gpu`
+//! (native adapter report + matmul self-test) and `fetch` (download a model repository into a
+//! local cache folder, resumable and verified). See README "Command line".
 
 #[cfg(not(target_arch = "wasm32"))]
 fn main() -> std::process::ExitCode {
@@ -58,6 +60,12 @@ commands:
              --tensor, print the first K values of one tensor as f32 (row-major), one a line
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
              and check a 256x256x256 matmul on it against the CPU backend
+  fetch      REPO: download a model repository (owner/name) into a local cache folder,
+             resumable (.part files) and verified (sha256 / git blob sha1 from the hub's listing)
+             [--revision R (main)] [--base-url U (HF_ENDPOINT or https://huggingface.co)]
+             [--dir D (QWEN_LAYERED_CACHE or ~/.cache/qwen-layered)]
+             [--components transformer,vae,... (all)] [--chunk-mib N (32)]
+             prints the model folder (D/owner/name/COMMIT) on stdout
   help       print this text";
 
     /// A failure: the message for stderr and the exit code.
@@ -80,6 +88,7 @@ commands:
             Some("decompose") => decompose(&args[1..]),
             Some("encode-prompt") => encode_prompt(&args[1..]),
             Some("inspect") => inspect(&args[1..]),
+            Some("fetch") => fetch(&args[1..]),
             Some("help" | "--help" | "-h") | None => {
                 println!("{USAGE}");
                 Ok(())
@@ -778,5 +787,132 @@ commands:
             ));
         }
         Ok(())
+    }
+
+    fn fetch(args: &[String]) -> Result<(), Fail> {
+        use qwen_layered_web::download::native::{DirStore, UreqClient};
+        use qwen_layered_web::download::{
+            DownloadOptions, Progress, Session, SourceSpec, discover, download_plan,
+        };
+
+        let Some((repo, rest)) = args.split_first().filter(|(r, _)| !r.starts_with("--")) else {
+            return Err(usage_error("fetch needs a REPO (owner/name)"));
+        };
+        let opts = Options::parse(
+            rest,
+            &[
+                "--revision",
+                "--base-url",
+                "--dir",
+                "--components",
+                "--chunk-mib",
+            ],
+            &[],
+        )?;
+        let mut spec = SourceSpec::new(repo.clone());
+        if let Some(r) = opts.get("--revision") {
+            spec.revision = r.to_owned();
+        }
+        if let Some(u) = opts
+            .get("--base-url")
+            .map(str::to_owned)
+            .or_else(|| std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty()))
+        {
+            spec.base_url = u;
+        }
+        if let Some(c) = opts.get("--components") {
+            spec.components = c
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
+        }
+        let dir = match opts.get("--dir") {
+            Some(d) => PathBuf::from(d),
+            None => default_cache_dir()?,
+        };
+        let chunk_mib: u64 = opts.number("--chunk-mib", 32)?;
+        if chunk_mib == 0 {
+            return Err(usage_error("--chunk-mib must be at least 1"));
+        }
+        let options = DownloadOptions {
+            chunk_bytes: chunk_mib << 20,
+            // ureq is blocking: files go one after the other.
+            parallel_files: 1,
+            ..DownloadOptions::default()
+        };
+        let client = UreqClient::new();
+        let store = DirStore::new(&dir);
+        let plan = pollster::block_on(discover(&client, &spec, &options))?;
+        eprintln!(
+            "{}@{}: {} files, {:.3} GB",
+            plan.repo,
+            plan.revision,
+            plan.files.len(),
+            plan.total_bytes() as f64 / 1e9
+        );
+        for (component, files, bytes) in plan.components() {
+            let name = if component.is_empty() {
+                "(root)"
+            } else {
+                &component
+            };
+            eprintln!(
+                "  {name:<14} {files:>4} files {:>10.3} GB",
+                bytes as f64 / 1e9
+            );
+        }
+        let last = std::cell::Cell::new(0.0f64);
+        let start = Instant::now();
+        let on_progress = |p: &Progress| {
+            let now = start.elapsed().as_secs_f64();
+            if now - last.get() >= 1.0 || p.done_bytes == p.total_bytes {
+                last.set(now);
+                let eta = p
+                    .eta_s
+                    .map(|s| format!("{s:.0} s"))
+                    .unwrap_or_else(|| "?".into());
+                eprintln!(
+                    "  {:5.1}%  {:.3}/{:.3} GB  {} of {} files  {:.1} MB/s  ETA {eta}",
+                    p.fraction() * 100.0,
+                    p.done_bytes as f64 / 1e9,
+                    p.total_bytes as f64 / 1e9,
+                    p.files_done,
+                    p.files_total,
+                    p.rate_bytes_per_s / 1e6
+                );
+            }
+        };
+        let never = || false;
+        let session = Session::new(&plan, options, &on_progress, &never);
+        let report = pollster::block_on(download_plan(&client, &store, &plan, &session))?;
+        let fetched: u64 = report.files.iter().map(|f| f.bytes_fetched).sum();
+        let resumed = report.files.iter().filter(|f| f.resumed_from > 0).count();
+        let present = report.files.iter().filter(|f| f.already_present).count();
+        eprintln!(
+            "done in {:.1} s: {fetched} bytes fetched, {resumed} files resumed, {present} already present, all verified",
+            start.elapsed().as_secs_f64()
+        );
+        println!("{}", store.model_dir(&plan).display());
+        Ok(())
+    }
+
+    fn default_cache_dir() -> Result<PathBuf, Fail> {
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        if let Some(d) = env("QWEN_LAYERED_CACHE") {
+            return Ok(d);
+        }
+        if let Some(d) = env("XDG_CACHE_HOME") {
+            return Ok(d.join("qwen-layered"));
+        }
+        env("HOME")
+            .map(|h| h.join(".cache").join("qwen-layered"))
+            .ok_or_else(|| {
+                usage_error("no --dir given and neither QWEN_LAYERED_CACHE nor HOME is set")
+            })
     }
 }
