@@ -13,6 +13,7 @@
 //!   at the end [`TensorLoader::finish`] reports every checkpoint tensor the model did not
 //!   take (an unexpected key is an error, like a missing or wrongly shaped one).
 
+pub mod http;
 mod loader;
 mod safetensors;
 
