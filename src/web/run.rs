@@ -158,9 +158,9 @@ impl RunPanel {
                     false,
                 );
                 self.note.set_text_content(Some(if text_encoder {
-                    "Open an image and press Decompose."
+                    "Open an image, describe it in the prompt, and press Decompose."
                 } else {
-                    "This build has no text encoder yet: a run stops with that message, \
+                    "This model has no text encoder: a run stops with that message, \
                      because the model needs a prompt."
                 }));
                 *self.loaded.borrow_mut() = Some(id);

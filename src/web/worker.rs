@@ -28,6 +28,9 @@ use crate::error::{Error, Result};
 use crate::gpu::{FeatureState, GpuReport, KeyLimits, matmul_self_test};
 use crate::pipeline::{DecomposeParams, LayeredPipeline, Noise, Progress};
 use crate::protocol::{DecomposeRequest, FromWorker, ModelSource, Rgba, RunPhase, ToWorker};
+use crate::text::{
+    DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, needs_caption,
+};
 use crate::weights::{SafetensorsFolder, WeightSource};
 
 thread_local! {
@@ -51,10 +54,12 @@ enum Task {
 struct LoadedModel {
     /// Transformer, VAE, scheduler config.
     pipeline: LayeredPipeline,
+    /// Tokenizer + text encoder (keeps the negative prompt's embeddings once computed).
+    prompt: RefCell<PromptEncoder>,
 }
 
-/// Components read from a model repository, in load order.
-const COMPONENTS: [&str; 2] = ["transformer", "vae"];
+/// Weight folders read from a model repository (for the progress total).
+const COMPONENTS: [&str; 3] = ["text_encoder", "transformer", "vae"];
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
 const SELF_TEST: (usize, usize, usize) = (64, 64, 64);
@@ -156,7 +161,7 @@ async fn load(source: ModelSource) {
             MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
             post(&FromWorker::ModelLoaded {
                 id: source.id,
-                text_encoder: false,
+                text_encoder: true,
                 millis: js_sys::Date::now() - start,
             });
         }
@@ -184,9 +189,13 @@ async fn load_model<S: WeightSource>(source: &S, device: &Device) -> Result<Load
         total,
         last_post: Cell::new(0.0),
     };
+    let prompt = PromptEncoder::load(&counted, device).await?;
     let pipeline = LayeredPipeline::load(&counted, device).await?;
     counted.report("done", true);
-    Ok(LoadedModel { pipeline })
+    Ok(LoadedModel {
+        pipeline,
+        prompt: RefCell::new(prompt),
+    })
 }
 
 /// A source that counts the bytes read through it and reports them (at most every 100 ms).
@@ -224,7 +233,11 @@ impl<S: WeightSource> WeightSource for Counted<'_, S> {
         let bytes = self.inner.read(file, offset, len).await?;
         if file.ends_with(".safetensors") {
             self.read.set(self.read.get() + bytes.len() as u64);
-            self.report(file.split('/').next().unwrap_or(file), false);
+            let component = match file.split('/').next().unwrap_or(file) {
+                "text_encoder" => "text encoder",
+                other => other,
+            };
+            self.report(component, false);
         }
         Ok(bytes)
     }
@@ -334,21 +347,29 @@ async fn run(model: &LoadedModel, request: DecomposeRequest, start: f64) -> Resu
         .collect())
 }
 
-/// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt `" "`'s `[1, L', D]`.
-///
-/// The text encoder (Qwen2.5-VL, branch `text-encoder`) is not part of this build yet, and the
-/// model cannot run without real prompt embeddings, so every run stops here with that message.
+/// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt `" "`'s `[1, L', D]`
+/// (`max_sequence_length` 512, the pipeline's default).
 fn encode_prompt(
-    _model: &LoadedModel,
-    _prompt: &str,
-    _cfg: bool,
+    model: &LoadedModel,
+    prompt: &str,
+    cfg: bool,
 ) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
-    Err(Error::Input {
-        model: "text encoder",
-        reason: "prompts need the Qwen2.5-VL text encoder, which is not part of this build yet, \
-                 so the model cannot run in the page"
-            .into(),
-    })
+    if needs_caption(prompt) {
+        return Err(Error::Input {
+            model: "decompose request",
+            reason: "enter a prompt that describes the picture (automatic captioning is not \
+                     part of this build yet)"
+                .into(),
+        });
+    }
+    let mut encoder = model.prompt.borrow_mut();
+    let embeds = encoder.encode(prompt, DEFAULT_MAX_SEQUENCE_LENGTH)?;
+    let negative = if cfg {
+        Some(encoder.encode(DEFAULT_NEGATIVE_PROMPT, DEFAULT_MAX_SEQUENCE_LENGTH)?)
+    } else {
+        None
+    };
+    Ok((embeds, negative))
 }
 
 async fn probe_gpu() {
