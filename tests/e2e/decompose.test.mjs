@@ -158,14 +158,36 @@ async function shownLayers(page) {
   }));
 }
 
-test("Decompose runs the loaded model on the open picture and shows N layers", { timeout: SLOW }, async () => {
+// One page for both (a model load and the kernel compilation cost about a minute on SwiftShader):
+// a long run is cancelled midway, then a short one goes through on the same loaded model.
+test("Cancel stops a run between steps; Decompose then shows N layers", { timeout: SLOW }, async () => {
   const { browser, page, logs, wait } = await openApp();
   try {
     await loadTiny(page, wait);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded", logs.join("\n"));
     assert.match(await page.textContent("#decompose-note"), /describe it in the prompt/);
     assert.ok(await page.isDisabled("#decompose"), "no picture yet");
-    await prepareRun(page, { layers: 2, steps: 2, resolution: 32 });
+    assert.ok(await page.isHidden("#cancel-run"), "Cancel only while running");
+
+    // A long run, cancelled once denoising steps have run.
+    await prepareRun(page, { layers: 1, steps: 40, resolution: 32 });
+    await page.click("#decompose");
+    await page.waitForSelector("#cancel-run:not([hidden])");
+    await page.waitForFunction(() => /Denoising: step [1-9]\d* of 40/.test(document.getElementById("run-status").textContent),
+      null, { timeout: 240_000 });
+    assert.match(await page.textContent("#run-status"), /elapsed, about .* left\)$/, "ETA once steps have run");
+    await page.click("#cancel-run");
+    await wait("body[data-run=cancelled], body[data-run=done], body[data-run=failed]", 240_000);
+    let status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "cancelled", status);
+    const m = status.match(/^Cancelled after denoising step (\d+) of 40\.$/);
+    assert.ok(m && Number(m[1]) < 40, status);
+    assert.ok(await page.isHidden("#cancel-run"));
+    await page.screenshot({ path: `${artifacts}/12-cancelled.png` });
+
+    // The model stays loaded: a short run with 2 layers goes through.
+    await page.fill("#set-layers", "2");
+    await page.fill("#set-steps", "2");
     const seen = [];
     const watcher = setInterval(async () => {
       const t = await page.textContent("#run-status").catch(() => "");
@@ -174,54 +196,20 @@ test("Decompose runs the loaded model on the open picture and shows N layers", {
     await page.click("#decompose");
     await wait("body[data-run=done], body[data-run=failed]", 240_000);
     clearInterval(watcher);
-    const status = await page.textContent("#run-status");
+    status = await page.textContent("#run-status");
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
     assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
-    // 40×24 at the 32² bucket → 48×32 working size (multiples of 32 of the same aspect).
+    console.log(`statuses seen: ${seen.join(" | ")}; model: ${await page.textContent("#model-status")}`);
+    assert.ok(seen.some((t) => /^Denoising: step [012] of 2 \(\d+ s elapsed/.test(t)), seen.join(" | "));
     const layers = await shownLayers(page);
     assert.deepEqual(layers.map((l) => l.index), ["1", "0"], "top layer first");
     assert.match(layers[0].label, /^Layer 2 \(top\) — \d+×\d+$/);
     assert.match(layers[1].label, /^Layer 1 \(bottom\) — \d+×\d+$/);
     for (const l of layers) assert.ok(l.width > 0 && l.height > 0 && l.sum > 0, JSON.stringify(l));
-    console.log(`statuses seen: ${seen.join(" | ")}; model: ${await page.textContent("#model-status")}`);
-    assert.ok(seen.some((t) => /^Denoising: step [012] of 2 \(\d+ s elapsed/.test(t)), seen.join(" | "));
     assert.ok(await page.isHidden("#cancel-run"), "Cancel only while running");
     assert.ok(!(await page.isDisabled("#decompose")), "ready for another run");
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
-    await page.screenshot({ path: `${artifacts}/12-decomposed.png` });
-  } finally {
-    await browser.close();
-  }
-});
-
-test("Cancel stops a run between steps and the model stays usable", { timeout: SLOW }, async () => {
-  const { browser, page, logs, wait } = await openApp();
-  try {
-    await loadTiny(page, wait);
-    assert.equal(await page.getAttribute("body", "data-model"), "loaded", logs.join("\n"));
-    await prepareRun(page, { layers: 1, steps: 40, resolution: 32 });
-    await page.click("#decompose");
-    await page.waitForSelector("#cancel-run:not([hidden])");
-    // Wait for the first denoising steps, then cancel.
-    await page.waitForFunction(() => /Denoising: step [1-9]\d* of 40/.test(document.getElementById("run-status").textContent),
-      null, { timeout: 240_000 });
-    const before = await page.textContent("#run-status");
-    assert.match(before, /elapsed, about .* left\)$/, "ETA once steps have run");
-    await page.click("#cancel-run");
-    await wait("body[data-run=cancelled], body[data-run=done], body[data-run=failed]", 240_000);
-    assert.equal(await page.getAttribute("body", "data-run"), "cancelled", await page.textContent("#run-status"));
-    const status = await page.textContent("#run-status");
-    const m = status.match(/^Cancelled after denoising step (\d+) of 40\.$/);
-    assert.ok(m && Number(m[1]) < 40, status);
-    assert.ok(await page.isHidden("#cancel-run"));
-    await page.screenshot({ path: `${artifacts}/13-cancelled.png` });
-
-    // The model is still loaded: a short run goes through.
-    await page.fill("#set-steps", "1");
-    await page.click("#decompose");
-    await wait("body[data-run=done], body[data-run=failed]", 240_000);
-    assert.equal(await page.getAttribute("body", "data-run"), "done", await page.textContent("#run-status"));
-    assert.equal((await shownLayers(page)).length, 1);
+    await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
   } finally {
     await browser.close();
   }
