@@ -12,6 +12,7 @@ use web_sys::{
 };
 
 use super::js_error_text;
+use super::run::RunPanel;
 use crate::gpu::GpuReport;
 use crate::image_io::decode_image;
 use crate::protocol::{FromWorker, ToWorker};
@@ -51,6 +52,8 @@ struct Ui {
     layer_list: Element,
     layers_empty: Element,
     gpu_info: Element,
+    /// The model controls (`web::run`).
+    run: Rc<RunPanel>,
 }
 
 /// How a status line is shown.
@@ -81,6 +84,7 @@ impl Ui {
             layer_list: by_id("layer-list")?,
             layers_empty: by_id("layers-empty")?,
             gpu_info: by_id("gpu-info")?,
+            run: RunPanel::mount(&document)?,
             document: document.clone(),
             canvas,
             context,
@@ -188,10 +192,13 @@ impl Ui {
             // The current picture stays on the canvas when the new file cannot be opened.
             match decode_image(&name, &bytes) {
                 Ok(image) => match ui.show_image(&name, &image) {
-                    Ok(()) => ui.set_status(
-                        &format!("Opened \"{name}\" ({}×{}).", image.width(), image.height()),
-                        Tone::Ok,
-                    ),
+                    Ok(()) => {
+                        ui.set_status(
+                            &format!("Opened \"{name}\" ({}×{}).", image.width(), image.height()),
+                            Tone::Ok,
+                        );
+                        ui.run.set_image(image);
+                    }
                     Err(err) => ui.set_status(
                         &format!("Could not draw \"{name}\": {}", js_error_text(&err)),
                         Tone::Error,
@@ -247,6 +254,7 @@ impl Ui {
         let options = WorkerOptions::new();
         options.set_name("model");
         let worker = Worker::new_with_options(WORKER_URL, &options)?;
+        ui.run.attach(worker.clone());
 
         let this = ui.clone();
         EventListener::new(&worker, "error", move |event| {
@@ -282,6 +290,9 @@ impl Ui {
     }
 
     fn on_worker_message(&self, worker: &Worker, message: FromWorker) {
+        let Some(message) = self.run.on_message(message) else {
+            return;
+        };
         match message {
             FromWorker::Ready => {
                 self.set_gpu_lines(&["Requesting a WebGPU adapter…".into()], false);
@@ -301,7 +312,10 @@ impl Ui {
                     }
                 }
             }
-            FromWorker::Gpu { report } => self.show_gpu(&report),
+            FromWorker::Gpu { report } => {
+                self.show_gpu(&report);
+                self.run.gpu_ready();
+            }
             FromWorker::NoWebGpu { reason } => {
                 self.set_gpu_lines(&[format!("WebGPU is not available: {reason}")], true);
                 self.set_body_flag("data-gpu", "none");
@@ -331,6 +345,7 @@ impl Ui {
                 self.add_gpu_line(&message, true);
                 self.set_status(&message, Tone::Error);
             }
+            other => web_sys::console::warn_1(&format!("unhandled: {other:?}").into()),
         }
     }
 

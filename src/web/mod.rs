@@ -5,14 +5,46 @@
 //! - [`adapter`]: the WebGPU adapter facts wgpu does not carry (vendor, architecture).
 //! - [`download`]: model download with `fetch` Range requests into OPFS (worker).
 //! - [`opfs`]: OPFS storage of model files, quota check, cache manager, `OpfsSource`.
+//! - [`http`]: [`http::HttpSource`], model files read with HTTP range requests.
+//! - [`run`]: the page's model picker, load / decompose / cancel controls and progress.
 
 pub mod adapter;
 pub mod app;
 pub mod download;
+pub mod http;
 pub mod opfs;
+pub mod run;
 pub mod worker;
 
+use js_sys::{Array, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
+
+/// The `ArrayBuffer`s behind the pixel buffers of a serialized message (`image.pixels`,
+/// `layers[i].pixels`), to pass as `postMessage`'s transfer list: they move, not copy.
+/// serde-wasm-bindgen gives every byte buffer its own `ArrayBuffer`, so moving one is safe.
+pub fn pixel_buffers(message: &JsValue) -> Array {
+    let out = Array::new();
+    let push = |rgba: &JsValue| {
+        if let Ok(pixels) = Reflect::get(rgba, &"pixels".into())
+            && let Some(bytes) = pixels.dyn_ref::<Uint8Array>()
+        {
+            out.push(&bytes.buffer());
+        }
+    };
+    if let Ok(image) = Reflect::get(message, &"image".into())
+        && image.is_object()
+    {
+        push(&image);
+    }
+    if let Ok(layers) = Reflect::get(message, &"layers".into())
+        && Array::is_array(&layers)
+    {
+        for layer in Array::from(&layers).iter() {
+            push(&layer);
+        }
+    }
+    out
+}
 
 /// A readable message from a JS exception or value.
 pub fn js_error_text(value: &JsValue) -> String {

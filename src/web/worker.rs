@@ -1,33 +1,80 @@
-//! The Web Worker: owns the GPU device (and, later, the model), so the page never freezes.
+//! The Web Worker: owns the GPU device and the model, so the page never freezes.
 //!
 //! Protocol: on start it installs its message handler and posts [`FromWorker::Ready`]; the page
 //! must not send anything before that (messages sent while the wasm loads are dropped). Every
-//! failure is posted as a message; a panic is logged by the panic hook and surfaces in the page
-//! through the worker's `error` event.
+//! failure is posted as a message. A panic (e.g. wgpu's handler for an uncaptured GPU error
+//! such as out-of-memory) is logged, posted as [`FromWorker::Error`], and also surfaces through
+//! the worker's `error` event.
+//!
+//! One task at a time: a load or a run. A run awaits a readback after every denoising step, so
+//! a [`ToWorker::Cancel`] arriving meanwhile is seen before the next step starts. Loading a
+//! model frees the previous one first; the model loads through any [`WeightSource`] (today
+//! [`HttpSource`]; a browser-storage cache can implement the same trait).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
+use std::ops::ControlFlow;
+use std::rc::Rc;
 
-use burn::tensor::Device;
 use burn::tensor::wgpu::WgpuSetup;
+use burn::tensor::{Device, Tensor};
+use image::RgbaImage;
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use super::adapter::{AdapterFacts, NoAdapter, request_adapter_facts};
-use super::js_error_text;
+use super::http::HttpSource;
+use super::{js_error_text, pixel_buffers};
+use crate::error::{Error, Result};
 use crate::gpu::{FeatureState, GpuReport, KeyLimits, matmul_self_test};
-use crate::protocol::{FromWorker, ToWorker};
+use crate::pipeline::{DecomposeParams, LayeredPipeline, Noise, Progress};
+use crate::protocol::{DecomposeRequest, FromWorker, ModelSource, Rgba, RunPhase, ToWorker};
+use crate::text::{
+    DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, needs_caption,
+};
+use crate::weights::{SafetensorsFolder, WeightSource};
 
 thread_local! {
     /// The Burn device once acquired. Burn's runtime can be initialised only once per worker.
     static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+    /// The loaded model; a run holds its own `Rc`, so unloading during a run frees it after.
+    static MODEL: RefCell<Option<Rc<LoadedModel>>> = const { RefCell::new(None) };
+    /// What the worker is doing.
+    static BUSY: Cell<Option<Task>> = const { Cell::new(None) };
+    /// Set by `Cancel`, read between steps.
+    static CANCEL: Cell<bool> = const { Cell::new(false) };
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Task {
+    Loading,
+    Running,
+}
+
+/// A model on the GPU.
+struct LoadedModel {
+    /// Transformer, VAE, scheduler config.
+    pipeline: LayeredPipeline,
+    /// Tokenizer + text encoder (keeps the negative prompt's embeddings once computed).
+    prompt: RefCell<PromptEncoder>,
+}
+
+/// Weight folders read from a model repository (for the progress total).
+const COMPONENTS: [&str; 3] = ["text_encoder", "transformer", "vae"];
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
 const SELF_TEST: (usize, usize, usize) = (64, 64, 64);
 
 /// Entry point of the `worker` binary.
 pub fn start() {
-    console_error_panic_hook::set_once();
+    std::panic::set_hook(Box::new(|info| {
+        console_error_panic_hook::hook(info);
+        post(&FromWorker::Error {
+            message: format!(
+                "The model worker crashed ({info}). If the GPU ran out of memory, try fewer \
+                 layers or a lower resolution; reload the page to start again."
+            ),
+        });
+    }));
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
     let on_message = Closure::<dyn FnMut(MessageEvent)>::new(|event: MessageEvent| {
         match serde_wasm_bindgen::from_value::<ToWorker>(event.data()) {
@@ -42,11 +89,16 @@ pub fn start() {
     post(&FromWorker::Ready);
 }
 
+/// Posts a message, moving (not copying) its pixel buffers.
 fn post(message: &FromWorker) {
     let scope: DedicatedWorkerGlobalScope = js_sys::global().unchecked_into();
-    let value = serde_wasm_bindgen::to_value(message)
-        .expect("FromWorker holds only strings, numbers, bools and lists");
-    if let Err(err) = scope.post_message(&value) {
+    let value = match serde_wasm_bindgen::to_value(message) {
+        Ok(value) => value,
+        Err(err) => {
+            return web_sys::console::error_1(&format!("encoding a message: {err}").into());
+        }
+    };
+    if let Err(err) = scope.post_message_with_transfer(&value, &pixel_buffers(&value)) {
         web_sys::console::error_1(&format!("postMessage failed: {}", js_error_text(&err)).into());
     }
 }
@@ -54,7 +106,270 @@ fn post(message: &FromWorker) {
 async fn handle(message: ToWorker) {
     match message {
         ToWorker::ProbeGpu => probe_gpu().await,
+        ToWorker::LoadModel { source } => load(source).await,
+        ToWorker::Decompose(request) => decompose(request).await,
+        ToWorker::Cancel => {
+            if BUSY.get() == Some(Task::Running) {
+                CANCEL.set(true);
+            }
+        }
+        ToWorker::Unload => {
+            if BUSY.get() == Some(Task::Loading) {
+                return post(&FromWorker::Error {
+                    message: "a model is loading; unload it once it has loaded".into(),
+                });
+            }
+            free_model();
+            post(&FromWorker::Unloaded);
+        }
     }
+}
+
+fn device() -> Option<Device> {
+    DEVICE.with(|d| d.borrow().clone())
+}
+
+/// Drops the loaded model and asks Burn to release its pooled GPU memory.
+fn free_model() {
+    let had = MODEL.with(|m| m.borrow_mut().take()).is_some();
+    if let (true, Some(device)) = (had, device()) {
+        device.memory_cleanup();
+    }
+}
+
+// ---- loading ------------------------------------------------------------------------------
+
+async fn load(source: ModelSource) {
+    if let Some(task) = BUSY.get() {
+        return post(&FromWorker::LoadFailed {
+            message: format!("the worker is busy ({task:?}); wait or cancel first"),
+        });
+    }
+    let Some(device) = device() else {
+        return post(&FromWorker::LoadFailed {
+            message: "the GPU is not ready (no WebGPU device in the worker)".into(),
+        });
+    };
+    BUSY.set(Some(Task::Loading));
+    free_model();
+    let start = js_sys::Date::now();
+    let http = HttpSource::hugging_face(&source.host, &source.repo, &source.revision);
+    let result = load_model(&http, &device).await;
+    BUSY.set(None);
+    match result {
+        Ok(model) => {
+            MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
+            post(&FromWorker::ModelLoaded {
+                id: source.id,
+                text_encoder: true,
+                millis: js_sys::Date::now() - start,
+            });
+        }
+        Err(err) => {
+            device.memory_cleanup();
+            post(&FromWorker::LoadFailed {
+                message: format!("Loading {} from {}: {err}", source.label, http.base()),
+            });
+        }
+    }
+}
+
+/// Loads the pipeline from any source, posting [`FromWorker::LoadProgress`] as bytes arrive.
+async fn load_model<S: WeightSource>(source: &S, device: &Device) -> Result<LoadedModel> {
+    let mut total = 0;
+    for component in COMPONENTS {
+        let folder = SafetensorsFolder::open(source, component).await?;
+        for file in folder.files() {
+            total += source.size(file).await?;
+        }
+    }
+    let counted = Counted {
+        inner: source,
+        read: Cell::new(0),
+        total,
+        last_post: Cell::new(0.0),
+    };
+    let prompt = PromptEncoder::load(&counted, device).await?;
+    let pipeline = LayeredPipeline::load(&counted, device).await?;
+    counted.report("done", true);
+    Ok(LoadedModel {
+        pipeline,
+        prompt: RefCell::new(prompt),
+    })
+}
+
+/// A source that counts the bytes read through it and reports them (at most every 100 ms).
+struct Counted<'a, S> {
+    inner: &'a S,
+    read: Cell<u64>,
+    total: u64,
+    last_post: Cell<f64>,
+}
+
+impl<S> Counted<'_, S> {
+    fn report(&self, component: &str, force: bool) {
+        let now = js_sys::Date::now();
+        if force || now - self.last_post.get() >= 100.0 {
+            self.last_post.set(now);
+            post(&FromWorker::LoadProgress {
+                component: component.to_owned(),
+                bytes_read: self.read.get(),
+                bytes_total: Some(self.total.max(self.read.get())),
+            });
+        }
+    }
+}
+
+impl<S: WeightSource> WeightSource for Counted<'_, S> {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        self.inner.exists(file).await
+    }
+
+    async fn size(&self, file: &str) -> Result<u64> {
+        self.inner.size(file).await
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        let bytes = self.inner.read(file, offset, len).await?;
+        if file.ends_with(".safetensors") {
+            self.read.set(self.read.get() + bytes.len() as u64);
+            let component = match file.split('/').next().unwrap_or(file) {
+                "text_encoder" => "text encoder",
+                other => other,
+            };
+            self.report(component, false);
+        }
+        Ok(bytes)
+    }
+}
+
+// ---- decomposing --------------------------------------------------------------------------
+
+async fn decompose(request: DecomposeRequest) {
+    if let Some(task) = BUSY.get() {
+        return post(&FromWorker::RunFailed {
+            message: format!("the worker is busy ({task:?}); wait or cancel first"),
+        });
+    }
+    let Some(model) = MODEL.with(|m| m.borrow().clone()) else {
+        return post(&FromWorker::RunFailed {
+            message: "no model is loaded: load one first".into(),
+        });
+    };
+    BUSY.set(Some(Task::Running));
+    CANCEL.set(false);
+    let start = js_sys::Date::now();
+    let result = run(&model, request, start).await;
+    drop(model);
+    BUSY.set(None);
+    CANCEL.set(false);
+    match result {
+        Ok(layers) => post(&FromWorker::Layers {
+            layers,
+            millis: js_sys::Date::now() - start,
+        }),
+        Err(Error::Cancelled { at }) => post(&FromWorker::Cancelled { at }),
+        Err(err) => post(&FromWorker::RunFailed {
+            message: format!("Decomposing failed: {err}"),
+        }),
+    }
+}
+
+async fn run(model: &LoadedModel, request: DecomposeRequest, start: f64) -> Result<Vec<Rgba>> {
+    let DecomposeRequest {
+        image,
+        layers,
+        steps,
+        resolution,
+        true_cfg_scale,
+        cfg_normalize,
+        seed,
+        prompt,
+    } = request;
+    let bad = |reason: String| Error::Input {
+        model: "decompose request",
+        reason,
+    };
+    image.check("the picture").map_err(bad)?;
+    let input = RgbaImage::from_raw(image.width, image.height, image.pixels)
+        .ok_or_else(|| bad("the picture's pixel buffer has the wrong length".into()))?;
+    let progress = |phase: RunPhase, step: usize| {
+        post(&FromWorker::RunProgress {
+            phase,
+            step,
+            steps,
+            elapsed_ms: js_sys::Date::now() - start,
+        })
+    };
+
+    progress(RunPhase::EncodingPrompt, 0);
+    let (prompt_embeds, negative) = encode_prompt(model, &prompt, true_cfg_scale > 1.0)?;
+
+    progress(RunPhase::EncodingImage, 0);
+    let params = DecomposeParams {
+        layers,
+        steps,
+        resolution,
+        true_cfg_scale,
+        cfg_normalize,
+    };
+    let output = model
+        .pipeline
+        .run(
+            &input,
+            &params,
+            prompt_embeds,
+            negative,
+            Noise::Seed(seed),
+            |p| {
+                match p {
+                    Progress::Encoded => progress(RunPhase::Denoising, 0),
+                    Progress::Step { step, .. } => progress(RunPhase::Denoising, step + 1),
+                    Progress::Decoding => progress(RunPhase::Decoding, steps),
+                    Progress::Prepared { .. } | Progress::Done => {}
+                }
+                if CANCEL.get() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            },
+        )
+        .await?;
+    Ok(output
+        .layers
+        .into_iter()
+        .map(|layer| Rgba {
+            width: layer.width(),
+            height: layer.height(),
+            pixels: layer.into_raw(),
+        })
+        .collect())
+}
+
+/// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt `" "`'s `[1, L', D]`
+/// (`max_sequence_length` 512, the pipeline's default).
+fn encode_prompt(
+    model: &LoadedModel,
+    prompt: &str,
+    cfg: bool,
+) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
+    if needs_caption(prompt) {
+        return Err(Error::Input {
+            model: "decompose request",
+            reason: "enter a prompt that describes the picture (automatic captioning is not \
+                     part of this build yet)"
+                .into(),
+        });
+    }
+    let mut encoder = model.prompt.borrow_mut();
+    let embeds = encoder.encode(prompt, DEFAULT_MAX_SEQUENCE_LENGTH)?;
+    let negative = if cfg {
+        Some(encoder.encode(DEFAULT_NEGATIVE_PROMPT, DEFAULT_MAX_SEQUENCE_LENGTH)?)
+    } else {
+        None
+    };
+    Ok((embeds, negative))
 }
 
 async fn probe_gpu() {

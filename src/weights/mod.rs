@@ -19,6 +19,7 @@
 //!   ([`QuantizedMatrix`]) quantized at load time or repacked from GGUF `Q8_0`/`Q4_0`.
 
 pub mod gguf;
+pub mod http;
 mod loader;
 mod quant;
 mod safetensors;

@@ -1,0 +1,535 @@
+//! The page's model controls (in `#settings`): pick a model source from `models.json`, load it
+//! with progress, decompose the open picture with per-step progress, elapsed time, ETA and
+//! Cancel, and hand the layers to the page ([`show_layers`]).
+//!
+//! State flags on `<body>` for tests and styles: `data-models` (`ready` / `failed`),
+//! `data-model` (`loading` / `loaded` / `failed` / `none`), `data-run` (`running` / `done` /
+//! `cancelled` / `failed`).
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+use gloo::events::{EventListener, EventListenerOptions};
+use image::RgbaImage;
+use wasm_bindgen::{Clamped, JsCast, JsValue};
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{
+    CanvasRenderingContext2d, Document, Element, HtmlButtonElement, HtmlCanvasElement,
+    HtmlInputElement, HtmlProgressElement, HtmlSelectElement, ImageData, Response, Worker,
+};
+
+use super::{js_error_text, pixel_buffers};
+use crate::protocol::{
+    DecomposeRequest, FromWorker, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
+};
+
+/// The model list served with the app.
+const REGISTRY_URL: &str = "./models.json";
+
+/// The model panel's elements and state.
+pub struct RunPanel {
+    document: Document,
+    model_select: HtmlSelectElement,
+    load_button: HtmlButtonElement,
+    load_progress: HtmlProgressElement,
+    model_status: Element,
+    resolution: HtmlSelectElement,
+    decompose_button: HtmlButtonElement,
+    cancel_button: HtmlButtonElement,
+    run_progress: HtmlProgressElement,
+    run_status: Element,
+    note: Element,
+    worker: RefCell<Option<Worker>>,
+    models: RefCell<Vec<ModelSource>>,
+    image: RefCell<Option<RgbaImage>>,
+    gpu_ready: Cell<bool>,
+    loaded: RefCell<Option<String>>,
+    busy: Cell<bool>,
+    /// When the run started and when denoising started (`performance`-free: `Date.now()`).
+    run_started: Cell<f64>,
+    denoise_started: Cell<Option<(f64, usize)>>,
+}
+
+impl RunPanel {
+    /// Finds the elements, wires the buttons, and starts reading `models.json`.
+    pub fn mount(document: &Document) -> Result<Rc<Self>, JsValue> {
+        let by_id = |id: &str| {
+            document.get_element_by_id(id).ok_or_else(|| {
+                JsValue::from_str(&format!("element #{id} is missing from the page"))
+            })
+        };
+        let panel = Rc::new(Self {
+            document: document.clone(),
+            model_select: by_id("model-source")?.dyn_into()?,
+            load_button: by_id("load-model")?.dyn_into()?,
+            load_progress: by_id("load-progress")?.dyn_into()?,
+            model_status: by_id("model-status")?,
+            resolution: by_id("set-resolution")?.dyn_into()?,
+            decompose_button: by_id("decompose")?.dyn_into()?,
+            cancel_button: by_id("cancel-run")?.dyn_into()?,
+            run_progress: by_id("run-progress")?.dyn_into()?,
+            run_status: by_id("run-status")?,
+            note: by_id("decompose-note")?,
+            worker: RefCell::new(None),
+            models: RefCell::new(Vec::new()),
+            image: RefCell::new(None),
+            gpu_ready: Cell::new(false),
+            loaded: RefCell::new(None),
+            busy: Cell::new(false),
+            run_started: Cell::new(0.0),
+            denoise_started: Cell::new(None),
+        });
+
+        let this = panel.clone();
+        EventListener::new(&panel.model_select, "change", move |_| this.model_chosen()).forget();
+        let this = panel.clone();
+        EventListener::new(&panel.load_button, "click", move |_| this.load()).forget();
+        let this = panel.clone();
+        EventListener::new(&panel.cancel_button, "click", move |_| this.cancel()).forget();
+        let this = panel.clone();
+        let form = by_id("settings")?;
+        let prevent = EventListenerOptions::enable_prevent_default();
+        EventListener::new_with_options(&form, "submit", prevent, move |event| {
+            event.prevent_default();
+            this.decompose();
+        })
+        .forget();
+
+        let this = panel.clone();
+        wasm_bindgen_futures::spawn_local(async move {
+            match fetch_registry().await {
+                Ok(registry) => this.show_models(registry),
+                Err(message) => {
+                    this.set_model_status(&format!("No model list: {message}"), true);
+                    this.flag("data-models", "failed");
+                }
+            }
+        });
+        Ok(panel)
+    }
+
+    /// The page's worker (set once it exists).
+    pub fn attach(&self, worker: Worker) {
+        *self.worker.borrow_mut() = Some(worker);
+    }
+
+    /// The worker has a WebGPU device.
+    pub fn gpu_ready(&self) {
+        self.gpu_ready.set(true);
+        self.update_buttons();
+    }
+
+    /// The picture the page has open (the one a run decomposes).
+    pub fn set_image(&self, image: RgbaImage) {
+        *self.image.borrow_mut() = Some(image);
+        self.update_buttons();
+    }
+
+    /// Handles the worker's model and run messages; returns the others untouched.
+    pub fn on_message(&self, message: FromWorker) -> Option<FromWorker> {
+        match message {
+            FromWorker::LoadProgress {
+                component,
+                bytes_read,
+                bytes_total,
+            } => {
+                let total = bytes_total.unwrap_or(0).max(1);
+                self.load_progress.set_max(total as f64);
+                self.load_progress.set_value(bytes_read as f64);
+                self.set_model_status(
+                    &format!(
+                        "Loading {component}: {} of {}…",
+                        megabytes(bytes_read),
+                        megabytes(total)
+                    ),
+                    false,
+                );
+            }
+            FromWorker::ModelLoaded {
+                id,
+                text_encoder,
+                millis,
+            } => {
+                self.busy.set(false);
+                self.load_progress.set_hidden(true);
+                let label = self.label_of(&id);
+                self.set_model_status(
+                    &format!("Loaded {label} in {:.1} s.", millis / 1000.0),
+                    false,
+                );
+                self.note.set_text_content(Some(if text_encoder {
+                    "Open an image, describe it in the prompt, and press Decompose."
+                } else {
+                    "This model has no text encoder: a run stops with that message, \
+                     because the model needs a prompt."
+                }));
+                *self.loaded.borrow_mut() = Some(id);
+                self.flag("data-model", "loaded");
+                self.update_buttons();
+            }
+            FromWorker::LoadFailed { message } => {
+                self.busy.set(false);
+                self.load_progress.set_hidden(true);
+                *self.loaded.borrow_mut() = None;
+                self.set_model_status(&message, true);
+                self.flag("data-model", "failed");
+                self.update_buttons();
+            }
+            FromWorker::Unloaded => {
+                *self.loaded.borrow_mut() = None;
+                self.set_model_status("No model loaded.", false);
+                self.flag("data-model", "none");
+                self.update_buttons();
+            }
+            FromWorker::RunProgress {
+                phase,
+                step,
+                steps,
+                elapsed_ms,
+            } => self.show_progress(phase, step, steps, elapsed_ms),
+            FromWorker::Layers { layers, millis } => {
+                self.run_ended();
+                match show_layers(&self.document, &layers) {
+                    Ok(()) => self.set_run_status(
+                        &format!(
+                            "Decomposed into {} layers in {:.1} s.",
+                            layers.len(),
+                            millis / 1000.0
+                        ),
+                        false,
+                    ),
+                    Err(err) => self.set_run_status(
+                        &format!("Could not show the layers: {}", js_error_text(&err)),
+                        true,
+                    ),
+                }
+                self.flag("data-run", "done");
+            }
+            FromWorker::Cancelled { at } => {
+                self.run_ended();
+                self.set_run_status(&format!("Cancelled {at}."), false);
+                self.flag("data-run", "cancelled");
+            }
+            FromWorker::RunFailed { message } => {
+                self.run_ended();
+                self.set_run_status(&message, true);
+                self.flag("data-run", "failed");
+            }
+            FromWorker::Error { message } => {
+                // The worker may be gone (a crash posts this too): nothing is in flight now.
+                if self.busy.get() {
+                    self.run_ended();
+                    self.load_progress.set_hidden(true);
+                    self.set_run_status(&message, true);
+                }
+                return Some(FromWorker::Error { message });
+            }
+            other => return Some(other),
+        }
+        None
+    }
+
+    fn show_models(&self, registry: ModelRegistry) {
+        let hostname = web_sys::window()
+            .and_then(|w| w.location().hostname().ok())
+            .unwrap_or_default();
+        let models = registry.visible(&hostname);
+        self.model_select.set_inner_html("");
+        for model in &models {
+            if let Ok(option) = self.document.create_element("option") {
+                option.set_attribute("value", &model.id).ok();
+                option.set_text_content(Some(&model.label));
+                self.model_select.append_child(&option).ok();
+            }
+        }
+        *self.models.borrow_mut() = models;
+        self.model_chosen();
+        self.flag("data-models", "ready");
+        self.update_buttons();
+    }
+
+    fn chosen(&self) -> Option<ModelSource> {
+        let id = self.model_select.value();
+        self.models.borrow().iter().find(|m| m.id == id).cloned()
+    }
+
+    fn label_of(&self, id: &str) -> String {
+        self.models
+            .borrow()
+            .iter()
+            .find(|m| m.id == id)
+            .map_or_else(|| id.to_owned(), |m| m.label.clone())
+    }
+
+    /// The resolution choices follow the chosen model.
+    fn model_chosen(&self) {
+        let Some(model) = self.chosen() else { return };
+        self.resolution.set_inner_html("");
+        for r in &model.resolutions {
+            if let Ok(option) = self.document.create_element("option") {
+                option.set_attribute("value", &r.to_string()).ok();
+                option.set_text_content(Some(&r.to_string()));
+                self.resolution.append_child(&option).ok();
+            }
+        }
+        self.update_buttons();
+    }
+
+    fn update_buttons(&self) {
+        let worker = self.worker.borrow().is_some() && self.gpu_ready.get();
+        let busy = self.busy.get();
+        self.load_button
+            .set_disabled(!worker || busy || self.chosen().is_none());
+        self.decompose_button.set_disabled(
+            !worker || busy || self.loaded.borrow().is_none() || self.image.borrow().is_none(),
+        );
+        self.cancel_button
+            .set_hidden(!busy || self.run_started.get() == 0.0);
+    }
+
+    fn send(&self, message: &ToWorker) -> Result<(), String> {
+        let worker = self.worker.borrow();
+        let worker = worker.as_ref().ok_or("the model worker is not running")?;
+        let value = serde_wasm_bindgen::to_value(message).map_err(|e| e.to_string())?;
+        worker
+            .post_message_with_transfer(&value, &pixel_buffers(&value))
+            .map_err(|e| js_error_text(&e))
+    }
+
+    fn load(&self) {
+        let Some(model) = self.chosen() else { return };
+        match self.send(&ToWorker::LoadModel {
+            source: model.clone(),
+        }) {
+            Ok(()) => {
+                self.busy.set(true);
+                *self.loaded.borrow_mut() = None;
+                self.load_progress.set_value(0.0);
+                self.load_progress.set_hidden(false);
+                self.set_model_status(&format!("Loading {}…", model.label), false);
+                self.flag("data-model", "loading");
+            }
+            Err(err) => self.set_model_status(&format!("Could not start loading: {err}"), true),
+        }
+        self.update_buttons();
+    }
+
+    fn decompose(&self) {
+        if self.busy.get() || self.loaded.borrow().is_none() {
+            return;
+        }
+        let Some(image) = self.image.borrow().clone() else {
+            return self.set_run_status("Open an image first.", true);
+        };
+        let request = match self.read_settings(image) {
+            Ok(request) => request,
+            Err(message) => return self.set_run_status(&message, true),
+        };
+        let steps = request.steps;
+        match self.send(&ToWorker::Decompose(request)) {
+            Ok(()) => {
+                self.busy.set(true);
+                self.run_started.set(js_sys::Date::now());
+                self.denoise_started.set(None);
+                self.run_progress.set_max(steps as f64);
+                self.run_progress.set_value(0.0);
+                self.run_progress.set_hidden(false);
+                self.cancel_button.set_disabled(false);
+                self.set_run_status("Starting…", false);
+                self.flag("data-run", "running");
+            }
+            Err(err) => self.set_run_status(&format!("Could not start: {err}"), true),
+        }
+        self.update_buttons();
+    }
+
+    fn read_settings(&self, image: RgbaImage) -> Result<DecomposeRequest, String> {
+        let input = |id: &str| -> Result<HtmlInputElement, String> {
+            self.document
+                .get_element_by_id(id)
+                .and_then(|e| e.dyn_into().ok())
+                .ok_or_else(|| format!("#{id} is missing from the page"))
+        };
+        let whole = |id: &str, what: &str, min: f64, max: f64| -> Result<f64, String> {
+            let v = input(id)?.value_as_number();
+            if v.is_finite() && v.fract() == 0.0 && (min..=max).contains(&v) {
+                Ok(v)
+            } else {
+                Err(format!("{what} must be a whole number from {min} to {max}"))
+            }
+        };
+        let cfg = input("set-cfg")?.value_as_number();
+        if !cfg.is_finite() || cfg < 0.0 {
+            return Err("the CFG scale must be a number of 0 or more".into());
+        }
+        let resolution = self
+            .resolution
+            .value()
+            .parse()
+            .map_err(|_| "choose a resolution".to_owned())?;
+        Ok(DecomposeRequest {
+            layers: whole("set-layers", "Layers", 1.0, 10.0)? as usize,
+            steps: whole("set-steps", "Steps", 1.0, 100.0)? as usize,
+            resolution,
+            true_cfg_scale: cfg as f32,
+            cfg_normalize: input("set-cfg-normalize")?.checked(),
+            seed: whole("set-seed", "The seed", 0.0, 9_007_199_254_740_991.0)? as u64,
+            prompt: input("set-prompt")?.value(),
+            image: Rgba {
+                width: image.width(),
+                height: image.height(),
+                pixels: image.into_raw(),
+            },
+        })
+    }
+
+    fn cancel(&self) {
+        if !self.busy.get() {
+            return;
+        }
+        match self.send(&ToWorker::Cancel) {
+            Ok(()) => {
+                self.cancel_button.set_disabled(true);
+                self.set_run_status("Cancelling after the current step…", false);
+            }
+            Err(err) => self.set_run_status(&format!("Could not cancel: {err}"), true),
+        }
+    }
+
+    fn show_progress(&self, phase: RunPhase, step: usize, steps: usize, elapsed_ms: f64) {
+        let now = js_sys::Date::now();
+        let elapsed = format!("{} elapsed", duration(elapsed_ms));
+        let text = match phase {
+            RunPhase::EncodingPrompt => format!("Encoding the prompt… ({elapsed})"),
+            RunPhase::EncodingImage => format!("Encoding the image… ({elapsed})"),
+            RunPhase::Denoising => {
+                let (t0, s0) = match self.denoise_started.get() {
+                    Some(start) => start,
+                    None => {
+                        self.denoise_started.set(Some((now, step)));
+                        (now, step)
+                    }
+                };
+                let eta = if step > s0 {
+                    let per_step = (now - t0) / (step - s0) as f64;
+                    format!(
+                        ", about {} left",
+                        duration(per_step * (steps - step) as f64)
+                    )
+                } else {
+                    String::new()
+                };
+                format!("Denoising: step {step} of {steps} ({elapsed}{eta})")
+            }
+            RunPhase::Decoding => format!("Decoding the layers… ({elapsed})"),
+        };
+        self.run_progress.set_max(steps.max(1) as f64);
+        self.run_progress.set_value(step as f64);
+        self.set_run_status(&text, false);
+    }
+
+    fn run_ended(&self) {
+        self.busy.set(false);
+        self.run_started.set(0.0);
+        self.run_progress.set_hidden(true);
+        self.update_buttons();
+    }
+
+    fn set_model_status(&self, text: &str, error: bool) {
+        set_line(&self.model_status, text, error);
+    }
+
+    fn set_run_status(&self, text: &str, error: bool) {
+        set_line(&self.run_status, text, error);
+    }
+
+    fn flag(&self, name: &str, value: &str) {
+        if let Some(body) = self.document.body() {
+            body.set_attribute(name, value).ok();
+        }
+    }
+}
+
+fn set_line(element: &Element, text: &str, error: bool) {
+    element.set_text_content(Some(text));
+    element.set_class_name(if error { "error" } else { "muted" });
+    element
+        .set_attribute("role", if error { "alert" } else { "status" })
+        .ok();
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn duration(ms: f64) -> String {
+    let s = (ms / 1000.0).round() as u64;
+    if s < 60 {
+        format!("{s} s")
+    } else {
+        format!("{} min {:02} s", s / 60, s % 60)
+    }
+}
+
+async fn fetch_registry() -> Result<ModelRegistry, String> {
+    let window = web_sys::window().ok_or("no window")?;
+    let response: Response = JsFuture::from(window.fetch_with_str(REGISTRY_URL))
+        .await
+        .map_err(|e| format!("{REGISTRY_URL}: {}", js_error_text(&e)))?
+        .dyn_into()
+        .map_err(|_| format!("{REGISTRY_URL}: not a response"))?;
+    if !response.ok() {
+        return Err(format!("{REGISTRY_URL}: HTTP {}", response.status()));
+    }
+    let text = JsFuture::from(response.text().map_err(|e| js_error_text(&e))?)
+        .await
+        .map_err(|e| js_error_text(&e))?
+        .as_string()
+        .unwrap_or_default();
+    ModelRegistry::from_json(&text)
+}
+
+/// Shows a decomposition's layers (bottom → top) in `#layer-list`, top layer first, as
+/// thumbnails. The layer editor replaces this function.
+pub fn show_layers(document: &Document, layers: &[Rgba]) -> Result<(), JsValue> {
+    let list = document
+        .get_element_by_id("layer-list")
+        .ok_or("#layer-list is missing")?;
+    list.set_text_content(None);
+    for (i, layer) in layers.iter().enumerate().rev() {
+        let data = ImageData::new_with_u8_clamped_array_and_sh(
+            Clamped(&layer.pixels),
+            layer.width,
+            layer.height,
+        )?;
+        let li = document.create_element("li")?;
+        li.set_attribute("data-layer", &i.to_string())?;
+        let thumb: HtmlCanvasElement = document.create_element("canvas")?.dyn_into()?;
+        thumb.set_width(layer.width);
+        thumb.set_height(layer.height);
+        if let Some(ctx) = thumb.get_context("2d")? {
+            ctx.dyn_into::<CanvasRenderingContext2d>()?
+                .put_image_data(&data, 0.0, 0.0)?;
+        }
+        thumb.set_attribute("aria-hidden", "true")?;
+        let label = document.create_element("span")?;
+        let place = match i {
+            0 => " (bottom)",
+            _ if i + 1 == layers.len() => " (top)",
+            _ => "",
+        };
+        label.set_text_content(Some(&format!(
+            "Layer {}{place} — {}×{}",
+            i + 1,
+            layer.width,
+            layer.height
+        )));
+        li.append_child(&thumb)?;
+        li.append_child(&label)?;
+        list.append_child(&li)?;
+    }
+    if let Some(empty) = document.get_element_by_id("layers-empty") {
+        empty.set_attribute("hidden", "")?;
+    }
+    Ok(())
+}

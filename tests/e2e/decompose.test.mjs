@@ -1,0 +1,216 @@
+// End-to-end: the served app (dist/) loads the tiny fixture model (tests/fixtures/model) from
+// the mock Hugging Face host (tests/mock-hf, the CDN on a second origin as on the real hub) with
+// HTTP range requests into the worker's WebGPU device, then decomposes a picture and cancels a
+// run. Headless Chromium with WebGPU through SwiftShader.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdir, readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { serveStatic } from "./server.mjs";
+import { encodePng } from "./png.mjs";
+import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
+
+const here = fileURLToPath(new URL(".", import.meta.url));
+const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
+const modelDir = fileURLToPath(new URL("../fixtures/model/", import.meta.url));
+const artifacts = `${here}artifacts`;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu-sandbox",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+  "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
+const SLOW = 300_000; // SwiftShader compiles each kernel in about a second
+const TINY = "test/qwen-image-layered-tiny"; // the repo the committed models.json names
+const TINY_ID = "tiny-test";
+
+let server, hf, registry;
+before(async () => {
+  assert.ok(existsSync(`${dist}index.html`), `no ${dist}index.html: run \`trunk build\` first`);
+  await mkdir(artifacts, { recursive: true });
+  server = await serveStatic(dist);
+  hf = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) }, cdnOrigin: true });
+  // The committed registry, with the dev entry pointed at this run's mock host.
+  registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
+  const tiny = registry.models.find((m) => m.id === TINY_ID);
+  assert.ok(tiny && tiny.dev && tiny.repo === TINY, "models.json lists the tiny test model");
+  tiny.host = hf.url;
+});
+after(async () => {
+  await server?.close();
+  await hf?.close();
+});
+
+async function openApp() {
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  const logs = [];
+  page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`[pageerror] ${e.message}`));
+  await page.route("**/models.json", (route) =>
+    route.fulfill({ contentType: "application/json", body: JSON.stringify(registry) }));
+  await page.goto(server.url);
+  const wait = (selector, timeout = 120_000) => page.waitForSelector(selector, { timeout }).catch((e) => {
+    throw new Error(`${e.message}\nconsole:\n${logs.join("\n")}`);
+  });
+  await wait("body[data-gpu=ready]");
+  await wait("body[data-models=ready]");
+  return { browser, page, logs, wait };
+}
+
+async function loadTiny(page, wait) {
+  await page.selectOption("#model-source", TINY_ID);
+  await page.click("#load-model");
+  await wait("body[data-model=loaded], body[data-model=failed]");
+}
+
+/** A deterministic opaque picture. */
+function picture(width, height) {
+  const rgba = new Uint8Array(width * height * 4);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      rgba.set([(x * 9) & 255, (y * 5) & 255, ((x + y) * 3) & 255, 255], (y * width + x) * 4);
+    }
+  }
+  return encodePng(width, height, rgba);
+}
+
+test("the picker lists the tiny model plainly and it loads over HTTP ranges from the mock hub", { timeout: SLOW }, async () => {
+  const { browser, page, logs, wait } = await openApp();
+  try {
+    const options = await page.$$eval("#model-source option", (os) => os.map((o) => [o.value, o.textContent]));
+    assert.equal(options[0][0], "qwen-image-layered", "the real model is the default");
+    const tiny = options.find(([v]) => v === TINY_ID);
+    assert.ok(tiny, `the dev model is listed on 127.0.0.1: ${JSON.stringify(options)}`);
+    assert.match(tiny[1], /random test weights/);
+
+    hf.resetStats();
+    await loadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded",
+      `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
+    assert.match(await page.textContent("#model-status"), /^Loaded Tiny test model.* in \d+\.\d s\.$/);
+    // The resolution choices follow the model.
+    assert.deepEqual(await page.$$eval("#set-resolution option", (os) => os.map((o) => o.value)), ["64", "32", "128"]);
+
+    // Weights came as 206 answers to ranged requests through the CDN redirect, never whole.
+    const stats = hf.stats();
+    for (const file of ["transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors"]) {
+      const s = stats.files[`${TINY}/${file}`];
+      assert.ok(s, `${file} was read`);
+      assert.ok(s.statuses["302"] > 0 && s.statuses["206"] > 0, `${file}: ${JSON.stringify(s.statuses)}`);
+      assert.equal(s.statuses["200"] ?? 0, 0, `${file} must never be fetched whole`);
+      assert.ok(s.ranges.every((r) => r && r.start !== null), `${file}: every GET is ranged`);
+    }
+    await page.screenshot({ path: `${artifacts}/10-model-loaded.png` });
+  } finally {
+    await browser.close();
+  }
+});
+
+test("a server that ignores Range still gives the right bytes; a refused file is a readable error", { timeout: SLOW }, async () => {
+  const { browser, page, logs, wait } = await openApp();
+  try {
+    // 200 with the whole file for every ranged request: the model must still load (each range
+    // is cut out of the full body at its offset; a mis-slice would fail the loader's checks).
+    hf.setFaults([{ path: "**/*.safetensors", fault: "ignore-range" }]);
+    await loadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded",
+      `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
+    const vae = hf.stats().files[`${TINY}/vae/diffusion_pytorch_model.safetensors`];
+    assert.ok(vae.statuses["200"] > 0, JSON.stringify(vae.statuses));
+
+    // The hub refuses the VAE weights: the message names the URL and the status.
+    hf.setFaults([{ path: "vae/diffusion_pytorch_model.safetensors", stage: "resolve", status: 403 }]);
+    await page.evaluate(() => document.body.removeAttribute("data-model"));
+    await loadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-model"), "failed");
+    const message = await page.textContent("#model-status");
+    assert.match(message, /resolve\/main\/vae\/diffusion_pytorch_model\.safetensors/);
+    assert.match(message, /HTTP 403/);
+    assert.equal(await page.getAttribute("#model-status", "role"), "alert");
+    assert.ok(await page.isDisabled("#decompose"), "no model, no Decompose");
+    await page.screenshot({ path: `${artifacts}/11-load-failed.png` });
+  } finally {
+    hf.setFaults([]);
+    await browser.close();
+  }
+});
+
+/** Opens a picture and fills the settings for a small run. */
+async function prepareRun(page, { layers, steps, resolution }) {
+  await page.setInputFiles("#file-input", { name: "pic.png", mimeType: "image/png", buffer: picture(40, 24) });
+  await page.waitForFunction(() => !document.getElementById("decompose").disabled);
+  await page.fill("#set-layers", String(layers));
+  await page.fill("#set-steps", String(steps));
+  await page.selectOption("#set-resolution", String(resolution));
+  await page.fill("#set-prompt", "a test picture");
+}
+
+/** The thumbnails in the layers panel: [data-layer, label, width, height, some pixel values]. */
+async function shownLayers(page) {
+  return page.$$eval("#layer-list li", (lis) => lis.map((li) => {
+    const c = li.querySelector("canvas");
+    const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+    let sum = 0;
+    for (const v of d) sum += v;
+    return { index: li.dataset.layer, label: li.textContent, width: c.width, height: c.height, sum };
+  }));
+}
+
+// One page for both (a model load and the kernel compilation cost about a minute on SwiftShader):
+// a long run is cancelled midway, then a short one goes through on the same loaded model.
+test("Cancel stops a run between steps; Decompose then shows N layers", { timeout: SLOW }, async () => {
+  const { browser, page, logs, wait } = await openApp();
+  try {
+    await loadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", logs.join("\n"));
+    assert.match(await page.textContent("#decompose-note"), /describe it in the prompt/);
+    assert.ok(await page.isDisabled("#decompose"), "no picture yet");
+    assert.ok(await page.isHidden("#cancel-run"), "Cancel only while running");
+
+    // A long run, cancelled once denoising steps have run.
+    await prepareRun(page, { layers: 1, steps: 40, resolution: 32 });
+    await page.click("#decompose");
+    await page.waitForSelector("#cancel-run:not([hidden])");
+    await page.waitForFunction(() => /Denoising: step [1-9]\d* of 40/.test(document.getElementById("run-status").textContent),
+      null, { timeout: 240_000 });
+    assert.match(await page.textContent("#run-status"), /elapsed, about .* left\)$/, "ETA once steps have run");
+    await page.click("#cancel-run");
+    await wait("body[data-run=cancelled], body[data-run=done], body[data-run=failed]", 240_000);
+    let status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "cancelled", status);
+    const m = status.match(/^Cancelled after denoising step (\d+) of 40\.$/);
+    assert.ok(m && Number(m[1]) < 40, status);
+    assert.ok(await page.isHidden("#cancel-run"));
+    await page.screenshot({ path: `${artifacts}/12-cancelled.png` });
+
+    // The model stays loaded: a short run with 2 layers goes through.
+    await page.fill("#set-layers", "2");
+    await page.fill("#set-steps", "2");
+    const seen = [];
+    const watcher = setInterval(async () => {
+      const t = await page.textContent("#run-status").catch(() => "");
+      if (t && seen.at(-1) !== t) seen.push(t);
+    }, 50);
+    await page.click("#decompose");
+    await wait("body[data-run=done], body[data-run=failed]", 240_000);
+    clearInterval(watcher);
+    status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
+    assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
+    console.log(`statuses seen: ${seen.join(" | ")}; model: ${await page.textContent("#model-status")}`);
+    assert.ok(seen.some((t) => /^Denoising: step [012] of 2 \(\d+ s elapsed/.test(t)), seen.join(" | "));
+    const layers = await shownLayers(page);
+    assert.deepEqual(layers.map((l) => l.index), ["1", "0"], "top layer first");
+    assert.match(layers[0].label, /^Layer 2 \(top\) — \d+×\d+$/);
+    assert.match(layers[1].label, /^Layer 1 \(bottom\) — \d+×\d+$/);
+    for (const l of layers) assert.ok(l.width > 0 && l.height > 0 && l.sum > 0, JSON.stringify(l));
+    assert.ok(await page.isHidden("#cancel-run"), "Cancel only while running");
+    assert.ok(!(await page.isDisabled("#decompose")), "ready for another run");
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+    await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
+  } finally {
+    await browser.close();
+  }
+});
