@@ -5,3 +5,4 @@
 pub mod nn;
 pub mod transformer;
 pub mod vae;
+pub mod vision;
