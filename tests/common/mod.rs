@@ -117,6 +117,26 @@ impl Record {
         }
     }
 
+    /// An `int64` tensor as `(values, shape)` (e.g. `text.prompt.input_ids`).
+    pub fn i64(&self, name: &str) -> (Vec<i64>, Vec<usize>) {
+        let st = SafeTensors::deserialize(&self.bytes).expect("record parses");
+        match st.tensor(name) {
+            Ok(view) => {
+                assert_eq!(view.dtype(), Dtype::I64, "{}: {name} is not i64", self.name);
+                let v = view
+                    .data()
+                    .chunks_exact(8)
+                    .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")))
+                    .collect();
+                (v, view.shape().to_vec())
+            }
+            Err(_) => match &self.fallback {
+                Some(f) if self.shared(name) => f.i64(name),
+                _ => panic!("{}: no tensor {name} in the record", self.name),
+            },
+        }
+    }
+
     /// A float tensor on `device`, reshaped to `D` dims (`shape` gives the wanted dims; the
     /// element count must match).
     pub fn tensor<const D: usize>(

@@ -1,0 +1,27 @@
+//! The language model of Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration` minus the vision
+//! tower), the text encoder of Qwen-Image-Layered.
+//!
+//! Mirrors `transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py` (transformers 5.24.0):
+//! `Qwen2_5_VLTextModel` (token embedding, decoder layers with grouped-query attention, q/k/v
+//! bias, rotate-half M-RoPE, SwiGLU MLP, RMSNorm, final norm) and the `lm_head`.
+//!
+//! - Prompt encoding (`crate::text::PromptEncoder`) runs [`QwenLanguageModel::forward`] once
+//!   over the templated prompt with 1-D positions and keeps the post-norm last hidden state.
+//! - Generation (captioning) calls [`QwenLanguageModel::forward_embeds`] with a [`KvCache`]:
+//!   a prefill over the whole prompt (M-RoPE positions from [`RopePositions`], image features
+//!   spliced into the embeddings by the caller), then one token per call, and
+//!   [`QwenLanguageModel::logits`] on the last hidden state.
+//!
+//! The vision tower (`visual.*`) is not here; [`QwenLanguageModel::load`] skips its tensors.
+
+mod attention;
+mod config;
+mod decoder;
+mod model;
+mod rope;
+
+pub use attention::{KvCache, LayerCache, Qwen2Attention};
+pub use config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
+pub use decoder::{Qwen2DecoderLayer, Qwen2Mlp};
+pub use model::{Embedding, LoadOptions, QwenLanguageModel, QwenTextModel};
+pub use rope::{RopePositions, RopeTables, TextRope, apply_rotary_pos_emb};

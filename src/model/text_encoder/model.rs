@@ -1,0 +1,311 @@
+//! `Qwen2_5_VLTextModel` (the decoder stack) and the language model with its `lm_head`.
+//!
+//! <https://github.com/huggingface/transformers/blob/v5.2.0/src/transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py>
+
+use burn::module::{Module, Param};
+use burn::tensor::{Device, Int, Tensor};
+
+use super::attention::KvCache;
+use super::config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
+use super::decoder::Qwen2DecoderLayer;
+use super::rope::{RopePositions, TextRope};
+use crate::error::{Error, Result};
+use crate::model::nn::{Linear, RmsNorm};
+use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, open_component};
+
+/// `nn.Embedding(vocab, D)`: a row lookup.
+#[derive(Module, Debug)]
+pub struct Embedding {
+    /// `[vocab, D]`, checkpoint key `{prefix}.weight`.
+    pub weight: Param<Tensor<2>>,
+}
+
+impl Embedding {
+    /// - ids: `[B, S]` → `[B, S, D]`
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        let [b, s] = ids.dims();
+        let d = self.weight.dims()[1];
+        self.weight
+            .val()
+            .select(0, ids.reshape([b * s]))
+            .reshape([b, s, d])
+    }
+}
+
+/// The decoder stack: token embedding, `num_hidden_layers` layers, final RMSNorm.
+///
+/// Checkpoint keys (under `model.`, or `model.language_model.` in checkpoints saved with
+/// transformers' new names): `embed_tokens.weight` `[vocab, D]`, `layers.{i}.*`, `norm.weight`.
+#[derive(Module, Debug)]
+pub struct QwenTextModel {
+    /// Token embedding.
+    pub embed_tokens: Embedding,
+    /// The decoder layers.
+    pub layers: Vec<Qwen2DecoderLayer>,
+    /// Final RMSNorm (its output is `last_hidden_state` = `hidden_states[-1]`).
+    pub norm: RmsNorm,
+    /// The rotary table builder (no weights).
+    #[module(skip)]
+    pub rotary_emb: TextRope,
+    /// The config the model was built from.
+    #[module(skip)]
+    pub config: QwenTextConfig,
+}
+
+impl QwenTextModel {
+    /// Builds the stack from `config`, taking `{prefix}.*` from `l`.
+    pub async fn load_with<S: WeightSource>(
+        config: &QwenTextConfig,
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+    ) -> Result<Self> {
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let embed_tokens = Embedding {
+            weight: l
+                .param(&format!("{prefix}.embed_tokens.weight"), [v, d])
+                .await?,
+        };
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            layers.push(Qwen2DecoderLayer::load(l, &format!("{prefix}.layers.{i}"), config).await?);
+        }
+        let norm = RmsNorm::load(l, &format!("{prefix}.norm"), d, config.rms_norm_eps).await?;
+        Ok(Self {
+            embed_tokens,
+            layers,
+            norm,
+            rotary_emb: TextRope::new(config.rope_theta, config.head_dim, config.mrope_section),
+            config: config.clone(),
+        })
+    }
+
+    /// Runs the layers over input embeddings.
+    ///
+    /// - embeds: `[B, S, D]` (token embeddings, or with image features spliced in)
+    /// - positions: `S` position triples (shared by the batch)
+    /// - cache: the keys/values of earlier calls (appended to and advanced by `S`); `None`
+    ///   for a one-shot forward
+    /// - returns the post-final-norm hidden states `[B, S, D]`
+    pub fn forward_embeds(
+        &self,
+        embeds: Tensor<3>,
+        positions: &RopePositions,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        let [_, s, d] = embeds.dims();
+        let bad = |reason: String| {
+            Err(Error::Input {
+                model: "Qwen2_5_VLTextModel",
+                reason,
+            })
+        };
+        if d != self.config.hidden_size || s == 0 {
+            return bad(format!(
+                "embeds {:?} must be [B, S > 0, {}]",
+                embeds.dims(),
+                self.config.hidden_size
+            ));
+        }
+        if positions.len() != s {
+            return bad(format!(
+                "{} positions given for {s} tokens",
+                positions.len()
+            ));
+        }
+        if let Some(c) = cache.as_deref()
+            && c.layers.len() != self.layers.len()
+        {
+            return bad(format!(
+                "the cache has {} layers, the model {}",
+                c.layers.len(),
+                self.layers.len()
+            ));
+        }
+        let rope = self.rotary_emb.tables(positions, &embeds.device());
+        let mut h = embeds;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            h = layer.forward(h, &rope, layer_cache);
+        }
+        if let Some(c) = cache {
+            c.advance(s);
+        }
+        Ok(self.norm.forward(h))
+    }
+
+    /// Text-only forward: embeds `input_ids` and runs them at positions `past .. past + S`,
+    /// `past` being the cache's length (0 without a cache).
+    ///
+    /// - input_ids: `[B, S]` → post-norm hidden states `[B, S, D]`
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        self.check_ids(&input_ids)?;
+        let s = input_ids.dims()[1];
+        let past = cache.as_deref().map_or(0, KvCache::len);
+        let positions = RopePositions::text(past as i64, s);
+        self.forward_embeds(self.embed_tokens.forward(input_ids), &positions, cache)
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        KvCache::new(self.layers.len())
+    }
+
+    fn check_ids(&self, ids: &Tensor<2, Int>) -> Result<()> {
+        let [b, s] = ids.dims();
+        if b == 0 || s == 0 {
+            return Err(Error::Input {
+                model: "Qwen2_5_VLTextModel",
+                reason: format!("input_ids {:?} is empty", ids.dims()),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What [`QwenLanguageModel::load`] loads besides the decoder stack.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Load `lm_head` (for generation: captioning). Prompt encoding does not need it, and the
+    /// real one is `152064 × 3584` (545M parameters), so it is skipped by default.
+    pub lm_head: bool,
+}
+
+/// The language model of `Qwen2_5_VLForConditionalGeneration`: the decoder stack and,
+/// optionally, `lm_head` (`[vocab, D]`, no bias).
+///
+/// Checkpoint keys: `model.*` (see [`QwenTextModel`]), `lm_head.weight`; `visual.*` (the
+/// vision tower) is skipped.
+#[derive(Module, Debug)]
+pub struct QwenLanguageModel {
+    /// The decoder stack.
+    pub model: QwenTextModel,
+    /// `[D → vocab]`; `None` unless asked for.
+    pub lm_head: Option<Linear>,
+}
+
+impl QwenLanguageModel {
+    /// Loads `text_encoder/config.json` and the language-model tensors of `text_encoder/`;
+    /// the vision tower (and `lm_head` unless `options.lm_head`) is checked for presence and
+    /// skipped. Missing, wrongly shaped or unexpected tensors are errors.
+    pub async fn load<S: WeightSource>(
+        source: &S,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        Self::load_from(source, TEXT_ENCODER_FOLDER, device, options).await
+    }
+
+    /// [`load`](Self::load) from another folder of `source`.
+    pub async fn load_from<S: WeightSource>(
+        source: &S,
+        folder: &str,
+        device: &Device,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let (json, config_file, weights) =
+            open_component::<serde_json::Value>(source, folder).await?;
+        let config = QwenTextConfig::from_json(&json, &config_file)?;
+        let prefix = text_prefix(&weights)?;
+        let mut l = TensorLoader::new(source, &weights, device);
+        let model = QwenTextModel::load_with(&config, &mut l, prefix).await?;
+        let (v, d) = (config.vocab_size, config.hidden_size);
+        let lm_head = match (options.lm_head, weights.get("lm_head.weight").is_some()) {
+            (true, true) => Some(l.linear("lm_head", d, v, false).await?),
+            (true, false) if config.tie_word_embeddings => Some(Linear {
+                weight: Param::from_tensor(model.embed_tokens.weight.val().transpose()),
+                bias: None,
+            }),
+            (false, true) => {
+                l.skip("lm_head.weight", &[v, d])?;
+                None
+            }
+            (_, false) => {
+                if options.lm_head {
+                    // Names the missing key and the files searched.
+                    l.skip("lm_head.weight", &[v, d])?;
+                }
+                None
+            }
+        };
+        let skipped: Vec<(String, Vec<usize>)> = weights
+            .keys()
+            .filter(|k| k.starts_with("visual.") || k.starts_with("model.visual."))
+            .filter_map(|k| weights.get(k).map(|e| (k.to_owned(), e.shape.clone())))
+            .collect();
+        for (key, shape) in &skipped {
+            l.skip(key, shape)?;
+        }
+        l.finish()?;
+        Ok(Self { model, lm_head })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &QwenTextConfig {
+        &self.model.config
+    }
+
+    /// See [`QwenTextModel::forward`]: `[B, S]` ids → post-norm hidden states `[B, S, D]`.
+    pub fn forward(
+        &self,
+        input_ids: Tensor<2, Int>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        self.model.forward(input_ids, cache)
+    }
+
+    /// See [`QwenTextModel::forward_embeds`].
+    pub fn forward_embeds(
+        &self,
+        embeds: Tensor<3>,
+        positions: &RopePositions,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor<3>> {
+        self.model.forward_embeds(embeds, positions, cache)
+    }
+
+    /// Token embeddings: `[B, S]` → `[B, S, D]`.
+    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        self.model.embed_tokens.forward(input_ids)
+    }
+
+    /// An empty cache for this model.
+    pub fn new_cache(&self) -> KvCache {
+        self.model.new_cache()
+    }
+
+    /// `lm_head(hidden)`: `[B, S, D]` → logits `[B, S, vocab]`; an error if `lm_head` was not
+    /// loaded.
+    pub fn logits(&self, hidden: Tensor<3>) -> Result<Tensor<3>> {
+        match &self.lm_head {
+            Some(head) => Ok(head.forward(hidden)),
+            None => Err(Error::Input {
+                model: "Qwen2_5_VLForConditionalGeneration",
+                reason: "lm_head was not loaded (load with LoadOptions { lm_head: true })".into(),
+            }),
+        }
+    }
+}
+
+/// The key prefix of the decoder stack: `model` (legacy names, what transformers writes) or
+/// `model.language_model` (transformers' in-memory names).
+fn text_prefix(weights: &SafetensorsFolder) -> Result<&'static str> {
+    for prefix in ["model", "model.language_model"] {
+        if weights
+            .get(&format!("{prefix}.embed_tokens.weight"))
+            .is_some()
+        {
+            return Ok(prefix);
+        }
+    }
+    Err(Error::Weights {
+        key: "model.embed_tokens.weight".into(),
+        file: weights.files().join(", "),
+        reason: "missing (nor model.language_model.embed_tokens.weight): not a Qwen2.5-VL \
+                 text encoder checkpoint"
+            .into(),
+    })
+}
