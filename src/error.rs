@@ -57,6 +57,14 @@ pub enum Error {
         /// What is wrong, with both shapes where shapes differ.
         reason: String,
     },
+    /// A tokenizer file is missing, malformed or inconsistent, or a text cannot be encoded.
+    #[error("tokenizer \"{file}\": {reason}")]
+    Tokenizer {
+        /// The tokenizer file (or folder).
+        file: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A model was called with inputs of the wrong shape or inconsistent arguments.
     #[error("{model}: {reason}")]
     Input {

@@ -12,6 +12,7 @@ pub mod image_io;
 pub mod model;
 pub mod pipeline;
 pub mod protocol;
+pub mod text;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
