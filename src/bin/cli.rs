@@ -1,6 +1,7 @@
 //! `qwen-layered`: the native command-line program, sharing the library with the browser app.
 //!
 //! Commands: `decompose` (image → N RGBA layers with a diffusers-layout model folder),
+//! `caption` (describe an image with the model's Qwen2.5-VL, the pipeline's empty-prompt path),
 //! `inspect` (list the tensors of a safetensors file, a sharded index or a model folder) and
 //! `gpu` (native adapter report + matmul self-test). See README "Command line".
 
@@ -20,10 +21,12 @@ mod native {
     use std::time::Instant;
 
     use burn::tensor::{Device, Tensor, TensorData};
+    use qwen_layered_web::caption::{CaptionLanguage, CaptionOptions, Captioner};
     use qwen_layered_web::gpu::{GpuReport, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
     use qwen_layered_web::pipeline::{
-        DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise, Progress,
+        DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise,
+        Progress, resize_rgba_lanczos,
     };
     use qwen_layered_web::weights::{DirSource, SafetensorsFolder, WeightSource, to_f32};
     use safetensors::{Dtype, SafeTensors};
@@ -37,6 +40,12 @@ commands:
              [--layers N (4)] [--steps S (50)] [--resolution R (640)]
              [--true-cfg-scale F (4.0)] [--negative-prompt-embeds F.safetensors]
              [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
+  caption    describe an image with the model's Qwen2.5-VL, as the pipeline does when the
+             prompt is empty; the caption goes to stdout, tokens stream to stderr
+             --model DIR --image IN.png [--max-new-tokens N (512)] [--zh]
+             [--resolution R (640)] [--as-is] [--device cpu|wgpu (cpu)]
+             (--as-is: caption the image as given instead of first resizing it to the
+             working size of --resolution, as the pipeline does)
   inspect    PATH: list the tensors (name, dtype, shape) of a .safetensors file, a
              *.safetensors.index.json, a model folder or a pipeline folder
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
@@ -61,6 +70,7 @@ commands:
         let result = match args.first().map(String::as_str) {
             Some("gpu") => return gpu(),
             Some("decompose") => decompose(&args[1..]),
+            Some("caption") => caption(&args[1..]),
             Some("inspect") => inspect(&args[1..]),
             Some("help" | "--help" | "-h") | None => {
                 println!("{USAGE}");
@@ -231,6 +241,121 @@ commands:
         ))
     }
 
+    /// `--device cpu|wgpu` (default cpu).
+    fn device_option(opts: &Options) -> Result<Device, Fail> {
+        match opts.get("--device").unwrap_or("cpu") {
+            "cpu" => Ok(Device::flex()),
+            "wgpu" => Ok(Device::wgpu_options()
+                .init_with_setup()
+                .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?
+                .0),
+            other => Err(usage_error(format!("--device {other:?}: use cpu or wgpu"))),
+        }
+    }
+
+    /// Prints the stable part of a growing caption to stderr: everything except trailing
+    /// U+FFFD (a multi-byte character still incomplete), from where the last call stopped.
+    struct CaptionEcho {
+        printed: String,
+    }
+
+    impl CaptionEcho {
+        fn update(&mut self, text: &str) {
+            use std::io::Write;
+            let stable = text.trim_end_matches('\u{FFFD}');
+            if let Some(rest) = stable.strip_prefix(self.printed.as_str()) {
+                eprint!("{rest}");
+                let _ = std::io::stderr().flush();
+                self.printed = stable.to_owned();
+            }
+        }
+    }
+
+    /// Captions `image` (already the pipeline's resized prompt image) with `captioner`.
+    fn run_caption(
+        captioner: &Captioner,
+        image: &image::RgbaImage,
+        options: &CaptionOptions,
+        log: &dyn Fn(&str),
+    ) -> Result<String, Fail> {
+        log(&format!(
+            "captioning {}x{} ({:?} template, at most {} tokens)",
+            image.width(),
+            image.height(),
+            options.language,
+            options.max_new_tokens
+        ));
+        let mut echo = CaptionEcho {
+            printed: String::new(),
+        };
+        let caption = pollster::block_on(captioner.caption(image, options, |step| {
+            echo.update(step.text);
+            ControlFlow::Continue(())
+        }))?;
+        eprintln!();
+        log(&format!(
+            "caption: {} tokens{}",
+            caption.ids.len(),
+            if caption
+                .ids
+                .last()
+                .is_some_and(|&t| captioner.generation.is_eos(t))
+            {
+                " (stopped at end of sequence)"
+            } else {
+                ""
+            }
+        ));
+        Ok(caption.text)
+    }
+
+    fn caption(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(
+            args,
+            &[
+                "--model",
+                "--image",
+                "--max-new-tokens",
+                "--resolution",
+                "--device",
+            ],
+            &["--zh", "--as-is"],
+        )?;
+        let model = PathBuf::from(opts.required("--model")?);
+        let image_path = PathBuf::from(opts.required("--image")?);
+        let options = CaptionOptions {
+            language: if opts.flag("--zh") {
+                CaptionLanguage::Chinese
+            } else {
+                CaptionLanguage::English
+            },
+            max_new_tokens: opts
+                .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
+            seed: 0,
+        };
+        if options.max_new_tokens == 0 {
+            return Err(usage_error("--max-new-tokens must be at least 1"));
+        }
+        let resolution = opts.number("--resolution", DecomposeParams::default().resolution)?;
+        let device = device_option(&opts)?;
+        let start = Instant::now();
+        let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
+
+        let image_name = image_path.display().to_string();
+        let bytes = std::fs::read(&image_path)
+            .map_err(|e| Fail(format!("reading {image_name}: {e}"), 1))?;
+        let mut image = decode_image(&image_name, &bytes)?;
+        if !opts.flag("--as-is") {
+            let dims = Dimensions::for_image_any_bucket(resolution, image.width(), image.height())?;
+            image = resize_rgba_lanczos(&image, dims.width, dims.height)?;
+        }
+        let captioner = pollster::block_on(Captioner::load(&DirSource::new(&model), &device))?;
+        log(&format!("loaded the captioner of {}", model.display()));
+        let text = run_caption(&captioner, &image, &options, &log)?;
+        println!("{text}");
+        Ok(())
+    }
+
     fn decompose(args: &[String]) -> Result<(), Fail> {
         let opts = Options::parse(
             args,
@@ -269,16 +394,7 @@ commands:
             (None, Some(_)) => Some(opts.number("--seed", 0u64)?),
             (Some(_), None) => None,
         };
-        let device = match opts.get("--device").unwrap_or("cpu") {
-            "cpu" => Device::flex(),
-            "wgpu" => {
-                Device::wgpu_options()
-                    .init_with_setup()
-                    .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?
-                    .0
-            }
-            other => return Err(usage_error(format!("--device {other:?}: use cpu or wgpu"))),
-        };
+        let device = device_option(&opts)?;
         let start = Instant::now();
         let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
 

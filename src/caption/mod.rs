@@ -32,16 +32,11 @@ pub use template::CaptionLanguage;
 use crate::error::{Error, Result};
 use crate::model::text_encoder::{LoadOptions, QwenLanguageModel, RopePositions};
 use crate::model::vision::{VisionConfig, VisionTower};
+use crate::text::{QwenTokenizer, TOKENIZER_FOLDER};
 use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, read_json};
 
 /// The pipeline's `max_new_tokens` for captions.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
-
-/// Whether the pipeline would caption instead of using `prompt` (`None`, `""` or `" "`
-/// exactly, as the reference tests).
-pub fn needs_caption(prompt: Option<&str>) -> bool {
-    matches!(prompt, None | Some("") | Some(" "))
-}
 
 /// Python's `str.strip()` (whitespace as `str.isspace`: Unicode White_Space plus the
 /// separators U+001C..U+001F).
@@ -102,8 +97,9 @@ pub struct Caption {
 pub struct Captioner {
     /// `processor/` image settings.
     pub processor: ImageProcessorConfig,
-    /// The `processor/` tokenizer (byte-level BPE with the chat special tokens).
-    pub tokenizer: tokenizers::Tokenizer,
+    /// The `processor/` tokenizer (byte-level BPE with the chat special tokens; the same as
+    /// `tokenizer/`).
+    pub tokenizer: QwenTokenizer,
     /// `text_encoder/` `visual.*`.
     pub vision: VisionTower,
     /// `text_encoder/` language model with `lm_head`.
@@ -114,27 +110,19 @@ pub struct Captioner {
     pub token_ids: VisionTokenIds,
 }
 
-/// Reads `file` of `source` as a `tokenizers` JSON tokenizer.
-async fn load_tokenizer(source: &impl WeightSource, file: &str) -> Result<tokenizers::Tokenizer> {
-    let bytes = source.read_all(file).await?;
-    tokenizers::Tokenizer::from_bytes(&bytes).map_err(|e| Error::Config {
-        file: file.to_owned(),
-        reason: format!("not a tokenizers JSON: {e}"),
-    })
-}
-
 impl Captioner {
-    /// Loads `processor/` (image settings; `tokenizer.json`, else `tokenizer/tokenizer.json`)
-    /// and `text_encoder/` (config, generation config, vision tower, language model with
+    /// Loads `processor/` (image settings and tokenizer; the tokenizer from `tokenizer/` when
+    /// `processor/` has none) and `text_encoder/` (config, generation config, vision tower, language model with
     /// `lm_head`) from a Qwen-Image-Layered folder onto `device`.
     pub async fn load<S: WeightSource>(source: &S, device: &Device) -> Result<Self> {
         let processor = ImageProcessorConfig::load(source, "processor").await?;
-        let tok_file = if source.exists("processor/tokenizer.json").await? {
-            "processor/tokenizer.json"
+        let tokenizer = if source.exists("processor/tokenizer.json").await?
+            || source.exists("processor/vocab.json").await?
+        {
+            QwenTokenizer::load(source, "processor").await?
         } else {
-            "tokenizer/tokenizer.json"
+            QwenTokenizer::load(source, TOKENIZER_FOLDER).await?
         };
-        let tokenizer = load_tokenizer(source, tok_file).await?;
         let cfg_file = "text_encoder/config.json";
         let cfg: serde_json::Value = read_json(source, cfg_file).await?;
         let image = cfg
@@ -199,22 +187,12 @@ impl Captioner {
 
     /// The template's token ids (special tokens matched, nothing added), one image token.
     pub fn template_ids(&self, language: CaptionLanguage) -> Result<Vec<u32>> {
-        let enc = self
-            .tokenizer
-            .encode(language.template(), false)
-            .map_err(|e| Error::Input {
-                model: "Qwen2Tokenizer",
-                reason: format!("encoding the caption template: {e}"),
-            })?;
-        Ok(enc.get_ids().to_vec())
+        self.tokenizer.encode(language.template())
     }
 
     /// The new tokens as text (`skip_special_tokens=True`, no clean-up), not stripped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tokenizer.decode(ids, true).map_err(|e| Error::Input {
-            model: "Qwen2Tokenizer",
-            reason: format!("decoding {} ids: {e}", ids.len()),
-        })
+        self.tokenizer.decode(ids, true)
     }
 
     /// The processor's output and the expanded prompt for `image`.
@@ -346,9 +324,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn empty_prompts_and_strip() {
-        assert!(needs_caption(None) && needs_caption(Some("")) && needs_caption(Some(" ")));
-        assert!(!needs_caption(Some("  ")) && !needs_caption(Some("a cat")));
+    fn python_strip() {
         assert_eq!(py_strip("\u{1f} a\u{a0}b \n\u{3000}"), "a\u{a0}b");
     }
 }
