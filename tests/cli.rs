@@ -298,3 +298,155 @@ fn caption_prints_the_reference_caption() {
     assert!(out.status.success(), "caption --zh failed");
     assert!(String::from_utf8_lossy(&out.stderr).contains("captioning 64x64 (Chinese"));
 }
+
+/// Reads the single f32 tensor `name` of a safetensors file as `(values, shape)`.
+fn read_f32_file(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = SafeTensors::deserialize(&bytes).expect("safetensors parses");
+    assert_eq!(st.names(), vec![name], "{}: tensor names", path.display());
+    let view = st.tensor(name).expect("tensor");
+    assert_eq!(view.dtype(), Dtype::F32);
+    let values = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    (values, view.shape().to_vec())
+}
+
+#[test]
+fn encode_prompt_writes_the_reference_prompt_embeds() {
+    let dir = scratch("encode-prompt");
+    let model = fixtures_dir().join("model").display().to_string();
+    for (case, key, field) in [
+        ("c_lin_cfg_l2_s2_120x80", "prompt", "prompt"),
+        ("c_lin_cfg_l2_s2_120x80", "negative", "negative_prompt"),
+        ("f_exp_cfg_l2_s4_40x24", "negative", "negative_prompt"),
+    ] {
+        let rec = Record::load(case);
+        let text = rec.json["call"][field].as_str().expect("prompt text");
+        let path = dir.join(format!("{case}-{key}.safetensors"));
+        let out = run(bin().args([
+            "encode-prompt",
+            "--model",
+            &model,
+            "--prompt",
+            text,
+            "--out",
+            &path.display().to_string(),
+        ]));
+        assert!(out.status.success(), "{case}: encode-prompt failed");
+        let (got, shape) = read_f32_file(&path, "prompt_embeds");
+        let (want, want_shape) = rec.f32(&format!("text.{key}.embeds"));
+        assert_eq!(shape, want_shape, "{case}: {key} shape");
+        assert_close(
+            &format!("{case}: encode-prompt {text:?} vs text.{key}.embeds"),
+            &got,
+            &want,
+            &shape,
+            1e-4,
+        );
+    }
+
+    // --max-sequence-length keeps the first L embeddings.
+    let rec = Record::load("c_lin_cfg_l2_s2_120x80");
+    let path = dir.join("short.safetensors");
+    let out = run(bin().args([
+        "encode-prompt",
+        "--model",
+        &model,
+        "--prompt",
+        rec.json["call"]["prompt"].as_str().expect("prompt"),
+        "--max-sequence-length",
+        "20",
+        "--out",
+        &path.display().to_string(),
+    ]));
+    assert!(out.status.success());
+    let (got, shape) = read_f32_file(&path, "prompt_embeds");
+    assert_eq!(shape, [1, 20, 64]);
+    let (want, _) = rec.f32("text.prompt.embeds");
+    assert_close(
+        "max-sequence-length 20",
+        &got,
+        &want[..20 * 64],
+        &shape,
+        1e-4,
+    );
+
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn decompose_with_prompt_text_encodes_it_and_the_default_negative() {
+    // Case a: prompt text instead of embeddings, no negative given: CFG 4.0 makes the
+    // negative prompt default to " ", the reference's negative.
+    let case = "a_lin_cfgnorm_l3_s3_64";
+    let dir = scratch("decompose-prompt");
+    let (rec, mut args) = decompose_args(case, &dir);
+    let i = args
+        .iter()
+        .position(|a| a == "--prompt-embeds")
+        .expect("--prompt-embeds");
+    args.drain(i..i + 2);
+    let i = args
+        .iter()
+        .position(|a| a == "--negative-prompt-embeds")
+        .expect("--negative-prompt-embeds");
+    args.drain(i..i + 2);
+    args.extend([
+        "--prompt".into(),
+        rec.json["call"]["prompt"].as_str().expect("prompt").into(),
+    ]);
+    let out = run(bin().args(&args));
+    assert!(out.status.success(), "decompose --prompt failed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("negative prompt \" \""), "{stderr}");
+    assert!(stderr.contains("CFG on"), "{stderr}");
+
+    let bytes = std::fs::read(dir.join("out/latents.safetensors")).expect("latents");
+    let st = SafeTensors::deserialize(&bytes).expect("parses");
+    let view = st.tensor("latents").expect("latents");
+    let got: Vec<f32> = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    let last = format!("step{}.latents", rec.steps() - 1);
+    let (want, shape) = rec.f32(&last);
+    assert_close(
+        &format!("{case}: --prompt run vs {last}"),
+        &got,
+        &want,
+        &shape,
+        1e-4,
+    );
+
+    // Both forms of one input are refused.
+    let mut both = args.clone();
+    both.extend(["--prompt-embeds".into(), "p.safetensors".into()]);
+    let out = run(bin().args(&both));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+    // An empty prompt captions the (resized) image first and uses the caption as the prompt,
+    // as the reference does; the negative still defaults to " ".
+    let i = args.iter().position(|a| a == "--prompt").expect("--prompt") + 1;
+    args[i] = String::new();
+    args.extend(["--max-new-tokens".into(), "4".into()]);
+    let out = run(bin().args(&args));
+    assert!(
+        out.status.success(),
+        "decompose with an empty prompt failed"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("captioning 64x64 (English template, at most 4 tokens)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("caption (the prompt from here on)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("negative prompt \" \""), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -312,3 +312,69 @@ fn max_sequence_length_truncates_after_the_drop_and_the_negative_is_cached() {
         );
     }
 }
+
+/// `tests/fixtures/tokenizer/` (see its README): ids made with the real Qwen2.5-VL vocabulary,
+/// and the exact subset of it those strings need, in the official vocab/merges layout.
+#[test]
+fn real_vocabulary_ids_match_and_the_template_prefix_is_34_tokens() {
+    let dir = common::fixtures_dir().join("tokenizer");
+    let real: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("real_ids.json")).expect("real_ids.json"))
+            .expect("parses");
+    let tok = pollster::block_on(QwenTokenizer::load(
+        &qwen_layered_web::weights::DirSource::new(&dir),
+        "qwen2.5-vl-subset",
+    ))
+    .expect("vocab.json + merges.txt + tokenizer_config.json");
+    let ids_of = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .expect("ids")
+            .iter()
+            .map(|x| x.as_u64().expect("id") as u32)
+            .collect()
+    };
+
+    assert_eq!(real["template"], qwen_layered_web::text::PROMPT_TEMPLATE);
+    assert_eq!(real["drop_idx"], PROMPT_TEMPLATE_ENCODE_START_IDX);
+    let prefix = qwen_layered_web::text::PROMPT_TEMPLATE
+        .split("{}")
+        .next()
+        .expect("prefix");
+    let prefix_ids = tok.encode(prefix).expect("encode");
+    assert_eq!(prefix_ids, ids_of(&real["template_prefix_ids"]));
+    assert_eq!(prefix_ids.len(), PROMPT_TEMPLATE_ENCODE_START_IDX);
+
+    for (token, id) in real["added_tokens"].as_object().expect("added") {
+        assert_eq!(
+            tok.token_to_id(token),
+            id.as_u64().map(|i| i as u32),
+            "{token}"
+        );
+    }
+    for (token, id) in real["known_ids"].as_object().expect("known") {
+        assert_eq!(
+            tok.token_to_id(token),
+            id.as_u64().map(|i| i as u32),
+            "{token}"
+        );
+    }
+
+    let prompts = real["prompts"].as_array().expect("prompts");
+    for p in prompts {
+        let prompt = p["prompt"].as_str().expect("prompt");
+        let got = tok.encode(&format_prompt(prompt)).expect("encode");
+        assert_eq!(got, ids_of(&p["ids"]), "template({prompt:?})");
+        assert_eq!(got[..PROMPT_TEMPLATE_ENCODE_START_IDX], prefix_ids[..]);
+    }
+    let texts = real["texts"].as_array().expect("texts");
+    for t in texts {
+        let text = t["text"].as_str().expect("text");
+        let want = ids_of(&t["ids"]);
+        assert_eq!(tok.encode(text).expect("encode"), want, "{text:?}");
+        // Byte-level round trip (NFC composes the one decomposed accent).
+        if !text.contains('\u{301}') {
+            assert_eq!(tok.decode(&want, false).expect("decode"), text);
+        }
+    }
+    assert_eq!((prompts.len(), texts.len()), (10, 9));
+}

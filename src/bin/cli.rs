@@ -2,7 +2,8 @@
 //!
 //! Commands: `decompose` (image → N RGBA layers with a diffusers-layout model folder),
 //! `caption` (describe an image with the model's Qwen2.5-VL, the pipeline's empty-prompt path),
-//! `inspect` (list the tensors of a safetensors file, a sharded index or a model folder) and
+//! `encode-prompt` (prompt → `prompt_embeds` with the model's text encoder), `inspect` (list
+//! the tensors of a safetensors file, a sharded index or a model folder) and
 //! `gpu` (native adapter report + matmul self-test). See README "Command line".
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -28,6 +29,10 @@ mod native {
         DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise,
         Progress, resize_rgba_lanczos,
     };
+    use qwen_layered_web::text::{
+        DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
+        TOKENIZER_FOLDER, needs_caption,
+    };
     use qwen_layered_web::weights::{DirSource, SafetensorsFolder, WeightSource, to_f32};
     use safetensors::{Dtype, SafeTensors};
 
@@ -35,17 +40,25 @@ mod native {
 
 commands:
   decompose  split an image into N RGBA layers (bottom to top) with a diffusers model folder
-             --model DIR --image IN.png --prompt-embeds F.safetensors
+             --model DIR --image IN.png [--prompt TEXT | --prompt-embeds F.safetensors]
              (--noise F.safetensors | --seed K) --out OUTDIR
              [--layers N (4)] [--steps S (50)] [--resolution R (640)]
-             [--true-cfg-scale F (4.0)] [--negative-prompt-embeds F.safetensors]
+             [--true-cfg-scale F (4.0)]
+             [--negative-prompt TEXT (\" \" with --prompt) | --negative-prompt-embeds F.safetensors]
+             [--max-sequence-length L (512)]
              [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
+             no prompt (or \"\" or \" \"): the image is captioned first, as the reference
+             does, with [--zh] [--max-new-tokens N (512)] as for `caption`
   caption    describe an image with the model's Qwen2.5-VL, as the pipeline does when the
              prompt is empty; the caption goes to stdout, tokens stream to stderr
              --model DIR --image IN.png [--max-new-tokens N (512)] [--zh]
              [--resolution R (640)] [--as-is] [--device cpu|wgpu (cpu)]
              (--as-is: caption the image as given instead of first resizing it to the
              working size of --resolution, as the pipeline does)
+  encode-prompt  run the model's tokenizer and text encoder on a prompt and write its
+             prompt_embeds [1, L, D] (f32) as the tensor \"prompt_embeds\" (any text, \" \" too)
+             --model DIR --prompt TEXT --out F.safetensors
+             [--max-sequence-length L (512)] [--device cpu|wgpu (cpu)]
   inspect    PATH: list the tensors (name, dtype, shape) of a .safetensors file, a
              *.safetensors.index.json, a model folder or a pipeline folder
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
@@ -71,6 +84,7 @@ commands:
             Some("gpu") => return gpu(),
             Some("decompose") => decompose(&args[1..]),
             Some("caption") => caption(&args[1..]),
+            Some("encode-prompt") => encode_prompt(&args[1..]),
             Some("inspect") => inspect(&args[1..]),
             Some("help" | "--help" | "-h") | None => {
                 println!("{USAGE}");
@@ -242,7 +256,7 @@ commands:
     }
 
     /// `--device cpu|wgpu` (default cpu).
-    fn device_option(opts: &Options) -> Result<Device, Fail> {
+    fn device(opts: &Options) -> Result<Device, Fail> {
         match opts.get("--device").unwrap_or("cpu") {
             "cpu" => Ok(Device::flex()),
             "wgpu" => Ok(Device::wgpu_options()
@@ -337,7 +351,7 @@ commands:
             return Err(usage_error("--max-new-tokens must be at least 1"));
         }
         let resolution = opts.number("--resolution", DecomposeParams::default().resolution)?;
-        let device = device_option(&opts)?;
+        let device = device(&opts)?;
         let start = Instant::now();
         let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
 
@@ -356,6 +370,64 @@ commands:
         Ok(())
     }
 
+    /// Writes `tensor` as the only tensor `name` (f32) of the safetensors file `path`.
+    fn write_tensor<const D: usize>(
+        path: &Path,
+        name: &str,
+        tensor: Tensor<D>,
+        device: &Device,
+    ) -> Result<(), Fail> {
+        let shape = tensor.dims().to_vec();
+        let values = pollster::block_on(read_f32(tensor, name, device))?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)?;
+        safetensors::serialize_to_file([(name, view)], None, path)
+            .map_err(|e| Fail(format!("writing {}: {e}", path.display()), 1))
+    }
+
+    fn encode_prompt(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(
+            args,
+            &[
+                "--model",
+                "--prompt",
+                "--out",
+                "--max-sequence-length",
+                "--device",
+            ],
+            &[],
+        )?;
+        let model = PathBuf::from(opts.required("--model")?);
+        let prompt = opts.required("--prompt")?;
+        let out = PathBuf::from(opts.required("--out")?);
+        let max_len = opts.number("--max-sequence-length", DEFAULT_MAX_SEQUENCE_LENGTH)?;
+        let device = device(&opts)?;
+        let start = Instant::now();
+        let mut encoder =
+            pollster::block_on(PromptEncoder::load(&DirSource::new(&model), &device))?;
+        eprintln!(
+            "[{:7.2}s] loaded the tokenizer and text encoder of {}",
+            start.elapsed().as_secs_f64(),
+            model.display()
+        );
+        if needs_caption(prompt) {
+            eprintln!(
+                "note: {prompt:?} is encoded as given (e.g. as the negative prompt); as the \
+                 prompt of a run, the reference would caption the image instead"
+            );
+        }
+        let ids = encoder.input_ids(prompt)?.len();
+        let embeds = encoder.encode(prompt, max_len)?;
+        let [_, l, d] = embeds.dims();
+        write_tensor(&out, "prompt_embeds", embeds, &device)?;
+        eprintln!(
+            "[{:7.2}s] {ids} template tokens -> prompt_embeds [1, {l}, {d}] written to {}",
+            start.elapsed().as_secs_f64(),
+            out.display()
+        );
+        Ok(())
+    }
+
     fn decompose(args: &[String]) -> Result<(), Fail> {
         let opts = Options::parse(
             args,
@@ -368,13 +440,17 @@ commands:
                 "--true-cfg-scale",
                 "--negative-prompt-embeds",
                 "--prompt-embeds",
+                "--prompt",
+                "--negative-prompt",
+                "--max-sequence-length",
+                "--max-new-tokens",
                 "--noise",
                 "--seed",
                 "--scheduler-config",
                 "--out",
                 "--device",
             ],
-            &["--cfg-normalize"],
+            &["--cfg-normalize", "--zh"],
         )?;
         let defaults = DecomposeParams::default();
         let params = DecomposeParams {
@@ -387,14 +463,56 @@ commands:
         let model = PathBuf::from(opts.required("--model")?);
         let image_path = PathBuf::from(opts.required("--image")?);
         let out_dir = PathBuf::from(opts.required("--out")?);
-        let prompt_path = PathBuf::from(opts.required("--prompt-embeds")?);
+        // No prompt, "" or " " (and no embeddings): the reference captions the image and
+        // uses the caption as the prompt.
+        let (prompt_text, caption_first) = match (opts.get("--prompt"), opts.get("--prompt-embeds"))
+        {
+            (Some(_), Some(_)) => {
+                return Err(usage_error("give --prompt or --prompt-embeds, not both"));
+            }
+            (None, None) => (None, true),
+            (Some(p), None) if needs_caption(p) => (None, true),
+            (p, _) => (p, false),
+        };
+        let caption_options = CaptionOptions {
+            language: if opts.flag("--zh") {
+                CaptionLanguage::Chinese
+            } else {
+                CaptionLanguage::English
+            },
+            max_new_tokens: opts
+                .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
+            seed: 0,
+        };
+        if caption_options.max_new_tokens == 0 {
+            return Err(usage_error("--max-new-tokens must be at least 1"));
+        }
+        if opts.get("--negative-prompt").is_some() && opts.get("--negative-prompt-embeds").is_some()
+        {
+            return Err(usage_error(
+                "give --negative-prompt or --negative-prompt-embeds, not both",
+            ));
+        }
+        // With a text prompt and CFG asked for, the negative prompt defaults to the official
+        // app's " " (the reference pipeline itself runs CFG only with a negative prompt).
+        let negative_text = match opts.get("--negative-prompt") {
+            Some(n) => Some(n),
+            None if (prompt_text.is_some() || caption_first)
+                && opts.get("--negative-prompt-embeds").is_none()
+                && params.true_cfg_scale > 1.0 =>
+            {
+                Some(DEFAULT_NEGATIVE_PROMPT)
+            }
+            None => None,
+        };
+        let max_len = opts.number("--max-sequence-length", DEFAULT_MAX_SEQUENCE_LENGTH)?;
         let seed = match (opts.get("--noise"), opts.get("--seed")) {
             (Some(_), Some(_)) => return Err(usage_error("give --noise or --seed, not both")),
             (None, None) => return Err(usage_error("--noise or --seed is required")),
             (None, Some(_)) => Some(opts.number("--seed", 0u64)?),
             (Some(_), None) => None,
         };
-        let device = device_option(&opts)?;
+        let device = device(&opts)?;
         let start = Instant::now();
         let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
 
@@ -412,6 +530,50 @@ commands:
             dims.height
         ));
 
+        // Caption first (the pipeline's `get_image_caption` of the resized image); the
+        // captioner's language model then encodes the prompts.
+        let source = DirSource::new(&model);
+        let mut caption_lm = None;
+        let caption = if caption_first {
+            let captioner = pollster::block_on(Captioner::load(&source, &device))?;
+            log("no prompt: captioning the image first, as the reference does");
+            let resized = resize_rgba_lanczos(&image, dims.width, dims.height)?;
+            let text = run_caption(&captioner, &resized, &caption_options, &log)?;
+            log(&format!("caption (the prompt from here on): {text:?}"));
+            caption_lm = Some(captioner.lm);
+            Some(text)
+        } else {
+            None
+        };
+        let prompt_text = prompt_text.or(caption.as_deref());
+
+        // Text first, so that the text encoder is freed before the transformer and VAE load.
+        let (encoded_prompt, encoded_negative) = if prompt_text.is_some() || negative_text.is_some()
+        {
+            let mut encoder = match caption_lm.take() {
+                Some(lm) => PromptEncoder::new(
+                    pollster::block_on(QwenTokenizer::load(&source, TOKENIZER_FOLDER))?,
+                    lm,
+                )?,
+                None => pollster::block_on(PromptEncoder::load(&source, &device))?,
+            };
+            let mut encode = |text: Option<&str>, what: &str| -> Result<Option<Tensor<3>>, Fail> {
+                let Some(text) = text else { return Ok(None) };
+                let embeds = encoder.encode(text, max_len)?;
+                log(&format!(
+                    "{what} {text:?}: prompt_embeds {:?}",
+                    embeds.dims()
+                ));
+                Ok(Some(embeds))
+            };
+            (
+                encode(prompt_text, "prompt")?,
+                encode(negative_text, "negative prompt")?,
+            )
+        } else {
+            (None, None)
+        };
+
         let mut pipeline =
             pollster::block_on(LayeredPipeline::load(&DirSource::new(&model), &device))?;
         if let Some(file) = opts.get("--scheduler-config") {
@@ -422,24 +584,48 @@ commands:
         }
         log(&format!("loaded model {}", model.display()));
 
-        let text_dim = Some(pipeline.transformer.config.joint_attention_dim);
-        let prompt_embeds = read_tensor3(
-            "--prompt-embeds",
-            &prompt_path,
-            [Some(1), None, text_dim],
-            &device,
-        )?;
-        let negative = match opts.get("--negative-prompt-embeds") {
-            Some(p) => Some(read_tensor3(
+        let joint_dim = pipeline.transformer.config.joint_attention_dim;
+        let text_dim = Some(joint_dim);
+        let fits = |t: &Tensor<3>| -> Result<(), Fail> {
+            match t.dims()[2] == joint_dim {
+                true => Ok(()),
+                false => Err(Fail(
+                    format!(
+                        "the text encoder gives width {}, the transformer's joint_attention_dim is {joint_dim}",
+                        t.dims()[2]
+                    ),
+                    1,
+                )),
+            }
+        };
+        let prompt_embeds = match (encoded_prompt, opts.get("--prompt-embeds")) {
+            (Some(t), _) => {
+                fits(&t)?;
+                t
+            }
+            (None, Some(p)) => read_tensor3(
+                "--prompt-embeds",
+                Path::new(p),
+                [Some(1), None, text_dim],
+                &device,
+            )?,
+            (None, None) => unreachable!("checked above: --prompt or --prompt-embeds"),
+        };
+        let negative = match (encoded_negative, opts.get("--negative-prompt-embeds")) {
+            (Some(t), _) => {
+                fits(&t)?;
+                Some(t)
+            }
+            (None, Some(p)) => Some(read_tensor3(
                 "--negative-prompt-embeds",
                 Path::new(p),
                 [Some(1), None, text_dim],
                 &device,
             )?),
-            None => None,
+            (None, None) => None,
         };
         if negative.is_none() && params.true_cfg_scale > 1.0 {
-            log("no --negative-prompt-embeds: classifier-free guidance is off (as the reference)");
+            log("no negative prompt: classifier-free guidance is off (as the reference)");
         }
         let noise = match (seed, opts.get("--noise")) {
             (Some(seed), _) => Noise::Seed(seed),
@@ -493,13 +679,12 @@ commands:
                 .save_with_format(&path, image::ImageFormat::Png)
                 .map_err(|e| Fail(format!("writing {}: {e}", path.display()), 1))?;
         }
-        let shape = out.latents.dims().to_vec();
-        let latents = pollster::block_on(read_f32(out.latents, "final latents", &device))?;
-        let bytes: Vec<u8> = latents.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)?;
-        let path = out_dir.join("latents.safetensors");
-        safetensors::serialize_to_file([("latents", view)], None, &path)
-            .map_err(|e| Fail(format!("writing {}: {e}", path.display()), 1))?;
+        write_tensor(
+            &out_dir.join("latents.safetensors"),
+            "latents",
+            out.latents,
+            &device,
+        )?;
         log(&format!(
             "wrote {} layers (layer_0.png = bottom) and latents.safetensors to {}",
             out.layers.len(),
