@@ -263,7 +263,7 @@ mod tests {
         };
         let mut rng = SplitMix64::new(42);
         for _ in 0..50 {
-            let t = cfg.choose(&mut vec![0.0, 5.0, 4.9, -3.0], &[], &mut rng);
+            let t = cfg.choose(&mut [0.0, 5.0, 4.9, -3.0], &[], &mut rng);
             assert!(t == 1 || t == 2, "{t}");
         }
     }

@@ -50,6 +50,8 @@ pub struct ImageProcessorConfig {
 
 impl Default for ImageProcessorConfig {
     /// The class defaults of `Qwen2VLImageProcessor` (`image_processing_qwen2_vl.py`).
+    // The CLIP constants as transformers writes them (rounded to f32 like torch does).
+    #[allow(clippy::excessive_precision)]
     fn default() -> Self {
         Self {
             patch_size: 14,

@@ -93,7 +93,10 @@ impl VisionConfig {
             fullatt_block_indexes: raw.fullatt_block_indexes,
             rope_theta,
         };
-        if cfg.num_heads == 0 || cfg.hidden_size % cfg.num_heads != 0 || cfg.head_dim() % 4 != 0 {
+        if cfg.num_heads == 0
+            || !cfg.hidden_size.is_multiple_of(cfg.num_heads)
+            || !cfg.head_dim().is_multiple_of(4)
+        {
             return Err(bad(format!(
                 "vision hidden_size {} must split into {} heads of a multiple of 4",
                 cfg.hidden_size, cfg.num_heads
