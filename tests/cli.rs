@@ -1,5 +1,7 @@
 //! The `qwen-layered` binary: `decompose` on fixture cases (layers within 1/255 of the
-//! reference's `output.layers`, final latents within 1e-4), its shape errors, and `inspect`.
+//! reference's `output.layers`, final latents within 1e-4), its shape errors, `decompose
+//! --prompt` (text encoded by the model's text encoder), `encode-prompt` (prompt embeddings
+//! within 1e-4 of the records) and `inspect`.
 //!
 //! Run: `cargo test --test cli -- --nocapture`.
 #![cfg(not(target_arch = "wasm32"))]

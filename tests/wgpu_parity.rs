@@ -1,5 +1,5 @@
 //! The same model code on native wgpu (Vulkan; Mesa lavapipe on the dev box) against the
-//! diffusers fixtures: one transformer call and one VAE encode + decode.
+//! diffusers fixtures: one transformer call, one VAE encode + decode, and the text encoder.
 //!
 //! Skips (passes with a message) when no wgpu adapter is available.
 //! Run: `cargo test --test wgpu_parity -- --nocapture`.
@@ -238,4 +238,38 @@ fn mid_block_parts_on_wgpu() {
             },
         );
     }
+}
+
+#[test]
+fn text_encoder_matches_on_wgpu() {
+    let Some(device) = gpu() else { return };
+    let rec = Record::load("c_lin_cfg_l2_s2_120x80");
+    let mut encoder = pollster::block_on(qwen_layered_web::text::PromptEncoder::load(
+        &model_source(),
+        &device,
+    ))
+    .expect("prompt encoder");
+    // One prompt only: every new sequence length compiles new kernels (slow on lavapipe).
+    let text = rec.json["call"]["prompt"].as_str().expect("text");
+    let embeds = encoder.encode(text, 512).expect("encode");
+    check(&rec, "text.prompt.embeds", embeds, 1e-4);
+
+    // The cached path on the GPU: a causal prefill, then a chunk with the offset mask (single
+    // tokens, which need no mask, are left to the CPU test: every new cache length compiles
+    // new kernels, minutes on lavapipe).
+    let (ids, _) = rec.i64("text.prompt.input_ids");
+    let lm = &encoder.text_encoder;
+    let ids_tensor = |ids: &[i64]| {
+        Tensor::<2, Int>::from_data(TensorData::new(ids.to_vec(), [1, ids.len()]), &device)
+    };
+    let mut cache = lm.new_cache();
+    let split = 150;
+    let first = lm
+        .forward(ids_tensor(&ids[..split]), Some(&mut cache))
+        .expect("prefill");
+    let rest = lm
+        .forward(ids_tensor(&ids[split..]), Some(&mut cache))
+        .expect("chunk after the prefill");
+    let hidden = Tensor::cat(vec![first, rest], 1).narrow(1, 34, ids.len() - 34);
+    check(&rec, "text.prompt.embeds", hidden, 1e-4);
 }

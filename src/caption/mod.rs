@@ -30,7 +30,9 @@ pub use processor::{ImageProcessorConfig, VisionInput, preprocess};
 pub use template::CaptionLanguage;
 
 use crate::error::{Error, Result};
-use crate::model::text_encoder::{LoadOptions, QwenLanguageModel, RopePositions};
+use crate::model::text_encoder::{
+    LoadOptions, QwenLanguageModel, QwenTextConfig, RopePositions, TEXT_ENCODER_FOLDER,
+};
 use crate::model::vision::{VisionConfig, VisionTower};
 use crate::text::{QwenTokenizer, TOKENIZER_FOLDER};
 use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, read_json};
@@ -150,10 +152,16 @@ impl Captioner {
                 ),
             });
         }
-        let folder = SafetensorsFolder::open(source, "text_encoder").await?;
+        // One loader for the whole checkpoint: the vision tower and the language model (with
+        // lm_head) take their tensors, and `finish` refuses anything left over.
+        let folder = SafetensorsFolder::open(source, TEXT_ENCODER_FOLDER).await?;
+        let text_cfg = QwenTextConfig::from_json(&cfg, cfg_file)?;
         let mut l = TensorLoader::new(source, &folder, device);
         let vision = VisionTower::load(&mut l, "visual.", vision_cfg).await?;
-        let lm = QwenLanguageModel::load(source, device, LoadOptions { lm_head: true }).await?;
+        let lm =
+            QwenLanguageModel::load_with(&text_cfg, &folder, &mut l, LoadOptions { lm_head: true })
+                .await?;
+        l.finish()?;
         let text_eos: Vec<u32> = match cfg.get("text_config").and_then(|t| t.get("eos_token_id")) {
             Some(serde_json::Value::Number(n)) => {
                 n.as_u64().map(|v| vec![v as u32]).unwrap_or_default()

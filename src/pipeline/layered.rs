@@ -7,7 +7,8 @@
 //! (`docs/model-spec.md` §2). Everything runs in `f32`, like the reference fixtures.
 //!
 //! Not here: the text encoder (the caller passes `prompt_embeds`, i.e. the encoder's last
-//! hidden state with the 34 template tokens dropped) and auto-captioning.
+//! hidden state with the 34 template tokens dropped, made by [`crate::text::PromptEncoder`])
+//! and auto-captioning.
 //!
 //! The run is generic over the Burn [`Device`] (Flex on the CPU in tests, wgpu natively, WebGPU
 //! in the browser) and reads back only with async reads. After every denoising step it awaits a

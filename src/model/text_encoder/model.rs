@@ -209,9 +209,32 @@ impl QwenLanguageModel {
         let (json, config_file, weights) =
             open_component::<serde_json::Value>(source, folder).await?;
         let config = QwenTextConfig::from_json(&json, &config_file)?;
-        let prefix = text_prefix(&weights)?;
         let mut l = TensorLoader::new(source, &weights, device);
-        let model = QwenTextModel::load_with(&config, &mut l, prefix).await?;
+        let me = Self::load_with(&config, &weights, &mut l, options).await?;
+        let skipped: Vec<(String, Vec<usize>)> = weights
+            .keys()
+            .filter(|k| k.starts_with("visual.") || k.starts_with("model.visual."))
+            .filter_map(|k| weights.get(k).map(|e| (k.to_owned(), e.shape.clone())))
+            .collect();
+        for (key, shape) in &skipped {
+            l.skip(key, shape)?;
+        }
+        l.finish()?;
+        Ok(me)
+    }
+
+    /// Takes the language model's tensors (the decoder stack under `model.` or
+    /// `model.language_model.`, and `lm_head` as `options` say: taken, or checked and skipped)
+    /// from `l`, which reads `weights`; the vision tower's tensors are left in the loader, so
+    /// that a caller can load them from the same loader before [`TensorLoader::finish`].
+    pub async fn load_with<S: WeightSource>(
+        config: &QwenTextConfig,
+        weights: &SafetensorsFolder,
+        l: &mut TensorLoader<'_, S>,
+        options: LoadOptions,
+    ) -> Result<Self> {
+        let prefix = text_prefix(weights)?;
+        let model = QwenTextModel::load_with(config, l, prefix).await?;
         let (v, d) = (config.vocab_size, config.hidden_size);
         let lm_head = match (options.lm_head, weights.get("lm_head.weight").is_some()) {
             (true, true) => Some(l.linear("lm_head", d, v, false).await?),
@@ -231,15 +254,6 @@ impl QwenLanguageModel {
                 None
             }
         };
-        let skipped: Vec<(String, Vec<usize>)> = weights
-            .keys()
-            .filter(|k| k.starts_with("visual.") || k.starts_with("model.visual."))
-            .filter_map(|k| weights.get(k).map(|e| (k.to_owned(), e.shape.clone())))
-            .collect();
-        for (key, shape) in &skipped {
-            l.skip(key, shape)?;
-        }
-        l.finish()?;
         Ok(Self { model, lm_head })
     }
 
