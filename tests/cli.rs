@@ -244,6 +244,63 @@ fn inspect_lists_the_model_folder_and_a_single_file() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// `caption --as-is` on the captioning fixture's prompt image: stdout is the decoded, stripped
+/// caption of the reference's first 24 greedy tokens (the full 512-token caption is compared
+/// by `tests/caption_parity.rs`).
+#[test]
+fn caption_prints_the_reference_caption() {
+    use qwen_layered_web::caption::py_strip;
+    use qwen_layered_web::text::QwenTokenizer;
+    let case = "caption/en_48x40";
+    let n = 24;
+    let json: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures_dir().join(case).join("case.json")).expect("case.json"),
+    )
+    .expect("json");
+    let ids: Vec<u32> = json["new_ids"].as_array().expect("new_ids")[..n]
+        .iter()
+        .map(|v| v.as_u64().expect("id") as u32)
+        .collect();
+    let tok = pollster::block_on(QwenTokenizer::load(&common::model_source(), "processor"))
+        .expect("tokenizer");
+    let want = py_strip(&tok.decode(&ids, true).expect("decode")).to_owned();
+    let out = run(bin().args([
+        "caption",
+        "--model",
+        &fixtures_dir().join("model").display().to_string(),
+        "--image",
+        &fixtures_dir()
+            .join(case)
+            .join("input.png")
+            .display()
+            .to_string(),
+        "--as-is",
+        "--max-new-tokens",
+        &n.to_string(),
+    ]));
+    assert!(out.status.success(), "caption failed");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{want}\n"));
+    // Without --as-is the image is first resized to the working size (48x40 at bucket 64 → 64x64).
+    let out = run(bin().args([
+        "caption",
+        "--model",
+        &fixtures_dir().join("model").display().to_string(),
+        "--image",
+        &fixtures_dir()
+            .join(case)
+            .join("input.png")
+            .display()
+            .to_string(),
+        "--resolution",
+        "64",
+        "--max-new-tokens",
+        "4",
+        "--zh",
+    ]));
+    assert!(out.status.success(), "caption --zh failed");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("captioning 64x64 (Chinese"));
+}
+
 /// Reads the single f32 tensor `name` of a safetensors file as `(values, shape)`.
 fn read_f32_file(path: &Path, name: &str) -> (Vec<f32>, Vec<usize>) {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -367,17 +424,32 @@ fn decompose_with_prompt_text_encodes_it_and_the_default_negative() {
         1e-4,
     );
 
-    // Both forms of one input, or an empty prompt, are refused.
+    // Both forms of one input are refused.
     let mut both = args.clone();
     both.extend(["--prompt-embeds".into(), "p.safetensors".into()]);
     let out = run(bin().args(&both));
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not both"));
+    // An empty prompt captions the (resized) image first and uses the caption as the prompt,
+    // as the reference does; the negative still defaults to " ".
     let i = args.iter().position(|a| a == "--prompt").expect("--prompt") + 1;
     args[i] = String::new();
+    args.extend(["--max-new-tokens".into(), "4".into()]);
     let out = run(bin().args(&args));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("captioning is not available yet"));
+    assert!(
+        out.status.success(),
+        "decompose with an empty prompt failed"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("captioning 64x64 (English template, at most 4 tokens)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("caption (the prompt from here on)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("negative prompt \" \""), "{stderr}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -1,6 +1,7 @@
 //! `qwen-layered`: the native command-line program, sharing the library with the browser app.
 //!
 //! Commands: `decompose` (image → N RGBA layers with a diffusers-layout model folder),
+//! `caption` (describe an image with the model's Qwen2.5-VL, the pipeline's empty-prompt path),
 //! `encode-prompt` (prompt → `prompt_embeds` with the model's text encoder), `inspect` (list
 //! the tensors of a safetensors file, a sharded index, a model folder or a GGUF file), `gpu`
 //! (native adapter report + matmul self-test) and `fetch` (download a model repository into a
@@ -22,16 +23,19 @@ mod native {
     use std::time::Instant;
 
     use burn::tensor::{Device, Tensor, TensorData};
+    use qwen_layered_web::caption::{CaptionLanguage, CaptionOptions, Captioner};
     use qwen_layered_web::gpu::{GpuReport, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
     use qwen_layered_web::model::transformer::{
         QwenImageTransformer2DModel, QwenImageTransformerConfig,
     };
     use qwen_layered_web::pipeline::{
-        DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise, Progress,
+        DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise,
+        Progress, resize_rgba_lanczos,
     };
     use qwen_layered_web::text::{
-        DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, needs_caption,
+        DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
+        TOKENIZER_FOLDER, needs_caption,
     };
     use qwen_layered_web::weights::{
         DirSource, GgufFile, Precision, SafetensorsFolder, WeightSource, read_json, to_f32,
@@ -42,7 +46,7 @@ mod native {
 
 commands:
   decompose  split an image into N RGBA layers (bottom to top) with a diffusers model folder
-             --model DIR --image IN.png (--prompt TEXT | --prompt-embeds F.safetensors)
+             --model DIR --image IN.png [--prompt TEXT | --prompt-embeds F.safetensors]
              (--noise F.safetensors | --seed K) --out OUTDIR
              [--layers N (4)] [--steps S (50)] [--resolution R (640)]
              [--true-cfg-scale F (4.0)]
@@ -50,6 +54,14 @@ commands:
              [--max-sequence-length L (512)]
              [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
              [--precision f32|q8|q4 (f32)] [--transformer-gguf F.gguf]
+             no prompt (or \"\" or \" \"): the image is captioned first, as the reference
+             does, with [--zh] [--max-new-tokens N (512)] as for `caption`
+  caption    describe an image with the model's Qwen2.5-VL, as the pipeline does when the
+             prompt is empty; the caption goes to stdout, tokens stream to stderr
+             --model DIR --image IN.png [--max-new-tokens N (512)] [--zh]
+             [--resolution R (640)] [--as-is] [--device cpu|wgpu (cpu)]
+             (--as-is: caption the image as given instead of first resizing it to the
+             working size of --resolution, as the pipeline does)
   encode-prompt  run the model's tokenizer and text encoder on a prompt and write its
              prompt_embeds [1, L, D] (f32) as the tensor \"prompt_embeds\" (any text, \" \" too)
              --model DIR --prompt TEXT --out F.safetensors
@@ -86,6 +98,7 @@ commands:
         let result = match args.first().map(String::as_str) {
             Some("gpu") => return gpu(),
             Some("decompose") => decompose(&args[1..]),
+            Some("caption") => caption(&args[1..]),
             Some("encode-prompt") => encode_prompt(&args[1..]),
             Some("inspect") => inspect(&args[1..]),
             Some("fetch") => fetch(&args[1..]),
@@ -270,6 +283,109 @@ commands:
         }
     }
 
+    /// Prints the stable part of a growing caption to stderr: everything except trailing
+    /// U+FFFD (a multi-byte character still incomplete), from where the last call stopped.
+    struct CaptionEcho {
+        printed: String,
+    }
+
+    impl CaptionEcho {
+        fn update(&mut self, text: &str) {
+            use std::io::Write;
+            let stable = text.trim_end_matches('\u{FFFD}');
+            if let Some(rest) = stable.strip_prefix(self.printed.as_str()) {
+                eprint!("{rest}");
+                let _ = std::io::stderr().flush();
+                self.printed = stable.to_owned();
+            }
+        }
+    }
+
+    /// Captions `image` (already the pipeline's resized prompt image) with `captioner`.
+    fn run_caption(
+        captioner: &Captioner,
+        image: &image::RgbaImage,
+        options: &CaptionOptions,
+        log: &dyn Fn(&str),
+    ) -> Result<String, Fail> {
+        log(&format!(
+            "captioning {}x{} ({:?} template, at most {} tokens)",
+            image.width(),
+            image.height(),
+            options.language,
+            options.max_new_tokens
+        ));
+        let mut echo = CaptionEcho {
+            printed: String::new(),
+        };
+        let caption = pollster::block_on(captioner.caption(image, options, |step| {
+            echo.update(step.text);
+            ControlFlow::Continue(())
+        }))?;
+        eprintln!();
+        log(&format!(
+            "caption: {} tokens{}",
+            caption.ids.len(),
+            if caption
+                .ids
+                .last()
+                .is_some_and(|&t| captioner.generation.is_eos(t))
+            {
+                " (stopped at end of sequence)"
+            } else {
+                ""
+            }
+        ));
+        Ok(caption.text)
+    }
+
+    fn caption(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(
+            args,
+            &[
+                "--model",
+                "--image",
+                "--max-new-tokens",
+                "--resolution",
+                "--device",
+            ],
+            &["--zh", "--as-is"],
+        )?;
+        let model = PathBuf::from(opts.required("--model")?);
+        let image_path = PathBuf::from(opts.required("--image")?);
+        let options = CaptionOptions {
+            language: if opts.flag("--zh") {
+                CaptionLanguage::Chinese
+            } else {
+                CaptionLanguage::English
+            },
+            max_new_tokens: opts
+                .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
+            seed: 0,
+        };
+        if options.max_new_tokens == 0 {
+            return Err(usage_error("--max-new-tokens must be at least 1"));
+        }
+        let resolution = opts.number("--resolution", DecomposeParams::default().resolution)?;
+        let device = device(&opts)?;
+        let start = Instant::now();
+        let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
+
+        let image_name = image_path.display().to_string();
+        let bytes = std::fs::read(&image_path)
+            .map_err(|e| Fail(format!("reading {image_name}: {e}"), 1))?;
+        let mut image = decode_image(&image_name, &bytes)?;
+        if !opts.flag("--as-is") {
+            let dims = Dimensions::for_image_any_bucket(resolution, image.width(), image.height())?;
+            image = resize_rgba_lanczos(&image, dims.width, dims.height)?;
+        }
+        let captioner = pollster::block_on(Captioner::load(&DirSource::new(&model), &device))?;
+        log(&format!("loaded the captioner of {}", model.display()));
+        let text = run_caption(&captioner, &image, &options, &log)?;
+        println!("{text}");
+        Ok(())
+    }
+
     /// Writes `tensor` as the only tensor `name` (f32) of the safetensors file `path`.
     fn write_tensor<const D: usize>(
         path: &Path,
@@ -283,15 +399,6 @@ commands:
         let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)?;
         safetensors::serialize_to_file([(name, view)], None, path)
             .map_err(|e| Fail(format!("writing {}: {e}", path.display()), 1))
-    }
-
-    /// The refusal for a prompt the reference would replace by a caption of the image.
-    fn caption_refusal(option: &str) -> Fail {
-        usage_error(format!(
-            "{option} is empty or \" \": the reference then captions the image with the text \
-             encoder's vision tower, and captioning is not available yet; give a prompt that \
-             describes the image"
-        ))
     }
 
     fn encode_prompt(args: &[String]) -> Result<(), Fail> {
@@ -352,6 +459,7 @@ commands:
                 "--prompt",
                 "--negative-prompt",
                 "--max-sequence-length",
+                "--max-new-tokens",
                 "--noise",
                 "--seed",
                 "--scheduler-config",
@@ -360,7 +468,7 @@ commands:
                 "--precision",
                 "--transformer-gguf",
             ],
-            &["--cfg-normalize"],
+            &["--cfg-normalize", "--zh"],
         )?;
         let defaults = DecomposeParams::default();
         let params = DecomposeParams {
@@ -373,14 +481,30 @@ commands:
         let model = PathBuf::from(opts.required("--model")?);
         let image_path = PathBuf::from(opts.required("--image")?);
         let out_dir = PathBuf::from(opts.required("--out")?);
-        let prompt_text = match (opts.get("--prompt"), opts.get("--prompt-embeds")) {
+        // No prompt, "" or " " (and no embeddings): the reference captions the image and
+        // uses the caption as the prompt.
+        let (prompt_text, caption_first) = match (opts.get("--prompt"), opts.get("--prompt-embeds"))
+        {
             (Some(_), Some(_)) => {
                 return Err(usage_error("give --prompt or --prompt-embeds, not both"));
             }
-            (None, None) => return Err(usage_error("--prompt or --prompt-embeds is required")),
-            (Some(p), None) if needs_caption(p) => return Err(caption_refusal("--prompt")),
-            (p, _) => p,
+            (None, None) => (None, true),
+            (Some(p), None) if needs_caption(p) => (None, true),
+            (p, _) => (p, false),
         };
+        let caption_options = CaptionOptions {
+            language: if opts.flag("--zh") {
+                CaptionLanguage::Chinese
+            } else {
+                CaptionLanguage::English
+            },
+            max_new_tokens: opts
+                .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
+            seed: 0,
+        };
+        if caption_options.max_new_tokens == 0 {
+            return Err(usage_error("--max-new-tokens must be at least 1"));
+        }
         if opts.get("--negative-prompt").is_some() && opts.get("--negative-prompt-embeds").is_some()
         {
             return Err(usage_error(
@@ -391,7 +515,7 @@ commands:
         // app's " " (the reference pipeline itself runs CFG only with a negative prompt).
         let negative_text = match opts.get("--negative-prompt") {
             Some(n) => Some(n),
-            None if prompt_text.is_some()
+            None if (prompt_text.is_some() || caption_first)
                 && opts.get("--negative-prompt-embeds").is_none()
                 && params.true_cfg_scale > 1.0 =>
             {
@@ -424,11 +548,33 @@ commands:
             dims.height
         ));
 
+        // Caption first (the pipeline's `get_image_caption` of the resized image); the
+        // captioner's language model then encodes the prompts.
+        let source = DirSource::new(&model);
+        let mut caption_lm = None;
+        let caption = if caption_first {
+            let captioner = pollster::block_on(Captioner::load(&source, &device))?;
+            log("no prompt: captioning the image first, as the reference does");
+            let resized = resize_rgba_lanczos(&image, dims.width, dims.height)?;
+            let text = run_caption(&captioner, &resized, &caption_options, &log)?;
+            log(&format!("caption (the prompt from here on): {text:?}"));
+            caption_lm = Some(captioner.lm);
+            Some(text)
+        } else {
+            None
+        };
+        let prompt_text = prompt_text.or(caption.as_deref());
+
         // Text first, so that the text encoder is freed before the transformer and VAE load.
         let (encoded_prompt, encoded_negative) = if prompt_text.is_some() || negative_text.is_some()
         {
-            let mut encoder =
-                pollster::block_on(PromptEncoder::load(&DirSource::new(&model), &device))?;
+            let mut encoder = match caption_lm.take() {
+                Some(lm) => PromptEncoder::new(
+                    pollster::block_on(QwenTokenizer::load(&source, TOKENIZER_FOLDER))?,
+                    lm,
+                )?,
+                None => pollster::block_on(PromptEncoder::load(&source, &device))?,
+            };
             let mut encode = |text: Option<&str>, what: &str| -> Result<Option<Tensor<3>>, Fail> {
                 let Some(text) = text else { return Ok(None) };
                 let embeds = encoder.encode(text, max_len)?;
@@ -451,7 +597,6 @@ commands:
             .unwrap_or("f32")
             .parse()
             .map_err(usage_error)?;
-        let source = DirSource::new(&model);
         let mut pipeline = match opts.get("--transformer-gguf") {
             None => {
                 pollster::block_on(LayeredPipeline::load_precision(&source, &device, precision))?

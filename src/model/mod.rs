@@ -6,3 +6,4 @@ pub mod nn;
 pub mod text_encoder;
 pub mod transformer;
 pub mod vae;
+pub mod vision;

@@ -1,0 +1,378 @@
+//! Auto-captioning (`QwenImageLayeredPipeline.get_image_caption`, tiny model, CPU/Flex, f32)
+//! against diffusers 0.42.1 / transformers 5.24.0 / torchvision 0.29.2.
+//!
+//! Fixtures: `tests/fixtures/caption/` (regenerate with `tests/fixtures/caption/gen_caption.py`).
+//! Run: `cargo test --test caption_parity -- --nocapture` (prints every max error).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use burn::tensor::{Tensor, TensorData};
+use common::{Record, assert_close, check, cpu, fixtures_dir, model_source};
+use qwen_layered_web::caption::processor::{
+    ImageProcessorConfig, composite_on_white, preprocess, resize_bicubic_aa,
+};
+use qwen_layered_web::model::vision::{VisionConfig, VisionTower, VisionTrace};
+use qwen_layered_web::weights::{SafetensorsFolder, TensorLoader, read_json};
+use safetensors::{Dtype, SafeTensors};
+
+const CASES: [&str; 2] = ["caption/en_48x40", "caption/zh_160x96"];
+/// Processor floats and vision-tower outputs.
+const ATOL: f32 = 1e-4;
+
+fn input(case: &str) -> image::RgbaImage {
+    image::open(fixtures_dir().join(case).join("input.png"))
+        .expect("input.png")
+        .to_rgba8()
+}
+
+/// An int64 tensor of a record as `(values, shape)`.
+fn ints(case: &str, name: &str) -> (Vec<i64>, Vec<usize>) {
+    let bytes = std::fs::read(fixtures_dir().join(case).join("record.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let v = st.tensor(name).unwrap_or_else(|_| panic!("{case}: {name}"));
+    assert_eq!(v.dtype(), Dtype::I64, "{case}: {name}");
+    let vals = v
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    (vals, v.shape().to_vec())
+}
+
+fn processor_config() -> ImageProcessorConfig {
+    pollster::block_on(ImageProcessorConfig::load(&model_source(), "processor"))
+        .expect("processor config")
+}
+
+#[test]
+fn composite_and_resize_are_exact() {
+    let rec = Record::load(CASES[0]);
+    let img = input(CASES[0]);
+    let rgb = composite_on_white(img.as_raw());
+    let (want, shape) = rec.u8("image.rgb");
+    assert_eq!(shape, [40, 48, 3]);
+    assert_eq!(rgb, want, "alpha composite onto white differs from PIL");
+    for case in CASES {
+        let rec = Record::load(case);
+        let img = input(case);
+        let rgb = composite_on_white(img.as_raw());
+        let (want, shape) = rec.u8("image.resized");
+        let (h, w) = (img.height() as usize, img.width() as usize);
+        let got = resize_bicubic_aa(&rgb, (h, w, 3), shape[0], shape[1]);
+        let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        eprintln!(
+            "{case}: resize {w}x{h} -> {}x{}: {diff} bytes differ",
+            shape[1], shape[0]
+        );
+        assert_eq!(diff, 0, "{case}: torchvision bicubic resize differs");
+    }
+}
+
+#[test]
+fn pixel_values_and_grid_match() {
+    let cfg = processor_config();
+    for case in CASES {
+        let rec = Record::load(case);
+        let vi = preprocess(&input(case), &cfg).expect("preprocess");
+        let (grid, _) = ints(case, "processor.image_grid_thw");
+        let grid: Vec<usize> = grid.iter().map(|&g| g as usize).collect();
+        assert_eq!(vi.grid_thw.to_vec(), grid, "{case}: image_grid_thw");
+        assert_eq!(vi.resized, rec.u8("image.resized").0, "{case}: resized");
+        if rec.has("processor.pixel_values.frame0") {
+            let (want, shape) = rec.f32("processor.pixel_values.frame0"); // [N, 3·P·P]
+            let (n, pp) = (shape[0], shape[1] / 3);
+            // Both temporal copies of each channel must equal the stored frame.
+            for t in 0..2 {
+                let got: Vec<f32> = (0..n)
+                    .flat_map(|i| {
+                        let row = &vi.pixel_values[i * vi.patch_dim..(i + 1) * vi.patch_dim];
+                        (0..3)
+                            .flat_map(move |c| row[(c * 2 + t) * pp..(c * 2 + t + 1) * pp].to_vec())
+                    })
+                    .collect();
+                assert_close(
+                    &format!("{case}: pixel_values (temporal {t})"),
+                    &got,
+                    &want,
+                    &shape,
+                    ATOL,
+                );
+            }
+        }
+    }
+}
+
+fn load_vision() -> VisionTower {
+    let src = model_source();
+    pollster::block_on(async {
+        let cfg_json: serde_json::Value = read_json(&src, "text_encoder/config.json").await?;
+        let cfg = VisionConfig::from_model_config(&cfg_json, "text_encoder/config.json")?;
+        let folder = SafetensorsFolder::open(&src, "text_encoder").await?;
+        let mut l = TensorLoader::new(&src, &folder, &cpu());
+        VisionTower::load(&mut l, "visual.", cfg).await
+    })
+    .expect("vision tower loads")
+}
+
+#[test]
+fn vision_tower_matches() {
+    let tower = load_vision();
+    let cfg = processor_config();
+    for case in CASES {
+        let rec = Record::load(case);
+        let vi = preprocess(&input(case), &cfg).expect("preprocess");
+        let pv = Tensor::<2>::from_data(
+            TensorData::new(vi.pixel_values.clone(), [vi.patches(), vi.patch_dim]),
+            &cpu(),
+        );
+        let mut trace = VisionTrace::default();
+        let out = tower
+            .forward_traced(pv, vi.grid_thw, Some(&mut trace))
+            .expect("vision forward");
+        check(&rec, "vision.patch_embed", trace.patch_embed.unwrap(), ATOL);
+        for (i, b) in trace.blocks.into_iter().enumerate() {
+            check(&rec, &format!("vision.blocks.{i}"), b, ATOL);
+        }
+        assert_eq!(out.dims()[0], tower.tokens(vi.grid_thw));
+        check(&rec, "vision.pooler_output", out, ATOL);
+    }
+}
+
+use qwen_layered_web::caption::template::{CAPTION_PROMPT_CN, CAPTION_PROMPT_EN};
+use qwen_layered_web::caption::{CaptionLanguage, CaptionOptions, Captioner, GenerationConfig};
+use qwen_layered_web::model::text_encoder::RopePositions;
+
+/// First-step and early decode-step logits.
+const ATOL_LOGITS: f32 = 1e-4;
+
+fn case_json(case: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixtures_dir().join(case).join("case.json")).unwrap())
+        .unwrap()
+}
+
+/// The captioner of the tiny model with the case's generation config (the `zh` case runs a
+/// Qwen2.5-VL-style config instead of the model's own greedy one).
+fn captioner(case: &str) -> (Captioner, CaptionLanguage) {
+    let mut c = pollster::block_on(Captioner::load(&model_source(), &cpu())).expect("loads");
+    let json = case_json(case);
+    if json["generation_config"].is_object() {
+        c.generation = GenerationConfig::from_json(json["generation_config"].clone(), case, &[])
+            .expect("case generation config");
+    }
+    let lang = if json["use_en_prompt"].as_bool().unwrap() {
+        CaptionLanguage::English
+    } else {
+        CaptionLanguage::Chinese
+    };
+    (c, lang)
+}
+
+#[test]
+fn templates_are_verbatim() {
+    let t: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(fixtures_dir().join("caption/templates.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(CAPTION_PROMPT_EN, t["en"].as_str().unwrap());
+    assert_eq!(CAPTION_PROMPT_CN, t["zh"].as_str().unwrap());
+}
+
+#[test]
+fn input_ids_and_rope_index_are_identical() {
+    for case in CASES {
+        let (c, lang) = captioner(case);
+        let (_, prompt) = c.prepare(&input(case), lang).expect("prepare");
+        let (want_ids, _) = ints(case, "processor.input_ids");
+        let got: Vec<i64> = prompt.input_ids.iter().map(|&i| i as i64).collect();
+        assert_eq!(got, want_ids, "{case}: input_ids");
+        let (pos, shape) = ints(case, "rope.position_ids"); // [3, 1, S]
+        let s = shape[2];
+        let got: Vec<i64> = (0..3)
+            .flat_map(|a| prompt.positions.0.iter().map(move |p| p[a]))
+            .collect();
+        assert_eq!(got, pos, "{case}: position ids");
+        assert_eq!(vec![prompt.rope_delta], ints(case, "rope.deltas").0);
+        eprintln!(
+            "{case}: {s} prompt ids and [3, {s}] position ids identical ({} image tokens)",
+            prompt.image_tokens
+        );
+    }
+}
+
+#[test]
+fn first_step_and_cached_decode_logits_match() {
+    for case in CASES {
+        let rec = Record::load(case);
+        let (c, lang) = captioner(case);
+        let (vi, prompt) = c.prepare(&input(case), lang).unwrap();
+        let (want_new, _) = ints(case, "generate.new_ids");
+        let (want, shape) = rec.f32("generate.logits"); // [K, V]
+        let (k_steps, v) = (shape[0], shape[1]);
+        let mut cache = c.lm.new_cache();
+        let mut hidden =
+            c.lm.forward_embeds(
+                c.prompt_embeds(&vi, &prompt).unwrap(),
+                &prompt.positions,
+                Some(&mut cache),
+            )
+            .unwrap();
+        for k in 0..k_steps {
+            let s = hidden.dims()[1];
+            let logits = c.lm.logits(hidden.narrow(1, s - 1, 1)).unwrap();
+            let what = if k == 0 {
+                "first-step logits (prefill)".to_owned()
+            } else {
+                format!("step {k} logits (KV cache)")
+            };
+            assert_close(
+                &format!("{case}: {what}"),
+                &common::read(logits),
+                &want[k * v..(k + 1) * v],
+                &[v],
+                ATOL_LOGITS,
+            );
+            let tok = want_new[k];
+            let next = Tensor::from_data(TensorData::new(vec![tok], [1, 1]), &cpu());
+            let pos = RopePositions::text(prompt.generated_position(k), 1);
+            hidden =
+                c.lm.forward_embeds(c.lm.embed(next), &pos, Some(&mut cache))
+                    .unwrap();
+        }
+    }
+}
+
+/// Captions `case` with at most `max_new_tokens` (the reference ran 512) and checks the ids
+/// against the reference's first ones; with the full 512 also the caption string.
+fn caption_matches(case: &str, max_new_tokens: usize) {
+    let json = case_json(case);
+    let (c, lang) = captioner(case);
+    let options = CaptionOptions {
+        language: lang,
+        max_new_tokens,
+        seed: 0,
+    };
+    let mut streamed = 0;
+    let t0 = std::time::Instant::now();
+    let caption = pollster::block_on(c.caption(&input(case), &options, |step| {
+        assert_eq!(step.index, streamed);
+        streamed += 1;
+        std::ops::ControlFlow::Continue(())
+    }))
+    .expect("caption");
+    let (want_ids, _) = ints(case, "generate.new_ids");
+    let got: Vec<i64> = caption.ids.iter().map(|&i| i as i64).collect();
+    let n = want_ids.len().min(max_new_tokens);
+    let first_diff = got.iter().zip(&want_ids).position(|(a, b)| a != b);
+    eprintln!(
+        "{case}: {} tokens in {:.2} s, compared with the reference's first {n} of {}: first \
+         difference at {first_diff:?}; min reference top-2 margin {} (step {})",
+        got.len(),
+        t0.elapsed().as_secs_f64(),
+        want_ids.len(),
+        json["min_logit_margin"],
+        json["min_logit_margin_step"]
+    );
+    assert_eq!(got, want_ids[..n], "{case}: generated ids");
+    assert_eq!(streamed, got.len());
+    if n == want_ids.len() {
+        assert_eq!(
+            caption.text,
+            json["caption"].as_str().unwrap(),
+            "{case}: caption"
+        );
+    }
+}
+
+/// The English case in full: 512 greedy tokens (no eos) and the decoded, stripped caption
+/// (~20 s in a debug build).
+#[test]
+fn greedy_caption_is_identical() {
+    caption_matches(CASES[0], 512);
+}
+
+/// The Chinese case with the Qwen2.5-VL-style config (repetition penalty, do_sample with
+/// top_k 1): the first 96 of the reference's 512 tokens.
+#[test]
+fn penalised_caption_prefix_is_identical() {
+    caption_matches(CASES[1], 96);
+}
+
+/// The Chinese case in full (512 tokens and the caption string; ~20 s in a debug build):
+/// `cargo test --test caption_parity -- --ignored`.
+#[test]
+#[ignore]
+fn penalised_caption_is_identical() {
+    caption_matches(CASES[1], 512);
+}
+
+#[test]
+fn cancelling_stops_with_cancelled() {
+    let (c, lang) = captioner(CASES[0]);
+    let options = CaptionOptions {
+        language: lang,
+        max_new_tokens: 8,
+        seed: 0,
+    };
+    let err = pollster::block_on(c.caption(&input(CASES[0]), &options, |step| {
+        if step.index == 2 {
+            std::ops::ControlFlow::Break(())
+        } else {
+            std::ops::ControlFlow::Continue(())
+        }
+    }))
+    .unwrap_err();
+    assert!(
+        matches!(&err, qwen_layered_web::Error::Cancelled { at } if at.contains("token 3")),
+        "{err}"
+    );
+}
+
+/// The same captioning code on native wgpu (Vulkan; Mesa lavapipe on the dev box): the vision
+/// tower of the two-window case (masked padded window) and the first 16 generated tokens.
+/// Skips (passes with a message) when no wgpu adapter is available. Slow on lavapipe (~9 min
+/// on the loaded 2-core dev box: every decode step has a new cache length), hence ignored:
+/// `cargo test --test caption_parity wgpu -- --ignored --nocapture`.
+#[test]
+#[ignore = "slow on a software Vulkan driver; run with --ignored"]
+fn vision_tower_and_caption_match_on_wgpu() {
+    let device = match burn::tensor::Device::wgpu_options().init_with_setup() {
+        Ok((device, setup)) => {
+            eprintln!("wgpu adapter: {:?}", setup.adapter.get_info().name);
+            device
+        }
+        Err(err) => {
+            eprintln!("SKIPPED: no native wgpu adapter ({err})");
+            return;
+        }
+    };
+    let case = CASES[1];
+    let rec = Record::load(case);
+    let mut c = pollster::block_on(Captioner::load(&model_source(), &device)).expect("loads");
+    c.generation =
+        GenerationConfig::from_json(case_json(case)["generation_config"].clone(), case, &[])
+            .expect("case generation config");
+    let (vi, prompt) = c.prepare(&input(case), CaptionLanguage::Chinese).unwrap();
+    let pv = Tensor::<2>::from_data(
+        TensorData::new(vi.pixel_values.clone(), [vi.patches(), vi.patch_dim]),
+        &device,
+    );
+    let out = c.vision.forward(pv, vi.grid_thw).expect("vision forward");
+    check(&rec, "vision.pooler_output", out, ATOL);
+    let options = CaptionOptions {
+        language: CaptionLanguage::Chinese,
+        max_new_tokens: 16,
+        seed: 0,
+    };
+    let caption = pollster::block_on(c.caption(&input(case), &options, |_| {
+        std::ops::ControlFlow::Continue(())
+    }))
+    .expect("caption");
+    let got: Vec<i64> = caption.ids.iter().map(|&i| i as i64).collect();
+    assert_eq!(
+        got,
+        ints(case, "generate.new_ids").0[..16],
+        "{case}: ids on wgpu"
+    );
+    assert_eq!(caption.prompt.input_ids, prompt.input_ids);
+}
