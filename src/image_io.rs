@@ -124,8 +124,14 @@ pub fn decode_image(name: &str, bytes: &[u8]) -> Result<RgbaImage> {
     reader.limits(limits);
     let image = reader.decode().map_err(|err| match err {
         image::ImageError::Limits(_) => {
-            let dims = ImageReader::with_format(Cursor::new(bytes), format)
+            // Only the header is read here; without limits, so the size itself can be named.
+            let mut header = ImageReader::with_format(Cursor::new(bytes), format);
+            header.no_limits();
+            let dims = header
                 .into_dimensions()
+                .ok()
+                .or_else(|| png_header_size(bytes))
+                .ok_or(())
                 .map(|(w, h)| format!("{w}×{h} pixels"))
                 .unwrap_or_else(|_| "too large".into());
             fail(format!(
@@ -144,6 +150,16 @@ pub fn decode_image(name: &str, bytes: &[u8]) -> Result<RgbaImage> {
         )),
     })?;
     Ok(image.to_rgba8())
+}
+
+/// Width and height from a PNG's IHDR. The decoder cannot report them on wasm32 when the
+/// decoded size overflows a 32-bit `usize` (a decompression bomb's size), so read them here.
+fn png_header_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let be = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    Some((be(16)?, be(20)?))
 }
 
 fn name_of(format: ImageFormat) -> &'static str {

@@ -11,6 +11,7 @@ pub mod image_io;
 pub mod model;
 pub mod pipeline;
 pub mod protocol;
+pub mod run_settings;
 pub mod weights;
 
 #[cfg(target_arch = "wasm32")]
