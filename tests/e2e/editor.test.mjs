@@ -45,6 +45,8 @@ async function openPage(context) {
   });
   await page.goto(server.url);
   await page.waitForSelector("body[data-layers]");
+  // The worker's GPU verdict also writes the status line: let it land first.
+  await page.waitForSelector("body[data-gpu]", { timeout: 60_000 });
   return { ctx, page, logs, dialogs };
 }
 
@@ -69,7 +71,7 @@ async function openFile(page, name, buffer, mimeType = "application/octet-stream
   await page.setInputFiles("#file-input", { name, mimeType, buffer });
   await page.waitForFunction((b) => {
     const s = document.getElementById("status").textContent;
-    return s !== b && !s.startsWith("Opening");
+    return s !== b && /^(Opened|Could not)/.test(s);
   }, before);
   return status(page);
 }
