@@ -85,7 +85,8 @@ fn try_rebuild(ui: &Rc<EditorUi>) -> Result<(), JsValue> {
         grip.set_text_content(Some("⠿"));
         grip.set_attribute("aria-hidden", "true")?;
         grip.set_attribute("title", "Drag to reorder")?;
-        li.set_attribute("draggable", "true")?;
+        // Only the grip drags, so text in the name field can still be selected with the mouse.
+        grip.set_attribute("draggable", "true")?;
 
         let visible: HtmlInputElement = el.document.create_element("input")?.dyn_into()?;
         visible.set_type("checkbox");
@@ -187,16 +188,7 @@ fn try_rebuild(ui: &Rc<EditorUi>) -> Result<(), JsValue> {
             }
         }));
         let this = ui.clone();
-        listeners.push(EventListener::new(&li, "dragstart", move |e| {
-            // Text fields and sliders keep their own drag behaviour.
-            let from_control = e
-                .target()
-                .and_then(|t| t.dyn_into::<HtmlInputElement>().ok())
-                .is_some();
-            if from_control {
-                e.prevent_default();
-                return;
-            }
+        listeners.push(EventListener::new(&grip, "dragstart", move |e| {
             this.state.borrow_mut().panel_drag = Some(index);
             if let Some(dt) = e.dyn_ref::<DragEvent>().and_then(|d| d.data_transfer()) {
                 dt.set_effect_allowed("move");
@@ -204,7 +196,7 @@ fn try_rebuild(ui: &Rc<EditorUi>) -> Result<(), JsValue> {
             }
         }));
         let this = ui.clone();
-        listeners.push(EventListener::new(&li, "dragend", move |_| {
+        listeners.push(EventListener::new(&grip, "dragend", move |_| {
             this.state.borrow_mut().panel_drag = None;
         }));
     }
