@@ -28,7 +28,15 @@ pub(super) fn fit_view(ui: &EditorUi) {
     let mut st = ui.state.borrow_mut();
     let doc = st.editor.document();
     let (dw, dh) = (doc.width, doc.height);
-    st.view = Viewport::fit(dw, dh, w, h);
+    // A margin, so the selection handles at the document's edges stay visible.
+    const MARGIN: f64 = 16.0;
+    let fit = Viewport::fit(
+        dw,
+        dh,
+        (w - 2.0 * MARGIN).max(1.0),
+        (h - 2.0 * MARGIN).max(1.0),
+    );
+    st.view = fit.panned(MARGIN, MARGIN);
 }
 
 /// Redraws: refreshes the composite if the document changed, then the view.
