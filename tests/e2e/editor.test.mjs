@@ -6,6 +6,7 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { crc32 } from "node:zlib";
 import { chromium } from "playwright-core";
@@ -80,7 +81,7 @@ async function download(page, button) {
   const [dl] = await Promise.all([page.waitForEvent("download"), page.click(button)]);
   const path = `${artifacts}/download-${dl.suggestedFilename()}`;
   await dl.saveAs(path);
-  return { name: dl.suggestedFilename(), bytes: await readFile(path) };
+  return { name: dl.suggestedFilename(), path, bytes: await readFile(path) };
 }
 
 function samePixels(a, b, what) {
@@ -190,6 +191,15 @@ test("open, edit every way, undo, and export PNG/ZIP/PSD/ORA that read back righ
       [["test picture.png", 0, 0, w, h, true, 255], [XSS, 6, 13, 6 + w, 13 + h, false, 255]]);
     samePixels(psd.layers[0].rgba, rgba, "PSD bottom layer");
     samePixels(psd.layers[1].rgba, rgba, "PSD top layer");
+    // And psd-tools, where scripts/setup.sh --test installed it (.venv-export).
+    const python = fileURLToPath(new URL("../../.venv-export/bin/python", import.meta.url));
+    if (existsSync(python)) {
+      const script = "import sys, json\nfrom psd_tools import PSDImage\np = PSDImage.open(sys.argv[1])\n"
+        + "print(json.dumps([p.size, [[l.name, list(l.bbox), l.visible, l.opacity] for l in p]]))";
+      const [size, got] = JSON.parse(execFileSync(python, ["-c", script, psdFile.path]).toString());
+      assert.deepEqual(size, [w, h]);
+      assert.deepEqual(got, [["test picture.png", [0, 0, w, h], false, 255], [XSS, [6, 13, 6 + w, 13 + h], true, 255]]);
+    }
 
     const ora = readZip((await download(page, "#export-ora")).bytes);
     assert.equal(ora.order[0].name, "mimetype");
