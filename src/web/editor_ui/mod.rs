@@ -6,7 +6,7 @@
 //! - [`panel`]: the layers panel (thumbnails, visibility, opacity, names, drag reorder).
 //! - [`files`]: opening (picker, drop, paste) and exporting (Blob downloads).
 //! - [`keys`]: keyboard shortcuts.
-//! - [`settings`]: the decompose form's presets.
+//! - [`settings`]: the decompose form: presets, cost line, and [`settings::read_form`] for the run.
 //!
 //! User strings (file and layer names) only ever reach the DOM as text (`textContent`,
 //! `value`, attributes), never as markup.
@@ -15,7 +15,7 @@ mod canvas;
 mod files;
 mod keys;
 mod panel;
-mod settings;
+pub mod settings;
 
 use std::cell::RefCell;
 use std::rc::Rc;
