@@ -141,10 +141,11 @@ fn open_bytes(ui: &Rc<EditorUi>, name: &str, bytes: &[u8]) {
             );
         }
     };
-    let layer = NewLayer::new(name, opened.image);
+    let layer = NewLayer::new(name, opened.image.clone());
     if ui.replace_document(w, h, vec![layer]).is_err() {
         return; // the status line says why
     }
+    super::notify_opened(&opened.image);
     {
         let mut st = ui.state.borrow_mut();
         st.original = Some(original);

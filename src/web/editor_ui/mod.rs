@@ -31,8 +31,26 @@ use web_sys::{
 use super::status::{Tone, set_status};
 use crate::editor::{Document, Editor, EditorMessage, Effect, LayerId, NewLayer, Viewport};
 
+/// Called with each image the user opens (e.g. the run panel's `set_image`).
+type OnOpen = Box<dyn Fn(&RgbaImage)>;
+
 thread_local! {
     static UI: RefCell<Option<Rc<EditorUi>>> = const { RefCell::new(None) };
+    static ON_OPEN: RefCell<Option<OnOpen>> = const { RefCell::new(None) };
+}
+
+/// Registers `f` to be called with every image the user opens (picker, drop, paste), after it
+/// became the document: the model run takes its input from here.
+pub fn on_image_opened(f: impl Fn(&RgbaImage) + 'static) {
+    ON_OPEN.with(|slot| *slot.borrow_mut() = Some(Box::new(f)));
+}
+
+pub(crate) fn notify_opened(image: &RgbaImage) {
+    ON_OPEN.with(|slot| {
+        if let Some(f) = slot.borrow().as_ref() {
+            f(image);
+        }
+    });
 }
 
 /// Replaces the document by `layers` (bottom to top; name, pixels, offset), as one undoable
