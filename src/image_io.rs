@@ -4,7 +4,11 @@
 
 use std::io::Cursor;
 
-use image::{ImageFormat, ImageReader, Limits, RgbaImage};
+use image::codecs::gif::GifDecoder;
+use image::codecs::png::PngDecoder;
+use image::codecs::webp::WebPDecoder;
+use image::imageops::{self, FilterType};
+use image::{AnimationDecoder, ImageFormat, ImageReader, Limits, RgbaImage};
 
 use crate::error::{Error, Result};
 
@@ -15,6 +19,85 @@ pub const MAX_DECODED_BYTES: u64 = 512 * 1024 * 1024;
 
 /// The formats this build decodes, for messages.
 pub const SUPPORTED: &str = "PNG, JPEG, WebP, GIF, BMP, TIFF, ICO, QOI";
+
+/// Longest side the editor works at. Larger images are scaled down when opened (the model
+/// works at 640 or 1024 pixels, and a 16k canvas would make every edit slow).
+pub const MAX_EDIT_SIDE: u32 = 4096;
+
+/// An image opened for editing, and what the user should be told about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Opened {
+    /// Straight-alpha RGBA8, at most [`MAX_EDIT_SIDE`] per side.
+    pub image: RgbaImage,
+    /// The file's own size, before any downscaling.
+    pub original_size: (u32, u32),
+    /// Notices for the user (first frame of an animation, downscaled, fully transparent).
+    pub notices: Vec<String>,
+}
+
+/// Opens a user's file for the editor: [`decode_image`], then the first frame of an
+/// animation with a notice, images over [`MAX_EDIT_SIDE`] scaled down (aspect kept) with a
+/// notice, and a notice when every pixel is fully transparent.
+pub fn open_image(name: &str, bytes: &[u8]) -> Result<Opened> {
+    let mut image = decode_image(name, bytes)?;
+    let original_size = image.dimensions();
+    let mut notices = Vec::new();
+    if let Some(kind) = animation_kind(bytes) {
+        notices.push(format!(
+            "\"{name}\" is an animated {kind}: only its first frame was opened."
+        ));
+    }
+    let (w, h) = original_size;
+    if w.max(h) > MAX_EDIT_SIDE {
+        let (nw, nh) = fit_within(w, h, MAX_EDIT_SIDE);
+        image = imageops::resize(&image, nw, nh, FilterType::Triangle);
+        notices.push(format!(
+            "\"{name}\" is {w}×{h} pixels; it was scaled down to {nw}×{nh} for editing \
+             (the largest side the editor works at is {MAX_EDIT_SIDE})."
+        ));
+    }
+    if image.pixels().all(|p| p[3] == 0) {
+        notices.push(format!(
+            "\"{name}\" is fully transparent: there is nothing visible to show or decompose."
+        ));
+    }
+    Ok(Opened {
+        image,
+        original_size,
+        notices,
+    })
+}
+
+/// `width x height` scaled so that the longer side is `max` (never enlarged, at least 1).
+pub fn fit_within(width: u32, height: u32, max: u32) -> (u32, u32) {
+    let longest = width.max(height);
+    if longest <= max {
+        return (width, height);
+    }
+    let fit =
+        |n: u32| ((n as u64 * max as u64 + longest as u64 / 2) / longest as u64).max(1) as u32;
+    (fit(width), fit(height))
+}
+
+/// `Some("GIF")` etc. when the file holds more than one frame.
+fn animation_kind(bytes: &[u8]) -> Option<&'static str> {
+    match image::guess_format(bytes).ok()? {
+        ImageFormat::Gif => {
+            let frames = GifDecoder::new(Cursor::new(bytes)).ok()?.into_frames();
+            (frames.take(2).filter(|f| f.is_ok()).count() > 1).then_some("GIF")
+        }
+        ImageFormat::WebP => WebPDecoder::new(Cursor::new(bytes))
+            .ok()?
+            .has_animation()
+            .then_some("WebP"),
+        ImageFormat::Png => PngDecoder::new(Cursor::new(bytes))
+            .ok()?
+            .is_apng()
+            .ok()?
+            .then_some("PNG (APNG)"),
+        _ => None,
+    }
+}
 
 /// Decodes `bytes` (a file called `name`) into straight-alpha RGBA8.
 ///
@@ -41,8 +124,14 @@ pub fn decode_image(name: &str, bytes: &[u8]) -> Result<RgbaImage> {
     reader.limits(limits);
     let image = reader.decode().map_err(|err| match err {
         image::ImageError::Limits(_) => {
-            let dims = ImageReader::with_format(Cursor::new(bytes), format)
+            // Only the header is read here; without limits, so the size itself can be named.
+            let mut header = ImageReader::with_format(Cursor::new(bytes), format);
+            header.no_limits();
+            let dims = header
                 .into_dimensions()
+                .ok()
+                .or_else(|| png_header_size(bytes))
+                .ok_or(())
                 .map(|(w, h)| format!("{w}×{h} pixels"))
                 .unwrap_or_else(|_| "too large".into());
             fail(format!(
@@ -61,6 +150,16 @@ pub fn decode_image(name: &str, bytes: &[u8]) -> Result<RgbaImage> {
         )),
     })?;
     Ok(image.to_rgba8())
+}
+
+/// Width and height from a PNG's IHDR. The decoder cannot report them on wasm32 when the
+/// decoded size overflows a 32-bit `usize` (a decompression bomb's size), so read them here.
+fn png_header_size(bytes: &[u8]) -> Option<(u32, u32)> {
+    if bytes.get(12..16)? != b"IHDR" {
+        return None;
+    }
+    let be = |at: usize| Some(u32::from_be_bytes(bytes.get(at..at + 4)?.try_into().ok()?));
+    Some((be(16)?, be(20)?))
 }
 
 fn name_of(format: ImageFormat) -> &'static str {

@@ -475,3 +475,118 @@ fn hit_testing_finds_the_topmost_non_transparent_visible_layer() {
     assert_eq!(ed.editor.topmost_layer_at(5.0, 0.5), Some(holed));
     assert_eq!(ed.editor.topmost_layer_at(5.5, 5.5), Some(below));
 }
+
+#[test]
+fn replace_document_is_one_undo_step_that_restores_size_and_layers() {
+    let (mut ed, [a, b, c]) = three_layers();
+    let fx = ed.send(EditorMessage::ReplaceDocument {
+        width: 3,
+        height: 2,
+        layers: vec![
+            NewLayer::new("back", solid(3, 2, [1, 2, 3, 255])),
+            NewLayer {
+                x: 1,
+                y: 1,
+                ..NewLayer::new("front", solid(1, 1, [9, 9, 9, 255]))
+            },
+        ],
+    });
+    assert!(fx.contains(&Effect::Render) && fx.contains(&Effect::LayersPanel));
+    assert_eq!((ed.doc().width, ed.doc().height), (3, 2));
+    assert_eq!(ed.names(), ["back", "front"]);
+    let ids = ed.ids();
+    assert!(
+        ids.iter().all(|id| ![a, b, c].contains(id)),
+        "ids are never reused"
+    );
+    assert_eq!(ed.doc().selected, Some(ids[1]));
+    assert_eq!(ed.layer(ids[1]).transform.x, 1);
+    assert_eq!(*ed.doc().composite().get_pixel(1, 1), Rgba([9, 9, 9, 255]));
+
+    ed.undo();
+    assert_eq!((ed.doc().width, ed.doc().height), (8, 8));
+    assert_eq!(ed.ids(), [a, b, c]);
+    ed.redo();
+    assert_eq!(ed.names(), ["back", "front"]);
+
+    // Bad sizes and empty images are refused and change nothing.
+    let err = ed.send_err(EditorMessage::ReplaceDocument {
+        width: 0,
+        height: 2,
+        layers: vec![],
+    });
+    assert!(matches!(err, Error::DocumentSize { .. }), "{err}");
+    let err = ed.send_err(EditorMessage::ReplaceDocument {
+        width: 2,
+        height: 2,
+        layers: vec![NewLayer::new("nothing", RgbaImage::new(0, 0))],
+    });
+    assert!(matches!(err, Error::EmptyImage { .. }), "{err}");
+    assert_eq!(ed.names(), ["back", "front"]);
+}
+
+#[test]
+fn set_transform_moves_and_scales_in_one_step() {
+    let (mut ed, [_, b, _]) = three_layers();
+    let t = Transform {
+        x: -1,
+        y: 3,
+        scale: 0.5,
+    };
+    ed.send(EditorMessage::SetTransform {
+        id: b,
+        transform: t,
+    });
+    assert_eq!(ed.layer(b).transform, t);
+    ed.undo();
+    assert_eq!(
+        ed.layer(b).transform,
+        Transform {
+            x: 2,
+            y: 2,
+            scale: 1.0
+        }
+    );
+    let err = ed.send_err(EditorMessage::SetTransform {
+        id: b,
+        transform: Transform {
+            scale: f32::NAN,
+            ..t
+        },
+    });
+    assert!(matches!(err, Error::InvalidScale { .. }), "{err}");
+}
+
+#[test]
+fn download_names_are_sanitized() {
+    use qwen_layered_web::editor::{ExportFormat, sanitize_file_name};
+    assert_eq!(sanitize_file_name("photo", "x"), "photo");
+    assert_eq!(sanitize_file_name("../../etc/passwd", "x"), "etc_passwd");
+    assert_eq!(
+        sanitize_file_name("<img src=x onerror=alert(1)>", "x"),
+        "img src=x onerror=alert(1)"
+    );
+    assert_eq!(sanitize_file_name("a\u{202e}gnp.exe", "x"), "a_gnp.exe");
+    assert_eq!(sanitize_file_name(" ... ", "fallback"), "fallback");
+    assert_eq!(sanitize_file_name("con", "x"), "con_");
+    assert_eq!(sanitize_file_name("COM1.txt", "x"), "COM1.txt_");
+    assert_eq!(sanitize_file_name("a\n\tb   c", "x"), "a_b c");
+    assert_eq!(
+        sanitize_file_name(&"é".repeat(200), "x").chars().count(),
+        80
+    );
+    assert_eq!(sanitize_file_name("Ünïcode 名前", "x"), "Ünïcode 名前");
+
+    let (mut ed, [a, ..]) = three_layers();
+    ed.rename(a, "sky/clouds: *big*");
+    let doc = ed.doc();
+    assert_eq!(
+        ExportFormat::LayerPng(a).file_name(doc, "my photo.final"),
+        "my photo.final-sky_clouds_ _big.png"
+    );
+    assert_eq!(ExportFormat::Psd.file_name(doc, ""), "layers.psd");
+    assert_eq!(
+        ExportFormat::CompositePng.file_name(doc, "x"),
+        "x-composite.png"
+    );
+}

@@ -31,20 +31,7 @@ impl Editor {
 
     /// Like [`Editor::new`] with at most `depth` undo steps.
     pub fn with_history_depth(width: u32, height: u32, depth: usize) -> Result<Self> {
-        let reason = if width == 0 || height == 0 {
-            Some("both sides must be at least 1 pixel")
-        } else if width > MAX_DOCUMENT_SIDE || height > MAX_DOCUMENT_SIDE {
-            Some("sides must be at most 30000 pixels (the PSD limit)")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            return Err(Error::DocumentSize {
-                width,
-                height,
-                reason,
-            });
-        }
+        check_document_size(width, height)?;
         Ok(Editor {
             doc: Document::new(width, height),
             history: History::new(depth),
@@ -140,9 +127,30 @@ impl Editor {
     }
 }
 
+/// Refuses a document size the editor and its exporters cannot hold.
+fn check_document_size(width: u32, height: u32) -> Result<()> {
+    let reason = if width == 0 || height == 0 {
+        Some("both sides must be at least 1 pixel")
+    } else if width > MAX_DOCUMENT_SIDE || height > MAX_DOCUMENT_SIDE {
+        Some("sides must be at most 30000 pixels (the PSD limit)")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::DocumentSize {
+            width,
+            height,
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Whether anything but layer names differs (names do not reach the canvas).
 fn looks_different(a: &Document, b: &Document) -> bool {
-    a.layers.len() != b.layers.len()
+    a.width != b.width
+        || a.height != b.height
+        || a.layers.len() != b.layers.len()
         || a.layers.iter().zip(&b.layers).any(|(x, y)| {
             !Arc::ptr_eq(&x.image, &y.image)
                 || x.transform != y.transform
@@ -278,6 +286,38 @@ fn apply(doc: &mut Document, next_id: &mut u64, msg: EditorMessage) -> Result<()
                 return Err(Error::InvalidScale { id, value: scale });
             }
             doc.layers[i].transform.scale = scale;
+        }
+        EditorMessage::SetTransform { id, transform } => {
+            let i = doc.require("set transform", id)?;
+            if !(MIN_SCALE..=MAX_SCALE).contains(&transform.scale) {
+                return Err(Error::InvalidScale {
+                    id,
+                    value: transform.scale,
+                });
+            }
+            doc.layers[i].transform = transform;
+        }
+        EditorMessage::ReplaceDocument {
+            width,
+            height,
+            layers,
+        } => {
+            check_document_size(width, height)?;
+            for l in &layers {
+                check_image("replace the document", l)?;
+            }
+            let mut next = Document::new(width, height);
+            for l in layers {
+                let t = Transform {
+                    x: l.x,
+                    y: l.y,
+                    scale: 1.0,
+                };
+                let layer = new_layer(next_id, l, t);
+                next.selected = Some(layer.id);
+                next.layers.push(layer);
+            }
+            *doc = next;
         }
         EditorMessage::ReplaceWithSublayers { id, layers } => {
             let i = doc.require("replace by sub-layers", id)?;

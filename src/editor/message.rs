@@ -2,6 +2,7 @@
 //! update reports back to the UI.
 
 use super::layer::{LayerId, NewLayer};
+use super::transform::Transform;
 
 /// A request to change the editor state. [`Editor::update`] is the only place that applies them.
 ///
@@ -42,6 +43,18 @@ pub enum EditorMessage {
     Nudge { dx: i32, dy: i32 },
     /// Set a layer's scale about its top-left corner.
     SetScale { id: LayerId, scale: f32 },
+    /// Set a layer's whole placement at once (offset and scale), e.g. the end of a drag on a
+    /// corner handle, which moves the corner and rescales in one undo step.
+    SetTransform { id: LayerId, transform: Transform },
+    /// Replace the whole document (its size and every layer) by new layers, bottom to top,
+    /// as one undo step: opening an image, or a decomposition result arriving. Ids continue
+    /// from the old document's (never reused), the topmost new layer is selected. Undo brings
+    /// the previous document back, size included.
+    ReplaceDocument {
+        width: u32,
+        height: u32,
+        layers: Vec<NewLayer>,
+    },
     /// Replace a layer by its sub-layers (bottom to top), e.g. the result of decomposing that
     /// layer again. Each sub-layer's offset is in the replaced layer's image pixels; the
     /// sub-layers inherit its placement, scale, opacity and visibility, and get new ids. The

@@ -12,6 +12,7 @@
 //! - [`history`]: undo/redo as bounded snapshots (why: see the module).
 //! - [`transform`]: offset + scale, the shared bilinear resampler.
 //! - [`mod@composite`]: premultiplied "over", matching PIL `alpha_composite`.
+//! - [`view`]: zoom/pan and the corner handles' geometry, for the page's canvas.
 //! - [`mod@export`]: PNG, ZIP (+ manifest), PSD, OpenRaster, all returning bytes.
 
 pub mod composite;
@@ -23,13 +24,15 @@ pub mod history;
 pub mod layer;
 pub mod message;
 pub mod transform;
+pub mod view;
 
 pub use composite::{composite, composite_region};
 pub use document::Document;
 pub use error::{Error, Result};
-pub use export::{ExportFormat, export};
+pub use export::{ExportFormat, export, sanitize_file_name};
 pub use handler::{Editor, MAX_DOCUMENT_SIDE};
 pub use history::{DEFAULT_HISTORY_DEPTH, History};
 pub use layer::{BlendMode, Layer, LayerId, NewLayer};
 pub use message::{EditorMessage, Effect};
 pub use transform::{MAX_SCALE, MIN_SCALE, Rect, Transform};
+pub use view::{Corner, Viewport};

@@ -1,6 +1,8 @@
 //! The browser fence: the only module that touches `web-sys`, `js-sys` and `wasm-bindgen`.
 //!
-//! - [`app`]: the page (main thread): DOM, file opening, canvas, and the worker's messages.
+//! - [`app`]: the page (main thread): mounts the editor, the service worker, the worker's messages.
+//! - [`editor_ui`]: the layer editor in the page (canvas, layers panel, files, shortcuts).
+//! - [`status`]: the page's status line.
 //! - [`worker`]: the Web Worker: owns the GPU device and (later) the model.
 //! - [`adapter`]: the WebGPU adapter facts wgpu does not carry (vendor, architecture).
 //! - [`download`]: model download with `fetch` Range requests into OPFS (worker).
@@ -11,9 +13,11 @@
 pub mod adapter;
 pub mod app;
 pub mod download;
+pub mod editor_ui;
 pub mod http;
 pub mod opfs;
 pub mod run;
+pub mod status;
 pub mod worker;
 
 use js_sys::{Array, Reflect, Uint8Array};

@@ -19,6 +19,7 @@ use web_sys::{
 };
 
 use super::{js_error_text, pixel_buffers};
+use crate::editor::NewLayer;
 use crate::protocol::{
     DecomposeRequest, FromWorker, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
 };
@@ -189,7 +190,7 @@ impl RunPanel {
             } => self.show_progress(phase, step, steps, elapsed_ms),
             FromWorker::Layers { layers, millis } => {
                 self.run_ended();
-                match show_layers(&self.document, &layers) {
+                match show_layers(&layers) {
                     Ok(()) => self.set_run_status(
                         &format!(
                             "Decomposed into {} layers in {:.1} s.",
@@ -198,10 +199,9 @@ impl RunPanel {
                         ),
                         false,
                     ),
-                    Err(err) => self.set_run_status(
-                        &format!("Could not show the layers: {}", js_error_text(&err)),
-                        true,
-                    ),
+                    Err(err) => {
+                        self.set_run_status(&format!("Could not show the layers: {err}"), true)
+                    }
                 }
                 self.flag("data-run", "done");
             }
@@ -489,47 +489,17 @@ async fn fetch_registry() -> Result<ModelRegistry, String> {
     ModelRegistry::from_json(&text)
 }
 
-/// Shows a decomposition's layers (bottom → top) in `#layer-list`, top layer first, as
-/// thumbnails. The layer editor replaces this function.
-pub fn show_layers(document: &Document, layers: &[Rgba]) -> Result<(), JsValue> {
-    let list = document
-        .get_element_by_id("layer-list")
-        .ok_or("#layer-list is missing")?;
-    list.set_text_content(None);
-    for (i, layer) in layers.iter().enumerate().rev() {
-        let data = ImageData::new_with_u8_clamped_array_and_sh(
-            Clamped(&layer.pixels),
-            layer.width,
-            layer.height,
-        )?;
-        let li = document.create_element("li")?;
-        li.set_attribute("data-layer", &i.to_string())?;
-        let thumb: HtmlCanvasElement = document.create_element("canvas")?.dyn_into()?;
-        thumb.set_width(layer.width);
-        thumb.set_height(layer.height);
-        if let Some(ctx) = thumb.get_context("2d")? {
-            ctx.dyn_into::<CanvasRenderingContext2d>()?
-                .put_image_data(&data, 0.0, 0.0)?;
-        }
-        thumb.set_attribute("aria-hidden", "true")?;
-        let label = document.create_element("span")?;
-        let place = match i {
-            0 => " (bottom)",
-            _ if i + 1 == layers.len() => " (top)",
-            _ => "",
-        };
-        label.set_text_content(Some(&format!(
-            "Layer {}{place} — {}×{}",
-            i + 1,
-            layer.width,
-            layer.height
-        )));
-        li.append_child(&thumb)?;
-        li.append_child(&label)?;
-        list.append_child(&li)?;
-    }
-    if let Some(empty) = document.get_element_by_id("layers-empty") {
-        empty.set_attribute("hidden", "")?;
-    }
-    Ok(())
+/// Replaces the editor's document by a decomposition's layers (bottom → top), as one undoable
+/// change ([`super::editor_ui::show_layers`]).
+pub fn show_layers(layers: &[Rgba]) -> Result<(), String> {
+    let images = layers
+        .iter()
+        .enumerate()
+        .map(|(i, layer)| {
+            layer.check(&format!("layer {}", i + 1))?;
+            RgbaImage::from_raw(layer.width, layer.height, layer.pixels.clone())
+                .ok_or_else(|| format!("layer {}: the pixel buffer does not fit its size", i + 1))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    super::editor_ui::show_layers(NewLayer::from_decomposition("Layer", images))
 }

@@ -49,9 +49,10 @@ function testImage(width, height) {
   return rgba;
 }
 
+/** The document as drawn: the editor core's composite, which the view canvas shows zoomed. */
 async function canvasPixels(page) {
   return page.evaluate(() => {
-    const c = document.getElementById("canvas");
+    const c = document.getElementById("composite");
     const d = c.getContext("2d").getImageData(0, 0, c.width, c.height);
     return { width: c.width, height: c.height, data: Array.from(d.data) };
   });
@@ -88,7 +89,7 @@ test("the page reports the real WebGPU adapter, runs the GPU self-test, and open
     const [w, h] = [37, 23];
     const rgba = testImage(w, h);
     await page.setInputFiles("#file-input", { name: "test picture.png", mimeType: "image/png", buffer: encodePng(w, h, rgba) });
-    await page.waitForFunction(() => document.getElementById("canvas").width === 37);
+    await page.waitForFunction(() => document.getElementById("composite").width === 37);
     assert.match(await page.textContent("#status"), /Opened "test picture.png" \(37×23\)/);
     const shown = await canvasPixels(page);
     assert.deepEqual([shown.width, shown.height], [w, h]);
@@ -99,7 +100,8 @@ test("the page reports the real WebGPU adapter, runs the GPU self-test, and open
       if (want.some((v, j) => v !== got[j])) mismatches++;
     }
     assert.equal(mismatches, 0, "canvas pixels differ from the PNG");
-    assert.match(await page.textContent("#layer-list"), /test picture\.png — 37×23/);
+    assert.equal(await page.inputValue("#layer-list .layer-name"), "test picture.png");
+    assert.equal(await page.textContent("#layer-list .layer-size"), "37×23");
     await page.screenshot({ path: `${artifacts}/01-image-opened.png` });
 
     // A file that is not an image: a clear message, and the picture stays.
@@ -118,7 +120,7 @@ test("the page reports the real WebGPU adapter, runs the GPU self-test, and open
       dt.items.add(new File([new Uint8Array(bytes)], "dropped.png", { type: "image/png" }));
       document.getElementById("canvas-area").dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
     }, [...dropped]);
-    await page.waitForFunction(() => document.getElementById("canvas").width === 2);
+    await page.waitForFunction(() => document.getElementById("composite").width === 2);
     assert.deepEqual((await canvasPixels(page)).data, [255, 0, 0, 255, 0, 255, 0, 255, 0, 0, 255, 255, 9, 9, 9, 255]);
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
   } finally {
@@ -134,7 +136,7 @@ test("without WebGPU the page says so plainly and still opens images", { timeout
     assert.match(await page.textContent("#gpu-info"), /WebGPU is not available/);
     await page.screenshot({ path: `${artifacts}/03-no-webgpu.png` });
     await page.setInputFiles("#file-input", { name: "a.png", mimeType: "image/png", buffer: encodePng(3, 1, new Uint8Array(12).fill(200)) });
-    await page.waitForFunction(() => document.getElementById("canvas").width === 3);
+    await page.waitForFunction(() => document.getElementById("composite").width === 3);
     assert.deepEqual((await canvasPixels(page)).data, new Array(12).fill(200));
   } finally {
     await browser.close();

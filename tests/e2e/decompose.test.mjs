@@ -147,14 +147,15 @@ async function prepareRun(page, { layers, steps, resolution }) {
   await page.fill("#set-prompt", "a test picture");
 }
 
-/** The thumbnails in the layers panel: [data-layer, label, width, height, some pixel values]. */
+/** The editor's layer rows, top first: [index, name, size text, thumbnail pixel sum]. */
 async function shownLayers(page) {
-  return page.$$eval("#layer-list li", (lis) => lis.map((li) => {
-    const c = li.querySelector("canvas");
+  return page.$$eval("#layer-list li.layer", (lis) => lis.map((li) => {
+    const c = li.querySelector("canvas.thumb");
     const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
     let sum = 0;
     for (const v of d) sum += v;
-    return { index: li.dataset.layer, label: li.textContent, width: c.width, height: c.height, sum };
+    return { index: li.dataset.index, name: li.querySelector(".layer-name").value,
+      size: li.querySelector(".layer-size").textContent, sum };
   }));
 }
 
@@ -203,9 +204,12 @@ test("Cancel stops a run between steps; Decompose then shows N layers", { timeou
     assert.ok(seen.some((t) => /^Denoising: step [012] of 2 \(\d+ s elapsed/.test(t)), seen.join(" | "));
     const layers = await shownLayers(page);
     assert.deepEqual(layers.map((l) => l.index), ["1", "0"], "top layer first");
-    assert.match(layers[0].label, /^Layer 2 \(top\) — \d+×\d+$/);
-    assert.match(layers[1].label, /^Layer 1 \(bottom\) — \d+×\d+$/);
-    for (const l of layers) assert.ok(l.width > 0 && l.height > 0 && l.sum > 0, JSON.stringify(l));
+    assert.deepEqual(layers.map((l) => l.name), ["Layer 2", "Layer 1"]);
+    for (const l of layers) assert.ok(/^\d+×\d+$/.test(l.size) && l.sum > 0, JSON.stringify(l));
+    // The layers are the editor's document now: one undo brings the opened picture back.
+    await page.evaluate(() => document.activeElement?.blur());
+    await page.keyboard.press("Control+z");
+    assert.equal((await shownLayers(page)).length, 1, "undo restores the one-layer document");
     assert.ok(await page.isHidden("#cancel-run"), "Cancel only while running");
     assert.ok(!(await page.isDisabled("#decompose")), "ready for another run");
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));

@@ -45,6 +45,24 @@ impl ExportFormat {
         }
     }
 
+    /// The download's file name: `{stem}.{ext}` for the document formats and the composite,
+    /// `{stem}-{layer name}.png` for one layer, every part through [`sanitize_file_name`].
+    /// `stem` is usually the opened file's name without its extension.
+    pub fn file_name(self, doc: &Document, stem: &str) -> String {
+        let stem = sanitize_file_name(stem, "layers");
+        match self {
+            ExportFormat::LayerPng(id) => {
+                let layer = doc
+                    .layer(id)
+                    .map(|l| sanitize_file_name(&l.name, &format!("layer-{id}")))
+                    .unwrap_or_else(|| format!("layer-{id}"));
+                format!("{stem}-{layer}.png")
+            }
+            ExportFormat::CompositePng => format!("{stem}-composite.png"),
+            other => format!("{stem}.{}", other.extension()),
+        }
+    }
+
     /// MIME type for a download.
     pub fn mime_type(self) -> &'static str {
         match self {
@@ -53,6 +71,55 @@ impl ExportFormat {
             ExportFormat::Psd => "image/vnd.adobe.photoshop",
             ExportFormat::Ora => "image/openraster",
         }
+    }
+}
+
+/// Longest file name stem [`sanitize_file_name`] returns, in characters.
+pub const MAX_FILE_STEM: usize = 80;
+
+/// Makes a user string (a file or layer name) safe as a download's file name stem: path
+/// separators, characters Windows forbids (`<>:"/\\|?*`), control characters and Unicode
+/// format/bidi controls become `_`; runs of `_` and whitespace collapse; leading and trailing
+/// dots, spaces and underscores go; names Windows reserves (`CON`, `NUL`, `COM1`, ...) get a
+/// `_` suffix; the result is at most [`MAX_FILE_STEM`] characters. An empty result becomes
+/// `fallback`.
+pub fn sanitize_file_name(name: &str, fallback: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        let bad = matches!(c, '<' | '>' | ':' | '"' | '/' | '\\' | '|' | '?' | '*')
+            || c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
+        let c = if bad {
+            '_'
+        } else if c.is_whitespace() {
+            ' '
+        } else {
+            c
+        };
+        let last = out.chars().last();
+        if (c == '_' || c == ' ') && last == Some(c) {
+            continue;
+        }
+        out.push(c);
+    }
+    let trimmed: String = out
+        .trim_matches(|c: char| c == '.' || c == ' ' || c == '_')
+        .chars()
+        .take(MAX_FILE_STEM)
+        .collect();
+    let trimmed = trimmed.trim_end_matches(['.', ' ']).to_owned();
+    if trimmed.is_empty() {
+        return fallback.to_owned();
+    }
+    let stem = trimmed.split('.').next().unwrap_or("").to_ascii_uppercase();
+    let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit());
+    if reserved {
+        format!("{trimmed}_")
+    } else {
+        trimmed
     }
 }
 
