@@ -11,11 +11,11 @@ use std::rc::Rc;
 
 use gloo::events::{EventListener, EventListenerOptions};
 use image::RgbaImage;
-use wasm_bindgen::{Clamped, JsCast, JsValue};
+use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{
-    CanvasRenderingContext2d, Document, Element, HtmlButtonElement, HtmlCanvasElement,
-    HtmlInputElement, HtmlProgressElement, HtmlSelectElement, ImageData, Response, Worker,
+    Document, Element, HtmlButtonElement, HtmlInputElement, HtmlProgressElement, HtmlSelectElement,
+    Response, Worker,
 };
 
 use super::{js_error_text, pixel_buffers};
