@@ -194,6 +194,24 @@ commands:
                 .map(|(_, v)| v.as_str())
         }
 
+        /// `--zh` and `--max-new-tokens N` (at least 1), shared by `caption` and `decompose`.
+        fn caption_options(&self) -> Result<CaptionOptions, Fail> {
+            let options = CaptionOptions {
+                language: if self.flag("--zh") {
+                    CaptionLanguage::Chinese
+                } else {
+                    CaptionLanguage::English
+                },
+                max_new_tokens: self
+                    .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
+                seed: 0,
+            };
+            if options.max_new_tokens == 0 {
+                return Err(usage_error("--max-new-tokens must be at least 1"));
+            }
+            Ok(options)
+        }
+
         fn required(&self, name: &str) -> Result<&str, Fail> {
             self.get(name)
                 .ok_or_else(|| usage_error(format!("{name} is required")))
@@ -353,19 +371,7 @@ commands:
         )?;
         let model = PathBuf::from(opts.required("--model")?);
         let image_path = PathBuf::from(opts.required("--image")?);
-        let options = CaptionOptions {
-            language: if opts.flag("--zh") {
-                CaptionLanguage::Chinese
-            } else {
-                CaptionLanguage::English
-            },
-            max_new_tokens: opts
-                .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
-            seed: 0,
-        };
-        if options.max_new_tokens == 0 {
-            return Err(usage_error("--max-new-tokens must be at least 1"));
-        }
+        let options = opts.caption_options()?;
         let resolution = opts.number("--resolution", DecomposeParams::default().resolution)?;
         let device = device(&opts)?;
         let start = Instant::now();
@@ -492,19 +498,7 @@ commands:
             (Some(p), None) if needs_caption(p) => (None, true),
             (p, _) => (p, false),
         };
-        let caption_options = CaptionOptions {
-            language: if opts.flag("--zh") {
-                CaptionLanguage::Chinese
-            } else {
-                CaptionLanguage::English
-            },
-            max_new_tokens: opts
-                .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
-            seed: 0,
-        };
-        if caption_options.max_new_tokens == 0 {
-            return Err(usage_error("--max-new-tokens must be at least 1"));
-        }
+        let caption_options = opts.caption_options()?;
         if opts.get("--negative-prompt").is_some() && opts.get("--negative-prompt-embeds").is_some()
         {
             return Err(usage_error(
@@ -740,14 +734,10 @@ commands:
     }
 
     fn print_folder(label: &str, folder: &SafetensorsFolder) {
-        let params: usize = folder
-            .keys()
-            .filter_map(|k| folder.get(k))
-            .map(|e| e.shape.iter().product::<usize>())
-            .sum();
         println!(
-            "{label}: {} tensors, {params} values, files {:?}",
+            "{label}: {} tensors, {} values, files {:?}",
             folder.len(),
+            folder.value_count(),
             folder.files()
         );
         for key in folder.keys() {

@@ -31,7 +31,9 @@ use crate::protocol::{DecomposeRequest, FromWorker, ModelSource, Rgba, RunPhase,
 use crate::text::{
     DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, needs_caption,
 };
-use crate::weights::{SafetensorsFolder, WeightSource};
+use crate::weights::{
+    BROWSER_F32_WEIGHT_BUDGET, SafetensorsFolder, WeightSource, check_f32_footprint,
+};
 
 thread_local! {
     /// The Burn device once acquired. Burn's runtime can be initialised only once per worker.
@@ -176,13 +178,17 @@ async fn load(source: ModelSource) {
 
 /// Loads the pipeline from any source, posting [`FromWorker::LoadProgress`] as bytes arrive.
 async fn load_model<S: WeightSource>(source: &S, device: &Device) -> Result<LoadedModel> {
-    let mut total = 0;
+    let (mut total, mut values) = (0, 0);
     for component in COMPONENTS {
         let folder = SafetensorsFolder::open(source, component).await?;
+        values += folder.value_count();
         for file in folder.files() {
             total += source.size(file).await?;
         }
     }
+    // Only the headers have been read so far: refuse a model that cannot fit before its
+    // weights are fetched.
+    check_f32_footprint("this model", values, BROWSER_F32_WEIGHT_BUDGET)?;
     let counted = Counted {
         inner: source,
         read: Cell::new(0),

@@ -83,6 +83,32 @@ pub async fn open_component<C: DeserializeOwned>(
     Ok((config, config_file, weights))
 }
 
+/// The most GPU memory the browser app lets f32 weights take: 4 GiB. Browsers expose no free-
+/// GPU-memory figure; 4 GiB is what a WebGPU page can count on in practice (Chrome caps
+/// `maxBufferSize` at 2–4 GiB), the tiny test model needs 12 MB, and the real model 115 GB in
+/// f32 (it needs quantized weights and the streaming plan instead).
+pub const BROWSER_F32_WEIGHT_BUDGET: u64 = 4 << 30;
+
+/// Checks, before anything is downloaded, that `values` weights (over all components) fit
+/// `budget` bytes once widened to f32 on the device; the error gives both sizes.
+pub fn check_f32_footprint(what: &str, values: u64, budget: u64) -> Result<()> {
+    let bytes = values.saturating_mul(4);
+    if bytes <= budget {
+        return Ok(());
+    }
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    Err(Error::Input {
+        model: "model loader",
+        reason: format!(
+            "{what} has {values} weights: {:.1} GiB as f32 on the GPU, over the {:.1} GiB this \
+             page loads in f32. Models this size need quantized (8-/4-bit) weights loaded in \
+             pieces, which the page cannot do yet; no weights were downloaded.",
+            gib(bytes),
+            gib(budget)
+        ),
+    })
+}
+
 /// Files held in memory, e.g. handed over by the browser after a download.
 #[derive(Debug, Clone, Default)]
 pub struct MemorySource {
@@ -198,5 +224,27 @@ impl WeightSource for DirSource {
         let mut buf = vec![0u8; range.len()];
         f.read_exact(&mut buf).map_err(|e| self.io_error(file, e))?;
         Ok(buf)
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_f32_footprint_check_refuses_with_both_sizes() {
+        check_f32_footprint("tiny", 3_000_000, BROWSER_F32_WEIGHT_BUDGET).expect("12 MB fits");
+        check_f32_footprint("edge", 1 << 28, BROWSER_F32_WEIGHT_BUDGET).expect("exactly 4 GiB");
+        // The real pipeline: 20.43B (transformer) + 8.29B (text encoder) + 0.13B (VAE) values.
+        let err = check_f32_footprint("Qwen/Qwen-Image-Layered", 28_850_000_000, 4 << 30)
+            .expect_err("115 GB cannot fit")
+            .to_string();
+        assert!(
+            err.contains("Qwen/Qwen-Image-Layered")
+                && err.contains("107.5 GiB")
+                && err.contains("4.0 GiB")
+                && err.contains("no weights were downloaded"),
+            "{err}"
+        );
     }
 }

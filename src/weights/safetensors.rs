@@ -177,6 +177,14 @@ impl SafetensorsFolder {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+
+    /// Number of values over all tensors (an f32 copy of the folder takes 4 bytes each).
+    pub fn value_count(&self) -> u64 {
+        self.entries
+            .values()
+            .map(|e| e.shape.iter().map(|&d| d as u64).product::<u64>())
+            .sum()
+    }
 }
 
 /// `folder/name`, or `name` for the root.
