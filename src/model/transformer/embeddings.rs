@@ -187,6 +187,9 @@ pub struct QwenEmbedRope {
     pub layer3d: bool,
 }
 
+/// One `(frame, row, col)` RoPE position per token.
+pub type Positions = Vec<[i64; 3]>;
+
 impl QwenEmbedRope {
     /// The inverse frequencies of one axis, in f32 like `1.0 / torch.pow(theta, arange(0, d, 2) / d)`.
     fn inv_freqs(&self, dim: usize) -> Vec<f32> {
@@ -228,7 +231,7 @@ impl QwenEmbedRope {
         &self,
         img_shapes: &[ImgShape],
         txt_len: usize,
-    ) -> Result<(Vec<[i64; 3]>, Vec<[i64; 3]>)> {
+    ) -> Result<(Positions, Positions)> {
         let input = |reason: String| Error::Input {
             model: "QwenEmbedRope",
             reason,
