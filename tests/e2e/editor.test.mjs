@@ -224,6 +224,8 @@ test("open, edit every way, undo, and export PNG/ZIP/PSD/ORA that read back righ
 
     // Zoom, pan and compare draw without touching the document.
     await page.click("#zoom-in");
+    // The label is written when the next animation frame draws the view.
+    await page.waitForFunction(() => document.getElementById("zoom-level").textContent !== "100%");
     assert.equal(await page.textContent("#zoom-level"), "125%");
     await page.selectOption("#compare", "split");
     assert.equal(await page.isVisible("#split"), true);
