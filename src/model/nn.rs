@@ -222,6 +222,48 @@ impl FeedForward {
     }
 }
 
+/// The Qwen2 / Qwen2.5-VL SwiGLU MLP: `down_proj(silu(gate_proj(x)) · up_proj(x))` (the language
+/// model's without biases, the vision tower's with).
+///
+/// Checkpoint keys under `….mlp.`: `gate_proj`, `up_proj` (`[I, D]`), `down_proj` (`[D, I]`).
+#[derive(Module, Debug)]
+pub struct SwiGluMlp {
+    /// `[D → I]`.
+    pub gate_proj: Linear,
+    /// `[D → I]`.
+    pub up_proj: Linear,
+    /// `[I → D]`.
+    pub down_proj: Linear,
+}
+
+impl SwiGluMlp {
+    /// Loads `{prefix}.{gate,up,down}_proj` (and their biases when `bias`).
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        hidden: usize,
+        intermediate: usize,
+        bias: bool,
+    ) -> Result<Self> {
+        let p = |name: &str| format!("{prefix}.{name}");
+        Ok(Self {
+            gate_proj: l
+                .linear(&p("gate_proj"), hidden, intermediate, bias)
+                .await?,
+            up_proj: l.linear(&p("up_proj"), hidden, intermediate, bias).await?,
+            down_proj: l
+                .linear(&p("down_proj"), intermediate, hidden, bias)
+                .await?,
+        })
+    }
+
+    /// - x: `[..., D]` → `[..., D]`
+    pub fn forward<const N: usize>(&self, x: Tensor<N>) -> Tensor<N> {
+        let gate = silu(self.gate_proj.forward(x.clone()));
+        self.down_proj.forward(gate * self.up_proj.forward(x))
+    }
+}
+
 /// `Linear(silu(x))`: diffusers' `nn.Sequential(nn.SiLU(), nn.Linear(..))` (`img_mod`, `txt_mod`)
 /// and the `AdaLayerNormContinuous` embedding path.
 ///

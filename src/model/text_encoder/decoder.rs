@@ -4,54 +4,13 @@
 
 use burn::module::Module;
 use burn::tensor::Tensor;
-use burn::tensor::activation::silu;
 
 use super::attention::{LayerCache, Qwen2Attention};
 use super::config::QwenTextConfig;
 use super::rope::RopeTables;
 use crate::error::Result;
-use crate::model::nn::{Linear, RmsNorm};
+use crate::model::nn::{RmsNorm, SwiGluMlp};
 use crate::weights::{TensorLoader, WeightSource};
-
-/// SwiGLU MLP: `down_proj(silu(gate_proj(x)) · up_proj(x))`, no biases.
-///
-/// Checkpoint keys under `….mlp.`: `gate_proj`, `up_proj` (`[I, D]`), `down_proj` (`[D, I]`).
-#[derive(Module, Debug)]
-pub struct Qwen2Mlp {
-    /// `[D → I]`.
-    pub gate_proj: Linear,
-    /// `[D → I]`.
-    pub up_proj: Linear,
-    /// `[I → D]`.
-    pub down_proj: Linear,
-}
-
-impl Qwen2Mlp {
-    /// Loads `{prefix}.{gate,up,down}_proj`.
-    pub async fn load<S: WeightSource>(
-        l: &mut TensorLoader<'_, S>,
-        prefix: &str,
-        hidden: usize,
-        intermediate: usize,
-    ) -> Result<Self> {
-        let p = |name: &str| format!("{prefix}.{name}");
-        Ok(Self {
-            gate_proj: l
-                .linear(&p("gate_proj"), hidden, intermediate, false)
-                .await?,
-            up_proj: l.linear(&p("up_proj"), hidden, intermediate, false).await?,
-            down_proj: l
-                .linear(&p("down_proj"), intermediate, hidden, false)
-                .await?,
-        })
-    }
-
-    /// - x: `[B, S, D]` → `[B, S, D]`
-    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gate = silu(self.gate_proj.forward(x.clone()));
-        self.down_proj.forward(gate * self.up_proj.forward(x))
-    }
-}
 
 /// One pre-norm decoder layer: `h = x + attn(norm1(x)); out = h + mlp(norm2(h))`.
 ///
@@ -66,7 +25,7 @@ pub struct Qwen2DecoderLayer {
     /// RMSNorm before the MLP.
     pub post_attention_layernorm: RmsNorm,
     /// SwiGLU MLP.
-    pub mlp: Qwen2Mlp,
+    pub mlp: SwiGluMlp,
 }
 
 impl Qwen2DecoderLayer {
@@ -101,7 +60,8 @@ impl Qwen2DecoderLayer {
                 c.rms_norm_eps,
             )
             .await?,
-            mlp: Qwen2Mlp::load(l, &format!("{prefix}.mlp"), d, c.intermediate_size).await?,
+            mlp: SwiGluMlp::load(l, &format!("{prefix}.mlp"), d, c.intermediate_size, false)
+                .await?,
         })
     }
 

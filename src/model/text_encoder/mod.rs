@@ -22,6 +22,6 @@ mod rope;
 
 pub use attention::{KvCache, LayerCache, Qwen2Attention};
 pub use config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
-pub use decoder::{Qwen2DecoderLayer, Qwen2Mlp};
+pub use decoder::Qwen2DecoderLayer;
 pub use model::{Embedding, LoadOptions, QwenLanguageModel, QwenTextModel};
 pub use rope::{RopePositions, RopeTables, TextRope, apply_rotary_pos_emb};

@@ -11,6 +11,6 @@ mod model;
 pub use config::VisionConfig;
 pub use layout::{SegmentBatch, VisionLayout};
 pub use model::{
-    PatchEmbed, PatchMerger, Qwen2_5VisionTransformer, VisionAttention, VisionBlock, VisionMlp,
-    VisionTower, VisionTrace,
+    PatchEmbed, PatchMerger, Qwen2_5VisionTransformer, VisionAttention, VisionBlock, VisionTower,
+    VisionTrace,
 };

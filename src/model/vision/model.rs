@@ -8,7 +8,7 @@
 //! `merger.ln_q.weight`, `merger.mlp.{0,2}.{weight,bias}`.
 
 use burn::module::{Module, Param};
-use burn::tensor::activation::{gelu, silu};
+use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
@@ -16,7 +16,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use super::config::VisionConfig;
 use super::layout::{SegmentBatch, VisionLayout};
 use crate::error::{Error, Result};
-use crate::model::nn::{Linear, RmsNorm};
+use crate::model::nn::{Linear, RmsNorm, SwiGluMlp};
 use crate::weights::{TensorLoader, WeightSource};
 
 /// `patch_embed.proj`: the Conv3d as a `[C·T·P·P, D]` matrix (bias-free).
@@ -30,25 +30,6 @@ impl PatchEmbed {
     /// - pixel_values: `[N, C·T·P·P]` → `[N, D]`
     pub fn forward(&self, pixel_values: Tensor<2>) -> Tensor<2> {
         pixel_values.matmul(self.proj.val())
-    }
-}
-
-/// `Qwen2_5_VLMLP(bias=True)`: `down(silu(gate(x)) · up(x))`.
-#[derive(Module, Debug)]
-pub struct VisionMlp {
-    /// `[D → I]`.
-    pub gate_proj: Linear,
-    /// `[D → I]`.
-    pub up_proj: Linear,
-    /// `[I → D]`.
-    pub down_proj: Linear,
-}
-
-impl VisionMlp {
-    /// - x: `[N, D]` → `[N, D]`
-    pub fn forward(&self, x: Tensor<2>) -> Tensor<2> {
-        self.down_proj
-            .forward(silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x))
     }
 }
 
@@ -161,7 +142,7 @@ pub struct VisionBlock {
     /// Attention.
     pub attn: VisionAttention,
     /// MLP.
-    pub mlp: VisionMlp,
+    pub mlp: SwiGluMlp,
 }
 
 impl VisionBlock {
@@ -266,11 +247,7 @@ impl VisionTower {
                     proj: l.linear(&q("attn.proj"), d, d, true).await?,
                     heads: c.num_heads,
                 },
-                mlp: VisionMlp {
-                    gate_proj: l.linear(&q("mlp.gate_proj"), d, i, true).await?,
-                    up_proj: l.linear(&q("mlp.up_proj"), d, i, true).await?,
-                    down_proj: l.linear(&q("mlp.down_proj"), i, d, true).await?,
-                },
+                mlp: SwiGluMlp::load(l, &q("mlp"), d, i, true).await?,
             });
         }
         let md = d * c.merge_unit();
