@@ -212,22 +212,34 @@ fn translate(
 }
 
 /// Applies every message except undo, redo and select to `doc`.
+/// Checks every new layer first (so nothing changes on an error), then puts them on top of
+/// `doc` at their offsets, unscaled, and selects the last one.
+fn push_new_layers(
+    doc: &mut Document,
+    next_id: &mut u64,
+    layers: Vec<NewLayer>,
+    what: &'static str,
+) -> Result<()> {
+    for l in &layers {
+        check_image(what, l)?;
+    }
+    for l in layers {
+        let t = Transform {
+            x: l.x,
+            y: l.y,
+            scale: 1.0,
+        };
+        let layer = new_layer(next_id, l, t);
+        doc.selected = Some(layer.id);
+        doc.layers.push(layer);
+    }
+    Ok(())
+}
+
 fn apply(doc: &mut Document, next_id: &mut u64, msg: EditorMessage) -> Result<()> {
     match msg {
         EditorMessage::AddLayers { layers } => {
-            for l in &layers {
-                check_image("add layers", l)?;
-            }
-            for l in layers {
-                let t = Transform {
-                    x: l.x,
-                    y: l.y,
-                    scale: 1.0,
-                };
-                let layer = new_layer(next_id, l, t);
-                doc.selected = Some(layer.id);
-                doc.layers.push(layer);
-            }
+            push_new_layers(doc, next_id, layers, "add layers")?;
         }
         EditorMessage::SetVisibility { id, visible } => {
             let i = doc.require("set visibility", id)?;
@@ -303,20 +315,8 @@ fn apply(doc: &mut Document, next_id: &mut u64, msg: EditorMessage) -> Result<()
             layers,
         } => {
             check_document_size(width, height)?;
-            for l in &layers {
-                check_image("replace the document", l)?;
-            }
             let mut next = Document::new(width, height);
-            for l in layers {
-                let t = Transform {
-                    x: l.x,
-                    y: l.y,
-                    scale: 1.0,
-                };
-                let layer = new_layer(next_id, l, t);
-                next.selected = Some(layer.id);
-                next.layers.push(layer);
-            }
+            push_new_layers(&mut next, next_id, layers, "replace the document")?;
             *doc = next;
         }
         EditorMessage::ReplaceWithSublayers { id, layers } => {
