@@ -23,8 +23,12 @@ cargo test --test export export_check_files
 step "browser unit tests: wasm-pack test --headless --chrome"
 # tests/web_download.rs downloads from the mock Hugging Face host at 127.0.0.1:18090 (its CDN on
 # :18091, a second origin like the real hub's); it runs only while the browser tests do.
+# tests/web_heap.rs streams a generated 155 MB checkpoint (test/heap-weights) from it to the GPU.
 mkdir -p target
-node tests/mock-hf/server.mjs --port 18090 --cdn-port 18091 > target/mock-hf-browser.log 2>&1 &
+[ -f target/heap-root/test/heap-weights/transformer/diffusion_pytorch_model.safetensors ] ||
+  node tests/heap/make-repo.mjs target/heap-root 150
+node tests/mock-hf/server.mjs --port 18090 --cdn-port 18091 --root target/heap-root \
+  --generate test/qwen-image-layered-tiny > target/mock-hf-browser.log 2>&1 &
 mock_hf_pid=$!
 trap 'kill "$mock_hf_pid" 2>/dev/null || true' EXIT
 node -e 'const go = (n) => fetch("http://127.0.0.1:18090/__control/health").then((r) => process.exit(r.ok ? 0 : 1), () => n > 0 ? setTimeout(go, 200, n - 1) : process.exit(1)); go(50)'

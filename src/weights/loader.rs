@@ -433,7 +433,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use std::cell::Cell;
 

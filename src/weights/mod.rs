@@ -25,7 +25,7 @@ mod quant;
 mod safetensors;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
-pub use loader::{Precision, TensorLoader};
+pub use loader::{DEFAULT_READ_CHUNK, Precision, TensorLoader};
 pub use quant::{BLOCK, QuantizedMatrix};
 pub use safetensors::{SafetensorsFolder, TensorEntry, to_f32};
 
