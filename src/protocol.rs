@@ -32,8 +32,8 @@ pub struct CacheState {
     pub files_total: usize,
     /// Files verified and committed.
     pub files_verified: usize,
-    /// The file list came from the record kept with the cache (the hub was not reachable),
-    /// not from the hub now.
+    /// The file list is the one recorded when the download started (fixed until the source
+    /// is deleted; no hub request), not the hub's listing now.
     pub from_record: bool,
 }
 
