@@ -97,11 +97,14 @@ test("the picker lists the tiny model plainly; it downloads over HTTP ranges fro
     assert.match(tiny[1], /random test weights/);
 
     hf.resetStats();
-    await loadTiny(page, wait);
+    await downloadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
+    await wait("body[data-cache=cached]");
+    const afterDownload = JSON.stringify(hf.stats().files);
+    await page.click("#load-model");
+    await wait("body[data-model=loaded], body[data-model=failed]");
     assert.equal(await page.getAttribute("body", "data-model"), "loaded",
       `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
-    // Loading read the cache, not the network: nothing was requested after the download.
-    const afterDownload = JSON.stringify(hf.stats().files);
     assert.match(await page.textContent("#model-status"), /^Loaded Tiny test model.* in \d+\.\d s\.$/);
     // The resolution choices follow the model.
     assert.deepEqual(await page.$$eval("#set-resolution option", (os) => os.map((o) => o.value)), ["64", "32", "128"]);
@@ -115,6 +118,7 @@ test("the picker lists the tiny model plainly; it downloads over HTTP ranges fro
       assert.equal(s.statuses["200"] ?? 0, 0, `${file} must never be fetched whole`);
       assert.ok(s.ranges.every((r) => r && r.start !== null), `${file}: every GET is ranged`);
     }
+    // Loading read the verified cache, not the network: nothing was requested after the download.
     assert.equal(JSON.stringify(hf.stats().files), afterDownload);
     await page.screenshot({ path: `${artifacts}/10-model-loaded.png` });
   } finally {

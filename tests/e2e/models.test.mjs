@@ -130,7 +130,7 @@ test("download with progress, reload mid-way and resume, then offline: load from
     // After the reload: the partial state with its bytes; the button resumes.
     await openTiny();
     await wait("body[data-cache=partial]");
-    const [kept, total] = mb(await info(), /^Partly downloaded: ([\d.]+) of ([\d.]+) MB \(\d+ of \d+ files verified\)/);
+    const [kept, total] = mb(await info(), /^Partly downloaded: ([\d.]+) MB of ([\d.]+) MB \(\d+ of \d+ files verified\)/);
     assert.ok(kept >= (totalBytes - 1_400_000) / 1e6 && kept < total, `${await info()} (before the reload: ${seenBeforeReload})`);
     assert.equal((await page.textContent("#download-model")).trim(), "Resume download");
     assert.ok(!(await page.isDisabled("#delete-model")), "a partial download can be deleted");
