@@ -323,6 +323,7 @@ mod tests {
             ToWorker::Decompose(request()),
             ToWorker::Cancel,
             ToWorker::Unload,
+            ToWorker::CancelDownload,
         ];
         for m in to {
             let json = serde_json::to_value(&m).unwrap();
@@ -365,12 +366,64 @@ mod tests {
             FromWorker::RunFailed {
                 message: "y".into(),
             },
+            FromWorker::ModelState {
+                id: "tiny".into(),
+                state: Some(CacheState {
+                    revisions: vec!["test/tiny@0123".into()],
+                    total_bytes: 30,
+                    verified_bytes: 10,
+                    partial_bytes: 5,
+                    files_total: 3,
+                    files_verified: 1,
+                    from_record: true,
+                }),
+                note: None,
+            },
+            FromWorker::DownloadProgress {
+                id: "tiny".into(),
+                progress: Progress {
+                    done_bytes: 1,
+                    total_bytes: 2,
+                    files_done: 0,
+                    files_total: 1,
+                    current_file: "vae/x.safetensors".into(),
+                    rate_bytes_per_s: 3.5,
+                    eta_s: Some(0.3),
+                },
+            },
+            FromWorker::DownloadDone {
+                id: "tiny".into(),
+                fetched_bytes: 2,
+                millis: 1.0,
+            },
+            FromWorker::DownloadCancelled { id: "tiny".into() },
+            FromWorker::DownloadFailed {
+                id: "tiny".into(),
+                message: "z".into(),
+            },
         ];
         for m in from {
             let json = serde_json::to_value(&m).unwrap();
             assert!(json["type"].is_string(), "{json}");
             assert_eq!(serde_json::from_value::<FromWorker>(json).unwrap(), m);
         }
+        let state = CacheState {
+            revisions: Vec::new(),
+            total_bytes: 4,
+            verified_bytes: 4,
+            partial_bytes: 0,
+            files_total: 2,
+            files_verified: 2,
+            from_record: false,
+        };
+        assert!(state.complete());
+        assert!(
+            !CacheState {
+                files_verified: 1,
+                ..state
+            }
+            .complete()
+        );
         let json = serde_json::to_string(&FromWorker::RunProgress {
             phase: RunPhase::EncodingPrompt,
             step: 0,
