@@ -24,7 +24,7 @@ const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu
   "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
   "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
   "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
-const SLOW = 420_000;
+const SLOW = 600_000; // model load and kernel compilation on SwiftShader, a download, a run
 const TINY = "test/qwen-image-layered-tiny";
 const TINY_ID = "tiny-test";
 const VAE = "vae/diffusion_pytorch_model.safetensors";
