@@ -73,7 +73,7 @@ async function loadTiny(page, wait) {
   assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
   await wait("body[data-cache=cached]");
   await page.click("#load-model");
-  await wait("body[data-model=loaded], body[data-model=failed]");
+  await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
 }
 
 /** A deterministic opaque picture. */
@@ -102,7 +102,7 @@ test("the picker lists the tiny model plainly; it downloads over HTTP ranges fro
     await wait("body[data-cache=cached]");
     const afterDownload = JSON.stringify(hf.stats().files);
     await page.click("#load-model");
-    await wait("body[data-model=loaded], body[data-model=failed]");
+    await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded",
       `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
     assert.match(await page.textContent("#model-status"), /^Loaded Tiny test model.* in \d+\.\d s\.$/);

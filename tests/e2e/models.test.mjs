@@ -171,7 +171,7 @@ test("download with progress, reload mid-way and resume, then offline: load from
     await openTiny();
     await wait("body[data-cache=cached]");
     await page.click("#load-model");
-    await wait("body[data-model=loaded], body[data-model=failed]");
+    await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded",
       `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
     await page.setInputFiles("#file-input", { name: "offline.png", mimeType: "image/png", buffer: picture(36, 20) });
