@@ -13,6 +13,7 @@ pub mod image_io;
 pub mod model;
 pub mod pipeline;
 pub mod protocol;
+pub mod registry;
 pub mod run_settings;
 pub mod text;
 pub mod weights;

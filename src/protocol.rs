@@ -11,85 +11,36 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::download::Progress;
 use crate::gpu::{GpuReport, MatmulCheck};
-use crate::weights::http::resolve_base;
 
-/// Where a model's files come from: a Hugging Face-style host, a repository and a revision.
-/// The page reads the list from `models.json` (served with the app).
+pub use crate::registry::{ModelRegistry, ModelSource};
+
+/// What the browser's model cache (OPFS) holds of one model source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct ModelSource {
-    /// Stable id of the entry (`"qwen-image-layered"`).
-    pub id: String,
-    /// What the picker shows.
-    pub label: String,
-    /// `https://huggingface.co`, or a local host for development.
-    pub host: String,
-    /// `owner/name`.
-    pub repo: String,
-    /// A commit sha (immutable) or a branch name.
-    pub revision: String,
-    /// The `resolution` values (bucket sides) this model is meant for; the first is the default.
-    #[serde(default = "default_resolutions")]
-    pub resolutions: Vec<u32>,
-    /// Development-only entry (random test weights): listed only when the page is served
-    /// from `localhost` / `127.0.0.1`.
-    #[serde(default)]
-    pub dev: bool,
+pub struct CacheState {
+    /// The repositories at the commits the source resolved to (`owner/name@sha`).
+    pub revisions: Vec<String>,
+    /// Bytes of every file of the source.
+    pub total_bytes: u64,
+    /// Bytes verified and committed.
+    pub verified_bytes: u64,
+    /// Bytes of partial downloads that a new download resumes from.
+    pub partial_bytes: u64,
+    /// Files of the source.
+    pub files_total: usize,
+    /// Files verified and committed.
+    pub files_verified: usize,
+    /// The file list is the one recorded when the download started (fixed until the source
+    /// is deleted; no hub request), not the hub's listing now.
+    pub from_record: bool,
 }
 
-fn default_resolutions() -> Vec<u32> {
-    vec![640, 1024]
-}
-
-impl ModelSource {
-    /// `{host}/{repo}/resolve/{revision}`: files are `{base}/{path}`.
-    pub fn base_url(&self) -> String {
-        resolve_base(&self.host, &self.repo, &self.revision)
-    }
-}
-
-/// The model list served with the app (`www/models.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ModelRegistry {
-    /// Entries in the order the picker shows them; the first non-dev one is the default.
-    pub models: Vec<ModelSource>,
-}
-
-impl ModelRegistry {
-    /// Parses `models.json`.
-    pub fn from_json(text: &str) -> Result<Self, String> {
-        let registry: Self =
-            serde_json::from_str(text).map_err(|e| format!("models.json is not valid: {e}"))?;
-        if registry.models.is_empty() {
-            return Err("models.json lists no models".into());
-        }
-        for m in &registry.models {
-            if m.id.is_empty() || m.repo.split('/').count() != 2 || m.revision.is_empty() {
-                return Err(format!(
-                    "models.json entry \"{}\" needs an id, an owner/name repo and a revision",
-                    m.id
-                ));
-            }
-            if m.resolutions.is_empty() || m.resolutions.iter().any(|r| r % 16 != 0 || *r == 0) {
-                return Err(format!(
-                    "models.json entry \"{}\": resolutions must be positive multiples of 16",
-                    m.id
-                ));
-            }
-        }
-        Ok(registry)
-    }
-
-    /// The entries a page served from `hostname` lists: dev entries only on a local host.
-    pub fn visible(&self, hostname: &str) -> Vec<ModelSource> {
-        let local = matches!(hostname, "localhost" | "127.0.0.1" | "[::1]" | "::1");
-        self.models
-            .iter()
-            .filter(|m| local || !m.dev)
-            .cloned()
-            .collect()
+impl CacheState {
+    /// Every file is verified: the model loads from the cache.
+    pub fn complete(&self) -> bool {
+        self.files_total > 0 && self.files_verified == self.files_total
     }
 }
 
@@ -180,6 +131,23 @@ pub enum ToWorker {
     Cancel,
     /// Free the loaded model.
     Unload,
+    /// Report what the browser's model cache holds of a source ([`FromWorker::ModelState`]).
+    QueryModel {
+        /// The source.
+        source: ModelSource,
+    },
+    /// Download a source's missing files into the cache, verified (resumes partial files).
+    DownloadModel {
+        /// The source.
+        source: ModelSource,
+    },
+    /// Stop the running download (its durable bytes stay for a resume).
+    CancelDownload,
+    /// Delete a source's files from the cache.
+    DeleteModel {
+        /// The source.
+        source: ModelSource,
+    },
 }
 
 /// Worker → page.
@@ -240,6 +208,44 @@ pub enum FromWorker {
     },
     /// The model was freed.
     Unloaded,
+    /// What the cache holds of a source (after a query, a download or a deletion).
+    ModelState {
+        /// `ModelSource::id`.
+        id: String,
+        /// `None` when the file list is unknown (the hub is unreachable and nothing of the
+        /// source was ever downloaded here).
+        state: Option<CacheState>,
+        /// Why the state is unknown, or what went wrong reading it.
+        note: Option<String>,
+    },
+    /// A download's progress (bytes done/total over all files, rate, ETA).
+    DownloadProgress {
+        /// `ModelSource::id`.
+        id: String,
+        /// The snapshot.
+        progress: Progress,
+    },
+    /// The download finished: every file is verified in the cache.
+    DownloadDone {
+        /// `ModelSource::id`.
+        id: String,
+        /// Bytes fetched over the network by this download.
+        fetched_bytes: u64,
+        /// Wall time, ms.
+        millis: f64,
+    },
+    /// The download stopped because the page asked; its durable bytes stay.
+    DownloadCancelled {
+        /// `ModelSource::id`.
+        id: String,
+    },
+    /// The download failed (or was refused up front, e.g. by the storage quota).
+    DownloadFailed {
+        /// `ModelSource::id`.
+        id: String,
+        /// What failed, with the numbers.
+        message: String,
+    },
     /// A run's progress.
     RunProgress {
         /// The phase now running (or, for `Denoising`, the step just done).
@@ -311,11 +317,13 @@ mod tests {
                     revision: "main".into(),
                     resolutions: vec![64],
                     dev: true,
+                    components: Vec::new(),
                 },
             },
             ToWorker::Decompose(request()),
             ToWorker::Cancel,
             ToWorker::Unload,
+            ToWorker::CancelDownload,
         ];
         for m in to {
             let json = serde_json::to_value(&m).unwrap();
@@ -358,12 +366,64 @@ mod tests {
             FromWorker::RunFailed {
                 message: "y".into(),
             },
+            FromWorker::ModelState {
+                id: "tiny".into(),
+                state: Some(CacheState {
+                    revisions: vec!["test/tiny@0123".into()],
+                    total_bytes: 30,
+                    verified_bytes: 10,
+                    partial_bytes: 5,
+                    files_total: 3,
+                    files_verified: 1,
+                    from_record: true,
+                }),
+                note: None,
+            },
+            FromWorker::DownloadProgress {
+                id: "tiny".into(),
+                progress: Progress {
+                    done_bytes: 1,
+                    total_bytes: 2,
+                    files_done: 0,
+                    files_total: 1,
+                    current_file: "vae/x.safetensors".into(),
+                    rate_bytes_per_s: 3.5,
+                    eta_s: Some(0.3),
+                },
+            },
+            FromWorker::DownloadDone {
+                id: "tiny".into(),
+                fetched_bytes: 2,
+                millis: 1.0,
+            },
+            FromWorker::DownloadCancelled { id: "tiny".into() },
+            FromWorker::DownloadFailed {
+                id: "tiny".into(),
+                message: "z".into(),
+            },
         ];
         for m in from {
             let json = serde_json::to_value(&m).unwrap();
             assert!(json["type"].is_string(), "{json}");
             assert_eq!(serde_json::from_value::<FromWorker>(json).unwrap(), m);
         }
+        let state = CacheState {
+            revisions: Vec::new(),
+            total_bytes: 4,
+            verified_bytes: 4,
+            partial_bytes: 0,
+            files_total: 2,
+            files_verified: 2,
+            from_record: false,
+        };
+        assert!(state.complete());
+        assert!(
+            !CacheState {
+                files_verified: 1,
+                ..state
+            }
+            .complete()
+        );
         let json = serde_json::to_string(&FromWorker::RunProgress {
             phase: RunPhase::EncodingPrompt,
             step: 0,
@@ -385,47 +445,6 @@ mod tests {
         assert_eq!(
             bad.check("input").unwrap_err(),
             "input: 2×1 RGBA needs 8 bytes, got 7"
-        );
-    }
-
-    #[test]
-    fn the_registry_hides_dev_models_from_visitors() {
-        let text = r#"{"models": [
-            {"id": "real", "label": "Real", "host": "https://huggingface.co",
-             "repo": "Qwen/Qwen-Image-Layered", "revision": "main"},
-            {"id": "tiny", "label": "Tiny", "host": "http://127.0.0.1:8090",
-             "repo": "test/tiny", "revision": "main", "resolutions": [64, 32], "dev": true}
-        ]}"#;
-        let reg = ModelRegistry::from_json(text).unwrap();
-        assert_eq!(reg.models[0].resolutions, vec![640, 1024]);
-        assert_eq!(
-            reg.models[0].base_url(),
-            "https://huggingface.co/Qwen/Qwen-Image-Layered/resolve/main"
-        );
-        let ids = |h: &str| reg.visible(h).into_iter().map(|m| m.id).collect::<Vec<_>>();
-        assert_eq!(ids("example.org"), ["real"]);
-        assert_eq!(ids("127.0.0.1"), ["real", "tiny"]);
-        assert!(ModelRegistry::from_json(r#"{"models": []}"#).is_err());
-        let bad = r#"{"models": [{"id": "x", "label": "", "host": "h", "repo": "norepo", "revision": "main"}]}"#;
-        assert!(
-            ModelRegistry::from_json(bad)
-                .unwrap_err()
-                .contains("owner/name")
-        );
-    }
-
-    /// The committed registry parses, and its default entry is the real model.
-    #[test]
-    fn the_served_registry_is_valid() {
-        let text = include_str!("../www/models.json");
-        let reg = ModelRegistry::from_json(text).unwrap();
-        let visitors = reg.visible("example.org");
-        assert_eq!(visitors[0].repo, "Qwen/Qwen-Image-Layered");
-        assert_eq!(visitors[0].host, "https://huggingface.co");
-        assert!(
-            reg.models
-                .iter()
-                .any(|m| m.dev && m.label.contains("random"))
         );
     }
 }

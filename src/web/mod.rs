@@ -6,6 +6,7 @@
 //! - [`worker`]: the Web Worker: owns the GPU device and (later) the model.
 //! - [`adapter`]: the WebGPU adapter facts wgpu does not carry (vendor, architecture).
 //! - [`download`]: model download with `fetch` Range requests into OPFS (worker).
+//! - [`models`]: the worker's model cache service (state, download, delete, load source).
 //! - [`opfs`]: OPFS storage of model files, quota check, cache manager, `OpfsSource`.
 //! - [`http`]: [`http::HttpSource`], model files read with HTTP range requests.
 //! - [`run`]: the page's model picker, load / decompose / cancel controls and progress.
@@ -15,6 +16,7 @@ pub mod app;
 pub mod download;
 pub mod editor_ui;
 pub mod http;
+pub mod models;
 pub mod opfs;
 pub mod run;
 pub mod status;

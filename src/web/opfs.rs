@@ -783,3 +783,31 @@ impl WeightSource for OpfsSource {
         Ok(bytes)
     }
 }
+
+/// Writes a small file `name` in the top-level OPFS folder `folder` (worker only).
+pub async fn write_record(folder: &str, name: &str, bytes: &[u8]) -> DResult<()> {
+    let err = |e: JsValue| storage_err(&format!("{folder}/{name}"), &e);
+    let root = opfs_root().await.map_err(err)?;
+    let dir = subdir(&root, folder, true).await.map_err(err)?;
+    write_small(&dir, name, bytes).await.map_err(err)
+}
+
+/// Reads the small file `name` of the top-level OPFS folder `folder` (`None` when missing).
+pub async fn read_record(folder: &str, name: &str) -> DResult<Option<Vec<u8>>> {
+    let err = |e: JsValue| storage_err(&format!("{folder}/{name}"), &e);
+    let root = opfs_root().await.map_err(err)?;
+    let Ok(dir) = subdir(&root, folder, false).await else {
+        return Ok(None);
+    };
+    read_small(&dir, name).await.map_err(err)
+}
+
+/// Removes the small file `name` of the top-level OPFS folder `folder` (missing is fine).
+pub async fn remove_record(folder: &str, name: &str) -> DResult<()> {
+    let err = |e: JsValue| storage_err(&format!("{folder}/{name}"), &e);
+    let root = opfs_root().await.map_err(err)?;
+    let Ok(dir) = subdir(&root, folder, false).await else {
+        return Ok(());
+    };
+    remove(&dir, name, false).await.map_err(err)
+}

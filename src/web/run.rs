@@ -1,10 +1,13 @@
-//! The page's model controls (in `#settings`): pick a model source from `models.json`, load it
-//! with progress, decompose the open picture with per-step progress, elapsed time, ETA and
-//! Cancel, and hand the layers to the page ([`show_layers`]).
+//! The page's model controls (in `#settings`): pick a model source from `models.json`, see its
+//! size and what the browser's cache holds of it, download it (progress, rate, ETA, Cancel,
+//! resume after a reload, refused up front when storage is short), delete it, load it from the
+//! verified cache with progress, decompose the open picture with per-step progress, elapsed
+//! time, ETA and Cancel, and hand the layers to the page ([`show_layers`]).
 //!
 //! State flags on `<body>` for tests and styles: `data-models` (`ready` / `failed`),
-//! `data-model` (`loading` / `loaded` / `failed` / `none`), `data-run` (`running` / `done` /
-//! `cancelled` / `failed`).
+//! `data-cache` (`unknown` / `none` / `partial` / `cached`, for the chosen source),
+//! `data-download` (`running` / `done` / `cancelled` / `failed`), `data-model` (`loading` /
+//! `loaded` / `failed` / `none`), `data-run` (`running` / `done` / `cancelled` / `failed`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -19,9 +22,10 @@ use web_sys::{
 };
 
 use super::{js_error_text, pixel_buffers};
+use crate::download::Progress;
 use crate::editor::NewLayer;
 use crate::protocol::{
-    DecomposeRequest, FromWorker, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
+    CacheState, DecomposeRequest, FromWorker, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
 };
 
 /// The model list served with the app.
@@ -31,6 +35,12 @@ const REGISTRY_URL: &str = "./models.json";
 pub struct RunPanel {
     document: Document,
     model_select: HtmlSelectElement,
+    model_info: Element,
+    download_button: HtmlButtonElement,
+    cancel_download_button: HtmlButtonElement,
+    delete_button: HtmlButtonElement,
+    download_progress: HtmlProgressElement,
+    download_status: Element,
     load_button: HtmlButtonElement,
     load_progress: HtmlProgressElement,
     model_status: Element,
@@ -44,6 +54,12 @@ pub struct RunPanel {
     models: RefCell<Vec<ModelSource>>,
     image: RefCell<Option<RgbaImage>>,
     gpu_ready: Cell<bool>,
+    /// The worker has posted `Ready` (it can take messages).
+    worker_ready: Cell<bool>,
+    /// The cache state of the chosen source, once the worker reported it.
+    cache: RefCell<Option<(String, Option<CacheState>)>>,
+    /// The source being downloaded.
+    downloading: RefCell<Option<String>>,
     loaded: RefCell<Option<String>>,
     busy: Cell<bool>,
     /// When the run started and when denoising started (`performance`-free: `Date.now()`).
@@ -62,6 +78,12 @@ impl RunPanel {
         let panel = Rc::new(Self {
             document: document.clone(),
             model_select: by_id("model-source")?.dyn_into()?,
+            model_info: by_id("model-info")?,
+            download_button: by_id("download-model")?.dyn_into()?,
+            cancel_download_button: by_id("cancel-download")?.dyn_into()?,
+            delete_button: by_id("delete-model")?.dyn_into()?,
+            download_progress: by_id("download-progress")?.dyn_into()?,
+            download_status: by_id("download-status")?,
             load_button: by_id("load-model")?.dyn_into()?,
             load_progress: by_id("load-progress")?.dyn_into()?,
             model_status: by_id("model-status")?,
@@ -75,6 +97,9 @@ impl RunPanel {
             models: RefCell::new(Vec::new()),
             image: RefCell::new(None),
             gpu_ready: Cell::new(false),
+            worker_ready: Cell::new(false),
+            cache: RefCell::new(None),
+            downloading: RefCell::new(None),
             loaded: RefCell::new(None),
             busy: Cell::new(false),
             run_started: Cell::new(0.0),
@@ -85,6 +110,19 @@ impl RunPanel {
         EventListener::new(&panel.model_select, "change", move |_| this.model_chosen()).forget();
         let this = panel.clone();
         EventListener::new(&panel.load_button, "click", move |_| this.load()).forget();
+        let this = panel.clone();
+        EventListener::new(&panel.download_button, "click", move |_| {
+            let this = this.clone();
+            wasm_bindgen_futures::spawn_local(async move { this.download().await });
+        })
+        .forget();
+        let this = panel.clone();
+        EventListener::new(&panel.cancel_download_button, "click", move |_| {
+            this.cancel_download()
+        })
+        .forget();
+        let this = panel.clone();
+        EventListener::new(&panel.delete_button, "click", move |_| this.delete()).forget();
         let this = panel.clone();
         EventListener::new(&panel.cancel_button, "click", move |_| this.cancel()).forget();
         let this = panel.clone();
@@ -129,6 +167,45 @@ impl RunPanel {
     /// Handles the worker's model and run messages; returns the others untouched.
     pub fn on_message(&self, message: FromWorker) -> Option<FromWorker> {
         match message {
+            FromWorker::Ready => {
+                self.worker_ready.set(true);
+                self.query_state();
+                return Some(FromWorker::Ready);
+            }
+            FromWorker::ModelState { id, state, note } => self.show_state(id, state, note),
+            FromWorker::DownloadProgress { id, progress } => {
+                self.show_download_progress(&id, &progress)
+            }
+            FromWorker::DownloadDone {
+                id,
+                fetched_bytes,
+                millis,
+            } => {
+                self.download_ended(&id);
+                self.set_download_status(
+                    &format!(
+                        "Downloaded and verified {} of {} in {:.1} s; it now loads from this browser's cache, offline too.",
+                        human_bytes(fetched_bytes),
+                        self.label_of(&id),
+                        millis / 1000.0
+                    ),
+                    false,
+                );
+                self.flag("data-download", "done");
+            }
+            FromWorker::DownloadCancelled { id } => {
+                self.download_ended(&id);
+                self.set_download_status(
+                    "Download paused: the verified and partial bytes stay; Resume continues from there.",
+                    false,
+                );
+                self.flag("data-download", "cancelled");
+            }
+            FromWorker::DownloadFailed { id, message } => {
+                self.download_ended(&id);
+                self.set_download_status(&message, true);
+                self.flag("data-download", "failed");
+            }
             FromWorker::LoadProgress {
                 component,
                 bytes_read,
@@ -261,9 +338,10 @@ impl RunPanel {
             .map_or_else(|| id.to_owned(), |m| m.label.clone())
     }
 
-    /// The resolution choices follow the chosen model.
+    /// The resolution choices and the cache state follow the chosen model.
     fn model_chosen(&self) {
         let Some(model) = self.chosen() else { return };
+        self.query_state();
         self.resolution.set_inner_html("");
         for r in &model.resolutions {
             if let Ok(option) = self.document.create_element("option") {
@@ -278,8 +356,30 @@ impl RunPanel {
     fn update_buttons(&self) {
         let worker = self.worker.borrow().is_some() && self.gpu_ready.get();
         let busy = self.busy.get();
+        let chosen = self.chosen().map(|m| m.id);
+        let state = self.cache.borrow().as_ref().and_then(|(id, state)| {
+            (Some(id) == chosen.as_ref())
+                .then(|| state.clone())
+                .flatten()
+        });
+        let downloading = self.downloading.borrow().clone();
+        let this_downloading = downloading.is_some() && downloading == chosen;
+        let complete = state.as_ref().is_some_and(CacheState::complete);
+        let stored = state
+            .as_ref()
+            .is_some_and(|s| s.verified_bytes + s.partial_bytes > 0);
+        self.download_button.set_hidden(complete);
+        self.download_button
+            .set_disabled(!self.worker_ready.get() || downloading.is_some() || chosen.is_none());
+        self.download_button.set_text_content(Some(match &state {
+            Some(s) if s.verified_bytes + s.partial_bytes > 0 => "Resume download",
+            _ => "Download",
+        }));
+        self.cancel_download_button.set_hidden(!this_downloading);
+        self.delete_button
+            .set_disabled(!self.worker_ready.get() || this_downloading || !stored);
         self.load_button
-            .set_disabled(!worker || busy || self.chosen().is_none());
+            .set_disabled(!worker || busy || this_downloading || !complete);
         self.decompose_button.set_disabled(
             !worker || busy || self.loaded.borrow().is_none() || self.image.borrow().is_none(),
         );
@@ -294,6 +394,221 @@ impl RunPanel {
         worker
             .post_message_with_transfer(&value, &pixel_buffers(&value))
             .map_err(|e| js_error_text(&e))
+    }
+
+    /// Asks the worker what the cache holds of the chosen source.
+    fn query_state(&self) {
+        let Some(model) = self.chosen() else { return };
+        if !self.worker_ready.get() {
+            return;
+        }
+        if self.cache.borrow().as_ref().map(|(id, _)| id) != Some(&model.id) {
+            *self.cache.borrow_mut() = None;
+            self.model_info
+                .set_text_content(Some("Checking this browser's model cache…"));
+            self.flag("data-cache", "unknown");
+        }
+        if let Err(err) = self.send(&ToWorker::QueryModel { source: model }) {
+            self.set_download_status(&format!("Could not ask the worker: {err}"), true);
+        }
+    }
+
+    fn show_state(&self, id: String, state: Option<CacheState>, note: Option<String>) {
+        let Some(model) = self.chosen() else { return };
+        if model.id != id {
+            return; // a late answer about another source
+        }
+        let revision = if model.pinned() {
+            format!("{}@{}", model.repo, short(&model.revision))
+        } else {
+            format!("{} branch {} (unpinned", model.repo, model.revision)
+        };
+        let (text, flag) = match &state {
+            None => (
+                format!(
+                    "{} {revision}{}.",
+                    note.as_deref().unwrap_or("Size unknown."),
+                    if model.pinned() { "" } else { ")" }
+                ),
+                "unknown",
+            ),
+            Some(s) => {
+                let commits = s
+                    .revisions
+                    .iter()
+                    .map(|r| match r.split_once('@') {
+                        Some((repo, sha)) => format!("{repo}@{}", short(sha)),
+                        None => r.clone(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                let source = if model.pinned() {
+                    commits
+                } else if s.from_record {
+                    format!("{revision}, fixed at {commits} by the download)")
+                } else {
+                    format!("{revision}, now {commits})")
+                };
+                if s.complete() {
+                    (
+                        format!(
+                            "Cached and verified: {} in {} files. {source}.",
+                            human_bytes(s.total_bytes),
+                            s.files_total
+                        ),
+                        "cached",
+                    )
+                } else if s.verified_bytes + s.partial_bytes > 0 {
+                    (
+                        format!(
+                            "Partly downloaded: {} of {} ({} of {} files verified). {source}.",
+                            human_bytes(s.verified_bytes + s.partial_bytes),
+                            human_bytes(s.total_bytes),
+                            s.files_verified,
+                            s.files_total
+                        ),
+                        "partial",
+                    )
+                } else {
+                    (
+                        format!(
+                            "Size {} in {} files; not downloaded. {source}.",
+                            human_bytes(s.total_bytes),
+                            s.files_total
+                        ),
+                        "none",
+                    )
+                }
+            }
+        };
+        self.model_info.set_text_content(Some(&text));
+        *self.cache.borrow_mut() = Some((id, state));
+        self.flag("data-cache", flag);
+        self.update_buttons();
+    }
+
+    async fn download(&self) {
+        let Some(model) = self.chosen() else { return };
+        if self.downloading.borrow().is_some() {
+            return;
+        }
+        // Ask for persistent storage first, then refuse up front, with the numbers, when the
+        // quota cannot hold what is missing (the worker checks again before it starts).
+        let missing = self.cache.borrow().as_ref().and_then(|(id, state)| {
+            let s = state.as_ref().filter(|_| *id == model.id)?;
+            Some(
+                s.total_bytes
+                    .saturating_sub(s.verified_bytes + s.partial_bytes),
+            )
+        });
+        let persisted = match super::opfs::storage_status().await {
+            Ok(status) => {
+                if let Some(missing) = missing.filter(|&m| m > 0)
+                    && let Err(err) = super::opfs::check_quota(missing, &status)
+                {
+                    self.set_download_status(
+                        &format!("Not downloading {}: {err}", model.label),
+                        true,
+                    );
+                    self.flag("data-download", "failed");
+                    return;
+                }
+                status.persisted
+            }
+            Err(_) => false,
+        };
+        match self.send(&ToWorker::DownloadModel {
+            source: model.clone(),
+        }) {
+            Ok(()) => {
+                *self.downloading.borrow_mut() = Some(model.id.clone());
+                self.download_progress.set_value(0.0);
+                self.download_progress.set_hidden(false);
+                self.set_download_status(
+                    &format!(
+                        "Starting the download{}…",
+                        if persisted {
+                            ""
+                        } else {
+                            " (storage is not persistent: the browser may evict it when space runs low)"
+                        }
+                    ),
+                    false,
+                );
+                self.flag("data-download", "running");
+            }
+            Err(err) => {
+                self.set_download_status(&format!("Could not start the download: {err}"), true)
+            }
+        }
+        self.update_buttons();
+    }
+
+    fn show_download_progress(&self, id: &str, p: &Progress) {
+        if self.downloading.borrow().as_deref() != Some(id) {
+            return;
+        }
+        self.download_progress.set_max(p.total_bytes.max(1) as f64);
+        self.download_progress.set_value(p.done_bytes as f64);
+        let rate = if p.rate_bytes_per_s > 0.0 {
+            format!(" · {}/s", human_bytes(p.rate_bytes_per_s as u64))
+        } else {
+            String::new()
+        };
+        let eta = match p.eta_s {
+            Some(s) if p.done_bytes < p.total_bytes => {
+                format!(" · about {} left", duration(s * 1000.0))
+            }
+            _ => String::new(),
+        };
+        self.set_download_status(
+            &format!(
+                "Downloading: {} of {} ({} of {} files verified){rate}{eta}",
+                human_bytes(p.done_bytes),
+                human_bytes(p.total_bytes),
+                p.files_done,
+                p.files_total
+            ),
+            false,
+        );
+    }
+
+    fn download_ended(&self, id: &str) {
+        if self.downloading.borrow().as_deref() == Some(id) {
+            *self.downloading.borrow_mut() = None;
+        }
+        self.download_progress.set_hidden(true);
+        self.update_buttons();
+    }
+
+    fn cancel_download(&self) {
+        if self.downloading.borrow().is_none() {
+            return;
+        }
+        match self.send(&ToWorker::CancelDownload) {
+            Ok(()) => {
+                self.cancel_download_button.set_hidden(true);
+                self.set_download_status("Pausing the download…", false);
+            }
+            Err(err) => self.set_download_status(&format!("Could not cancel: {err}"), true),
+        }
+    }
+
+    fn delete(&self) {
+        let Some(model) = self.chosen() else { return };
+        match self.send(&ToWorker::DeleteModel {
+            source: model.clone(),
+        }) {
+            Ok(()) => {
+                self.delete_button.set_disabled(true);
+                self.set_download_status(
+                    &format!("Deleting {} from this browser's cache…", model.label),
+                    false,
+                );
+                self.flag("data-download", "deleted");
+            }
+            Err(err) => self.set_download_status(&format!("Could not delete: {err}"), true),
+        }
     }
 
     fn load(&self) {
@@ -435,6 +750,10 @@ impl RunPanel {
         self.update_buttons();
     }
 
+    fn set_download_status(&self, text: &str, error: bool) {
+        set_line(&self.download_status, text, error);
+    }
+
     fn set_model_status(&self, text: &str, error: bool) {
         set_line(&self.model_status, text, error);
     }
@@ -460,6 +779,23 @@ fn set_line(element: &Element, text: &str, error: bool) {
 
 fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+/// `950 KB`, `3.0 MB`, `41.2 GB` (decimal units, as the Hub shows sizes).
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} KB", (b / 1e3).ceil())
+    }
+}
+
+/// The first 7 characters of a commit.
+fn short(sha: &str) -> &str {
+    sha.get(..7).unwrap_or(sha)
 }
 
 fn duration(ms: f64) -> String {

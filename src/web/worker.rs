@@ -8,8 +8,9 @@
 //!
 //! One task at a time: a load or a run. A run awaits a readback after every denoising step, so
 //! a [`ToWorker::Cancel`] arriving meanwhile is seen before the next step starts. Loading a
-//! model frees the previous one first; the model loads through any [`WeightSource`] (today
-//! [`HttpSource`]; a browser-storage cache can implement the same trait).
+//! model frees the previous one first; the model loads from the verified OPFS cache
+//! ([`super::models::CachedModel`]) once the source has been downloaded. A download (at most one)
+//! runs beside the other tasks; [`ToWorker::CancelDownload`] stops it between chunks.
 
 use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
@@ -22,17 +23,19 @@ use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 
 use super::adapter::{AdapterFacts, NoAdapter, request_adapter_facts};
-use super::http::HttpSource;
+use super::models::{self, CachedModel};
 use super::{js_error_text, pixel_buffers};
 use crate::error::{Error, Result};
 use crate::gpu::{FeatureState, GpuReport, KeyLimits, matmul_self_test};
+use crate::model::transformer::{QwenImageTransformer2DModel, QwenImageTransformerConfig};
 use crate::pipeline::{DecomposeParams, LayeredPipeline, Noise, Progress};
 use crate::protocol::{DecomposeRequest, FromWorker, ModelSource, Rgba, RunPhase, ToWorker};
 use crate::text::{
     DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, needs_caption,
 };
 use crate::weights::{
-    BROWSER_F32_WEIGHT_BUDGET, SafetensorsFolder, WeightSource, check_f32_footprint,
+    BROWSER_F32_WEIGHT_BUDGET, GgufFile, Precision, SafetensorsFolder, WeightSource,
+    check_f32_footprint, read_json,
 };
 
 thread_local! {
@@ -44,6 +47,10 @@ thread_local! {
     static BUSY: Cell<Option<Task>> = const { Cell::new(None) };
     /// Set by `Cancel`, read between steps.
     static CANCEL: Cell<bool> = const { Cell::new(false) };
+    /// The id of the source being downloaded.
+    static DOWNLOADING: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Set by `CancelDownload`, read between chunks.
+    static CANCEL_DOWNLOAD: Cell<bool> = const { Cell::new(false) };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,9 +66,6 @@ struct LoadedModel {
     /// Tokenizer + text encoder (keeps the negative prompt's embeddings once computed).
     prompt: RefCell<PromptEncoder>,
 }
-
-/// Weight folders read from a model repository (for the progress total).
-const COMPONENTS: [&str; 3] = ["text_encoder", "transformer", "vae"];
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
 const SELF_TEST: (usize, usize, usize) = (64, 64, 64);
@@ -124,7 +128,82 @@ async fn handle(message: ToWorker) {
             free_model();
             post(&FromWorker::Unloaded);
         }
+        ToWorker::QueryModel { source } => post_state(&source).await,
+        ToWorker::DownloadModel { source } => download(source).await,
+        ToWorker::CancelDownload => CANCEL_DOWNLOAD.set(true),
+        ToWorker::DeleteModel { source } => delete(source).await,
     }
+}
+
+// ---- the model cache ----------------------------------------------------------------------
+
+async fn post_state(source: &ModelSource) {
+    let (state, note) = match models::query(source).await {
+        Ok(state) => (Some(state), None),
+        Err(note) => (None, Some(note)),
+    };
+    post(&FromWorker::ModelState {
+        id: source.id.clone(),
+        state,
+        note,
+    });
+}
+
+async fn download(source: ModelSource) {
+    let id = source.id.clone();
+    if let Some(other) = DOWNLOADING.with(|d| d.borrow().clone()) {
+        return post(&FromWorker::DownloadFailed {
+            id,
+            message: format!("another download ({other}) is running; cancel it first"),
+        });
+    }
+    DOWNLOADING.with(|d| *d.borrow_mut() = Some(id.clone()));
+    CANCEL_DOWNLOAD.set(false);
+    let start = js_sys::Date::now();
+    let last_post = Cell::new(0.0);
+    let on_progress = |p: &crate::download::Progress| {
+        let now = js_sys::Date::now();
+        if now - last_post.get() >= 100.0 || p.done_bytes == p.total_bytes {
+            last_post.set(now);
+            post(&FromWorker::DownloadProgress {
+                id: id.clone(),
+                progress: p.clone(),
+            });
+        }
+    };
+    let result = models::download(&source, &on_progress, &|| CANCEL_DOWNLOAD.get()).await;
+    DOWNLOADING.with(|d| *d.borrow_mut() = None);
+    CANCEL_DOWNLOAD.set(false);
+    post(&match result {
+        Ok(fetched_bytes) => FromWorker::DownloadDone {
+            id: id.clone(),
+            fetched_bytes,
+            millis: js_sys::Date::now() - start,
+        },
+        Err(crate::download::DownloadError::Cancelled) => {
+            FromWorker::DownloadCancelled { id: id.clone() }
+        }
+        Err(err) => FromWorker::DownloadFailed {
+            id: id.clone(),
+            message: format!("Downloading {}: {err}", source.label),
+        },
+    });
+    post_state(&source).await;
+}
+
+async fn delete(source: ModelSource) {
+    if DOWNLOADING.with(|d| d.borrow().as_deref() == Some(source.id.as_str())) {
+        return post(&FromWorker::DownloadFailed {
+            id: source.id.clone(),
+            message: "this model is downloading: cancel the download before deleting it".into(),
+        });
+    }
+    if let Err(err) = models::delete(&source).await {
+        post(&FromWorker::Error {
+            message: format!("Deleting {} from the browser's cache: {err}", source.label),
+        });
+    }
+    post_state(&source).await;
 }
 
 fn device() -> Option<Device> {
@@ -155,8 +234,10 @@ async fn load(source: ModelSource) {
     BUSY.set(Some(Task::Loading));
     free_model();
     let start = js_sys::Date::now();
-    let http = HttpSource::hugging_face(&source.host, &source.repo, &source.revision);
-    let result = load_model(&http, &device).await;
+    let result = match CachedModel::open(&source).await {
+        Ok(cached) => load_model(&cached, &source, &device).await,
+        Err(err) => Err(err),
+    };
     BUSY.set(None);
     match result {
         Ok(model) => {
@@ -170,33 +251,77 @@ async fn load(source: ModelSource) {
         Err(err) => {
             device.memory_cleanup();
             post(&FromWorker::LoadFailed {
-                message: format!("Loading {} from {}: {err}", source.label, http.base()),
+                message: format!("Loading {} from the browser's cache: {err}", source.label),
             });
         }
     }
 }
 
-/// Loads the pipeline from any source, posting [`FromWorker::LoadProgress`] as bytes arrive.
-async fn load_model<S: WeightSource>(source: &S, device: &Device) -> Result<LoadedModel> {
-    let (mut total, mut values) = (0, 0);
-    for component in COMPONENTS {
-        let folder = SafetensorsFolder::open(source, component).await?;
-        values += folder.value_count();
-        for file in folder.files() {
-            total += source.size(file).await?;
-        }
+/// Loads the pipeline from the cached source in the precisions its registry entry names,
+/// posting [`FromWorker::LoadProgress`] as bytes arrive.
+async fn load_model(
+    cached: &CachedModel,
+    source: &ModelSource,
+    device: &Device,
+) -> Result<LoadedModel> {
+    let total = cached.weight_files().iter().map(|(_, size)| size).sum();
+    // Only headers are read here: refuse a model that cannot fit before its weights are read.
+    let transformer_precision = source.precision("transformer");
+    let mut bytes = 0u64;
+    for component in ["text_encoder", "vae"] {
+        bytes += 4 * SafetensorsFolder::open(cached, component)
+            .await?
+            .value_count();
     }
-    // Only the headers have been read so far: refuse a model that cannot fit before its
-    // weights are fetched.
-    check_f32_footprint("this model", values, BROWSER_F32_WEIGHT_BUDGET)?;
+    let transformer_values = match &cached.gguf {
+        Some(file) => GgufFile::open(cached, file)
+            .await?
+            .tensors()
+            .iter()
+            .map(|t| t.numel() as u64)
+            .sum(),
+        None => SafetensorsFolder::open(cached, "transformer")
+            .await?
+            .value_count(),
+    };
+    // Blocks of 32 values: 32 codes and one f16 scale.
+    bytes += match transformer_precision {
+        Precision::F32 => 4 * transformer_values,
+        Precision::Q8 => transformer_values / 32 * 34,
+        Precision::Q4 => transformer_values / 32 * 18,
+    };
+    check_f32_footprint("this model", bytes / 4, BROWSER_F32_WEIGHT_BUDGET)?;
     let counted = Counted {
-        inner: source,
+        inner: cached,
         read: Cell::new(0),
         total,
         last_post: Cell::new(0.0),
     };
     let prompt = PromptEncoder::load(&counted, device).await?;
-    let pipeline = LayeredPipeline::load(&counted, device).await?;
+    let transformer = match &cached.gguf {
+        Some(file) => {
+            let config: QwenImageTransformerConfig =
+                read_json(&counted, "transformer/config.json").await?;
+            QwenImageTransformer2DModel::load_gguf(
+                &counted,
+                file,
+                &config,
+                device,
+                transformer_precision,
+            )
+            .await?
+        }
+        None => {
+            QwenImageTransformer2DModel::load_precision(
+                &counted,
+                "transformer",
+                device,
+                transformer_precision,
+            )
+            .await?
+        }
+    };
+    let pipeline = LayeredPipeline::load_with_transformer(&counted, transformer, device).await?;
     counted.report("done", true);
     Ok(LoadedModel {
         pipeline,
@@ -237,10 +362,11 @@ impl<S: WeightSource> WeightSource for Counted<'_, S> {
 
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let bytes = self.inner.read(file, offset, len).await?;
-        if file.ends_with(".safetensors") {
+        if file.ends_with(".safetensors") || file.ends_with(".gguf") {
             self.read.set(self.read.get() + bytes.len() as u64);
             let component = match file.split('/').next().unwrap_or(file) {
                 "text_encoder" => "text encoder",
+                f if f.ends_with(".gguf") => "transformer",
                 other => other,
             };
             self.report(component, false);

@@ -1,7 +1,9 @@
-// End-to-end: the served app (dist/) loads the tiny fixture model (tests/fixtures/model) from
-// the mock Hugging Face host (tests/mock-hf, the CDN on a second origin as on the real hub) with
-// HTTP range requests into the worker's WebGPU device, then decomposes a picture and cancels a
-// run. Headless Chromium with WebGPU through SwiftShader.
+// End-to-end: the served app (dist/) downloads the tiny fixture model (tests/fixtures/model)
+// from the mock Hugging Face host (tests/mock-hf, the CDN on a second origin as on the real hub)
+// with HTTP range requests into the browser's verified cache (OPFS), loads it from there into
+// the worker's WebGPU device, then decomposes a picture and cancels a run. Headless Chromium
+// with WebGPU through SwiftShader. tests/e2e/models.test.mjs covers the cache itself (resume
+// after a reload, offline use, delete).
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile } from "node:fs/promises";
@@ -21,7 +23,7 @@ const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu
   "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
   "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
   "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
-const SLOW = 300_000; // SwiftShader compiles each kernel in about a second
+const SLOW = 600_000; // SwiftShader compiles each kernel in about a second; a loaded 2-core machine is slow
 const TINY = "test/qwen-image-layered-tiny"; // the repo the committed models.json names
 const TINY_ID = "tiny-test";
 
@@ -29,13 +31,13 @@ let server, hf, registry;
 before(async () => {
   assert.ok(existsSync(`${dist}index.html`), `no ${dist}index.html: run \`trunk build\` first`);
   await mkdir(artifacts, { recursive: true });
-  server = await serveStatic(dist);
   hf = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) }, cdnOrigin: true });
   // The committed registry, with the dev entry pointed at this run's mock host.
   registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
   const tiny = registry.models.find((m) => m.id === TINY_ID);
   assert.ok(tiny && tiny.dev && tiny.repo === TINY, "models.json lists the tiny test model");
   tiny.host = hf.url;
+  server = await serveStatic(dist, { "/models.json": JSON.stringify(registry) });
 });
 after(async () => {
   await server?.close();
@@ -48,8 +50,6 @@ async function openApp() {
   const logs = [];
   page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => logs.push(`[pageerror] ${e.message}`));
-  await page.route("**/models.json", (route) =>
-    route.fulfill({ contentType: "application/json", body: JSON.stringify(registry) }));
   await page.goto(server.url);
   const wait = (selector, timeout = 120_000) => page.waitForSelector(selector, { timeout }).catch((e) => {
     throw new Error(`${e.message}\nconsole:\n${logs.join("\n")}`);
@@ -59,10 +59,21 @@ async function openApp() {
   return { browser, page, logs, wait };
 }
 
-async function loadTiny(page, wait) {
+/** Downloads the tiny model into the browser's cache (a fresh browser profile has none). */
+async function downloadTiny(page, wait) {
   await page.selectOption("#model-source", TINY_ID);
+  await wait("body[data-cache=none], body[data-cache=partial], body[data-cache=cached]");
+  if (await page.getAttribute("body", "data-cache") === "cached") return;
+  await page.click("#download-model");
+  await wait("body[data-download=done], body[data-download=failed]");
+}
+
+async function loadTiny(page, wait) {
+  await downloadTiny(page, wait);
+  assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
+  await wait("body[data-cache=cached]");
   await page.click("#load-model");
-  await wait("body[data-model=loaded], body[data-model=failed]");
+  await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
 }
 
 /** A deterministic opaque picture. */
@@ -76,7 +87,7 @@ function picture(width, height) {
   return encodePng(width, height, rgba);
 }
 
-test("the picker lists the tiny model plainly and it loads over HTTP ranges from the mock hub", { timeout: SLOW }, async () => {
+test("the picker lists the tiny model plainly; it downloads over HTTP ranges from the mock hub and loads from the cache", { timeout: SLOW }, async () => {
   const { browser, page, logs, wait } = await openApp();
   try {
     const options = await page.$$eval("#model-source option", (os) => os.map((o) => [o.value, o.textContent]));
@@ -86,7 +97,12 @@ test("the picker lists the tiny model plainly and it loads over HTTP ranges from
     assert.match(tiny[1], /random test weights/);
 
     hf.resetStats();
-    await loadTiny(page, wait);
+    await downloadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
+    await wait("body[data-cache=cached]");
+    const afterDownload = JSON.stringify(hf.stats().files);
+    await page.click("#load-model");
+    await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded",
       `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
     assert.match(await page.textContent("#model-status"), /^Loaded Tiny test model.* in \d+\.\d s\.$/);
@@ -102,35 +118,40 @@ test("the picker lists the tiny model plainly and it loads over HTTP ranges from
       assert.equal(s.statuses["200"] ?? 0, 0, `${file} must never be fetched whole`);
       assert.ok(s.ranges.every((r) => r && r.start !== null), `${file}: every GET is ranged`);
     }
+    // Loading read the verified cache, not the network: nothing was requested after the download.
+    assert.equal(JSON.stringify(hf.stats().files), afterDownload);
     await page.screenshot({ path: `${artifacts}/10-model-loaded.png` });
   } finally {
     await browser.close();
   }
 });
 
-test("a server that ignores Range still gives the right bytes; a refused file is a readable error", { timeout: SLOW }, async () => {
+test("a server that ignores Range still gives verified files; a refused file is a readable error", { timeout: SLOW }, async () => {
   const { browser, page, logs, wait } = await openApp();
   try {
-    // 200 with the whole file for every ranged request: the model must still load (each range
-    // is cut out of the full body at its offset; a mis-slice would fail the loader's checks).
+    // The hub refuses the VAE weights: the download stops with the URL and the status, and
+    // the model cannot be loaded.
+    hf.setFaults([{ path: "vae/diffusion_pytorch_model.safetensors", stage: "resolve", status: 403 }]);
+    await downloadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-download"), "failed");
+    const message = await page.textContent("#download-status");
+    assert.match(message, /resolve\/[0-9a-f]{40}\/vae\/diffusion_pytorch_model\.safetensors/);
+    assert.match(message, /403/);
+    assert.equal(await page.getAttribute("#download-status", "role"), "alert");
+    await page.waitForFunction(() => /not downloaded|Partly downloaded/.test(document.getElementById("model-info").textContent));
+    assert.notEqual(await page.getAttribute("body", "data-cache"), "cached");
+    assert.ok(await page.isDisabled("#load-model"), "an incomplete model cannot be loaded");
+    await page.screenshot({ path: `${artifacts}/11-download-failed.png` });
+
+    // 200 with the whole file for every ranged request: the download must still end verified
+    // (each range is cut out of the full body at its offset) and the model load.
     hf.setFaults([{ path: "**/*.safetensors", fault: "ignore-range" }]);
+    await page.evaluate(() => document.body.removeAttribute("data-download"));
     await loadTiny(page, wait);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded",
       `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
     const vae = hf.stats().files[`${TINY}/vae/diffusion_pytorch_model.safetensors`];
     assert.ok(vae.statuses["200"] > 0, JSON.stringify(vae.statuses));
-
-    // The hub refuses the VAE weights: the message names the URL and the status.
-    hf.setFaults([{ path: "vae/diffusion_pytorch_model.safetensors", stage: "resolve", status: 403 }]);
-    await page.evaluate(() => document.body.removeAttribute("data-model"));
-    await loadTiny(page, wait);
-    assert.equal(await page.getAttribute("body", "data-model"), "failed");
-    const message = await page.textContent("#model-status");
-    assert.match(message, /resolve\/main\/vae\/diffusion_pytorch_model\.safetensors/);
-    assert.match(message, /HTTP 403/);
-    assert.equal(await page.getAttribute("#model-status", "role"), "alert");
-    assert.ok(await page.isDisabled("#decompose"), "no model, no Decompose");
-    await page.screenshot({ path: `${artifacts}/11-load-failed.png` });
   } finally {
     hf.setFaults([]);
     await browser.close();

@@ -9,12 +9,20 @@ const TYPES = {
   ".png": "image/png", ".svg": "image/svg+xml", ".webmanifest": "application/manifest+json",
 };
 
-/** Serves `root` on 127.0.0.1 at a free port; resolves to { url, close }. */
-export async function serveStatic(root) {
+/** Serves `root` on 127.0.0.1 at a free port; resolves to { url, close }. `overrides` maps
+ *  URL paths ("/models.json") to bodies served instead of the file (e.g. a registry pointing
+ *  at a test's mock host; the service worker caches it like any shell file). */
+export async function serveStatic(root, overrides = {}) {
   const base = resolve(root);
   const server = createServer(async (req, res) => {
     try {
       const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+      if (Object.hasOwn(overrides, path)) {
+        res.writeHead(200, { "content-type": TYPES[extname(path)] ?? "application/octet-stream",
+          "cache-control": "no-store" });
+        res.end(overrides[path]);
+        return;
+      }
       let file = normalize(join(base, path));
       if (!file.startsWith(base)) { res.writeHead(403).end(); return; }
       if ((await stat(file).catch(() => null))?.isDirectory()) file = join(file, "index.html");

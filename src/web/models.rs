@@ -1,0 +1,278 @@
+//! The worker's model cache service: what the browser's cache holds of a model source
+//! (`models.json` entry), downloading it (resumable, verified, quota-checked) and deleting it,
+//! and the [`WeightSource`] a model loads from — the verified OPFS cache, nothing else.
+//!
+//! A source's files are those of its repositories' tree listings that its component patterns
+//! select ([`crate::registry::Part::select`]). When a download starts, the resolved plans
+//! (commits, files, sizes, hashes) are kept as a record in OPFS (`model-sources/{id}.json`),
+//! so after a reload without network the page still knows which commit folder holds the
+//! model and can load it. Files are served only once their own commit record says they were
+//! verified ([`OpfsSource`]).
+
+use std::cell::Cell;
+
+use serde::{Deserialize, Serialize};
+
+use super::download::FetchClient;
+use super::opfs::{
+    MODELS_DIR, OpfsSource, OpfsStore, check_quota, read_record, remove_record, storage_status,
+    write_record,
+};
+use crate::download::{
+    DResult, DownloadError, DownloadOptions, DownloadPlan, Progress, Session, Store, discover,
+    download_plan, remaining_bytes,
+};
+use crate::error::{Error, Result};
+use crate::protocol::{CacheState, ModelSource};
+use crate::weights::WeightSource;
+
+/// The OPFS folder of the per-source records.
+pub const SOURCES_DIR: &str = "model-sources";
+
+/// The resolved file lists of a source, kept beside the cache.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SourceRecord {
+    /// The registry entry the plans were made for.
+    source: ModelSource,
+    /// One plan per part ([`ModelSource::parts`]), already filtered.
+    plans: Vec<DownloadPlan>,
+}
+
+fn record_name(id: &str) -> String {
+    format!("{id}.json")
+}
+
+async fn load_record(source: &ModelSource) -> Option<SourceRecord> {
+    let bytes = read_record(SOURCES_DIR, &record_name(&source.id))
+        .await
+        .ok()??;
+    let record: SourceRecord = serde_json::from_slice(&bytes).ok()?;
+    // The same repositories, revisions and patterns (a relabelled entry keeps its cache).
+    (record.source.parts() == source.parts() && record.plans.len() == source.parts().len())
+        .then_some(record)
+}
+
+/// Lists the source's repositories on the hub and picks its files.
+async fn plans_from_hub(
+    source: &ModelSource,
+    options: &DownloadOptions,
+) -> DResult<Vec<DownloadPlan>> {
+    let mut plans = Vec::new();
+    for part in source.parts() {
+        let listing = discover(&FetchClient, &part.spec, options).await?;
+        plans.push(
+            part.select(listing)
+                .map_err(|reason| DownloadError::Plan { reason })?,
+        );
+    }
+    Ok(plans)
+}
+
+/// The source's plans: the record of an earlier download when there is one (the commits it
+/// resolved to stay fixed until the source is deleted, and no network is needed), else the
+/// hub's listing now.
+async fn plans(source: &ModelSource, quick: bool) -> DResult<(Vec<DownloadPlan>, bool)> {
+    if let Some(r) = load_record(source).await {
+        return Ok((r.plans, true));
+    }
+    let mut options = DownloadOptions::default();
+    if quick {
+        // A state query should not hang on an unreachable hub.
+        options.max_retries = 1;
+    }
+    Ok((plans_from_hub(source, &options).await?, false))
+}
+
+/// What the cache holds of `plans`.
+async fn measure(plans: &[DownloadPlan], from_record: bool) -> DResult<CacheState> {
+    let store = OpfsStore::open().await?;
+    let mut state = CacheState {
+        revisions: plans
+            .iter()
+            .map(|p| format!("{}@{}", p.repo, p.revision))
+            .collect(),
+        total_bytes: 0,
+        verified_bytes: 0,
+        partial_bytes: 0,
+        files_total: 0,
+        files_verified: 0,
+        from_record,
+    };
+    for plan in plans {
+        for file in &plan.files {
+            state.total_bytes += file.size;
+            state.files_total += 1;
+            if store.is_committed(plan, file).await? {
+                state.verified_bytes += file.size;
+                state.files_verified += 1;
+            } else {
+                state.partial_bytes += store.present_bytes(plan, file).await?.min(file.size);
+            }
+        }
+    }
+    Ok(state)
+}
+
+/// The cache state of a source (`Err`: why it is unknown).
+pub async fn query(source: &ModelSource) -> std::result::Result<CacheState, String> {
+    let (plans, from_record) = plans(source, true).await.map_err(|e| {
+        format!(
+            "Size unknown: the file list of {} could not be read ({e}).",
+            source.repo
+        )
+    })?;
+    measure(&plans, from_record)
+        .await
+        .map_err(|e| format!("Reading the browser's model cache: {e}"))
+}
+
+/// Chunk size for a download of `total` bytes: about 1/64 of it, between 64 KiB and 32 MiB,
+/// so a closed tab loses little and progress moves smoothly for small models too.
+fn chunk_bytes(total: u64) -> u64 {
+    (total / 64).clamp(64 << 10, 32 << 20)
+}
+
+/// Downloads every missing file of the source, verified, resuming partial files. Refuses up
+/// front when the storage quota cannot hold what is missing. Returns the bytes fetched.
+pub async fn download(
+    source: &ModelSource,
+    on_progress: &dyn Fn(&Progress),
+    cancelled: &dyn Fn() -> bool,
+) -> DResult<u64> {
+    let (plans, _) = plans(source, false).await?;
+    let record = SourceRecord {
+        source: source.clone(),
+        plans: plans.clone(),
+    };
+    let json = serde_json::to_vec(&record).expect("plain structs serialize");
+    write_record(SOURCES_DIR, &record_name(&source.id), &json).await?;
+
+    let store = OpfsStore::open().await?;
+    let mut needed = 0;
+    for plan in &plans {
+        needed += remaining_bytes(&store, plan).await?;
+    }
+    if needed > 0 {
+        check_quota(needed, &storage_status().await?)?;
+    }
+    let total: u64 = plans.iter().map(DownloadPlan::total_bytes).sum();
+    let files_total: usize = plans.iter().map(|p| p.files.len()).sum();
+    let options = DownloadOptions {
+        chunk_bytes: chunk_bytes(total),
+        ..DownloadOptions::default()
+    };
+    let (before_bytes, before_files) = (Cell::new(0u64), Cell::new(0usize));
+    let mut fetched = 0;
+    for plan in &plans {
+        // One progress over all repositories: earlier plans count as done.
+        let whole = |p: &Progress| {
+            let done = before_bytes.get() + p.done_bytes;
+            let eta_s = (p.rate_bytes_per_s > 0.0)
+                .then(|| total.saturating_sub(done) as f64 / p.rate_bytes_per_s);
+            on_progress(&Progress {
+                done_bytes: done,
+                total_bytes: total,
+                files_done: before_files.get() + p.files_done,
+                files_total,
+                current_file: p.current_file.clone(),
+                rate_bytes_per_s: p.rate_bytes_per_s,
+                eta_s,
+            });
+        };
+        let session = Session::new(plan, options.clone(), &whole, cancelled);
+        let report = download_plan(&FetchClient, &store, plan, &session).await?;
+        fetched += report.files.iter().map(|f| f.bytes_fetched).sum::<u64>();
+        before_bytes.set(before_bytes.get() + plan.total_bytes());
+        before_files.set(before_files.get() + plan.files.len());
+    }
+    Ok(fetched)
+}
+
+/// Removes the source's files (and partial downloads) from the cache, and its record.
+pub async fn delete(source: &ModelSource) -> DResult<()> {
+    let (plans, _) = plans(source, true).await?;
+    let store = OpfsStore::open().await?;
+    for plan in &plans {
+        for file in &plan.files {
+            store.discard(plan, file).await?;
+        }
+    }
+    remove_record(SOURCES_DIR, &record_name(&source.id)).await
+}
+
+/// A source's verified files in OPFS, across its repositories (each path is served by the
+/// repository whose plan lists it).
+pub struct CachedModel {
+    parts: Vec<OpfsSource>,
+    /// The transformer's GGUF file, when it comes from one.
+    pub gguf: Option<String>,
+}
+
+impl CachedModel {
+    /// Opens the cached source; an error says what is missing when it is not complete.
+    pub async fn open(source: &ModelSource) -> Result<Self> {
+        let not_cached = |reason: String| Error::Source {
+            file: source.repo.clone(),
+            reason,
+        };
+        let (plans, _) = plans(source, true)
+            .await
+            .map_err(|e| not_cached(format!("not downloaded ({e})")))?;
+        let state = measure(&plans, true).await?;
+        if !state.complete() {
+            return Err(not_cached(format!(
+                "not fully downloaded: {} of {} files verified ({} of {} bytes); press Download first",
+                state.files_verified, state.files_total, state.verified_bytes, state.total_bytes
+            )));
+        }
+        let gguf = source.parts().iter().zip(&plans).find_map(|(part, plan)| {
+            part.gguf.as_ref()?;
+            plan.files
+                .iter()
+                .find(|f| f.path.ends_with(".gguf"))
+                .map(|f| f.path.clone())
+        });
+        let mut parts = Vec::new();
+        for plan in plans {
+            parts.push(OpfsSource::open(MODELS_DIR, plan).await?);
+        }
+        Ok(Self { parts, gguf })
+    }
+
+    fn part(&self, file: &str) -> Result<&OpfsSource> {
+        self.parts
+            .iter()
+            .find(|p| p.files().iter().any(|f| f.path == file))
+            .ok_or_else(|| Error::Source {
+                file: file.to_owned(),
+                reason: "not a file of this model source".into(),
+            })
+    }
+
+    /// `(path, bytes)` of every weight file (`.safetensors`, `.gguf`), for load progress.
+    pub fn weight_files(&self) -> Vec<(String, u64)> {
+        self.parts
+            .iter()
+            .flat_map(|p| p.files())
+            .filter(|f| f.path.ends_with(".safetensors") || f.path.ends_with(".gguf"))
+            .map(|f| (f.path.clone(), f.size))
+            .collect()
+    }
+}
+
+impl WeightSource for CachedModel {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        match self.part(file) {
+            Ok(p) => p.exists(file).await,
+            Err(_) => Ok(false),
+        }
+    }
+
+    async fn size(&self, file: &str) -> Result<u64> {
+        self.part(file)?.size(file).await
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.part(file)?.read(file, offset, len).await
+    }
+}

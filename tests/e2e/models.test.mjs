@@ -1,0 +1,249 @@
+// End-to-end: the model panel and the browser's model cache, with the tiny fixture model
+// (tests/fixtures/model) served by the mock Hugging Face host. One browser profile goes
+// through: cache state and size before anything is stored → Download with progress (bytes,
+// rate, ETA) on a slowed link → reload mid-way → partial state kept → Resume fetches only what
+// is missing → cached & verified → the model host goes away and the page goes offline →
+// reload (the service worker serves the app shell) → Load from the cache → Decompose shows N
+// layers → Delete frees the storage. Headless Chromium with WebGPU through SwiftShader.
+import { after, before, test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdir, readFile } from "node:fs/promises";
+import { existsSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { chromium } from "playwright-core";
+import { serveStatic } from "./server.mjs";
+import { encodePng } from "./png.mjs";
+import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
+
+const here = fileURLToPath(new URL(".", import.meta.url));
+const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
+const modelDir = fileURLToPath(new URL("../fixtures/model/", import.meta.url));
+const artifacts = `${here}artifacts`;
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu-sandbox",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
+  "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
+const SLOW = 600_000; // model load and kernel compilation on SwiftShader, a download, a run
+const TINY = "test/qwen-image-layered-tiny";
+const TINY_ID = "tiny-test";
+const VAE = "vae/diffusion_pytorch_model.safetensors";
+
+let server, hf, browser, totalBytes;
+before(async () => {
+  assert.ok(existsSync(`${dist}index.html`), `no ${dist}index.html: run \`trunk build\` first`);
+  await mkdir(artifacts, { recursive: true });
+  hf = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) }, cdnOrigin: true });
+  const registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
+  const tiny = registry.models.find((m) => m.id === TINY_ID);
+  tiny.host = hf.url;
+  // What the tiny entry's patterns select: every file of the fixture folder.
+  const listing = await (await fetch(`${hf.url}/api/models/${TINY}/tree/main?recursive=true`)).json();
+  totalBytes = listing.filter((e) => e.type === "file" && !e.path.startsWith(".") && e.path.includes("/"))
+    .reduce((n, e) => n + e.size, 0);
+  server = await serveStatic(dist, { "/models.json": JSON.stringify(registry) });
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
+});
+after(async () => {
+  await browser?.close();
+  await server?.close();
+  await hf?.close().catch(() => {});
+});
+
+function picture(width, height) {
+  const rgba = new Uint8Array(width * height * 4);
+  for (let y = 0; y < height; y++) {
+    for (let x = 0; x < width; x++) {
+      rgba.set([(x * 7) & 255, (y * 11) & 255, ((x ^ y) * 5) & 255, 255], (y * width + x) * 4);
+    }
+  }
+  return encodePng(width, height, rgba);
+}
+
+/** Megabytes in a panel text ("1.6 of 3.0 MB" → [1.6, 3.0]). */
+const mb = (text, re) => {
+  const m = text.match(re);
+  assert.ok(m, `${re} not in "${text}"`);
+  return m.slice(1).map(Number);
+};
+
+/** Files and bytes under the tiny model's folder in OPFS. */
+const opfsFiles = (page) => page.evaluate(async (repo) => {
+  const out = [];
+  async function walk(dir, prefix) {
+    for await (const [name, h] of dir.entries()) {
+      if (h.kind === "directory") await walk(h, `${prefix}${name}/`);
+      else out.push([`${prefix}${name}`, (await h.getFile()).size]);
+    }
+  }
+  let dir = await navigator.storage.getDirectory();
+  try {
+    for (const seg of ["models", ...repo.split("/")]) dir = await dir.getDirectoryHandle(seg);
+  } catch { return out; }
+  await walk(dir, "");
+  return out;
+}, TINY);
+
+test("download with progress, reload mid-way and resume, then offline: load from the cache, decompose, delete", { timeout: SLOW }, async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const page = await ctx.newPage();
+  const logs = [];
+  page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
+  page.on("pageerror", (e) => logs.push(`[pageerror] ${e.message}`));
+  const wait = (selector, timeout = 120_000) => page.waitForSelector(selector, { timeout }).catch((e) => {
+    throw new Error(`${e.message}\nconsole:\n${logs.join("\n")}`);
+  });
+  const info = () => page.textContent("#model-info");
+  const openTiny = async () => {
+    await wait("body[data-gpu=ready]");
+    await wait("body[data-models=ready]");
+    await page.selectOption("#model-source", TINY_ID);
+  };
+  try {
+    await page.goto(server.url);
+    await openTiny();
+
+    // Nothing stored yet: the size comes from the hub's listing; Load is off until downloaded.
+    await wait("body[data-cache=none]");
+    const [size] = mb(await info(), /^Size ([\d.]+) MB in \d+ files; not downloaded\./);
+    assert.equal(size, Number((totalBytes / 1e6).toFixed(1)), await info());
+    assert.match(await info(), /branch main \(unpinned, now test\/qwen-image-layered-tiny@[0-9a-f]{7}\)/);
+    assert.ok(await page.isDisabled("#load-model"), "nothing to load yet");
+    assert.ok(await page.isDisabled("#delete-model"), "nothing to delete yet");
+    assert.equal((await page.textContent("#download-model")).trim(), "Download");
+
+    // A slow link for the largest file keeps the download visibly running.
+    hf.setFaults([{ path: VAE, fault: "slow", bytesPerSec: 150_000 }]);
+    await page.click("#download-model");
+    await wait("body[data-download=running]");
+    await page.waitForFunction(() => /^Downloading: [\d.]+ (KB|MB) of [\d.]+ MB \(\d+ of \d+ files verified\) · [\d.]+ (KB|MB)\/s · about \d+ s left$/
+      .test(document.getElementById("download-status").textContent), null, { timeout: 60_000 });
+    assert.ok(await page.isVisible("#cancel-download"), "Cancel while downloading");
+    assert.ok(await page.isVisible("#download-progress"));
+    await page.screenshot({ path: `${artifacts}/20-downloading.png` });
+    // Reload once the small files are in and the VAE is partly there.
+    await page.waitForFunction((min) => document.getElementById("download-progress").value >= min,
+      totalBytes - 1_300_000, { timeout: 60_000 });
+    const seenBeforeReload = await page.textContent("#download-status");
+    await page.reload();
+
+    // After the reload: the partial state with its bytes; the button resumes.
+    await openTiny();
+    await wait("body[data-cache=partial]");
+    const [kept, total] = mb(await info(), /^Partly downloaded: ([\d.]+) MB of ([\d.]+) MB \(\d+ of \d+ files verified\)/);
+    assert.ok(kept >= (totalBytes - 1_400_000) / 1e6 && kept < total, `${await info()} (before the reload: ${seenBeforeReload})`);
+    assert.equal((await page.textContent("#download-model")).trim(), "Resume download");
+    assert.ok(!(await page.isDisabled("#delete-model")), "a partial download can be deleted");
+    assert.ok(await page.isDisabled("#load-model"));
+    await page.screenshot({ path: `${artifacts}/21-partial-after-reload.png` });
+
+    hf.setFaults([]);
+    hf.resetStats();
+    await page.click("#download-model");
+    await wait("body[data-download=done], body[data-download=failed]");
+    assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
+    assert.match(await page.textContent("#download-status"), /^Downloaded and verified [\d.]+ (KB|MB) of Tiny test model/);
+    await wait("body[data-cache=cached]");
+    assert.match(await info(), /^Cached and verified: [\d.]+ MB in \d+ files\. .*fixed at test\/qwen-image-layered-tiny@[0-9a-f]{7} by the download\)\.$/);
+    // The resume fetched only what was missing: verified files not at all, the VAE from its
+    // durable offset on.
+    const stats = hf.stats().files;
+    assert.equal(stats[`${TINY}/transformer/diffusion_pytorch_model.safetensors`], undefined, JSON.stringify(Object.keys(stats)));
+    const vae = stats[`${TINY}/${VAE}`];
+    assert.ok(vae, "the VAE was resumed");
+    const starts = vae.ranges.filter(Boolean).map((r) => r.start);
+    assert.ok(Math.min(...starts) > 0, `the VAE resumed from an offset: ${JSON.stringify(vae.ranges.slice(0, 3))}`);
+    assert.ok(await page.isHidden("#download-model"), "nothing left to download");
+    await page.screenshot({ path: `${artifacts}/22-cached.png` });
+
+    // The app shell is in the service worker's cache.
+    await page.evaluate(async () => {
+      await navigator.serviceWorker.ready;
+      if (!navigator.serviceWorker.controller) {
+        await new Promise((ok) => navigator.serviceWorker.addEventListener("controllerchange", ok, { once: true }));
+      }
+    });
+
+    // Offline: the model host is gone and the browser has no network.
+    await hf.close();
+    await ctx.setOffline(true);
+    await page.reload();
+    await openTiny();
+    await wait("body[data-cache=cached]");
+    await page.click("#load-model");
+    await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded",
+      `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
+    await page.setInputFiles("#file-input", { name: "offline.png", mimeType: "image/png", buffer: picture(36, 20) });
+    await page.waitForFunction(() => !document.getElementById("decompose").disabled);
+    await page.fill("#set-layers", "3");
+    await page.fill("#set-steps", "2");
+    await page.selectOption("#set-resolution", "32");
+    await page.fill("#set-prompt", "an offline picture");
+    await page.click("#decompose");
+    await wait("body[data-run=done], body[data-run=failed]", 300_000);
+    const status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
+    assert.match(status, /^Decomposed into 3 layers in \d+\.\d s\.$/);
+    assert.equal(await page.locator("#layer-list li.layer").count(), 3);
+    await page.screenshot({ path: `${artifacts}/23-offline-decomposed.png` });
+
+    // Delete frees the cache: no file of the model is left in OPFS, storage use drops, and
+    // the panel says the size is unknown while the hub is unreachable.
+    const before = await opfsFiles(page);
+    assert.ok(before.some(([p]) => p.endsWith(VAE)), JSON.stringify(before));
+    const usage = () => page.evaluate(async () => (await navigator.storage.estimate()).usage);
+    const usedBefore = await usage();
+    await page.click("#delete-model");
+    await wait("body[data-cache=unknown]");
+    assert.match(await info(), /^Size unknown: the file list of test\/qwen-image-layered-tiny could not be read/);
+    const left = (await opfsFiles(page)).filter(([, size]) => size > 0);
+    assert.deepEqual(left, [], "no model bytes left in OPFS");
+    const usedAfter = await usage();
+    console.log(`OPFS usage before/after delete: ${usedBefore} / ${usedAfter} bytes; model ${totalBytes} bytes`);
+    assert.ok(usedBefore - usedAfter >= totalBytes * 0.9, `${usedBefore} → ${usedAfter}`);
+    assert.ok(await page.isDisabled("#load-model"));
+    await page.screenshot({ path: `${artifacts}/24-deleted.png` });
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+  } finally {
+    await ctx.close();
+  }
+});
+
+test("a download the storage quota cannot hold is refused up front with the numbers", { timeout: SLOW }, async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
+  const registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
+  registry.models.find((m) => m.id === TINY_ID).host = hub.url;
+  const app = await serveStatic(dist, { "/models.json": JSON.stringify(registry) });
+  try {
+    // The page reads navigator.storage.estimate() before it starts: make it report 1 MB free.
+    await ctx.addInitScript(() => {
+      const real = StorageManager.prototype.estimate;
+      StorageManager.prototype.estimate = async function () {
+        const e = await real.call(this);
+        return { ...e, quota: e.usage + 1_000_000 };
+      };
+    });
+    const page = await ctx.newPage();
+    await page.goto(app.url);
+    await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
+    await page.selectOption("#model-source", TINY_ID);
+    await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
+    hub.resetStats();
+    await page.click("#download-model");
+    await page.waitForSelector("body[data-download=failed], body[data-download=done]", { timeout: 60_000 });
+    const message = await page.textContent("#download-status");
+    assert.equal(await page.getAttribute("body", "data-download"), "failed", message);
+    assert.match(message, new RegExp(`^Not downloading Tiny test model.*: not enough browser storage: the download needs ${totalBytes} bytes \\(0\\.00 GB\\) more, but only 1000000 bytes`), message);
+    assert.equal(await page.getAttribute("#download-status", "role"), "alert");
+    // Nothing was fetched: the refusal came before any weight request.
+    const weights = Object.entries(hub.stats().files).filter(([k]) => k.endsWith(".safetensors"));
+    assert.deepEqual(weights, []);
+    await page.screenshot({ path: `${artifacts}/25-quota-refused.png` });
+  } finally {
+    await ctx.close();
+    await app.close();
+    await hub.close();
+  }
+});
