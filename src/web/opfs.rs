@@ -650,6 +650,10 @@ pub async fn delete_folder(folder: &str) -> DResult<()> {
 pub struct OpfsSource {
     store: OpfsStore,
     plan: DownloadPlan,
+    /// Files whose commit record was checked, as `File` snapshots: later reads slice them
+    /// without walking folders and re-reading records (a snapshot of a file changed since
+    /// fails to read rather than giving other bytes).
+    verified: std::cell::RefCell<std::collections::HashMap<String, web_sys::File>>,
 }
 
 impl OpfsSource {
@@ -657,7 +661,11 @@ impl OpfsSource {
     /// the expected size and hash of each file (the download's plan).
     pub async fn open(folder: &str, plan: DownloadPlan) -> Result<Self> {
         let store = OpfsStore::open_at(folder).await?;
-        Ok(Self { store, plan })
+        Ok(Self {
+            store,
+            plan,
+            verified: Default::default(),
+        })
     }
 
     /// The source for the committed files of `repo@revision` in `folder`, from their commit
@@ -702,7 +710,11 @@ impl OpfsSource {
                 });
             }
         }
-        Ok(Self { store, plan })
+        Ok(Self {
+            store,
+            plan,
+            verified: Default::default(),
+        })
     }
 
     /// The committed files this source serves (all of the plan's, once downloaded).
@@ -725,6 +737,7 @@ impl OpfsSource {
 impl WeightSource for OpfsSource {
     async fn exists(&self, file: &str) -> Result<bool> {
         match self.entry(file) {
+            Ok(_) if self.verified.borrow().contains_key(file) => Ok(true),
             Ok(f) => Ok(self.store.is_committed(&self.plan, f).await?),
             Err(_) => Ok(false),
         }
@@ -732,6 +745,9 @@ impl WeightSource for OpfsSource {
 
     async fn size(&self, file: &str) -> Result<u64> {
         let f = self.entry(file)?;
+        if self.verified.borrow().contains_key(file) {
+            return Ok(f.size);
+        }
         if !self.store.is_committed(&self.plan, f).await? {
             return Err(Error::Source {
                 file: file.into(),
@@ -743,12 +759,6 @@ impl WeightSource for OpfsSource {
 
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         let f = self.entry(file)?;
-        let Some((dir, name)) = self.store.record(&self.plan, f).await? else {
-            return Err(Error::Source {
-                file: file.into(),
-                reason: "not downloaded and verified yet".into(),
-            });
-        };
         let end = offset
             .checked_add(len)
             .filter(|&e| e <= f.size)
@@ -763,12 +773,28 @@ impl WeightSource for OpfsSource {
             file: file.into(),
             reason: js_error_text(&e),
         };
-        let handle = file_handle(&dir, &name, false).await.map_err(js)?;
-        let blob: web_sys::File = JsFuture::from(handle.get_file())
-            .await
-            .map_err(js)?
-            .dyn_into()
-            .map_err(js)?;
+        let cached = self.verified.borrow().get(file).cloned();
+        let blob = match cached {
+            Some(blob) => blob,
+            None => {
+                let Some((dir, name)) = self.store.record(&self.plan, f).await? else {
+                    return Err(Error::Source {
+                        file: file.into(),
+                        reason: "not downloaded and verified yet".into(),
+                    });
+                };
+                let handle = file_handle(&dir, &name, false).await.map_err(js)?;
+                let blob: web_sys::File = JsFuture::from(handle.get_file())
+                    .await
+                    .map_err(js)?
+                    .dyn_into()
+                    .map_err(js)?;
+                self.verified
+                    .borrow_mut()
+                    .insert(file.to_owned(), blob.clone());
+                blob
+            }
+        };
         let slice = blob
             .slice_with_f64_and_f64(offset as f64, end as f64)
             .map_err(js)?;
