@@ -89,7 +89,7 @@ pub async fn open_component<C: DeserializeOwned>(
 /// f32 (it needs quantized weights and the streaming plan instead).
 pub const BROWSER_F32_WEIGHT_BUDGET: u64 = 4 << 30;
 
-/// Checks, before anything is downloaded, that `values` weights (over all components) fit
+/// Checks, before anything is loaded, that `values` weights (over all components) fit
 /// `budget` bytes once widened to f32 on the device; the error gives both sizes.
 pub fn check_f32_footprint(what: &str, values: u64, budget: u64) -> Result<()> {
     let bytes = values.saturating_mul(4);
@@ -101,8 +101,8 @@ pub fn check_f32_footprint(what: &str, values: u64, budget: u64) -> Result<()> {
         model: "model loader",
         reason: format!(
             "{what} has {values} weights: {:.1} GiB as f32 on the GPU, over the {:.1} GiB this \
-             page loads in f32. Models this size need quantized (8-/4-bit) weights loaded in \
-             pieces, which the page cannot do yet; no weights were downloaded.",
+             page loads in f32. Models this size need every component in 8-/4-bit and the \
+             streaming memory plan, which the page does not do yet; nothing was loaded.",
             gib(bytes),
             gib(budget)
         ),
@@ -243,7 +243,7 @@ mod tests {
             err.contains("Qwen/Qwen-Image-Layered")
                 && err.contains("107.5 GiB")
                 && err.contains("4.0 GiB")
-                && err.contains("no weights were downloaded"),
+                && err.contains("nothing was loaded"),
             "{err}"
         );
     }
