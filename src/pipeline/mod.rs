@@ -32,6 +32,7 @@ pub mod dimensions;
 pub mod error;
 pub mod latents;
 pub mod layered;
+pub mod memory;
 pub mod postprocess;
 pub mod preprocess;
 pub mod scheduler;
@@ -45,6 +46,10 @@ pub use error::{PipelineError, Result};
 pub use latents::{pack_latents_tensor, seeded_noise, seeded_normal, unpack_latents_tensor};
 pub use layered::{
     DecomposeParams, LayeredOutput, LayeredPipeline, Noise, Progress, SCHEDULER_CONFIG_FILE, Traced,
+};
+pub use memory::{
+    MemoryBudget, MemoryEstimate, MemoryPlan, OversizedTensor, PlanRequest, TensorAction,
+    TransformerResidency, plan_memory,
 };
 pub use postprocess::{
     decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, unit_to_u8,

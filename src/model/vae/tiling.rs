@@ -21,7 +21,8 @@ use crate::error::{Error, Result};
 ///
 /// The latent tile size is `min / 8` and the latent stride `stride / 8`; the decoder blends over
 /// `min − stride` pixels, the encoder over `min/8 − stride/8` latent pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct VaeTiling {
     /// `tile_sample_min_height`: tile height in pixels (default 256).
     pub min_height: usize,
