@@ -47,6 +47,8 @@ pub struct PlanRequest<'a> {
     pub text: Option<&'a QwenTextConfig>,
     /// The precision of the transformer's linear weights.
     pub precision: Precision,
+    /// The precision of the text encoder's linear weights (its token embedding is f32).
+    pub text_precision: Precision,
     /// Working width in pixels (a multiple of 16).
     pub width: usize,
     /// Working height in pixels (a multiple of 16).
@@ -326,7 +328,15 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
         let (v, h, i) = (t.vocab_size, t.hidden_size, t.intermediate_size);
         let kv = t.num_key_value_heads * t.head_dim;
         let q = t.num_attention_heads * t.head_dim;
-        let layer = 4 * (h * q + 2 * h * kv + q * h + 3 * h * i + q + 2 * kv + 2 * h) as u64;
+        let tp = req.text_precision;
+        let layer = linear_bytes(h, q, tp)
+            + 2 * linear_bytes(h, kv, tp)
+            + linear_bytes(q, h, tp)
+            - 4 * h as u64 // o_proj has no bias
+            + 2 * linear_bytes(h, i, tp)
+            + linear_bytes(i, h, tp)
+            - 4 * (2 * i + h) as u64 // nor have the MLP projections
+            + 4 * 2 * h as u64; // the two RMSNorm weights
         text_bytes = layer * t.num_hidden_layers as u64 + 4 * h as u64;
         let embedding = 4 * (v * h) as u64;
         if embedding > max_tensor {
@@ -345,7 +355,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             ("model.layers.*.mlp.down_proj.weight", h, i),
             ("model.layers.*.self_attn.q_proj.weight", q, h),
         ] {
-            let bytes = 4 * (rows * cols) as u64;
+            let bytes = linear_bytes(cols, rows, tp) - 4 * rows as u64;
             if bytes > max_tensor {
                 oversized.push(OversizedTensor {
                     name: name.into(),
@@ -502,5 +512,267 @@ impl MemoryPlan {
         self.oversized
             .iter()
             .any(|t| t.action == TensorAction::HostGather)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn limits(binding: u64, buffer: u64) -> KeyLimits {
+        KeyLimits {
+            max_buffer_size: buffer,
+            max_storage_buffer_binding_size: binding,
+            max_compute_workgroup_storage_size: 16384,
+            max_compute_invocations_per_workgroup: 256,
+        }
+    }
+
+    /// Qwen-Image-Layered's transformer (`model-spec.md`: 60 blocks, 24 × 128 heads).
+    fn transformer() -> QwenImageTransformerConfig {
+        QwenImageTransformerConfig {
+            use_additional_t_cond: true,
+            use_layer3d_rope: true,
+            ..Default::default()
+        }
+    }
+
+    fn vae() -> AutoencoderKLQwenImageConfig {
+        AutoencoderKLQwenImageConfig {
+            input_channels: 4,
+            ..Default::default()
+        }
+    }
+
+    /// Qwen2.5-VL-7B's language model.
+    fn text() -> QwenTextConfig {
+        QwenTextConfig {
+            vocab_size: 152064,
+            hidden_size: 3584,
+            intermediate_size: 18944,
+            num_hidden_layers: 28,
+            num_attention_heads: 28,
+            num_key_value_heads: 4,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            mrope_section: [16, 24, 24],
+            tie_word_embeddings: false,
+        }
+    }
+
+    fn request<'a>(
+        t: &'a QwenImageTransformerConfig,
+        v: &'a AutoencoderKLQwenImageConfig,
+        text: Option<&'a QwenTextConfig>,
+        precision: Precision,
+        side: usize,
+    ) -> PlanRequest<'a> {
+        PlanRequest {
+            transformer: t,
+            vae: v,
+            text,
+            precision,
+            text_precision: precision,
+            width: side,
+            height: side,
+            layers: 4,
+            text_tokens: 300,
+        }
+    }
+
+    #[test]
+    fn block_sizes_match_the_parameter_count() {
+        // 60 blocks of 36·D² weights are the 20.4 B parameters of the real transformer.
+        let t = transformer();
+        let weights = 36 * 3072u64 * 3072 * 60;
+        assert!((20.3e9..20.5e9).contains(&(weights as f64)), "{weights}");
+        let f32 = block_bytes(&t, Precision::F32);
+        let q4 = block_bytes(&t, Precision::Q4);
+        assert_eq!(
+            f32 - 4 * 4 * 128,
+            4 * 36 * 3072 * 3072 + 4 * (6 + 6 + 8 + 4 + 4) * 3072 + 4 * 2 * 3072
+        );
+        // 4-bit: half a byte per weight plus an f32 scale per 32 weights (0.625 B/weight).
+        let ratio = q4 as f64 / f32 as f64;
+        assert!((0.155..0.157).contains(&ratio), "{ratio}");
+        assert_eq!(
+            linear_bytes(3072, 18432, Precision::Q8),
+            18432 * 3072 * 9 / 8 + 4 * 18432
+        );
+        // A d_in that is not a multiple of 32 stays f32.
+        assert_eq!(linear_bytes(33, 2, Precision::Q4), 4 * 66 + 8);
+    }
+
+    #[test]
+    fn browser_default_limits_stream_split_gather_and_tile() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 6 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        let e = plan.estimate;
+        // 60 × 203 MiB of 4-bit blocks do not fit in 6 GiB: a ring of what is left.
+        let fixed = e.transformer_other_bytes + e.vae_bytes + e.transformer_activation_bytes;
+        let ring = ((6 * GIB - fixed) / e.block_bytes) as usize;
+        assert!((1..60).contains(&ring), "{ring}");
+        assert_eq!(plan.transformer, TransformerResidency::Streaming { ring });
+        assert_eq!(plan.ring(), Some(ring));
+        // The 152064 × 3584 embedding (2 GiB in f32) is gathered on the host.
+        assert!(plan.gathers_embedding_on_host());
+        let embed = plan
+            .oversized
+            .iter()
+            .find(|o| o.name == "model.embed_tokens.weight")
+            .unwrap();
+        assert_eq!(embed.shape, vec![152064, 3584]);
+        assert_eq!(embed.bytes, 4 * 152064 * 3584);
+        // In 4 bits the text encoder's 6.5 B weights besides the embedding (3.8 GiB) fit, each
+        // in one binding.
+        assert!(
+            !plan
+                .oversized
+                .iter()
+                .any(|o| o.name.starts_with("model.layers"))
+        );
+        assert!(
+            (7 * GIB / 2..4 * GIB).contains(&e.text_encoder_bytes),
+            "{}",
+            e.text_encoder_bytes
+        );
+        // The 4-bit transformer weights all fit in one binding; the MLP activation does not.
+        assert!(
+            !plan
+                .oversized
+                .iter()
+                .any(|o| o.name.starts_with("transformer_blocks"))
+        );
+        let mlp = plan
+            .oversized
+            .iter()
+            .find(|o| o.name.starts_with("transformer MLP"))
+            .unwrap();
+        assert_eq!(mlp.shape, vec![6 * 40 * 40 + 300, 4 * 3072]);
+        assert!(matches!(
+            mlp.action,
+            TensorAction::ChunkSequence { parts: 4 }
+        ));
+        // VAE: a 4 × 192 × 640² activation (1.2 GiB) cannot be one buffer; 256-pixel tiles
+        // one layer at a time (50 MB) can.
+        assert_eq!(plan.vae_tiling, Some(VaeTiling::default()));
+        assert!(plan.vae_slicing);
+        assert_eq!(e.vae_peak_tensor_bytes, 192 * 256 * 256 * 4);
+        assert!(e.vae_peak_tensor_bytes <= e.max_tensor_bytes);
+    }
+
+    #[test]
+    fn f32_weights_over_the_binding_are_split_by_rows() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 96 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::F32, 640)).unwrap();
+        // The text MLP weights (18944 × 3584 f32, 259 MiB) are split in 3 pieces of ≤ 128 MiB.
+        let gate = plan
+            .oversized
+            .iter()
+            .find(|o| o.name == "model.layers.*.mlp.gate_proj.weight")
+            .unwrap();
+        assert_eq!(gate.action, TensorAction::SplitRows { parts: 3 });
+        // The 7.07 B f32 weights of the language model without the embedding: about 26 GiB.
+        let text = plan.estimate.text_encoder_bytes as f64 / GIB as f64;
+        assert!((24.0..27.0).contains(&text), "{text}");
+        let find = |name: &str| {
+            plan.oversized
+                .iter()
+                .find(|o| o.name == format!("transformer_blocks.*.{name}.weight"))
+                .map(|o| o.action)
+        };
+        // [18432, 3072] f32 = 216 MiB; [12288, 3072] = 144 MiB; [3072, 3072] = 36 MiB.
+        assert_eq!(
+            find("img_mod.1"),
+            Some(TensorAction::SplitRows { parts: 2 })
+        );
+        assert_eq!(
+            find("img_mlp.net.0.proj"),
+            Some(TensorAction::SplitRows { parts: 2 })
+        );
+        assert_eq!(
+            find("img_mlp.net.2"),
+            Some(TensorAction::SplitRows { parts: 2 })
+        );
+        assert_eq!(find("attn.to_q"), None);
+        // 60 × 1.27 GiB of f32 blocks fit in 96 GiB.
+        assert_eq!(plan.transformer, TransformerResidency::Resident);
+        assert!(plan.gathers_embedding_on_host());
+    }
+
+    #[test]
+    fn ample_native_limits_keep_everything_whole_but_1024_tiles() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(4 * GIB, 16 * GIB),
+            device_bytes: 72 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        assert_eq!(plan.transformer, TransformerResidency::Resident);
+        assert_eq!((plan.vae_tiling, plan.vae_slicing), (None, false));
+        assert!(plan.oversized.is_empty(), "{:?}", plan.oversized);
+        // 1024²: tiled with diffusers' defaults even though the limits are ample.
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 1024)).unwrap();
+        assert_eq!(plan.vae_tiling, Some(VaeTiling::default()));
+        assert_eq!(plan.transformer, TransformerResidency::Resident);
+    }
+
+    #[test]
+    fn a_budget_below_one_block_is_a_clear_error() {
+        let (t, v) = (transformer(), vae());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 2 * GIB,
+        };
+        let err = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 640))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the transformer needs at least"), "{err}");
+        assert!(err.contains("the budget is 2.00 GiB"), "{err}");
+        let mut req = request(&t, &v, None, Precision::Q4, 640);
+        req.layers = 0;
+        assert!(plan_memory(&budget, &req).is_err());
+    }
+
+    #[test]
+    fn tiles_shrink_until_a_tile_fits_the_binding() {
+        let (t, v) = (transformer(), vae());
+        // 16 MiB per buffer: 256-px tiles (48 MiB per layer) are too big, 128-px (12 MiB) fit.
+        let budget = MemoryBudget {
+            limits: limits(16 * MIB, 16 * MIB),
+            device_bytes: 64 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 640)).unwrap();
+        assert_eq!(
+            plan.vae_tiling,
+            Some(VaeTiling {
+                min_height: 128,
+                min_width: 128,
+                stride_height: 96,
+                stride_width: 96
+            })
+        );
+        assert!(plan.vae_slicing);
+        // Below 32-pixel tiles nothing fits: an error, not a silent overflow.
+        let budget = MemoryBudget {
+            limits: limits(MIB / 4, MIB / 4),
+            device_bytes: 64 * GIB,
+        };
+        let err = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 640))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("32-pixel tiles"), "{err}");
     }
 }
