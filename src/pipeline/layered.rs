@@ -521,6 +521,7 @@ impl LayeredPipeline {
 
         // 7. Decode (`:877-905`): unpack, `z / (1/std) + mean`, drop frame 0 (the composite),
         // decode the N layers as a batch, clamp to [-1, 1].
+        blocks.release(); // a streaming transformer's ring is not needed for the decode
         report(Progress::Decoding)?;
         let unpacked = unpack_latents_tensor(
             latents.clone(),

@@ -288,7 +288,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
 
     // Weights of the transformer: per-buffer check of every block linear (all blocks alike).
     for (name, d_in, d_out) in block_linears(d) {
-        let bytes = linear_bytes(d_in, d_out, req.precision);
+        let bytes = linear_bytes(d_in, d_out, req.precision) - 4 * d_out as u64; // weight only
         if bytes > max_tensor {
             oversized.push(OversizedTensor {
                 name: format!("transformer_blocks.*.{name}.weight"),

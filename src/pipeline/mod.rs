@@ -33,6 +33,7 @@ pub mod error;
 pub mod latents;
 pub mod layered;
 pub mod memory;
+pub mod phased;
 pub mod postprocess;
 pub mod preprocess;
 pub mod scheduler;
@@ -51,6 +52,7 @@ pub use memory::{
     MemoryBudget, MemoryEstimate, MemoryPlan, OversizedTensor, PlanRequest, TensorAction,
     TransformerResidency, plan_memory,
 };
+pub use phased::{PlannedPipeline, PromptEmbeds, encode_prompts_then_free};
 pub use postprocess::{
     decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, unit_to_u8,
 };

@@ -30,6 +30,10 @@ pub trait BlockProvider {
 
     /// Block `index` (`transformer_blocks.{index}`), on the model's device.
     async fn block(&mut self, index: usize) -> Result<&QwenImageTransformerBlock>;
+
+    /// Called when no more forwards follow for a while (before the VAE decode): a streaming
+    /// provider drops its resident blocks. Resident blocks stay.
+    fn release(&mut self) {}
 }
 
 /// All blocks resident: the model's own `transformer_blocks`.
@@ -91,8 +95,8 @@ pub struct StreamStats {
 ///
 /// Build it with [`QwenImageTransformer2DModel::load_streaming`] (which also loads the
 /// non-block part) or [`BlockStream::new`].
-pub struct BlockStream<'s, S: WeightSource> {
-    source: &'s S,
+pub struct BlockStream<S: WeightSource> {
+    source: S,
     index: StreamIndex,
     device: Device,
     precision: Precision,
@@ -103,7 +107,7 @@ pub struct BlockStream<'s, S: WeightSource> {
     stats: StreamStats,
 }
 
-impl<S: WeightSource> std::fmt::Debug for BlockStream<'_, S> {
+impl<S: WeightSource> std::fmt::Debug for BlockStream<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockStream")
             .field("ring_size", &self.ring_size)
@@ -116,9 +120,9 @@ impl<S: WeightSource> std::fmt::Debug for BlockStream<'_, S> {
     }
 }
 
-impl<'s, S: WeightSource> BlockStream<'s, S> {
+impl<S: WeightSource> BlockStream<S> {
     fn with_index(
-        source: &'s S,
+        source: S,
         index: StreamIndex,
         config: &QwenImageTransformerConfig,
         device: &Device,
@@ -164,7 +168,7 @@ impl<'s, S: WeightSource> BlockStream<'s, S> {
 
     /// A stream over the blocks of the safetensors `folder` (already opened) of `source`.
     pub fn new(
-        source: &'s S,
+        source: S,
         folder: SafetensorsFolder,
         config: &QwenImageTransformerConfig,
         device: &Device,
@@ -177,7 +181,7 @@ impl<'s, S: WeightSource> BlockStream<'s, S> {
 
     /// A stream over the blocks of a GGUF file (diffusers key names).
     pub fn gguf(
-        source: &'s S,
+        source: S,
         file: GgufFile,
         config: &QwenImageTransformerConfig,
         device: &Device,
@@ -186,6 +190,11 @@ impl<'s, S: WeightSource> BlockStream<'s, S> {
     ) -> Result<Self> {
         let index = StreamIndex::Gguf(file);
         Self::with_index(source, index, config, device, precision, ring_size)
+    }
+
+    /// The source blocks are read from.
+    pub fn source(&self) -> &S {
+        &self.source
     }
 
     /// The ring size `R`.
@@ -213,7 +222,7 @@ impl<'s, S: WeightSource> BlockStream<'s, S> {
     async fn load(&self, index: usize) -> Result<QwenImageTransformerBlock> {
         let mut l = self
             .index
-            .loader(self.source, &self.device)
+            .loader(&self.source, &self.device)
             .with_precision(self.precision);
         let prefix = format!("transformer_blocks.{index}");
         let c = &self.config;
@@ -239,9 +248,13 @@ impl<'s, S: WeightSource> BlockStream<'s, S> {
     }
 }
 
-impl<S: WeightSource> BlockProvider for BlockStream<'_, S> {
+impl<S: WeightSource> BlockProvider for BlockStream<S> {
     fn num_blocks(&self) -> usize {
         self.config.num_layers
+    }
+
+    fn release(&mut self) {
+        self.clear();
     }
 
     async fn block(&mut self, index: usize) -> Result<&QwenImageTransformerBlock> {
@@ -276,18 +289,19 @@ impl QwenImageTransformer2DModel {
     /// is accounted for: the non-block ones are taken here (an unexpected one is an error, as
     /// in [`load`](Self::load)), block 0 is loaded once to check the block layout.
     ///
+    /// The stream owns `source`: pass `&source` to borrow it, or an `Rc` of it to share it.
     /// Run the model with [`forward_with`](Self::forward_with)`(input, &mut stream)`.
-    pub async fn load_streaming<'s, S: WeightSource>(
-        source: &'s S,
+    pub async fn load_streaming<S: WeightSource>(
+        source: S,
         folder: &str,
         device: &Device,
         precision: Precision,
         ring_size: usize,
-    ) -> Result<(Self, BlockStream<'s, S>)> {
+    ) -> Result<(Self, BlockStream<S>)> {
         let (config, config_file, weights) =
-            open_component::<QwenImageTransformerConfig>(source, folder).await?;
+            open_component::<QwenImageTransformerConfig>(&source, folder).await?;
         config.validate(&config_file)?;
-        let mut l = TensorLoader::new(source, &weights, device).with_precision(precision);
+        let mut l = TensorLoader::new(&source, &weights, device).with_precision(precision);
         let model = Self::load_without_blocks(&config, &mut l).await?;
         let taken = l.taken();
         drop(l);
@@ -297,7 +311,7 @@ impl QwenImageTransformer2DModel {
             .collect::<Vec<_>>();
         if taken != outside.len() {
             // Reload with the full checker to name the unexpected tensor.
-            let mut l = TensorLoader::new(source, &weights, device).with_precision(precision);
+            let mut l = TensorLoader::new(&source, &weights, device).with_precision(precision);
             Self::load_without_blocks(&config, &mut l).await?;
             for i in 0..config.num_layers {
                 let prefix = format!("transformer_blocks.{i}.");
