@@ -31,8 +31,10 @@ use super::scheduler::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::read_f32;
-use crate::model::transformer::{QwenImageTransformer2DModel, TransformerInput};
-use crate::model::vae::AutoencoderKLQwenImage;
+use crate::model::transformer::{
+    BlockProvider, QwenImageTransformer2DModel, ResidentBlocks, TransformerInput,
+};
+use crate::model::vae::{AutoencoderKLQwenImage, VaeTiling};
 use crate::weights::{Precision, WeightSource};
 
 /// The scheduler config file inside a diffusers pipeline folder.
@@ -187,6 +189,13 @@ pub struct LayeredPipeline {
     pub vae: AutoencoderKLQwenImage,
     /// The scheduler config; a fresh scheduler is built from it for every run.
     pub scheduler_config: FlowMatchEulerDiscreteConfig,
+    /// VAE tiling (diffusers' `vae.enable_tiling(...)`): `None` (the default, as the reference
+    /// pipeline) encodes and decodes in one piece; see
+    /// [`MemoryPlan`](super::memory::MemoryPlan) for when to tile.
+    pub vae_tiling: Option<VaeTiling>,
+    /// VAE slicing (diffusers' `vae.enable_slicing()`): decode the `N` layers one at a time
+    /// instead of as one batch (same result, `1/N` of the decoder's activation memory).
+    pub vae_slicing: bool,
     device: Device,
 }
 
@@ -223,6 +232,8 @@ impl LayeredPipeline {
             transformer,
             vae,
             scheduler_config,
+            vae_tiling: None,
+            vae_slicing: false,
             device,
         })
     }
@@ -295,7 +306,35 @@ impl LayeredPipeline {
             negative_prompt_embeds,
             noise,
         };
-        self.run_inner(inputs, progress, &mut |_, _| {}).await
+        let mut blocks = ResidentBlocks(&self.transformer.transformer_blocks);
+        self.run_inner(inputs, progress, &mut |_, _| {}, &mut blocks)
+            .await
+    }
+
+    /// [`run`](Self::run) with the transformer's blocks taken from `blocks`, e.g. a
+    /// [`BlockStream`](crate::model::transformer::BlockStream) for a transformer loaded with
+    /// [`QwenImageTransformer2DModel::load_streaming`] (whose own block list is empty). The
+    /// result is the same as with all blocks resident.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn run_with_blocks<P: BlockProvider>(
+        &self,
+        input: &RgbaImage,
+        params: &DecomposeParams,
+        prompt_embeds: Tensor<3>,
+        negative_prompt_embeds: Option<Tensor<3>>,
+        noise: Noise,
+        progress: impl FnMut(Progress) -> ControlFlow<()>,
+        blocks: &mut P,
+    ) -> Result<LayeredOutput> {
+        let inputs = RunInputs {
+            input,
+            params,
+            prompt_embeds,
+            negative_prompt_embeds,
+            noise,
+        };
+        self.run_inner(inputs, progress, &mut |_, _| {}, blocks)
+            .await
     }
 
     /// [`run`](Self::run), also handing intermediate tensors to `trace` under the fixture names:
@@ -320,7 +359,8 @@ impl LayeredPipeline {
             negative_prompt_embeds,
             noise,
         };
-        self.run_inner(inputs, progress, trace).await
+        let mut blocks = ResidentBlocks(&self.transformer.transformer_blocks);
+        self.run_inner(inputs, progress, trace, &mut blocks).await
     }
 
     fn check_embeds(&self, what: &str, t: &Tensor<3>) -> Result<()> {
@@ -335,11 +375,12 @@ impl LayeredPipeline {
         Ok(())
     }
 
-    async fn run_inner(
+    async fn run_inner<P: BlockProvider>(
         &self,
         inputs: RunInputs<'_>,
         mut progress: impl FnMut(Progress) -> ControlFlow<()>,
         trace: &mut dyn FnMut(&str, Traced<'_>),
+        blocks: &mut P,
     ) -> Result<LayeredOutput> {
         let RunInputs {
             input,
@@ -387,7 +428,11 @@ impl LayeredPipeline {
         // 4. Prepare latent variables (`prepare_latents`, `:454-515`): the condition is the
         // posterior mean, normalised, packed as one frame; the noise is packed (N+1) frames.
         let z_dim = self.vae.config.z_dim;
-        let image_latents = self.vae.normalize_latents(self.vae.encode(image)?); // [1, 16, 2h, 2w]
+        let moments = match &self.vae_tiling {
+            Some(tiling) => self.vae.encode_moments_with_tiling(image, tiling)?,
+            None => self.vae.encode_moments(image)?,
+        }; // [1, 32, 2h, 2w]: mean ‖ logvar
+        let image_latents = self.vae.normalize_latents(moments.narrow(1, 0, z_dim)); // [1, 16, 2h, 2w]
         let image_latents = pack_latents_tensor(image_latents)?; // [1, h·w, 64]
         trace("image_latents.packed", Traced::Packed(&image_latents));
         let s_noise = dims.noise_seq_len(layers);
@@ -428,20 +473,26 @@ impl LayeredPipeline {
                 TensorData::new(vec![transformer_timestep_f32(t)], [1]),
                 device,
             );
-            let call = |text: Tensor<3>| -> Result<Tensor<3>> {
-                let out = self.transformer.forward(TransformerInput {
-                    hidden_states: latent_model_input.clone(),
-                    encoder_hidden_states: text,
-                    encoder_hidden_states_mask: None,
-                    timestep: timestep.clone(),
-                    img_shapes: &img_shapes,
-                    additional_t_cond: Some(is_rgb.clone()),
-                })?;
-                Ok(out.narrow(1, 0, s_noise)) // noise_pred[:, : latents.size(1)]
+            let input = |text: Tensor<3>| TransformerInput {
+                hidden_states: latent_model_input.clone(),
+                encoder_hidden_states: text,
+                encoder_hidden_states_mask: None,
+                timestep: timestep.clone(),
+                img_shapes: &img_shapes,
+                additional_t_cond: Some(is_rgb.clone()),
             };
-            let mut noise_pred = call(prompt_embeds.clone())?;
+            // noise_pred[:, : latents.size(1)]
+            let mut noise_pred = self
+                .transformer
+                .forward_with(input(prompt_embeds.clone()), blocks)
+                .await?
+                .narrow(1, 0, s_noise);
             if let (true, Some(neg)) = (do_true_cfg, &negative_prompt_embeds) {
-                let neg_noise_pred = call(neg.clone())?;
+                let neg_noise_pred = self
+                    .transformer
+                    .forward_with(input(neg.clone()), blocks)
+                    .await?
+                    .narrow(1, 0, s_noise);
                 let comb_pred = neg_noise_pred.clone()
                     + (noise_pred.clone() - neg_noise_pred).mul_scalar(params.true_cfg_scale);
                 noise_pred = if params.cfg_normalize {
@@ -470,6 +521,7 @@ impl LayeredPipeline {
 
         // 7. Decode (`:877-905`): unpack, `z / (1/std) + mean`, drop frame 0 (the composite),
         // decode the N layers as a batch, clamp to [-1, 1].
+        blocks.release(); // a streaming transformer's ring is not needed for the decode
         report(Progress::Decoding)?;
         let unpacked = unpack_latents_tensor(
             latents.clone(),
@@ -479,7 +531,7 @@ impl LayeredPipeline {
         )?;
         let z = self.vae.denormalize_latents(unpacked.narrow(0, 1, layers)); // [N, 16, 2h, 2w]
         trace("vae.decode.input", Traced::Image(&z));
-        let decoded = self.vae.decode(z)?; // [N, 4, H, W]
+        let decoded = self.decode_layers(z)?; // [N, 4, H, W]
         trace("vae.decode.output", Traced::Image(&decoded));
 
         // Postprocess: (x/2 + 0.5).clamp(0, 1) · 255, round half to even, RGBA (straight alpha).
@@ -494,6 +546,26 @@ impl LayeredPipeline {
             dimensions: dims,
             timesteps,
         })
+    }
+}
+
+impl LayeredPipeline {
+    /// The VAE decode of the `N` layer latents, tiled and/or sliced as configured.
+    ///
+    /// - z: `[N, z_dim, 2h, 2w]` (de-normalised) → `[N, 4, H, W]`
+    fn decode_layers(&self, z: Tensor<4>) -> Result<Tensor<4>> {
+        let decode = |z: Tensor<4>| match &self.vae_tiling {
+            Some(tiling) => self.vae.decode_with_tiling(z, tiling),
+            None => self.vae.decode(z),
+        };
+        let n = z.dims()[0];
+        if !self.vae_slicing || n == 1 {
+            return decode(z);
+        }
+        let parts = (0..n)
+            .map(|i| decode(z.clone().narrow(0, i, 1)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Tensor::cat(parts, 0))
     }
 }
 

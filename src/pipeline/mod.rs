@@ -32,6 +32,8 @@ pub mod dimensions;
 pub mod error;
 pub mod latents;
 pub mod layered;
+pub mod memory;
+pub mod phased;
 pub mod postprocess;
 pub mod preprocess;
 pub mod scheduler;
@@ -46,6 +48,11 @@ pub use latents::{pack_latents_tensor, seeded_noise, seeded_normal, unpack_laten
 pub use layered::{
     DecomposeParams, LayeredOutput, LayeredPipeline, Noise, Progress, SCHEDULER_CONFIG_FILE, Traced,
 };
+pub use memory::{
+    MemoryBudget, MemoryEstimate, MemoryPlan, OversizedTensor, PlanRequest, TensorAction,
+    TransformerResidency, plan_memory,
+};
+pub use phased::{PlannedPipeline, PromptEmbeds, encode_prompts_then_free};
 pub use postprocess::{
     decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, unit_to_u8,
 };

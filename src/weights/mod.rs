@@ -58,6 +58,38 @@ pub trait WeightSource {
     }
 }
 
+/// A shared reference reads like the source itself (so that owners of a source, such as
+/// [`BlockStream`](crate::model::transformer::BlockStream), can also hold `&S`).
+impl<S: WeightSource + ?Sized> WeightSource for &S {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        (**self).exists(file).await
+    }
+
+    async fn size(&self, file: &str) -> Result<u64> {
+        (**self).size(file).await
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        (**self).read(file, offset, len).await
+    }
+}
+
+/// A reference-counted source reads like the source itself (for a worker that keeps one source
+/// for the model's lifetime and hands it to a [`BlockStream`](crate::model::transformer::BlockStream)).
+impl<S: WeightSource + ?Sized> WeightSource for std::rc::Rc<S> {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        (**self).exists(file).await
+    }
+
+    async fn size(&self, file: &str) -> Result<u64> {
+        (**self).size(file).await
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        (**self).read(file, offset, len).await
+    }
+}
+
 /// Reads and parses a JSON file (a `config.json`, an index) from a source.
 pub async fn read_json<T: DeserializeOwned>(source: &impl WeightSource, file: &str) -> Result<T> {
     let bytes = source.read_all(file).await?;

@@ -10,6 +10,7 @@ mod block;
 mod config;
 mod embeddings;
 mod model;
+mod streaming;
 
 pub use attention::QwenDoubleStreamAttention;
 pub use block::QwenImageTransformerBlock;
@@ -21,3 +22,4 @@ pub use embeddings::{
 pub use model::{
     AdaLayerNormContinuous, ForwardTrace, QwenImageTransformer2DModel, TransformerInput,
 };
+pub use streaming::{BlockProvider, BlockStream, ResidentBlocks, StreamStats};

@@ -9,6 +9,7 @@ use burn::tensor::{Bool, Device, Int, Tensor};
 use super::block::QwenImageTransformerBlock;
 use super::config::QwenImageTransformerConfig;
 use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice};
+use super::streaming::BlockProvider;
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
 use crate::weights::{GgufFile, Precision, TensorLoader, WeightSource, open_component};
@@ -163,6 +164,25 @@ impl QwenImageTransformer2DModel {
         config: &QwenImageTransformerConfig,
         l: &mut TensorLoader<'_, S>,
     ) -> Result<Self> {
+        Self::load_parts(config, l, true).await
+    }
+
+    /// Builds the model without its blocks (`transformer_blocks` empty), taking every other
+    /// tensor from `l`: the resident part of a streaming transformer (see
+    /// [`BlockStream`](super::BlockStream)); it runs only with
+    /// [`forward_with`](Self::forward_with).
+    pub async fn load_without_blocks<S: WeightSource>(
+        config: &QwenImageTransformerConfig,
+        l: &mut TensorLoader<'_, S>,
+    ) -> Result<Self> {
+        Self::load_parts(config, l, false).await
+    }
+
+    async fn load_parts<S: WeightSource>(
+        config: &QwenImageTransformerConfig,
+        l: &mut TensorLoader<'_, S>,
+        with_blocks: bool,
+    ) -> Result<Self> {
         config.validate("transformer config")?;
         let dim = config.inner_dim();
         let (heads, head_dim) = (config.num_attention_heads, config.attention_head_dim);
@@ -178,8 +198,9 @@ impl QwenImageTransformer2DModel {
             config.use_additional_t_cond,
         )
         .await?;
-        let mut transformer_blocks = Vec::with_capacity(config.num_layers);
-        for i in 0..config.num_layers {
+        let resident = if with_blocks { config.num_layers } else { 0 };
+        let mut transformer_blocks = Vec::with_capacity(resident);
+        for i in 0..resident {
             transformer_blocks.push(
                 QwenImageTransformerBlock::load(
                     l,
@@ -275,7 +296,7 @@ impl QwenImageTransformer2DModel {
         Ok(first)
     }
 
-    /// The forward pass.
+    /// The forward pass with the resident blocks (`transformer_blocks`).
     ///
     /// - returns `[B, S_img, patch² · out_channels]` for all image tokens (the pipeline keeps
     ///   only the noisy ones, i.e. drops the condition image's tokens at the end).
@@ -289,42 +310,120 @@ impl QwenImageTransformer2DModel {
         input: TransformerInput<'_>,
         mut trace: Option<&mut ForwardTrace>,
     ) -> Result<Tensor<3>> {
+        self.check_block_count(self.transformer_blocks.len())?;
+        let mut state = self.prepare(input, trace.as_deref_mut())?;
+        for block in &self.transformer_blocks {
+            state = state.apply(block, trace.as_deref_mut());
+        }
+        Ok(self.finish(state, trace))
+    }
+
+    /// The forward pass taking block `i` from `blocks` when its turn comes: the same
+    /// computation as [`forward`](Self::forward), for resident blocks
+    /// ([`ResidentBlocks`](super::ResidentBlocks)) or blocks streamed from the weight source
+    /// ([`BlockStream`](super::BlockStream)), whose `transformer_blocks` may then be empty.
+    ///
+    /// - returns `[B, S_img, patch² · out_channels]`
+    pub async fn forward_with<P: BlockProvider>(
+        &self,
+        input: TransformerInput<'_>,
+        blocks: &mut P,
+    ) -> Result<Tensor<3>> {
+        self.check_block_count(blocks.num_blocks())?;
+        let mut state = self.prepare(input, None)?;
+        for i in 0..self.config.num_layers {
+            state = state.apply(blocks.block(i).await?, None);
+        }
+        Ok(self.finish(state, None))
+    }
+
+    fn check_block_count(&self, have: usize) -> Result<()> {
+        if have != self.config.num_layers {
+            return Err(Error::Input {
+                model: "QwenImageTransformer2DModel",
+                reason: format!(
+                    "{have} transformer blocks available, the config has num_layers = {} (a \
+                     transformer loaded for streaming runs with forward_with and a BlockStream)",
+                    self.config.num_layers
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Everything before the blocks: input projections, timestep embedding, RoPE tables.
+    fn prepare(
+        &self,
+        input: TransformerInput<'_>,
+        trace: Option<&mut ForwardTrace>,
+    ) -> Result<BlockState> {
         let img_shapes = self.check(&input)?;
         let device = input.hidden_states.device();
         let s_txt = input.encoder_hidden_states.dims()[1];
 
-        let mut hidden_states = self.img_in.forward(input.hidden_states); // [B, S_img, D]
+        let hidden_states = self.img_in.forward(input.hidden_states); // [B, S_img, D]
         let txt_normed = self.txt_norm.forward(input.encoder_hidden_states); // [B, S_txt, J]
-        let mut encoder_hidden_states = self.txt_in.forward(txt_normed.clone()); // [B, S_txt, D]
+        let encoder_hidden_states = self.txt_in.forward(txt_normed.clone()); // [B, S_txt, D]
         let temb = self
             .time_text_embed
             .forward(input.timestep, input.additional_t_cond)?; // [B, D]
         let rope: RopeDevice = self.pos_embed.tables(img_shapes, s_txt)?.to_device(&device);
-        if let Some(t) = trace.as_deref_mut() {
+        if let Some(t) = trace {
             t.temb = Some(temb.clone());
             t.img_in = Some(hidden_states.clone());
             t.txt_norm = Some(txt_normed);
             t.txt_in = Some(encoder_hidden_states.clone());
         }
+        Ok(BlockState {
+            hidden_states,
+            encoder_hidden_states,
+            mask: input.encoder_hidden_states_mask,
+            temb,
+            rope,
+        })
+    }
 
-        for block in &self.transformer_blocks {
-            let (txt, img) = block.forward(
-                hidden_states,
-                encoder_hidden_states,
-                input.encoder_hidden_states_mask.clone(),
-                &temb,
-                &rope,
-            );
-            if let Some(t) = trace.as_deref_mut() {
-                t.blocks.push((txt.clone(), img.clone()));
-            }
-            (encoder_hidden_states, hidden_states) = (txt, img);
-        }
-
-        let hidden_states = self.norm_out.forward(hidden_states, temb); // [B, S_img, D]
+    /// Everything after the blocks: `norm_out` and `proj_out`.
+    fn finish(&self, state: BlockState, trace: Option<&mut ForwardTrace>) -> Tensor<3> {
+        let hidden_states = self.norm_out.forward(state.hidden_states, state.temb); // [B, S_img, D]
         if let Some(t) = trace {
             t.norm_out = Some(hidden_states.clone());
         }
-        Ok(self.proj_out.forward(hidden_states))
+        self.proj_out.forward(hidden_states)
+    }
+}
+
+/// The tensors carried from block to block during one forward.
+struct BlockState {
+    /// Image stream `[B, S_img, D]`.
+    hidden_states: Tensor<3>,
+    /// Text stream `[B, S_txt, D]`.
+    encoder_hidden_states: Tensor<3>,
+    /// `[B, S_txt]` text mask, if any.
+    mask: Option<Tensor<2, Bool>>,
+    /// `[B, D]`.
+    temb: Tensor<2>,
+    /// RoPE tables for this sequence.
+    rope: RopeDevice,
+}
+
+impl BlockState {
+    /// Runs one block on both streams (by value, so the inputs can be freed or reused).
+    fn apply(self, block: &QwenImageTransformerBlock, trace: Option<&mut ForwardTrace>) -> Self {
+        let (txt, img) = block.forward(
+            self.hidden_states,
+            self.encoder_hidden_states,
+            self.mask.clone(),
+            &self.temb,
+            &self.rope,
+        );
+        if let Some(t) = trace {
+            t.blocks.push((txt.clone(), img.clone()));
+        }
+        Self {
+            hidden_states: img,
+            encoder_hidden_states: txt,
+            ..self
+        }
     }
 }

@@ -10,6 +10,7 @@ mod coders;
 mod config;
 mod layers;
 mod model;
+mod tiling;
 
 pub use blocks::{
     AttentionBlock, MidBlock, Resample, ResampleMode, ResidualBlock, UpBlock, upsample_nearest2x,
@@ -18,3 +19,4 @@ pub use coders::{Decoder, DownBlock, Encoder};
 pub use config::AutoencoderKLQwenImageConfig;
 pub use layers::{Conv2d, RmsNorm2d, TimeConv};
 pub use model::AutoencoderKLQwenImage;
+pub use tiling::VaeTiling;

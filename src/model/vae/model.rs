@@ -70,7 +70,7 @@ impl AutoencoderKLQwenImage {
         })
     }
 
-    fn check(&self, what: &str, x: &Tensor<4>, channels: usize) -> Result<()> {
+    pub(super) fn check(&self, what: &str, x: &Tensor<4>, channels: usize) -> Result<()> {
         let dims = x.dims();
         if dims[1] != channels {
             return Err(Error::Input {

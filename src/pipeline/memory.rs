@@ -1,0 +1,778 @@
+//! The memory plan: from the device's limits and a memory budget, the model configs, the
+//! precision, the working size and the layer count, decide **before loading anything**
+//!
+//! - whether the transformer's blocks are all resident or streamed through a ring of `R`
+//!   ([`TransformerResidency`], run by [`BlockStream`](crate::model::transformer::BlockStream));
+//! - whether the VAE decodes in tiles ([`VaeTiling`]) and/or one layer at a time (slicing);
+//! - which tensors are larger than one GPU buffer may be (`maxStorageBufferBindingSize`, and
+//!   `maxBufferSize`) and what to do with them ([`OversizedTensor`]): the text encoder's
+//!   `152064 × 3584` token embedding is gathered on the host, wide linear weights are split by
+//!   output rows, over-long activations are chunked along the sequence.
+//!
+//! The components run one after another (issue #6: text encoder → free → transformer → free →
+//! VAE), so the text encoder is not counted against the transformer phase. WebGPU has no
+//! free-memory query (gpuweb #5505): the caller supplies the budget (`device_bytes`), e.g. from
+//! a user setting, a measurement, or `maxBufferSize` as a proxy.
+//!
+//! Everything here is arithmetic on configs ([`plan_memory`] is pure); the estimates are for
+//! f32 activations and the device layout of [`Precision`] (f32 = 4 bytes per weight; 8-bit
+//! and 4-bit blocks = `bits/8` bytes per weight plus one f32 scale per 32 weights).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::gpu::KeyLimits;
+use crate::model::text_encoder::QwenTextConfig;
+use crate::model::transformer::QwenImageTransformerConfig;
+use crate::model::vae::{AutoencoderKLQwenImageConfig, VaeTiling};
+use crate::weights::{BLOCK, Precision};
+
+/// What the plan may use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// The device's limits (tests force them low to exercise streaming and splitting).
+    pub limits: KeyLimits,
+    /// Bytes of device memory the weights and activations of one phase may take.
+    pub device_bytes: u64,
+}
+
+/// What is to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanRequest<'a> {
+    /// The transformer's config.
+    pub transformer: &'a QwenImageTransformerConfig,
+    /// The VAE's config.
+    pub vae: &'a AutoencoderKLQwenImageConfig,
+    /// The text encoder's config, if a text encoder runs on the device.
+    pub text: Option<&'a QwenTextConfig>,
+    /// The precision of the transformer's linear weights.
+    pub precision: Precision,
+    /// The precision of the text encoder's linear weights (its token embedding is f32).
+    pub text_precision: Precision,
+    /// Working width in pixels (a multiple of 16).
+    pub width: usize,
+    /// Working height in pixels (a multiple of 16).
+    pub height: usize,
+    /// Output layers `N`.
+    pub layers: usize,
+    /// Prompt tokens (an upper bound; the activations grow with it).
+    pub text_tokens: usize,
+}
+
+/// How the transformer's blocks are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TransformerResidency {
+    /// All `num_layers` blocks on the device.
+    Resident,
+    /// A ring of `ring` blocks; the others are read from storage when their turn comes.
+    Streaming {
+        /// Blocks resident at once (`1 ≤ ring < num_layers`).
+        ring: usize,
+    },
+}
+
+/// What to do with a tensor that does not fit in one GPU buffer binding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TensorAction {
+    /// Keep the table on the host and upload only the rows (tokens) a prompt uses.
+    HostGather,
+    /// Store the weight as `parts` buffers of consecutive output rows (`d_out / parts` each);
+    /// the matmul runs per part and the outputs are concatenated.
+    SplitRows {
+        /// Number of pieces.
+        parts: usize,
+    },
+    /// Run the operation on `parts` consecutive chunks of the sequence (rows are independent in
+    /// linear layers and MLPs).
+    ChunkSequence {
+        /// Number of chunks.
+        parts: usize,
+    },
+}
+
+/// A tensor over the per-buffer limit, and its handling.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OversizedTensor {
+    /// Checkpoint key (`*` for "every block"), or a description for an activation.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its size on the device, bytes.
+    pub bytes: u64,
+    /// What to do.
+    pub action: TensorAction,
+}
+
+/// The byte counts the plan was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryEstimate {
+    /// One transformer block's weights on the device.
+    pub block_bytes: u64,
+    /// The transformer's non-block weights.
+    pub transformer_other_bytes: u64,
+    /// The transformer forward's activations (f32, flash attention: no `S × S` scores), plus
+    /// the f32 copy of the largest quantized weight the current `Linear` dequantizes into.
+    pub transformer_activation_bytes: u64,
+    /// The VAE's weights (f32).
+    pub vae_bytes: u64,
+    /// The largest single VAE decoder tensor with the chosen tiling/slicing.
+    pub vae_peak_tensor_bytes: u64,
+    /// The text encoder's weights (f32) minus a host-gathered embedding, if a text encoder was
+    /// given.
+    pub text_encoder_bytes: u64,
+    /// The largest one buffer may be: `min(maxStorageBufferBindingSize, maxBufferSize)`.
+    pub max_tensor_bytes: u64,
+}
+
+/// The decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemoryPlan {
+    /// Resident or streaming transformer.
+    pub transformer: TransformerResidency,
+    /// VAE tiling (`None`: one piece, like the reference pipeline).
+    pub vae_tiling: Option<VaeTiling>,
+    /// Decode the layers one at a time.
+    pub vae_slicing: bool,
+    /// Tensors over the per-buffer limit and their handling.
+    pub oversized: Vec<OversizedTensor>,
+    /// The numbers behind it.
+    pub estimate: MemoryEstimate,
+}
+
+/// Activations in a VAE working set per peak tensor (input, output and a residual in flight).
+const VAE_WORKING_FACTOR: u64 = 3;
+/// Smallest VAE tile side tried, in pixels (4 latent pixels).
+const MIN_TILE: usize = 32;
+/// The largest working area the VAE decodes in one piece without being asked to tile: the
+/// 640 bucket. The 1024 bucket always tiles (issue #6: "the VAE decodes in tiles at 1024²"):
+/// its mid-block attention alone is a `(128·128)²` f32 score matrix (1 GiB) per layer.
+pub const UNTILED_MAX_AREA: usize = 640 * 640;
+
+/// Bytes of a `[d_out, d_in]` linear weight (plus bias) on the device in `precision`; a `d_in`
+/// that is not a multiple of 32 stays f32 (as [`crate::weights::TensorLoader::linear`] does).
+pub fn linear_bytes(d_in: usize, d_out: usize, precision: Precision) -> u64 {
+    let (d_in, d_out) = (d_in as u64, d_out as u64);
+    let weight = match precision.bits() {
+        Some(bits) if d_in.is_multiple_of(BLOCK as u64) => {
+            d_out * d_in * bits as u64 / 8 + d_out * (d_in / BLOCK as u64) * 4
+        }
+        _ => 4 * d_out * d_in,
+    };
+    weight + 4 * d_out
+}
+
+/// The linear layers of one block as `(name, d_in, d_out)` (`transformer_blocks.{i}.` left off).
+fn block_linears(d: usize) -> Vec<(&'static str, usize, usize)> {
+    let mlp = 4 * d;
+    vec![
+        ("img_mod.1", d, 6 * d),
+        ("txt_mod.1", d, 6 * d),
+        ("attn.to_q", d, d),
+        ("attn.to_k", d, d),
+        ("attn.to_v", d, d),
+        ("attn.add_q_proj", d, d),
+        ("attn.add_k_proj", d, d),
+        ("attn.add_v_proj", d, d),
+        ("attn.to_out.0", d, d),
+        ("attn.to_add_out", d, d),
+        ("img_mlp.net.0.proj", d, mlp),
+        ("img_mlp.net.2", mlp, d),
+        ("txt_mlp.net.0.proj", d, mlp),
+        ("txt_mlp.net.2", mlp, d),
+    ]
+}
+
+/// Block weights on the device: the linears plus the four q/k RMSNorm weights.
+fn block_bytes(c: &QwenImageTransformerConfig, precision: Precision) -> u64 {
+    let d = c.inner_dim();
+    let linears: u64 = block_linears(d)
+        .iter()
+        .map(|&(_, i, o)| linear_bytes(i, o, precision))
+        .sum();
+    linears + 4 * 4 * c.attention_head_dim as u64
+}
+
+/// The transformer's weights outside the blocks.
+fn transformer_other_bytes(c: &QwenImageTransformerConfig, precision: Precision) -> u64 {
+    let d = c.inner_dim();
+    let out = c.patch_size * c.patch_size * c.out_channels();
+    let t = crate::model::transformer::TIMESTEP_PROJ_DIM;
+    let mut bytes = linear_bytes(c.in_channels, d, precision)
+        + linear_bytes(c.joint_attention_dim, d, precision)
+        + 4 * c.joint_attention_dim as u64
+        + linear_bytes(t, d, precision)
+        + linear_bytes(d, d, precision)
+        + linear_bytes(d, 2 * d, precision)
+        + linear_bytes(d, out, precision);
+    if c.use_additional_t_cond {
+        bytes += 4 * 2 * d as u64;
+    }
+    bytes
+}
+
+/// The number of pieces of at most `limit` bytes that `bytes` needs.
+fn parts(bytes: u64, limit: u64) -> usize {
+    bytes.div_ceil(limit.max(1)) as usize
+}
+
+/// The decoder's channel count at each resolution step `2^k` above the latent, as the widest
+/// tensor there (`k = 0`: mid block; `k ≥ 1`: the upsampled input of the conv that halves it).
+fn decoder_channels(c: &AutoencoderKLQwenImageConfig) -> Vec<usize> {
+    let m = &c.dim_mult;
+    let mut dims = vec![c.base_dim * m[m.len() - 1]];
+    dims.extend(m.iter().rev().map(|u| c.base_dim * u));
+    dims[..m.len()].to_vec()
+}
+
+/// The largest single tensor of a VAE decode of `batch` latents of `latent_hw`: the widest
+/// conv activation or the mid block's single-head `(h·w)²` attention scores.
+pub fn vae_decode_peak_tensor(
+    c: &AutoencoderKLQwenImageConfig,
+    batch: usize,
+    (h, w): (usize, usize),
+) -> u64 {
+    let b = batch as u64;
+    let conv = decoder_channels(c)
+        .iter()
+        .enumerate()
+        .map(|(k, &ch)| b * ch as u64 * ((h << k) * (w << k)) as u64 * 4)
+        .max()
+        .unwrap_or(0);
+    let hw = (h * w) as u64;
+    conv.max(b * hw * hw * 4)
+}
+
+/// The VAE's weights in f32 on the device, estimated from the config (each causal conv keeps
+/// one 3×3 plane of its 3×3×3 kernel; stages counted at their output width, an upper bound).
+fn vae_bytes(c: &AutoencoderKLQwenImageConfig) -> u64 {
+    let ch = |k: usize| (c.base_dim * c.dim_mult[k]) as u64;
+    let res = |a: u64, b: u64| 9 * a * b + 9 * b * b + a * b + 2 * (a + b) + 2 * b;
+    let n = c.dim_mult.len();
+    // Per coder: each stage's residual blocks and resample, the mid block (two residual
+    // blocks and an attention block), and the conv to or from the latent channels.
+    let stages: u64 = (0..n)
+        .map(|k| (c.num_res_blocks as u64 + 1) * res(ch(k), ch(k)) + 9 * ch(k) * ch(k))
+        .sum();
+    let top = ch(n - 1);
+    let coder = stages + 2 * res(top, top) + 4 * top * top + 9 * top * (2 * c.z_dim as u64);
+    4 * 2 * coder
+}
+
+/// Turns a request and a budget into a plan, or an error saying what does not fit and by how
+/// much.
+pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<MemoryPlan> {
+    let bad = |reason: String| {
+        Err(Error::Input {
+            model: "memory plan",
+            reason,
+        })
+    };
+    let c = req.transformer;
+    if req.layers == 0 || req.width == 0 || req.height == 0 || c.num_layers == 0 {
+        return bad(format!(
+            "nothing to plan: {} layers at {}×{}, {} blocks",
+            req.layers, req.width, req.height, c.num_layers
+        ));
+    }
+    let max_tensor = budget
+        .limits
+        .max_storage_buffer_binding_size
+        .min(budget.limits.max_buffer_size);
+    let mut oversized = Vec::new();
+    let d = c.inner_dim();
+
+    // Weights of the transformer: per-buffer check of every block linear (all blocks alike).
+    for (name, d_in, d_out) in block_linears(d) {
+        let bytes = linear_bytes(d_in, d_out, req.precision) - 4 * d_out as u64; // weight only
+        if bytes > max_tensor {
+            oversized.push(OversizedTensor {
+                name: format!("transformer_blocks.*.{name}.weight"),
+                shape: vec![d_out, d_in],
+                bytes,
+                action: TensorAction::SplitRows {
+                    parts: parts(bytes, max_tensor),
+                },
+            });
+        }
+    }
+
+    // Activations of one forward: S tokens; per block about 8 [S, D] and 2 [S, 4D] f32 tensors
+    // live at once; quantized weights are dequantized to an f32 copy by the current Linear.
+    let latent_tokens = (req.height / 16) * (req.width / 16);
+    let s = ((req.layers + 2) * latent_tokens + req.text_tokens) as u64;
+    let mlp_hidden = 4 * s * 4 * d as u64;
+    let dequant_copy = match req.precision {
+        Precision::F32 => 0,
+        _ => 4 * 6 * (d as u64) * d as u64,
+    };
+    let activations = 4 * s * d as u64 * 8 + 2 * mlp_hidden + dequant_copy;
+    if mlp_hidden > max_tensor {
+        oversized.push(OversizedTensor {
+            name: "transformer MLP hidden activation".into(),
+            shape: vec![s as usize, 4 * d],
+            bytes: mlp_hidden,
+            action: TensorAction::ChunkSequence {
+                parts: parts(mlp_hidden, max_tensor),
+            },
+        });
+    }
+
+    // Text encoder (its own phase, freed before the transformer loads).
+    let mut text_bytes = 0;
+    if let Some(t) = req.text {
+        let (v, h, i) = (t.vocab_size, t.hidden_size, t.intermediate_size);
+        let kv = t.num_key_value_heads * t.head_dim;
+        let q = t.num_attention_heads * t.head_dim;
+        let tp = req.text_precision;
+        let layer = linear_bytes(h, q, tp)
+            + 2 * linear_bytes(h, kv, tp)
+            + linear_bytes(q, h, tp)
+            - 4 * h as u64 // o_proj has no bias
+            + 2 * linear_bytes(h, i, tp)
+            + linear_bytes(i, h, tp)
+            - 4 * (2 * i + h) as u64 // nor have the MLP projections
+            + 4 * 2 * h as u64; // the two RMSNorm weights
+        text_bytes = layer * t.num_hidden_layers as u64 + 4 * h as u64;
+        let embedding = 4 * (v * h) as u64;
+        if embedding > max_tensor {
+            oversized.push(OversizedTensor {
+                name: "model.embed_tokens.weight".into(),
+                shape: vec![v, h],
+                bytes: embedding,
+                action: TensorAction::HostGather,
+            });
+        } else {
+            text_bytes += embedding;
+        }
+        for (name, rows, cols) in [
+            ("model.layers.*.mlp.gate_proj.weight", i, h),
+            ("model.layers.*.mlp.up_proj.weight", i, h),
+            ("model.layers.*.mlp.down_proj.weight", h, i),
+            ("model.layers.*.self_attn.q_proj.weight", q, h),
+        ] {
+            let bytes = linear_bytes(cols, rows, tp) - 4 * rows as u64;
+            if bytes > max_tensor {
+                oversized.push(OversizedTensor {
+                    name: name.into(),
+                    shape: vec![rows, cols],
+                    bytes,
+                    action: TensorAction::SplitRows {
+                        parts: parts(bytes, max_tensor),
+                    },
+                });
+            }
+        }
+        if text_bytes > budget.device_bytes {
+            return bad(format!(
+                "the text encoder needs {} of device memory, the budget is {}",
+                show(text_bytes),
+                show(budget.device_bytes)
+            ));
+        }
+    }
+
+    // Transformer phase: non-block weights, the VAE (encodes before, decodes after), the
+    // activations, and as many blocks as fit.
+    let vae = vae_bytes(req.vae);
+    let block = block_bytes(c, req.precision);
+    let other = transformer_other_bytes(c, req.precision);
+    let fixed = other + vae + activations;
+    let room = budget.device_bytes.saturating_sub(fixed);
+    let fit = (room / block.max(1)) as usize;
+    let transformer = if fit >= c.num_layers {
+        TransformerResidency::Resident
+    } else if fit >= 1 {
+        TransformerResidency::Streaming { ring: fit }
+    } else {
+        return bad(format!(
+            "the transformer needs at least {} of device memory ({} for one block, {} for the \
+             rest of the model, the VAE and the activations at {}×{} with {} layers); the \
+             budget is {}",
+            show(fixed + block),
+            show(block),
+            show(fixed),
+            req.width,
+            req.height,
+            req.layers,
+            show(budget.device_bytes)
+        ));
+    };
+
+    // VAE decode phase: a streaming transformer's blocks are dropped first; resident ones stay.
+    let held = match transformer {
+        TransformerResidency::Resident => other + block * c.num_layers as u64,
+        TransformerResidency::Streaming { .. } => other,
+    };
+    let vae_room = budget.device_bytes.saturating_sub(held + vae);
+    let r = req.vae.spatial_compression_ratio();
+    let latent = (req.height / r, req.width / r);
+    let fits = |peak: u64| peak <= max_tensor && VAE_WORKING_FACTOR * peak <= vae_room;
+    let whole = vae_decode_peak_tensor(req.vae, req.layers, latent);
+    let (vae_tiling, vae_slicing, peak) =
+        if req.width * req.height <= UNTILED_MAX_AREA && fits(whole) {
+            (None, false, whole)
+        } else {
+            let sliced = vae_decode_peak_tensor(req.vae, 1, latent);
+            if req.width * req.height <= UNTILED_MAX_AREA && fits(sliced) {
+                (None, true, sliced)
+            } else {
+                choose_tiles(req, latent, &fits).ok_or_else(|| Error::Input {
+                    model: "memory plan",
+                    reason: format!(
+                        "the VAE decode does not fit even in {MIN_TILE}-pixel tiles one layer \
+                         at a time: {} per tensor allowed, {} of device memory left",
+                        show(max_tensor),
+                        show(vae_room)
+                    ),
+                })?
+            }
+        };
+    Ok(MemoryPlan {
+        transformer,
+        vae_tiling,
+        vae_slicing,
+        oversized,
+        estimate: MemoryEstimate {
+            block_bytes: block,
+            transformer_other_bytes: other,
+            transformer_activation_bytes: activations,
+            vae_bytes: vae,
+            vae_peak_tensor_bytes: peak,
+            text_encoder_bytes: text_bytes,
+            max_tensor_bytes: max_tensor,
+        },
+    })
+}
+
+/// diffusers' default tiles (256 px every 192), halved until a tile's peak tensor fits
+/// (batch `N`, then one layer at a time), down to [`MIN_TILE`]; stride stays ¾ of the tile.
+fn choose_tiles(
+    req: &PlanRequest<'_>,
+    latent: (usize, usize),
+    fits: &dyn Fn(u64) -> bool,
+) -> Option<(Option<VaeTiling>, bool, u64)> {
+    let r = req.vae.spatial_compression_ratio();
+    let mut tile = VaeTiling::default();
+    loop {
+        let tile_latent = (
+            latent.0.min(tile.min_height / r),
+            latent.1.min(tile.min_width / r),
+        );
+        for (slicing, batch) in [(false, req.layers), (true, 1)] {
+            let peak = vae_decode_peak_tensor(req.vae, batch, tile_latent);
+            if fits(peak) {
+                return Some((Some(tile), slicing && req.layers > 1, peak));
+            }
+        }
+        if tile.min_height / 2 < MIN_TILE {
+            return None;
+        }
+        tile = VaeTiling {
+            min_height: tile.min_height / 2,
+            min_width: tile.min_width / 2,
+            stride_height: tile.stride_height / 2,
+            stride_width: tile.stride_width / 2,
+        };
+    }
+}
+
+/// Bytes as MiB/GiB for messages.
+fn show(bytes: u64) -> String {
+    let mib = bytes as f64 / (1u64 << 20) as f64;
+    if mib >= 1024.0 {
+        format!("{:.2} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.2} MiB")
+    }
+}
+
+impl MemoryPlan {
+    /// The ring size for [`BlockStream`](crate::model::transformer::BlockStream), or `None`
+    /// when every block is resident.
+    pub fn ring(&self) -> Option<usize> {
+        match self.transformer {
+            TransformerResidency::Resident => None,
+            TransformerResidency::Streaming { ring } => Some(ring),
+        }
+    }
+
+    /// Sets the pipeline's VAE tiling and slicing to this plan's.
+    pub fn apply_vae(&self, pipeline: &mut super::LayeredPipeline) {
+        pipeline.vae_tiling = self.vae_tiling;
+        pipeline.vae_slicing = self.vae_slicing;
+    }
+
+    /// Whether the text encoder's token embedding is to be gathered on the host.
+    pub fn gathers_embedding_on_host(&self) -> bool {
+        self.oversized
+            .iter()
+            .any(|t| t.action == TensorAction::HostGather)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1 << 20;
+    const GIB: u64 = 1 << 30;
+
+    fn limits(binding: u64, buffer: u64) -> KeyLimits {
+        KeyLimits {
+            max_buffer_size: buffer,
+            max_storage_buffer_binding_size: binding,
+            max_compute_workgroup_storage_size: 16384,
+            max_compute_invocations_per_workgroup: 256,
+        }
+    }
+
+    /// Qwen-Image-Layered's transformer (`model-spec.md`: 60 blocks, 24 × 128 heads).
+    fn transformer() -> QwenImageTransformerConfig {
+        QwenImageTransformerConfig {
+            use_additional_t_cond: true,
+            use_layer3d_rope: true,
+            ..Default::default()
+        }
+    }
+
+    fn vae() -> AutoencoderKLQwenImageConfig {
+        AutoencoderKLQwenImageConfig {
+            input_channels: 4,
+            ..Default::default()
+        }
+    }
+
+    /// Qwen2.5-VL-7B's language model.
+    fn text() -> QwenTextConfig {
+        QwenTextConfig {
+            vocab_size: 152064,
+            hidden_size: 3584,
+            intermediate_size: 18944,
+            num_hidden_layers: 28,
+            num_attention_heads: 28,
+            num_key_value_heads: 4,
+            head_dim: 128,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e6,
+            mrope_section: [16, 24, 24],
+            tie_word_embeddings: false,
+        }
+    }
+
+    fn request<'a>(
+        t: &'a QwenImageTransformerConfig,
+        v: &'a AutoencoderKLQwenImageConfig,
+        text: Option<&'a QwenTextConfig>,
+        precision: Precision,
+        side: usize,
+    ) -> PlanRequest<'a> {
+        PlanRequest {
+            transformer: t,
+            vae: v,
+            text,
+            precision,
+            text_precision: precision,
+            width: side,
+            height: side,
+            layers: 4,
+            text_tokens: 300,
+        }
+    }
+
+    #[test]
+    fn block_sizes_match_the_parameter_count() {
+        // 60 blocks of 36·D² weights are the 20.4 B parameters of the real transformer.
+        let t = transformer();
+        let weights = 36 * 3072u64 * 3072 * 60;
+        assert!((20.3e9..20.5e9).contains(&(weights as f64)), "{weights}");
+        let f32 = block_bytes(&t, Precision::F32);
+        let q4 = block_bytes(&t, Precision::Q4);
+        assert_eq!(
+            f32 - 4 * 4 * 128,
+            4 * 36 * 3072 * 3072 + 4 * (6 + 6 + 8 + 4 + 4) * 3072 + 4 * 2 * 3072
+        );
+        // 4-bit: half a byte per weight plus an f32 scale per 32 weights (0.625 B/weight).
+        let ratio = q4 as f64 / f32 as f64;
+        assert!((0.155..0.157).contains(&ratio), "{ratio}");
+        assert_eq!(
+            linear_bytes(3072, 18432, Precision::Q8),
+            18432 * 3072 * 9 / 8 + 4 * 18432
+        );
+        // A d_in that is not a multiple of 32 stays f32.
+        assert_eq!(linear_bytes(33, 2, Precision::Q4), 4 * 66 + 8);
+    }
+
+    #[test]
+    fn browser_default_limits_stream_split_gather_and_tile() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 6 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        let e = plan.estimate;
+        // 60 × 203 MiB of 4-bit blocks do not fit in 6 GiB: a ring of what is left.
+        let fixed = e.transformer_other_bytes + e.vae_bytes + e.transformer_activation_bytes;
+        let ring = ((6 * GIB - fixed) / e.block_bytes) as usize;
+        assert!((1..60).contains(&ring), "{ring}");
+        assert_eq!(plan.transformer, TransformerResidency::Streaming { ring });
+        assert_eq!(plan.ring(), Some(ring));
+        // The 152064 × 3584 embedding (2 GiB in f32) is gathered on the host.
+        assert!(plan.gathers_embedding_on_host());
+        let embed = plan
+            .oversized
+            .iter()
+            .find(|o| o.name == "model.embed_tokens.weight")
+            .unwrap();
+        assert_eq!(embed.shape, vec![152064, 3584]);
+        assert_eq!(embed.bytes, 4 * 152064 * 3584);
+        // In 4 bits the text encoder's 6.5 B weights besides the embedding (3.8 GiB) fit, each
+        // in one binding.
+        assert!(
+            !plan
+                .oversized
+                .iter()
+                .any(|o| o.name.starts_with("model.layers"))
+        );
+        assert!(
+            (7 * GIB / 2..4 * GIB).contains(&e.text_encoder_bytes),
+            "{}",
+            e.text_encoder_bytes
+        );
+        // The 4-bit transformer weights all fit in one binding; the MLP activation does not.
+        assert!(
+            !plan
+                .oversized
+                .iter()
+                .any(|o| o.name.starts_with("transformer_blocks"))
+        );
+        let mlp = plan
+            .oversized
+            .iter()
+            .find(|o| o.name.starts_with("transformer MLP"))
+            .unwrap();
+        assert_eq!(mlp.shape, vec![6 * 40 * 40 + 300, 4 * 3072]);
+        assert!(matches!(
+            mlp.action,
+            TensorAction::ChunkSequence { parts: 4 }
+        ));
+        // VAE: a 4 × 192 × 640² activation (1.2 GiB) cannot be one buffer; 256-pixel tiles
+        // one layer at a time (50 MB) can.
+        assert_eq!(plan.vae_tiling, Some(VaeTiling::default()));
+        assert!(plan.vae_slicing);
+        assert_eq!(e.vae_peak_tensor_bytes, 192 * 256 * 256 * 4);
+        assert!(e.vae_peak_tensor_bytes <= e.max_tensor_bytes);
+    }
+
+    #[test]
+    fn f32_weights_over_the_binding_are_split_by_rows() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 96 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::F32, 640)).unwrap();
+        // The text MLP weights (18944 × 3584 f32, 259 MiB) are split in 3 pieces of ≤ 128 MiB.
+        let gate = plan
+            .oversized
+            .iter()
+            .find(|o| o.name == "model.layers.*.mlp.gate_proj.weight")
+            .unwrap();
+        assert_eq!(gate.action, TensorAction::SplitRows { parts: 3 });
+        // The 7.07 B f32 weights of the language model without the embedding: about 26 GiB.
+        let text = plan.estimate.text_encoder_bytes as f64 / GIB as f64;
+        assert!((24.0..27.0).contains(&text), "{text}");
+        let find = |name: &str| {
+            plan.oversized
+                .iter()
+                .find(|o| o.name == format!("transformer_blocks.*.{name}.weight"))
+                .map(|o| o.action)
+        };
+        // [18432, 3072] f32 = 216 MiB; [12288, 3072] = 144 MiB; [3072, 3072] = 36 MiB.
+        assert_eq!(
+            find("img_mod.1"),
+            Some(TensorAction::SplitRows { parts: 2 })
+        );
+        assert_eq!(
+            find("img_mlp.net.0.proj"),
+            Some(TensorAction::SplitRows { parts: 2 })
+        );
+        assert_eq!(
+            find("img_mlp.net.2"),
+            Some(TensorAction::SplitRows { parts: 2 })
+        );
+        assert_eq!(find("attn.to_q"), None);
+        // 60 × 1.27 GiB of f32 blocks fit in 96 GiB.
+        assert_eq!(plan.transformer, TransformerResidency::Resident);
+        assert!(plan.gathers_embedding_on_host());
+    }
+
+    #[test]
+    fn ample_native_limits_keep_everything_whole_but_1024_tiles() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(4 * GIB, 16 * GIB),
+            device_bytes: 72 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        assert_eq!(plan.transformer, TransformerResidency::Resident);
+        assert_eq!((plan.vae_tiling, plan.vae_slicing), (None, false));
+        assert!(plan.oversized.is_empty(), "{:?}", plan.oversized);
+        // 1024²: tiled with diffusers' defaults even though the limits are ample.
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 1024)).unwrap();
+        assert_eq!(plan.vae_tiling, Some(VaeTiling::default()));
+        assert_eq!(plan.transformer, TransformerResidency::Resident);
+    }
+
+    #[test]
+    fn a_budget_below_one_block_is_a_clear_error() {
+        let (t, v) = (transformer(), vae());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 2 * GIB,
+        };
+        let err = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 640))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the transformer needs at least"), "{err}");
+        assert!(err.contains("the budget is 2.00 GiB"), "{err}");
+        let mut req = request(&t, &v, None, Precision::Q4, 640);
+        req.layers = 0;
+        assert!(plan_memory(&budget, &req).is_err());
+    }
+
+    #[test]
+    fn tiles_shrink_until_a_tile_fits_the_binding() {
+        let (t, v) = (transformer(), vae());
+        // 16 MiB per buffer: 256-px tiles (48 MiB per layer) are too big, 128-px (12 MiB) fit.
+        let budget = MemoryBudget {
+            limits: limits(16 * MIB, 16 * MIB),
+            device_bytes: 64 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 640)).unwrap();
+        assert_eq!(
+            plan.vae_tiling,
+            Some(VaeTiling {
+                min_height: 128,
+                min_width: 128,
+                stride_height: 96,
+                stride_width: 96
+            })
+        );
+        assert!(plan.vae_slicing);
+        // Below 32-pixel tiles nothing fits: an error, not a silent overflow.
+        let budget = MemoryBudget {
+            limits: limits(MIB / 4, MIB / 4),
+            device_bytes: 64 * GIB,
+        };
+        let err = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 640))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("32-pixel tiles"), "{err}");
+    }
+}

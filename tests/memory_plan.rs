@@ -1,0 +1,220 @@
+//! The memory plan end to end on the tiny model (CPU/Flex, f32): limits forced low enough that
+//! the plan streams the transformer through a ring of one block, encodes and decodes the VAE
+//! in small tiles and gathers the text embedding on the host. The planned run gives the same
+//! latents and layers as the normal all-resident run with the same VAE tiling. (Tiling itself
+//! changes the result, as in diffusers: the difference to the untiled run is printed.)
+//!
+//! Inputs: `tests/fixtures/a_lin_cfgnorm_l3_s3_64` (64×64, 3 layers, CFG; run here with 2
+//! steps instead of 3 to keep the test short) and the tiny model in `tests/fixtures/model`.
+//! Run: `cargo test --test memory_plan -- --nocapture` (prints the plan and the differences).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::ops::ControlFlow;
+
+use burn::tensor::Tensor;
+use common::{Record, cpu, fixtures_dir, model_source, read};
+use qwen_layered_web::gpu::KeyLimits;
+use qwen_layered_web::model::text_encoder::QwenTextConfig;
+use qwen_layered_web::model::transformer::QwenImageTransformerConfig;
+use qwen_layered_web::model::vae::AutoencoderKLQwenImageConfig;
+use qwen_layered_web::pipeline::{
+    DecomposeParams, FlowMatchEulerDiscreteConfig, LayeredOutput, LayeredPipeline, MemoryBudget,
+    Noise, PlanRequest, PlannedPipeline, PromptEmbeds, TensorAction, TransformerResidency,
+    encode_prompts_then_free, plan_memory,
+};
+use qwen_layered_web::weights::Precision;
+
+const CASE: &str = "a_lin_cfgnorm_l3_s3_64";
+
+fn json(file: &str) -> serde_json::Value {
+    let path = fixtures_dir().join("model").join(file);
+    serde_json::from_slice(&std::fs::read(&path).expect("config")).expect("config parses")
+}
+
+fn tensor3(rec: &Record, name: &str) -> Tensor<3> {
+    let s = rec.shape(name);
+    rec.tensor(name, [s[0], s[1], s[2]], &cpu())
+}
+
+/// The case's image, parameters (2 steps), text embeddings and noise.
+fn inputs(rec: &Record) -> (image::RgbaImage, DecomposeParams, PromptEmbeds, Noise) {
+    let call = &rec.json["call"];
+    let params = DecomposeParams {
+        layers: call["layers"].as_u64().unwrap() as usize,
+        steps: 2,
+        resolution: rec.json["bucket"]["size"].as_u64().unwrap() as u32,
+        true_cfg_scale: call["true_cfg_scale"].as_f64().unwrap() as f32,
+        cfg_normalize: call["cfg_normalize"].as_bool().unwrap(),
+    };
+    let image = image::open(fixtures_dir().join(CASE).join("input.png"))
+        .unwrap()
+        .to_rgba8();
+    let embeds = PromptEmbeds {
+        prompt: tensor3(rec, "text.prompt.embeds"),
+        negative: Some(tensor3(rec, "text.negative.embeds")),
+    };
+    (
+        image,
+        params,
+        embeds,
+        Noise::Packed(tensor3(rec, "noise.packed")),
+    )
+}
+
+fn run(pipeline: &LayeredPipeline, rec: &Record) -> LayeredOutput {
+    let (image, params, embeds, noise) = inputs(rec);
+    let go = |_| ControlFlow::Continue(());
+    pollster::block_on(pipeline.run(&image, &params, embeds.prompt, embeds.negative, noise, go))
+        .expect("run")
+}
+
+#[test]
+fn a_forced_low_limit_plan_streams_tiles_and_matches_the_normal_run() {
+    let rec = Record::load(CASE);
+    let transformer: QwenImageTransformerConfig =
+        serde_json::from_value(json("transformer/config.json")).unwrap();
+    let vae: AutoencoderKLQwenImageConfig =
+        serde_json::from_value(json("vae/config.json")).unwrap();
+    let text = QwenTextConfig::from_json(&json("text_encoder/config.json"), "config").unwrap();
+    let request = PlanRequest {
+        transformer: &transformer,
+        vae: &vae,
+        text: Some(&text),
+        precision: Precision::F32,
+        text_precision: Precision::F32,
+        width: 64,
+        height: 64,
+        layers: 3,
+        text_tokens: rec.shape("text.prompt.embeds")[1],
+    };
+    // 64 KiB per buffer, and device memory for everything but 1.5 blocks' worth of the 2.
+    let limits = KeyLimits {
+        max_buffer_size: 64 << 10,
+        max_storage_buffer_binding_size: 64 << 10,
+        max_compute_workgroup_storage_size: 16384,
+        max_compute_invocations_per_workgroup: 256,
+    };
+    let ample = MemoryBudget {
+        limits: limits.clone(),
+        device_bytes: 1 << 30,
+    };
+    let e = plan_memory(&ample, &request).unwrap().estimate;
+    let fixed = e.transformer_other_bytes + e.vae_bytes + e.transformer_activation_bytes;
+    let budget = MemoryBudget {
+        limits,
+        device_bytes: fixed + e.block_bytes * 3 / 2,
+    };
+    let plan = plan_memory(&budget, &request).expect("a plan");
+    println!("plan: {plan:#?}");
+    assert_eq!(
+        plan.transformer,
+        TransformerResidency::Streaming { ring: 1 }
+    );
+    let tiling = plan.vae_tiling.expect("the VAE is tiled");
+    assert_eq!((tiling.min_height, tiling.stride_height), (32, 24));
+    assert!(plan.gathers_embedding_on_host(), "288 × 64 f32 > 64 KiB");
+    assert!(
+        plan.oversized
+            .iter()
+            .any(|o| o.name == "transformer_blocks.*.img_mod.1.weight"
+                && o.action == TensorAction::SplitRows { parts: 2 })
+    );
+
+    let source = model_source();
+    let scheduler = |p: &mut LayeredPipeline| {
+        let file = rec.json["scheduler"]["config_file"].as_str().unwrap();
+        let text = std::fs::read_to_string(fixtures_dir().join(file)).unwrap();
+        p.scheduler_config = FlowMatchEulerDiscreteConfig::from_json_str(&text).unwrap();
+    };
+
+    // The normal run: all blocks resident, VAE in one piece.
+    let mut normal = pollster::block_on(LayeredPipeline::load(&source, &cpu())).unwrap();
+    scheduler(&mut normal);
+    let want = run(&normal, &rec);
+
+    // The planned run, loaded as a worker would: a ring of R blocks streamed from the source,
+    // tiled VAE.
+    let mut planned = pollster::block_on(PlannedPipeline::load(
+        &source,
+        &cpu(),
+        &plan,
+        Precision::F32,
+    ))
+    .unwrap();
+    scheduler(&mut planned.pipeline);
+    assert!(planned.pipeline.transformer.transformer_blocks.is_empty());
+    let (image, params, embeds, noise) = inputs(&rec);
+    let got = pollster::block_on(planned.run(&image, &params, embeds, noise, |_| {
+        ControlFlow::Continue(())
+    }))
+    .expect("planned run");
+    let stream = planned.stream.as_ref().expect("the plan streams");
+    assert!(
+        stream.resident().is_empty(),
+        "the ring is released before the VAE decode"
+    );
+    let stats = stream.stats();
+    println!("stream: {stats:?}");
+    // 2 steps × 2 (CFG) forwards × 2 blocks, plus the preload, minus block 0 of the first.
+    assert_eq!(stats.peak_resident, 1);
+    assert_eq!(stats.loads, 8);
+    assert_eq!(
+        stats.evictions, 8,
+        "7 in the ring, 1 released before decoding"
+    );
+
+    // The same VAE tiling with all blocks resident: equal latents and layers.
+    plan.apply_vae(&mut normal);
+    let tiled = run(&normal, &rec);
+    let max_diff = |a: &LayeredOutput, b: &LayeredOutput| {
+        let (a, b) = (read(a.latents.clone()), read(b.latents.clone()));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let latent_err = max_diff(&got, &tiled);
+    assert!(latent_err <= 1e-6, "final latents differ by {latent_err}");
+    assert_eq!(got.layers.len(), 3);
+    for (i, (g, t)) in got.layers.iter().zip(&tiled.layers).enumerate() {
+        assert_eq!(g.as_raw(), t.as_raw(), "layer {i}");
+    }
+    let untiled_latents = max_diff(&got, &want);
+    let tiling_diff = got
+        .layers
+        .iter()
+        .zip(&want.layers)
+        .flat_map(|(g, w)| g.as_raw().iter().zip(w.as_raw()))
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    println!(
+        "final latents: max |planned − resident, same tiling| = {latent_err:e}, layers equal; \
+         vs the untiled run: latents {untiled_latents:e}, layers up to {tiling_diff}/255"
+    );
+}
+
+#[test]
+fn prompts_are_encoded_by_a_text_encoder_freed_before_the_transformer_loads() {
+    let source = model_source();
+    let embeds = pollster::block_on(encode_prompts_then_free(
+        &source,
+        &cpu(),
+        "A red apple and a blue cup on a wooden table.",
+        Some(" "),
+        512,
+    ))
+    .expect("encodes");
+    // The fixture's embeddings of the same prompts, from diffusers' encode_prompt.
+    let rec = Record::load(CASE);
+    for (got, name) in [
+        (embeds.prompt, "text.prompt.embeds"),
+        (embeds.negative.expect("negative"), "text.negative.embeds"),
+    ] {
+        let (want, shape) = rec.f32(name);
+        assert_eq!(got.dims().to_vec(), shape, "{name}");
+        common::assert_close(name, &read(got), &want, &shape, 1e-4);
+    }
+}
