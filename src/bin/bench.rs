@@ -552,20 +552,19 @@ commands:
             if let (Some(prefix), [d_out, d_in]) = (key.strip_suffix(".weight"), &shape[..]) {
                 let bias = folder.get(&format!("{prefix}.bias")).is_some();
                 linears.push(loader.linear(prefix, *d_in, *d_out, bias).await?);
-            } else if key.ends_with(".bias")
-                && keys.contains(&key.replace(".bias", ".weight"))
-                && folder
-                    .get(&key.replace(".bias", ".weight"))
+            } else if key.strip_suffix(".bias").is_some_and(|prefix| {
+                folder
+                    .get(&format!("{prefix}.weight"))
                     .is_some_and(|e| e.shape.len() == 2)
-            {
+            }) {
                 // Taken with its weight.
             } else {
                 let n = shape.iter().product();
-                kept.push(loader.tensor::<1>(key, [n]).await.or_else(|_| {
-                    Err(Fail(
-                        format!("{key}: shape {shape:?} (only 1-D and linear tensors here)"),
+                kept.push(loader.tensor::<1>(key, [n]).await.map_err(|e| {
+                    Fail(
+                        format!("{key}: shape {shape:?} (only 1-D and linear tensors here): {e}"),
                         1,
-                    ))
+                    )
                 })?);
             }
         }
