@@ -201,7 +201,8 @@ commands:
         for d in 0..D {
             one = one.narrow(d, 0, 1);
         }
-        one.into_data();
+        one.try_into_data()
+            .map_err(|e| Fail(format!("reading the result back: {e}"), 1))?;
         Ok(())
     }
 
