@@ -4,6 +4,7 @@
 //! Everything outside [`web`] compiles and is tested natively; [`web`] is the only module that
 //! touches the browser (`web-sys`, `js-sys`, `wasm-bindgen`).
 
+pub mod bench;
 pub mod caption;
 pub mod download;
 pub mod editor;

@@ -15,6 +15,8 @@
 //! - [`GgufFile`] reads a GGUF header (metadata, tensor infos) through byte ranges, and
 //!   [`TensorLoader::gguf`] loads a model from it by the same key names, dequantizing ggml
 //!   blocks;
+//! - [`SyntheticSource`] generates a seeded random safetensors file on the fly (full-size
+//!   weights for benchmarks and precision checks without a download);
 //! - [`Precision`] chooses how linear weights are kept: f32, or 8-/4-bit blocks
 //!   ([`QuantizedMatrix`]) quantized at load time or repacked from GGUF `Q8_0`/`Q4_0`.
 
@@ -23,11 +25,13 @@ pub mod http;
 mod loader;
 mod quant;
 mod safetensors;
+pub mod synthetic;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
 pub use loader::{DEFAULT_READ_CHUNK, Precision, TensorLoader};
 pub use quant::{BLOCK, QuantizedMatrix};
 pub use safetensors::{SafetensorsFolder, TensorEntry, to_f32};
+pub use synthetic::{SyntheticSource, SyntheticTensor};
 
 use std::collections::HashMap;
 use std::sync::Arc;

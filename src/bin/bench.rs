@@ -1,0 +1,578 @@
+//! `qwen-layered-bench`: native benchmarks of the model code at the real sizes (see
+//! BENCHMARKS.md): GEMM through `model::nn::Linear`, full-size transformer blocks with random
+//! weights, the f32/8-bit/4-bit block agreement, and weight-loading throughput.
+//!
+//! Build with `cargo build --profile native --bin qwen-layered-bench`; a debug build measures
+//! unoptimised code.
+
+#[cfg(not(target_arch = "wasm32"))]
+fn main() -> std::process::ExitCode {
+    native::main()
+}
+
+#[cfg(target_arch = "wasm32")]
+fn main() {}
+
+#[cfg(not(target_arch = "wasm32"))]
+mod native {
+    use std::io::{Read, Write};
+    use std::path::Path;
+    use std::process::ExitCode;
+    use std::time::{Duration, Instant};
+
+    use burn::tensor::{Device, Tensor, TensorData};
+    use qwen_layered_web::bench::{
+        self, BlockInputs, BlockShape, DIM, FF, HEADS, LAYERS, block_flops, blocks_source,
+        forward_flops, load_blocks,
+    };
+    use qwen_layered_web::gpu::{GpuReport, seeded_values};
+    use qwen_layered_web::model::nn::Linear;
+    use qwen_layered_web::weights::{
+        DirSource, Precision, QuantizedMatrix, SafetensorsFolder, TensorLoader, WeightSource,
+    };
+
+    const USAGE: &str = "usage: qwen-layered-bench <command> [options]
+
+commands:
+  gemm       GFLOP/s of model::nn::Linear::forward ([M, K] x [K, N] + bias), f32 and 8-/4-bit
+             weights; median of --iters runs after one warm-up, each ended by a read-back
+             [--device cpu|wgpu (cpu)] [--shapes MxKxN,... (the real ones, below)]
+             [--m M (override every M)] [--bits 0,8,4 (all)] [--iters N (3)]
+             real shapes at 640², 4 layers: image side M = 9600, text side M = 300,
+             K = 3072 (N = 3072, 12288, 18432) and the MLP out projection K = 12288, N = 3072
+  block      time one or more full-size transformer blocks (random weights, no download) and
+             extrapolate to 60 blocks and 100 forwards; peak device memory where the backend
+             reports it
+             [--device cpu|wgpu (cpu)] [--bits 0|8|4 (4)] [--blocks B (1)] [--iters N (1)]
+             [--resolution R (640)] [--layers N (4)] [--txt T (300)]
+             [--tokens S (a short image sequence of S tokens instead of R², N layers)]
+  cosine     one full-size block in f32, 8-bit and 4-bit on the same inputs: cosine similarity
+             of the outputs (and of the updates, output - input); fails under 0.999 / 0.99
+             [--device cpu|wgpu (cpu)] [--resolution R (640)] [--layers N (4)] [--txt T (300)]
+             [--tokens S]
+  make-file  PATH [--blocks B (2)] [--seed K (1)]: write a random BF16 safetensors file of B
+             full-size blocks (680 MB each)
+  load       PATH [--precision f32|q8|q4 (f32)]: load every tensor of a safetensors file
+             through the loader onto the CPU device and compare with the raw sequential read
+             of the same file (the page cache warmed first)
+  help       print this text";
+
+    struct Fail(String, u8);
+
+    impl<E: std::fmt::Display> From<E> for Fail {
+        fn from(e: E) -> Self {
+            Fail(e.to_string(), 1)
+        }
+    }
+
+    fn usage_error(msg: impl Into<String>) -> Fail {
+        Fail(format!("{}\n\n{USAGE}", msg.into()), 2)
+    }
+
+    pub fn main() -> ExitCode {
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        let rest = args.get(1..).unwrap_or_default();
+        let result = match args.first().map(String::as_str) {
+            Some("gemm") => gemm(rest),
+            Some("block") => block(rest),
+            Some("cosine") => cosine(rest),
+            Some("make-file") => make_file(rest),
+            Some("load") => load(rest),
+            Some("help" | "--help" | "-h") | None => {
+                println!("{USAGE}");
+                Ok(())
+            }
+            Some(other) => Err(usage_error(format!("unknown command {other:?}"))),
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(Fail(msg, code)) => {
+                eprintln!("error: {msg}");
+                ExitCode::from(code)
+            }
+        }
+    }
+
+    /// `--name value` options and leading positional arguments.
+    struct Options {
+        positional: Vec<String>,
+        values: Vec<(String, String)>,
+    }
+
+    impl Options {
+        fn parse(args: &[String], names: &[&str]) -> Result<Self, Fail> {
+            let mut me = Options {
+                positional: Vec::new(),
+                values: Vec::new(),
+            };
+            let mut it = args.iter();
+            while let Some(arg) = it.next() {
+                let name = arg.as_str();
+                if !name.starts_with("--") {
+                    me.positional.push(arg.clone());
+                    continue;
+                }
+                if !names.contains(&name) {
+                    return Err(usage_error(format!("unknown option {name:?}")));
+                }
+                if me.values.iter().any(|(n, _)| n == name) {
+                    return Err(usage_error(format!("{name} given twice")));
+                }
+                let value = it
+                    .next()
+                    .ok_or_else(|| usage_error(format!("{name} needs a value")))?;
+                me.values.push((name.to_owned(), value.clone()));
+            }
+            Ok(me)
+        }
+
+        fn get(&self, name: &str) -> Option<&str> {
+            self.values
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+
+        fn number(&self, name: &str, default: usize) -> Result<usize, Fail> {
+            match self.get(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse()
+                    .map_err(|_| usage_error(format!("{name} {v:?}: not a whole number"))),
+            }
+        }
+
+        fn path(&self) -> Result<&str, Fail> {
+            match self.positional.as_slice() {
+                [p] => Ok(p),
+                _ => Err(usage_error("expected exactly one PATH")),
+            }
+        }
+    }
+
+    /// `--device cpu|wgpu`: the device and a line saying what it is.
+    fn device(opts: &Options) -> Result<(Device, String), Fail> {
+        match opts.get("--device").unwrap_or("cpu") {
+            "cpu" => Ok((
+                Device::flex(),
+                format!(
+                    "Burn Flex (CPU), {} threads",
+                    std::thread::available_parallelism().map_or(1, |n| n.get())
+                ),
+            )),
+            "wgpu" => {
+                let (device, setup) = Device::wgpu_options()
+                    .init_with_setup()
+                    .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?;
+                let report = GpuReport::from_native(&setup.adapter, &setup.device);
+                let line = report.lines().into_iter().next().unwrap_or_default();
+                Ok((device, format!("wgpu: {line}")))
+            }
+            other => Err(usage_error(format!("--device {other:?}: use cpu or wgpu"))),
+        }
+    }
+
+    fn precision_of_bits(bits: &str) -> Result<Precision, Fail> {
+        match bits {
+            "0" | "32" | "f32" => Ok(Precision::F32),
+            "8" => Ok(Precision::Q8),
+            "4" => Ok(Precision::Q4),
+            other => Err(usage_error(format!(
+                "--bits {other:?}: use 0 (f32), 8 or 4"
+            ))),
+        }
+    }
+
+    fn name(p: Precision) -> &'static str {
+        match p {
+            Precision::F32 => "f32",
+            Precision::Q8 => "q8",
+            Precision::Q4 => "q4",
+        }
+    }
+
+    /// Waits for the device: `sync`, then a one-value read-back of `t` (which depends on all of
+    /// the work that made it).
+    fn flush<const D: usize>(device: &Device, t: Tensor<D>) -> Result<(), Fail> {
+        device
+            .sync()
+            .map_err(|e| Fail(format!("device sync: {e:?}"), 1))?;
+        let mut one = t;
+        for d in 0..D {
+            one = one.narrow(d, 0, 1);
+        }
+        one.try_into_data()
+            .map_err(|e| Fail(format!("reading the result back: {e}"), 1))?;
+        Ok(())
+    }
+
+    fn median(mut times: Vec<Duration>) -> Duration {
+        times.sort();
+        times[times.len() / 2]
+    }
+
+    fn memory_line(device: &Device) -> String {
+        match device.memory_pool_usage() {
+            Some(u) => format!(
+                "{:.2} GiB in use, {:.2} GiB reserved by the pool ({} allocations)",
+                gib(u.bytes_in_use),
+                gib(u.bytes_reserved),
+                u.number_allocs
+            ),
+            None => "not reported by this backend".into(),
+        }
+    }
+
+    fn gib(bytes: u64) -> f64 {
+        bytes as f64 / (1u64 << 30) as f64
+    }
+
+    const REAL_SHAPES: &str = "9600x3072x3072,9600x3072x12288,9600x3072x18432,9600x12288x3072,300x3072x3072,300x3072x12288";
+
+    fn gemm(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(args, &["--device", "--shapes", "--m", "--bits", "--iters"])?;
+        let (device, what) = device(&opts)?;
+        let iters = opts.number("--iters", 3)?.max(1);
+        let m_override = opts.get("--m").map(|_| opts.number("--m", 0)).transpose()?;
+        let precisions = opts
+            .get("--bits")
+            .unwrap_or("0,8,4")
+            .split(',')
+            .map(precision_of_bits)
+            .collect::<Result<Vec<_>, _>>()?;
+        println!("device: {what}");
+        println!("shape (MxKxN)        weights  median ms   GFLOP/s");
+        for spec in opts.get("--shapes").unwrap_or(REAL_SHAPES).split(',') {
+            let dims: Vec<usize> = spec
+                .split('x')
+                .map(|v| v.parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| usage_error(format!("shape {spec:?}: expected MxKxN")))?;
+            let [m, k, n] = dims[..] else {
+                return Err(usage_error(format!("shape {spec:?}: expected MxKxN")));
+            };
+            let m = m_override.unwrap_or(m);
+            let x =
+                Tensor::<2>::from_data(TensorData::new(seeded_values(1, m * k), [m, k]), &device);
+            let scale = 1.0 / (k as f32).sqrt();
+            let w: Vec<f32> = seeded_values(2, n * k).iter().map(|v| v * scale).collect();
+            let bias = Tensor::<1>::from_data(TensorData::new(seeded_values(3, n), [n]), &device);
+            for &precision in &precisions {
+                let bias = Some(burn::module::Param::from_tensor(bias.clone()));
+                let linear = match precision.bits() {
+                    None => Linear::from_f32(
+                        Tensor::from_data(TensorData::new(w.clone(), [n, k]), &device),
+                        bias,
+                    ),
+                    Some(bits) => Linear::from_blocks(
+                        &QuantizedMatrix::quantize(&w, n, k, bits)?,
+                        bias,
+                        &device,
+                    ),
+                };
+                flush(&device, x.clone())?;
+                let mut times = Vec::with_capacity(iters);
+                for i in 0..=iters {
+                    let start = Instant::now();
+                    flush(&device, linear.forward(x.clone()))?;
+                    if i > 0 {
+                        times.push(start.elapsed());
+                    }
+                }
+                let t = median(times);
+                let gflops = 2.0 * (m * k * n) as f64 / t.as_secs_f64() / 1e9;
+                println!(
+                    "{:<20} {:>7}  {:>9.1}  {:>8.1}",
+                    format!("{m}x{k}x{n}"),
+                    name(precision),
+                    t.as_secs_f64() * 1e3,
+                    gflops
+                );
+                std::io::stdout().flush().ok();
+            }
+        }
+        Ok(())
+    }
+
+    /// `--tokens S` (a short sequence) or the pipeline layout of `--resolution`, `--layers`.
+    fn block_shape(opts: &Options) -> Result<BlockShape, Fail> {
+        let s_txt = opts.number("--txt", 300)?;
+        if let Some(tokens) = opts.get("--tokens").map(|_| opts.number("--tokens", 0)) {
+            let tokens = tokens?;
+            if tokens == 0 {
+                return Err(usage_error("--tokens must be at least 1"));
+            }
+            return Ok(BlockShape::frames(1, 1, tokens, s_txt));
+        }
+        let resolution = opts.number("--resolution", 640)? as u32;
+        let layers = opts.number("--layers", 4)?;
+        Ok(BlockShape::pipeline(resolution, layers, s_txt)?)
+    }
+
+    fn block(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(
+            args,
+            &[
+                "--device",
+                "--bits",
+                "--blocks",
+                "--iters",
+                "--resolution",
+                "--layers",
+                "--txt",
+                "--tokens",
+            ],
+        )?;
+        let (device, what) = device(&opts)?;
+        let precision = precision_of_bits(opts.get("--bits").unwrap_or("4"))?;
+        let n_blocks = opts.number("--blocks", 1)?.max(1);
+        let iters = opts.number("--iters", 1)?.max(1);
+        let shape = block_shape(&opts)?;
+        let (s_img, s_txt) = (shape.s_img(), shape.s_txt);
+        println!("device: {what}");
+        println!(
+            "blocks: {n_blocks} x (dim {DIM}, 24 heads x 128, ff {FF}), {} weights, random \
+             (seeded, PyTorch default init)",
+            name(precision)
+        );
+        println!("tokens: {s_img} image + {s_txt} text = {}", s_img + s_txt);
+
+        let start = Instant::now();
+        let source = blocks_source(n_blocks, HEADS, 1)?;
+        let blocks = pollster::block_on(load_blocks(&source, HEADS, &device, precision))?;
+        let inputs = BlockInputs::seeded(&shape, HEADS, 2, &device)?;
+        flush(&device, inputs.img.clone())?;
+        println!(
+            "load: {:.1} s (generate BF16 + convert/quantize + upload)",
+            start.elapsed().as_secs_f64()
+        );
+        println!("memory after load: {}", memory_line(&device));
+
+        let mut peak_in_use = 0u64;
+        let mut run = |record: bool| -> Result<Duration, Fail> {
+            let start = Instant::now();
+            let (mut img, mut txt) = (inputs.img.clone(), inputs.txt.clone());
+            for b in &blocks {
+                (txt, img) = b.forward(img, txt, None, &inputs.temb, &inputs.rope);
+                if record {
+                    flush(&device, img.clone())?;
+                    if let Some(u) = device.memory_pool_usage() {
+                        peak_in_use = peak_in_use.max(u.bytes_in_use);
+                    }
+                }
+            }
+            flush(&device, img)?;
+            flush(&device, txt)?;
+            Ok(start.elapsed())
+        };
+        let warm = run(true)?;
+        println!("warm-up: {:.2} s", warm.as_secs_f64());
+        let times = (0..iters)
+            .map(|_| run(false))
+            .collect::<Result<Vec<_>, _>>()?;
+        let per_block = median(times).as_secs_f64() / n_blocks as f64;
+        let flops = block_flops(s_img, s_txt);
+        println!(
+            "per block: {:.3} s ({:.1} GFLOP/s of {:.1} GFLOP)",
+            per_block,
+            flops / per_block / 1e9,
+            flops / 1e9
+        );
+        println!(
+            "extrapolated: {LAYERS} blocks {:.1} s per forward; 100 forwards (50 steps x 2 for \
+             true CFG) {:.1} min",
+            per_block * LAYERS as f64,
+            per_block * LAYERS as f64 * 100.0 / 60.0
+        );
+        let real = BlockShape::pipeline(640, 4, 300)?;
+        if (s_img, s_txt) != (real.s_img(), real.s_txt) {
+            let f = forward_flops(real.s_img(), real.s_txt);
+            let rate = flops / per_block;
+            println!(
+                "at 640², 4 layers ({} + 300 tokens) one forward is {:.1} TFLOP: {:.0} s at this \
+                 rate (attention grows with S², so a short-sequence rate is optimistic)",
+                real.s_img(),
+                f / 1e12,
+                f / rate
+            );
+        }
+        match device.memory_pool_usage() {
+            Some(u) => println!(
+                "peak device memory: {:.2} GiB in use (largest seen after a block), {:.2} GiB \
+                 reserved by the pool after the run",
+                gib(peak_in_use.max(u.bytes_in_use)),
+                gib(u.bytes_reserved)
+            ),
+            None => println!("peak device memory: not reported by this backend"),
+        }
+        Ok(())
+    }
+
+    fn cosine(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(
+            args,
+            &["--device", "--resolution", "--layers", "--txt", "--tokens"],
+        )?;
+        let (device, what) = device(&opts)?;
+        let shape = block_shape(&opts)?;
+        println!("device: {what}");
+        println!(
+            "one block at full width, tokens: {} image + {} text",
+            shape.s_img(),
+            shape.s_txt
+        );
+        let start = Instant::now();
+        let results = pollster::block_on(bench::block_agreement(
+            &shape,
+            HEADS,
+            1,
+            2,
+            &[Precision::Q8, Precision::Q4],
+            &device,
+        ))?;
+        let mut ok = true;
+        for a in &results {
+            let goal = if a.precision == Precision::Q8 {
+                0.999
+            } else {
+                0.99
+            };
+            println!(
+                "{} vs f32: cosine image {:.6}, text {:.6}; updates (output - input): image \
+                 {:.6}, text {:.6}; goal >= {goal}",
+                name(a.precision),
+                a.img,
+                a.txt,
+                a.img_delta,
+                a.txt_delta
+            );
+            ok &= a.img >= goal && a.txt >= goal;
+        }
+        println!("({:.1} s)", start.elapsed().as_secs_f64());
+        if ok {
+            Ok(())
+        } else {
+            Err(Fail("an output cosine is under its goal".into(), 1))
+        }
+    }
+
+    fn make_file(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(args, &["--blocks", "--seed"])?;
+        let path = opts.path()?;
+        let blocks = opts.number("--blocks", 2)?.max(1);
+        let source = blocks_source(blocks, HEADS, opts.number("--seed", 1)? as u64)?;
+        let file = source.file().to_owned();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+        let chunk = 64u64 << 20;
+        let mut at = 0;
+        while at < source.len() {
+            let len = chunk.min(source.len() - at);
+            out.write_all(&pollster::block_on(source.read(&file, at, len))?)?;
+            at += len;
+        }
+        out.flush()?;
+        println!(
+            "{path}: {blocks} blocks, {:.2} GB",
+            source.len() as f64 / 1e9
+        );
+        Ok(())
+    }
+
+    /// Reads the whole file sequentially in 16 MiB pieces; the bytes read.
+    fn read_raw(path: &Path) -> Result<u64, Fail> {
+        let mut f = std::fs::File::open(path)?;
+        let mut buf = vec![0u8; 16 << 20];
+        let mut total = 0u64;
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                return Ok(total);
+            }
+            total += n as u64;
+        }
+    }
+
+    fn load(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(args, &["--precision"])?;
+        let path = Path::new(opts.path()?);
+        let precision: Precision = opts
+            .get("--precision")
+            .unwrap_or("f32")
+            .parse()
+            .map_err(usage_error)?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let file = path
+            .file_name()
+            .and_then(|f| f.to_str())
+            .ok_or_else(|| usage_error("PATH must name a file"))?
+            .to_owned();
+        let source = DirSource::new(dir);
+        let size = pollster::block_on(source.size(&file))?;
+        println!("file: {} ({:.2} GB)", path.display(), size as f64 / 1e9);
+
+        read_raw(path)?; // warm the page cache
+        let start = Instant::now();
+        let read = read_raw(path)?;
+        let raw = start.elapsed().as_secs_f64();
+        println!(
+            "raw sequential read: {:.2} s, {:.2} GB/s",
+            raw,
+            read as f64 / raw / 1e9
+        );
+
+        let device = Device::flex();
+        let start = Instant::now();
+        let tensors = pollster::block_on(load_all(&source, &file, &device, precision))?;
+        let t = start.elapsed().as_secs_f64();
+        println!(
+            "loader ({}, {tensors} tensors to the CPU device): {:.2} s, {:.2} GB/s = {:.0} % of \
+             the raw read (goal >= 70 %)",
+            name(precision),
+            t,
+            size as f64 / t / 1e9,
+            100.0 * raw / t
+        );
+        Ok(())
+    }
+
+    /// Loads every tensor of `file` as the models do (2-D `*.weight` as linear layers with
+    /// their bias, anything else as a plain tensor); the number of tensors.
+    async fn load_all(
+        source: &DirSource,
+        file: &str,
+        device: &Device,
+        precision: Precision,
+    ) -> Result<usize, Fail> {
+        let folder = SafetensorsFolder::open_files(source, "", &[file.to_owned()]).await?;
+        let keys: Vec<String> = folder.keys().map(str::to_owned).collect();
+        let mut loader = TensorLoader::new(source, &folder, device).with_precision(precision);
+        let mut kept: Vec<Tensor<1>> = Vec::new();
+        let mut linears: Vec<Linear> = Vec::new();
+        for key in &keys {
+            let shape = folder.get(key).map(|e| e.shape.clone()).unwrap_or_default();
+            if let (Some(prefix), [d_out, d_in]) = (key.strip_suffix(".weight"), &shape[..]) {
+                let bias = folder.get(&format!("{prefix}.bias")).is_some();
+                linears.push(loader.linear(prefix, *d_in, *d_out, bias).await?);
+            } else if key.strip_suffix(".bias").is_some_and(|prefix| {
+                folder
+                    .get(&format!("{prefix}.weight"))
+                    .is_some_and(|e| e.shape.len() == 2)
+            }) {
+                // Taken with its weight.
+            } else {
+                let n = shape.iter().product();
+                kept.push(loader.tensor::<1>(key, [n]).await.map_err(|e| {
+                    Fail(
+                        format!("{key}: shape {shape:?} (only 1-D and linear tensors here): {e}"),
+                        1,
+                    )
+                })?);
+            }
+        }
+        loader.finish()?;
+        device
+            .sync()
+            .map_err(|e| Fail(format!("device sync: {e:?}"), 1))?;
+        Ok(linears.len() + kept.len())
+    }
+}
