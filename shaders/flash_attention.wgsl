@@ -2,8 +2,10 @@
 // tile with an online softmax (running max and sum in f32), so the [S_q, S_kv] score matrix is
 // never stored. Non-causal, no mask (the transformer's joint text+image attention).
 //
-// `const HEAD_DIM: u32 = <Dh>u;` is prepended by src/kernels/attention.rs, which compiles one
-// pipeline per head size (a multiple of 4, at most 128).
+// `const HEAD_DIM: u32 = <Dh>u;` is prepended by src/kernels/attention.rs (through
+// kernels::launch), one pipeline per head size (a multiple of 4, at most 128). Bindings follow
+// kernels::launch: inputs q, k, v, then the output, then params. launch binds the inputs
+// contiguous; the kernel itself reads any strides given in params.
 //
 // Work split: one workgroup = BR query rows of one (batch, head); T threads per row, each thread
 // owning every T-th vec4 of the head dimension (vec4 index c = t + T·i). Partial q·k dot

@@ -3,31 +3,20 @@
 //!
 //! [`attention`] runs the kernel on wgpu devices and Burn's own attention everywhere else, so the
 //! CPU (Flex) path is unchanged. [`attention_reference`] is the kernel's plain-Burn twin
-//! (matmul → softmax → matmul).
-//! Tests holding the two equal: `tests/kernels_attention.rs` (native wgpu) and
-//! `tests/web_kernels_attention.rs` (WebGPU in headless Chromium).
+//! (matmul → softmax → matmul). Tests holding the two equal: `tests/kernels_attention.rs`
+//! (native wgpu) and `tests/web_kernels_attention.rs` (WebGPU in headless Chromium).
 //!
-//! Natively Burn's wgpu backend is `Fusion<CubeBackend>`: the inputs are resolved to their cubecl
-//! handles (this flushes the fusion queue, it does not wait for the GPU) and the output is
-//! registered back as a fusion tensor. In wasm there is no fusion and the primitive is the cubecl
-//! tensor itself. No GPU read happens here.
+//! The launch goes through [`super::launch`] (a lazy custom op inside fusion natively, a direct
+//! launch in the browser; no GPU read either way).
 
-use burn::backend::Cube;
 use burn::tensor::activation::softmax;
 use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{DType, Tensor};
-use burn_cubecl::cubecl::RuntimeId;
-use burn_cubecl::cubecl::ir::{UIntKind, metadata::Info, settings::Dim3};
-use burn_cubecl::cubecl::prelude::{
-    AddressType, CubeCount, CubeKernel, ElemType, ExecutionMode, KernelDefinition, KernelId,
-    KernelMetadata, KernelSettings, PrecompiledSource, Scope,
-};
-use burn_cubecl::cubecl::server::KernelArguments;
-use burn_cubecl::tensor::CubeTensor;
 
+use super::launch::{OutputSpec, WgslKernel, is_wgpu, launch};
 use crate::error::{Error, Result};
 
-/// The WGSL source; `const HEAD_DIM` is prepended per head size.
+/// The WGSL source; `const HEAD_DIM: u32` is prepended per head size (one pipeline each).
 const SOURCE: &str = include_str!("../../shaders/flash_attention.wgsl");
 /// Query rows per workgroup (`BR` in the shader).
 const ROWS_PER_WORKGROUP: usize = 32;
@@ -51,7 +40,7 @@ pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4
 /// - q: `[B, H, S_q, Dh]`, k, v: `[B, H, S_kv, Dh]` (any strides) -> `[B, H, S_q, Dh]`
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4> {
     if kernel_supports(&q, &k, &v) {
-        // Errs only for layouts seen once the handles are taken (tiled storage, u32 overflow).
+        // Errs only past u32 indexing (over 4G elements).
         if let Ok(out) = flash_attention(q.clone(), k.clone(), v.clone()) {
             return out;
         }
@@ -74,13 +63,7 @@ pub fn kernel_supports(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
     let f32_ok = [q.dtype(), k.dtype(), v.dtype()]
         .iter()
         .all(|d| *d == DType::F32);
-    shapes_ok && f32_ok && on_wgpu(q) && on_wgpu(k) && on_wgpu(v)
-}
-
-fn on_wgpu(t: &Tensor<4>) -> bool {
-    t.clone()
-        .try_into_primitive::<Cube>()
-        .is_ok_and(|p| bridge::runtime(&p) == RuntimeId::Wgpu)
+    shapes_ok && f32_ok && [q, k, v].iter().all(|t| is_wgpu(&t.device()))
 }
 
 /// The WGSL kernel. Errors (with the reason) where [`kernel_supports`] is false.
@@ -102,185 +85,41 @@ pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tenso
     }
     let [b, h, s_q, dh] = q.dims();
     let s_kv = k.dims()[2];
-    let prim = |t: Tensor<4>, name: &str| {
-        t.try_into_primitive::<Cube>().map_err(|e| {
-            Error::Gpu(format!(
-                "flash attention: {name} is not a cubecl tensor: {e:?}"
-            ))
-        })
-    };
-    let (qp, kp, vp) = (prim(q, "q")?, prim(k, "k")?, prim(v, "v")?);
-    let like = qp.clone();
-    let (qc, kc, vc) = (
-        bridge::to_cube(qp),
-        bridge::to_cube(kp),
-        bridge::to_cube(vp),
-    );
-
-    let strides = |t: &CubeTensor, name: &str| -> Result<[u32; 4]> {
-        if t.meta.is_tiled() {
-            return Err(Error::Gpu(format!(
-                "flash attention: {name} has tiled storage"
-            )));
-        }
-        let s = t.meta.strides();
-        let mut out = [0u32; 4];
-        for (o, &x) in out.iter_mut().zip(s.iter()) {
-            *o = u32::try_from(x).map_err(|_| {
-                Error::Gpu(format!("flash attention: {name} stride {x} exceeds u32"))
-            })?;
-        }
-        Ok(out)
-    };
-    let (q_strides, k_strides, v_strides) =
-        (strides(&qc, "q")?, strides(&kc, "k")?, strides(&vc, "v")?);
-    let out_elems = b * h * s_q * dh;
     let as_u32 = |x: usize, what: &str| {
         u32::try_from(x)
             .map_err(|_| Error::Gpu(format!("flash attention: {what} = {x} exceeds u32")))
     };
-    as_u32(out_elems, "output elements")?;
+    as_u32(b * h * s_q.max(s_kv) * dh, "elements of q/k/v/out")?;
+    // `launch` binds the inputs contiguous, so the strides are the row-major ones.
+    let strides = |s: usize| [h * s * dh, s * dh, dh, 1].map(|x| x as u32);
 
     // Params, as laid out in the shader (5 × vec4, 80 bytes).
     let scale = 1.0 / (dh as f32).sqrt();
-    let mut params = [0u32; 20];
-    params[..4].copy_from_slice(&[
-        as_u32(b, "batch")?,
-        as_u32(h, "heads")?,
-        as_u32(s_q, "S_q")?,
-        as_u32(s_kv, "S_kv")?,
-    ]);
-    params[4..8].copy_from_slice(&q_strides);
-    params[8..12].copy_from_slice(&k_strides);
-    params[12..16].copy_from_slice(&v_strides);
+    let mut params = vec![0u32; 20];
+    params[..4].copy_from_slice(&[b as u32, h as u32, s_q as u32, s_kv as u32]);
+    params[4..8].copy_from_slice(&strides(s_q));
+    params[8..12].copy_from_slice(&strides(s_kv));
+    params[12..16].copy_from_slice(&strides(s_kv));
     params[16] = scale.to_bits();
-    let params_bytes: Vec<u8> = params.iter().flat_map(|x| x.to_le_bytes()).collect();
 
-    let client = qc.client.clone();
-    let device = qc.device.clone();
-    let params_handle = client.create_from_slice(&params_bytes);
-    let out_handle = client.empty(out_elems * size_of::<f32>());
-    let groups = [
+    let kernel = WgslKernel::new("flash_attention", SOURCE, "flash_attention", [128, 1, 1])
+        .with_const("HEAD_DIM", dh as u32);
+    let grid = [
         as_u32(s_q.div_ceil(ROWS_PER_WORKGROUP), "workgroups along S_q")?,
-        as_u32(h, "heads")?,
-        as_u32(b, "batch")?,
+        h as u32,
+        b as u32,
     ];
-    client.launch(
-        Box::new(FlashAttentionKernel { head_dim: dh }),
-        CubeCount::Static(groups[0], groups[1], groups[2]),
-        KernelArguments::new()
-            .with_buffer(qc.handle.clone().binding())
-            .with_buffer(kc.handle.clone().binding())
-            .with_buffer(vc.handle.clone().binding())
-            .with_buffer(out_handle.clone().binding())
-            .with_buffer(params_handle.binding()),
-    );
-    let out = CubeTensor::new_contiguous(
-        client,
-        device,
-        [b, h, s_q, dh].into(),
-        out_handle,
-        DType::F32,
-    );
-    Ok(Tensor::from_primitive::<Cube>(bridge::from_cube(
-        out, &like,
-    )))
-}
-
-/// The precompiled kernel, one pipeline per head size.
-struct FlashAttentionKernel {
-    head_dim: usize,
-}
-
-impl KernelMetadata for FlashAttentionKernel {
-    fn id(&self) -> KernelId {
-        // The id covers the text: the type plus the prepended head size.
-        KernelId::new::<Self>().info(self.head_dim)
-    }
-
-    fn address_type(&self) -> ElemType {
-        ElemType::UInt(UIntKind::U32)
-    }
-}
-
-impl CubeKernel for FlashAttentionKernel {
-    fn define(&self) -> KernelDefinition {
-        let settings = KernelSettings::new(
-            Dim3 { x: 128, y: 1, z: 1 },
-            ExecutionMode::Checked,
-            AddressType::U32,
-        );
-        KernelDefinition {
-            body: Scope::root(settings.clone()),
-            settings,
-            info: Info::default(),
-        }
-    }
-
-    fn source(&self) -> Option<PrecompiledSource> {
-        Some(PrecompiledSource {
-            source: format!("const HEAD_DIM: u32 = {}u;\n{SOURCE}", self.head_dim),
-            entrypoint_name: "flash_attention".to_string(),
-            lang: "wgsl",
-        })
-    }
-}
-
-/// Burn tensor primitive ⇄ cubecl tensor. Natively the primitive is a fusion tensor.
-#[cfg(not(target_arch = "wasm32"))]
-mod bridge {
-    use burn::backend::fusion::{FusionTensor, NoOp, stream::StreamId};
-    use burn::backend::ir::{BackendIr, InitOperationIr, OperationIr};
-    use burn_cubecl::CubeBackend;
-    use burn_cubecl::cubecl::RuntimeId;
-    use burn_cubecl::fusion::FusionCubeRuntime;
-    use burn_cubecl::tensor::CubeTensor;
-
-    pub type Primitive = FusionTensor<FusionCubeRuntime>;
-
-    pub fn runtime(p: &Primitive) -> RuntimeId {
-        p.client.device().runtime()
-    }
-
-    /// Runs the queued fusion work that produces `p` (no GPU wait) and returns its handle.
-    pub fn to_cube(p: Primitive) -> CubeTensor {
-        let client = p.client.clone();
-        client.resolve_tensor_float::<CubeBackend>(p)
-    }
-
-    /// Registers `t` as a fusion tensor on `like`'s client.
-    pub fn from_cube(t: CubeTensor, like: &Primitive) -> Primitive {
-        let client = like.client.clone();
-        let (shape, dtype) = (t.meta.shape().clone(), t.dtype);
-        let handle = <CubeBackend as BackendIr>::float_tensor_handle(t);
-        let desc = InitOperationIr::create(shape, dtype, || client.register_tensor_handle(handle));
-        client
-            .register(
-                StreamId::current(),
-                OperationIr::Init(desc),
-                NoOp::<CubeBackend>::new(),
-            )
-            .remove(0)
-    }
-}
-
-/// Burn tensor primitive ⇄ cubecl tensor. In wasm (no fusion) they are the same.
-#[cfg(target_arch = "wasm32")]
-mod bridge {
-    use burn_cubecl::cubecl::RuntimeId;
-    use burn_cubecl::tensor::CubeTensor;
-
-    pub type Primitive = CubeTensor;
-
-    pub fn runtime(p: &Primitive) -> RuntimeId {
-        p.device.runtime()
-    }
-
-    pub fn to_cube(p: Primitive) -> CubeTensor {
-        p
-    }
-
-    pub fn from_cube(t: CubeTensor, _like: &Primitive) -> Primitive {
-        t
-    }
+    let out = launch(
+        kernel,
+        vec![q.into_dispatch(), k.into_dispatch(), v.into_dispatch()],
+        vec![OutputSpec {
+            shape: vec![b, h, s_q, dh],
+            dtype: DType::F32,
+        }],
+        params,
+        grid,
+    )
+    .pop()
+    .ok_or_else(|| Error::Gpu("flash attention: the launch returned no output".into()))?;
+    Ok(Tensor::from_dispatch(out))
 }
