@@ -11,6 +11,7 @@ use burn::tensor::{Bool, Tensor};
 
 use super::embeddings::{RopeDevice, apply_rotary_emb};
 use crate::error::Result;
+use crate::kernels;
 use crate::model::nn::RmsNorm;
 use crate::weights::{TensorLoader, WeightSource};
 
@@ -125,19 +126,37 @@ impl QwenDoubleStreamAttention {
         );
 
         let s = s_txt + s_img;
-        let mask = txt_mask.map(|valid| {
-            // Burn masks `true` = masked out; image keys are never masked.
-            let img_valid = Tensor::<2, Bool>::full([b, s_img], true, &valid.device());
-            Tensor::cat(vec![valid, img_valid], 1) // [B, S]
-                .bool_not()
-                .reshape([b, 1, 1, s])
-                .expand([b, self.heads, s, s])
-        });
-        let out = attention(q, k, v, mask, None, AttentionModuleOptions::default()); // [B, H, S, Dh]
+        // Unmasked (the pipeline's case): the flash-attention WGSL kernel on wgpu, Burn's
+        // attention elsewhere. Padded text keeps Burn's masked attention.
+        let out = match txt_mask {
+            None => kernels::attention::attention(q, k, v),
+            Some(valid) => self.masked_attention(q, k, v, valid, s_img),
+        }; // [B, H, S, Dh]
         let out = out.swap_dims(1, 2).reshape([b, s, d]); // [B, S, D]
 
         let txt_out = self.to_add_out.forward(out.clone().narrow(1, 0, s_txt));
         let img_out = self.to_out.forward(out.narrow(1, s_txt, s_img));
         (img_out, txt_out)
+    }
+
+    /// Burn's attention with text padding masked out of the keys.
+    ///
+    /// - q, k, v: `[B, H, S, Dh]`, valid: `[B, S_txt]` (true = real token) -> `[B, H, S, Dh]`
+    fn masked_attention(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        valid: Tensor<2, Bool>,
+        s_img: usize,
+    ) -> Tensor<4> {
+        let [b, _, s, _] = q.dims();
+        // Burn masks `true` = masked out; image keys are never masked.
+        let img_valid = Tensor::<2, Bool>::full([b, s_img], true, &valid.device());
+        let mask = Tensor::cat(vec![valid, img_valid], 1) // [B, S]
+            .bool_not()
+            .reshape([b, 1, 1, s])
+            .expand([b, self.heads, s, s]);
+        attention(q, k, v, Some(mask), None, AttentionModuleOptions::default()) // [B, H, S, Dh]
     }
 }
