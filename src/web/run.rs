@@ -207,18 +207,18 @@ impl RunPanel {
                     &format!("Loaded {label} in {:.1} s.", millis / 1000.0),
                     false,
                 );
-                self.note
-                    .set_text_content(Some(if text_encoder && captioner {
-                        "Open an image and press Decompose. Leave the prompt empty to have the \
-                     model describe the picture first, or describe it yourself. Select a layer \
-                     and press Decompose layer to split it further."
-                    } else if text_encoder {
-                        "Open an image, describe it in the prompt, and press Decompose (this model \
+                let note = if text_encoder && captioner {
+                    "Open an image and press Decompose. Leave the prompt empty to have the model \
+                     describe the picture first, or describe it yourself. Select a layer and \
+                     press Decompose layer to split it further."
+                } else if text_encoder {
+                    "Open an image, describe it in the prompt, and press Decompose (this model \
                      cannot caption an empty prompt: it has no vision tower)."
-                    } else {
-                        "This model has no text encoder: a run stops with that message, \
-                     because the model needs a prompt."
-                    }));
+                } else {
+                    "This model has no text encoder: a run stops with that message, because the \
+                     model needs a prompt."
+                };
+                self.note.set_text_content(Some(note));
                 *self.loaded.borrow_mut() = Some(id);
                 self.flag("data-model", "loaded");
                 self.update_buttons();
