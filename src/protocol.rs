@@ -6,8 +6,9 @@
 //! `ArrayBuffer`s instead of cloning them (see [`Rgba`]).
 //!
 //! A session: `ProbeGpu` → `Gpu` + `SelfTest`; `LoadModel` → `LoadProgress`… → `ModelLoaded`
-//! (or `LoadFailed`); `Decompose` → `RunProgress`… → `Layers` (or `Cancelled` after `Cancel`, or
-//! `RunFailed`); `Unload` → `Unloaded`.
+//! (or `LoadFailed`); `Decompose` → `RunProgress`… (with an empty prompt first `RunProgress`
+//! `captioning` and `CaptionProgress` per generated token) → `Layers` (or `Cancelled` after
+//! `Cancel`, or `RunFailed`); `Unload` → `Unloaded`.
 
 use serde::{Deserialize, Serialize};
 
@@ -92,14 +93,25 @@ pub struct DecomposeRequest {
     pub cfg_normalize: bool,
     /// Seed of the initial noise (a JS number: at most 2^53 − 1).
     pub seed: u64,
-    /// The prompt describing the picture.
+    /// The prompt describing the picture; empty (or `" "`) makes the worker caption the
+    /// picture first and use the caption, as the reference pipeline does.
     pub prompt: String,
+    /// Most tokens the caption may have (the pipeline's `max_new_tokens`, 512).
+    #[serde(default = "default_max_caption_tokens")]
+    pub max_caption_tokens: usize,
+}
+
+fn default_max_caption_tokens() -> usize {
+    crate::caption::DEFAULT_MAX_NEW_TOKENS
 }
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum RunPhase {
+    /// Describing the picture with the vision-language model (empty prompt); then
+    /// [`FromWorker::CaptionProgress`] follows each token.
+    Captioning,
     /// Encoding the prompt with the text encoder.
     EncodingPrompt,
     /// Resizing the picture and encoding it with the VAE.
@@ -198,6 +210,10 @@ pub enum FromWorker {
         id: String,
         /// Whether prompts can be encoded (the text encoder is part of this build and loaded).
         text_encoder: bool,
+        /// Whether an empty prompt can be captioned (the model has the processor settings and
+        /// the vision tower, and they are loaded).
+        #[serde(default)]
+        captioner: bool,
         /// Wall time of the load, ms.
         millis: f64,
     },
@@ -257,10 +273,25 @@ pub enum FromWorker {
         /// Since the run started, ms.
         elapsed_ms: f64,
     },
+    /// The caption of an empty-prompt run so far, after each generated token.
+    CaptionProgress {
+        /// The caption so far (special tokens skipped; not yet stripped).
+        text: String,
+        /// Tokens generated so far.
+        tokens: usize,
+        /// Most tokens the caption may have.
+        max_tokens: usize,
+        /// Since the run started, ms.
+        elapsed_ms: f64,
+    },
     /// The run finished: the layers, bottom → top.
     Layers {
-        /// Straight-alpha RGBA at the working size.
+        /// Straight-alpha RGBA at the size of the request's picture (the working size's
+        /// result resized back with the pipeline's Lanczos).
         layers: Vec<Rgba>,
+        /// The caption that served as the prompt, when the request's prompt was empty.
+        #[serde(default)]
+        caption: Option<String>,
         /// Wall time of the run, ms.
         millis: f64,
     },
@@ -302,6 +333,7 @@ mod tests {
             cfg_normalize: true,
             seed: 9,
             prompt: "a cat".into(),
+            max_caption_tokens: 16,
         }
     }
 
@@ -344,6 +376,7 @@ mod tests {
             FromWorker::ModelLoaded {
                 id: "tiny".into(),
                 text_encoder: false,
+                captioner: true,
                 millis: 1.5,
             },
             FromWorker::LoadFailed {
@@ -356,8 +389,15 @@ mod tests {
                 steps: 2,
                 elapsed_ms: 3.0,
             },
+            FromWorker::CaptionProgress {
+                text: "a red".into(),
+                tokens: 2,
+                max_tokens: 16,
+                elapsed_ms: 5.0,
+            },
             FromWorker::Layers {
                 layers: vec![request().image],
+                caption: Some("a red ball".into()),
                 millis: 2.0,
             },
             FromWorker::Cancelled {
@@ -435,6 +475,14 @@ mod tests {
             json,
             r#"{"type":"runProgress","phase":"encodingPrompt","step":0,"steps":2,"elapsedMs":0.0}"#
         );
+        // A request without the caption limit gets the pipeline's 512.
+        let mut json = serde_json::to_value(ToWorker::Decompose(request())).unwrap();
+        assert_eq!(json["maxCaptionTokens"], 16);
+        json.as_object_mut().unwrap().remove("maxCaptionTokens");
+        match serde_json::from_value::<ToWorker>(json).unwrap() {
+            ToWorker::Decompose(r) => assert_eq!(r.max_caption_tokens, 512),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

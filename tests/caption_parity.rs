@@ -376,3 +376,40 @@ fn vision_tower_and_caption_match_on_wgpu() {
     );
     assert_eq!(caption.prompt.input_ids, prompt.input_ids);
 }
+
+/// The worker's load path: the captioner is found in the tiny model, not in a folder without
+/// `processor/`, and prompts encoded with the captioner's (shared) language model equal
+/// `PromptEncoder::load`'s.
+#[test]
+fn captioner_is_detected_and_its_language_model_encodes_prompts() {
+    use qwen_layered_web::text::{PromptEncoder, QwenTokenizer, TOKENIZER_FOLDER};
+    use qwen_layered_web::weights::WeightSource;
+
+    /// The tiny model with `processor/` missing.
+    struct NoProcessor(qwen_layered_web::weights::DirSource);
+    impl WeightSource for NoProcessor {
+        async fn exists(&self, file: &str) -> qwen_layered_web::Result<bool> {
+            Ok(!file.starts_with("processor/") && self.0.exists(file).await?)
+        }
+        async fn size(&self, file: &str) -> qwen_layered_web::Result<u64> {
+            self.0.size(file).await
+        }
+        async fn read(&self, file: &str, o: u64, n: u64) -> qwen_layered_web::Result<Vec<u8>> {
+            self.0.read(file, o, n).await
+        }
+    }
+
+    let source = model_source();
+    assert!(pollster::block_on(Captioner::available(&source)).unwrap());
+    assert!(!pollster::block_on(Captioner::available(&NoProcessor(model_source()))).unwrap());
+
+    let captioner = pollster::block_on(Captioner::load(&source, &cpu())).unwrap();
+    let tokenizer = pollster::block_on(QwenTokenizer::load(&source, TOKENIZER_FOLDER)).unwrap();
+    let mut shared = captioner.prompt_encoder(tokenizer).unwrap();
+    let mut own = pollster::block_on(PromptEncoder::load(&source, &cpu())).unwrap();
+    for prompt in ["a red ball on grass", " "] {
+        let a = common::read(shared.encode(prompt, 512).unwrap());
+        let b = common::read(own.encode(prompt, 512).unwrap());
+        assert_eq!(a, b, "{prompt:?}");
+    }
+}

@@ -363,6 +363,96 @@ fn replace_with_sublayers_places_them_in_the_parent_frame() {
     assert_eq!(ed.ids(), [a, b, c]);
 }
 
+/// What the page does with "Decompose layer": the layer's own pixels are decomposed, the
+/// sub-layers come back at the layer's image size (offset 0), and replace it in its place in
+/// one undo step.
+#[test]
+fn decomposing_a_layer_replaces_it_in_place_and_undo_restores_it_exactly() {
+    let (mut ed, [a, b, c]) = three_layers();
+    // The middle layer is moved and scaled; its image is a left half of one colour over a
+    // full square of another. (Its opacity would be given to each sub-layer, which is not the
+    // same look as one layer at that opacity: see `replace_with_sublayers_places_them…`.)
+    ed.move_by(b, 1, -1);
+    ed.scale(b, 1.5);
+    let mut half = solid(4, 4, [0, 0, 0, 0]);
+    for y in 0..4 {
+        for x in 0..2 {
+            half.put_pixel(x, y, Rgba([200, 100, 0, 255]));
+        }
+    }
+    let full = solid(4, 4, [0, 255, 0, 255]);
+    // Make the parent look exactly like `half` over `full`.
+    let parent = {
+        let mut p = full.clone();
+        for y in 0..4 {
+            for x in 0..2 {
+                p.put_pixel(x, y, Rgba([200, 100, 0, 255]));
+            }
+        }
+        p
+    };
+    ed.replace_with_sublayers(b, vec![NewLayer::new("b", parent)]);
+    let b = ed.ids()[1];
+    let before = ed.doc().clone();
+    let composite_before = ed.doc().composite();
+    let parent_t = ed.layer(b).transform;
+    assert_eq!(
+        parent_t,
+        Transform {
+            x: 3,
+            y: 1,
+            scale: 1.5
+        }
+    );
+
+    let fx = ed.send(EditorMessage::ReplaceWithSublayers {
+        id: b,
+        layers: NewLayer::from_decomposition("b ·", vec![full, half]),
+    });
+    assert!(fx.contains(&Effect::LayersPanel));
+    // Same place in the stack, bottom to top as the pipeline returns them.
+    assert_eq!(ed.names(), ["bg", "b · 1", "b · 2", "top"]);
+    let ids = ed.ids();
+    assert_eq!((ids[0], ids[3]), (a, c));
+    for sub in &ids[1..3] {
+        let l = ed.layer(*sub);
+        assert_eq!(
+            l.transform, parent_t,
+            "sub-layers keep the layer's placement"
+        );
+        assert_eq!((l.opacity, l.visible), (1.0, true));
+        assert!(*sub != b && *sub != a && *sub != c);
+    }
+    assert_eq!(ed.doc().selected, Some(ids[2]));
+    let after = ed.doc().clone();
+    // The sub-layers are the layer split in two: the picture has not changed (within one
+    // 8-bit step where the 1.5× bilinear sampling meets the edge between the two colours:
+    // sampled apart and composited vs sampled together).
+    let now = ed.doc().composite();
+    let worst = now
+        .as_raw()
+        .iter()
+        .zip(composite_before.as_raw())
+        .map(|(x, y)| x.abs_diff(*y))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "the composite changed by {worst}");
+
+    // One undo step brings the very same document back, ids and selection included; redo
+    // brings the sub-layers back with their ids.
+    ed.undo();
+    assert_eq!(ed.doc(), &before);
+    ed.redo();
+    assert_eq!(ed.doc(), &after);
+    ed.undo();
+    assert_eq!(ed.doc(), &before);
+    // A second decomposition after the undo gets fresh ids (never reused).
+    ed.replace_with_sublayers(b, vec![NewLayer::new("again", solid(2, 2, [1; 4]))]);
+    let again = ed.ids()[1];
+    assert!(!ids.contains(&again) && again != b);
+    assert!(!ed.doc().layers.iter().any(|l| l.id == b));
+}
+
 #[test]
 fn undo_redo_sequences_and_redo_is_cleared_by_a_new_change() {
     let (mut ed, [a, b, c]) = three_layers();

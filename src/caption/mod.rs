@@ -34,7 +34,7 @@ use crate::model::text_encoder::{
     LoadOptions, QwenLanguageModel, QwenTextConfig, RopePositions, TEXT_ENCODER_FOLDER,
 };
 use crate::model::vision::{VisionConfig, VisionTower};
-use crate::text::{QwenTokenizer, TOKENIZER_FOLDER};
+use crate::text::{PromptEncoder, QwenTokenizer, TOKENIZER_FOLDER};
 use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, read_json};
 
 /// The pipeline's `max_new_tokens` for captions.
@@ -191,6 +191,30 @@ impl Captioner {
             generation,
             token_ids: VisionTokenIds { image },
         })
+    }
+
+    /// Whether `source` (a Qwen-Image-Layered folder) holds what [`Captioner::load`] needs:
+    /// the processor settings (`processor/processor_config.json` or
+    /// `processor/preprocessor_config.json`) and the vision tower's weights (`visual.*` in
+    /// `text_encoder/`). Reads only small files and the weight headers.
+    pub async fn available<S: WeightSource>(source: &S) -> Result<bool> {
+        let processor = source.exists("processor/processor_config.json").await?
+            || source.exists("processor/preprocessor_config.json").await?;
+        if !processor {
+            return Ok(false);
+        }
+        let folder = SafetensorsFolder::open(source, TEXT_ENCODER_FOLDER).await?;
+        let has_vision = folder
+            .keys()
+            .any(|k| k.starts_with("visual.") || k.starts_with("model.visual."));
+        Ok(has_vision)
+    }
+
+    /// A prompt encoder that shares this captioner's language model (its weights are not
+    /// copied: Burn tensors are reference-counted), with `tokenizer` (the pipeline's
+    /// `tokenizer/`).
+    pub fn prompt_encoder(&self, tokenizer: QwenTokenizer) -> Result<PromptEncoder> {
+        PromptEncoder::new(tokenizer, self.lm.clone())
     }
 
     /// The template's token ids (special tokens matched, nothing added), one image token.

@@ -54,7 +54,8 @@ pub use memory::{
 };
 pub use phased::{PlannedPipeline, PromptEmbeds, encode_prompts_then_free};
 pub use postprocess::{
-    decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, unit_to_u8,
+    decoded_layers_to_rgba, decoded_to_rgba, decoded_to_unit_hwc, denormalize, layers_at_size,
+    unit_to_u8,
 };
 pub use preprocess::{
     PreprocessedImage, image_to_vae_input, premultiply_alpha, preprocess_image,

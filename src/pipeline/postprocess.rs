@@ -70,3 +70,77 @@ pub fn decoded_layers_to_rgba(
         .map(|d| decoded_to_rgba(d, height, width))
         .collect()
 }
+
+/// The layers (at the working size) brought back to the source picture's `width × height`,
+/// so that they lie exactly over the picture they came from.
+///
+/// The filter is the one the pipeline used on the way in: PIL's Lanczos on premultiplied
+/// alpha ([`super::resize_rgba_lanczos`]), so transparent pixels lend no colour to the edges
+/// of what they border, and a layer the model made at the working size is not shifted or
+/// stretched differently from the picture (the working size rounds the aspect ratio to
+/// multiples of 16; resizing each side back undoes exactly that). Layers already at the size
+/// are returned as they are.
+///
+/// - layers: `N` images `[h, w, 4]` → `N` images `[height, width, 4]`
+pub fn layers_at_size(layers: Vec<RgbaImage>, width: u32, height: u32) -> Result<Vec<RgbaImage>> {
+    layers
+        .into_iter()
+        .map(|layer| {
+            if layer.dimensions() == (width, height) {
+                Ok(layer)
+            } else {
+                super::resize_rgba_lanczos(&layer, width, height)
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgba;
+
+    #[test]
+    fn layers_come_back_at_the_source_size() {
+        // Working size 48×32 for a 100×67 picture: both sides change, by different ratios.
+        let mut half = RgbaImage::from_pixel(48, 32, Rgba([0, 0, 0, 0]));
+        for y in 0..32 {
+            for x in 24..48 {
+                half.put_pixel(x, y, Rgba([200, 40, 10, 255]));
+            }
+        }
+        let flat = RgbaImage::from_pixel(48, 32, Rgba([12, 34, 56, 255]));
+        let clear = RgbaImage::from_pixel(48, 32, Rgba([0, 0, 0, 0]));
+        let out = layers_at_size(vec![flat, clear, half.clone()], 100, 67).unwrap();
+        assert!(out.iter().all(|l| l.dimensions() == (100, 67)));
+        // A flat opaque layer stays that colour; a clear one stays clear.
+        assert!(out[0].pixels().all(|p| *p == Rgba([12, 34, 56, 255])));
+        assert!(out[1].pixels().all(|p| p[3] == 0));
+        // Half transparent, half red: the left part stays clear, the right part keeps the
+        // red unmixed with the transparent pixels' black (premultiplied filtering), and the
+        // edge sits where it was (x = 50 of 100).
+        for y in 0..67 {
+            for x in 0..45 {
+                assert_eq!(out[2].get_pixel(x, y)[3], 0, "({x}, {y})");
+            }
+            for x in 55..100 {
+                assert_eq!(
+                    *out[2].get_pixel(x, y),
+                    Rgba([200, 40, 10, 255]),
+                    "({x}, {y})"
+                );
+            }
+            for x in 45..55 {
+                let p = out[2].get_pixel(x, y);
+                if p[3] > 8 {
+                    // Lanczos rings a little; the colour of a visible edge pixel stays red.
+                    assert!(p[0] >= 190 && p[1] <= 50 && p[2] <= 20, "({x}, {y}): {p:?}");
+                }
+            }
+        }
+        // Already at the size: untouched.
+        let same = layers_at_size(vec![half.clone()], 48, 32).unwrap();
+        assert_eq!(same[0], half);
+        assert!(layers_at_size(vec![half], 0, 5).is_err());
+    }
+}

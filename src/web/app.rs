@@ -83,6 +83,9 @@ impl Ui {
         // Every image the editor opens is the run's input.
         let run = ui.run.clone();
         super::editor_ui::on_image_opened(move |image| run.set_image(image.clone()));
+        // "Decompose layer" follows the editor's selection.
+        let run = ui.run.clone();
+        super::editor_ui::on_selection(move |selected| run.set_selection(selected));
         ui.set_status("Starting the worker…", Tone::Info);
         Self::start_worker(&ui)?;
         Ok(())

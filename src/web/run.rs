@@ -1,8 +1,13 @@
 //! The page's model controls (in `#settings`): pick a model source from `models.json`, see its
 //! size and what the browser's cache holds of it, download it (progress, rate, ETA, Cancel,
 //! resume after a reload, refused up front when storage is short), delete it, load it from the
-//! verified cache with progress, decompose the open picture with per-step progress, elapsed
-//! time, ETA and Cancel, and hand the layers to the page ([`show_layers`]).
+//! verified cache with progress, decompose the open picture (or the selected layer: "Decompose
+//! layer") with per-step progress, elapsed time, ETA and Cancel, and hand the layers to the page
+//! ([`show_layers`], or [`super::editor_ui::replace_layer`] in place of the layer).
+//!
+//! An empty prompt is captioned by the worker first: the caption grows in `#run-caption` as its
+//! tokens arrive, and stays there with "Use as prompt" once the run is done (the prompt field
+//! stays empty, so the next run, e.g. on a layer, is captioned for what it shows).
 //!
 //! State flags on `<body>` for tests and styles: `data-models` (`ready` / `failed`),
 //! `data-cache` (`unknown` / `none` / `partial` / `cached`, for the chosen source),
@@ -23,10 +28,19 @@ use web_sys::{
 
 use super::{js_error_text, pixel_buffers};
 use crate::download::Progress;
-use crate::editor::NewLayer;
+use crate::editor::{LayerId, NewLayer};
 use crate::protocol::{
     CacheState, DecomposeRequest, FromWorker, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
 };
+
+/// What a run decomposes, and so where its layers go.
+#[derive(Debug, Clone)]
+enum Target {
+    /// The opened picture: the layers replace the document.
+    Picture,
+    /// One layer: its sub-layers replace it in place.
+    Layer { id: LayerId, name: String },
+}
 
 /// The model list served with the app.
 const REGISTRY_URL: &str = "./models.json";
@@ -50,6 +64,16 @@ pub struct RunPanel {
     run_progress: HtmlProgressElement,
     run_status: Element,
     note: Element,
+    decompose_layer_button: HtmlButtonElement,
+    caption_box: web_sys::HtmlElement,
+    caption_text: Element,
+    use_caption_button: HtmlButtonElement,
+    /// Whether the editor has a selected layer (for "Decompose layer").
+    layer_selected: Cell<bool>,
+    /// What the run in flight decomposes.
+    target: RefCell<Option<Target>>,
+    /// Whether the loaded model can caption an empty prompt.
+    captioner: Cell<bool>,
     worker: RefCell<Option<Worker>>,
     models: RefCell<Vec<ModelSource>>,
     image: RefCell<Option<RgbaImage>>,
@@ -93,6 +117,13 @@ impl RunPanel {
             run_progress: by_id("run-progress")?.dyn_into()?,
             run_status: by_id("run-status")?,
             note: by_id("decompose-note")?,
+            decompose_layer_button: by_id("decompose-layer")?.dyn_into()?,
+            caption_box: by_id("caption-box")?.dyn_into()?,
+            caption_text: by_id("run-caption")?,
+            use_caption_button: by_id("use-caption")?.dyn_into()?,
+            layer_selected: Cell::new(false),
+            target: RefCell::new(None),
+            captioner: Cell::new(false),
             worker: RefCell::new(None),
             models: RefCell::new(Vec::new()),
             image: RefCell::new(None),
@@ -125,6 +156,16 @@ impl RunPanel {
         EventListener::new(&panel.delete_button, "click", move |_| this.delete()).forget();
         let this = panel.clone();
         EventListener::new(&panel.cancel_button, "click", move |_| this.cancel()).forget();
+        let this = panel.clone();
+        EventListener::new(&panel.decompose_layer_button, "click", move |_| {
+            this.decompose_layer()
+        })
+        .forget();
+        let this = panel.clone();
+        EventListener::new(&panel.use_caption_button, "click", move |_| {
+            this.use_caption()
+        })
+        .forget();
         let this = panel.clone();
         let form = by_id("settings")?;
         let prevent = EventListenerOptions::enable_prevent_default();
@@ -161,6 +202,12 @@ impl RunPanel {
     /// The picture the page has open (the one a run decomposes).
     pub fn set_image(&self, image: RgbaImage) {
         *self.image.borrow_mut() = Some(image);
+        self.update_buttons();
+    }
+
+    /// The editor's selection changed.
+    pub fn set_selection(&self, selected: Option<LayerId>) {
+        self.layer_selected.set(selected.is_some());
         self.update_buttons();
     }
 
@@ -226,8 +273,10 @@ impl RunPanel {
             FromWorker::ModelLoaded {
                 id,
                 text_encoder,
+                captioner,
                 millis,
             } => {
+                self.captioner.set(captioner);
                 self.busy.set(false);
                 self.load_progress.set_hidden(true);
                 let label = self.label_of(&id);
@@ -235,12 +284,18 @@ impl RunPanel {
                     &format!("Loaded {label} in {:.1} s.", millis / 1000.0),
                     false,
                 );
-                self.note.set_text_content(Some(if text_encoder {
-                    "Open an image, describe it in the prompt, and press Decompose."
+                let note = if text_encoder && captioner {
+                    "Open an image and press Decompose. Leave the prompt empty to have the model \
+                     describe the picture first, or describe it yourself. Select a layer and \
+                     press Decompose layer to split it further."
+                } else if text_encoder {
+                    "Open an image, describe it in the prompt, and press Decompose (this model \
+                     cannot caption an empty prompt: it has no vision tower)."
                 } else {
-                    "This model has no text encoder: a run stops with that message, \
-                     because the model needs a prompt."
-                }));
+                    "This model has no text encoder: a run stops with that message, because the \
+                     model needs a prompt."
+                };
+                self.note.set_text_content(Some(note));
                 *self.loaded.borrow_mut() = Some(id);
                 self.flag("data-model", "loaded");
                 self.update_buttons();
@@ -265,12 +320,54 @@ impl RunPanel {
                 steps,
                 elapsed_ms,
             } => self.show_progress(phase, step, steps, elapsed_ms),
-            FromWorker::Layers { layers, millis } => {
+            FromWorker::CaptionProgress {
+                text,
+                tokens,
+                max_tokens,
+                elapsed_ms,
+            } => {
+                self.caption_box.set_hidden(false);
+                self.use_caption_button.set_hidden(true);
+                self.caption_text.set_text_content(Some(&text));
+                self.run_progress.set_max(max_tokens.max(1) as f64);
+                self.run_progress.set_value(tokens as f64);
+                self.set_run_status(
+                    &format!(
+                        "Captioning: token {tokens} of at most {max_tokens} ({} elapsed)",
+                        duration(elapsed_ms)
+                    ),
+                    false,
+                );
+            }
+            FromWorker::Layers {
+                layers,
+                caption,
+                millis,
+            } => {
                 self.run_ended();
-                match show_layers(&layers) {
+                let target = self.target.borrow_mut().take();
+                if let Some(caption) = &caption {
+                    self.caption_text.set_text_content(Some(caption));
+                    self.caption_box.set_hidden(false);
+                    self.use_caption_button.set_hidden(false);
+                }
+                let shown = match &target {
+                    Some(Target::Layer { id, name }) => images_of(&layers).and_then(|images| {
+                        super::editor_ui::replace_layer(
+                            *id,
+                            NewLayer::from_decomposition(&format!("{name} ·"), images),
+                        )
+                    }),
+                    _ => show_layers(&layers),
+                };
+                let what = match &target {
+                    Some(Target::Layer { name, .. }) => format!("Decomposed “{name}” into"),
+                    _ => "Decomposed into".to_owned(),
+                };
+                match shown {
                     Ok(()) => self.set_run_status(
                         &format!(
-                            "Decomposed into {} layers in {:.1} s.",
+                            "{what} {} layers in {:.1} s.",
                             layers.len(),
                             millis / 1000.0
                         ),
@@ -284,11 +381,13 @@ impl RunPanel {
             }
             FromWorker::Cancelled { at } => {
                 self.run_ended();
+                self.target.borrow_mut().take();
                 self.set_run_status(&format!("Cancelled {at}."), false);
                 self.flag("data-run", "cancelled");
             }
             FromWorker::RunFailed { message } => {
                 self.run_ended();
+                self.target.borrow_mut().take();
                 self.set_run_status(&message, true);
                 self.flag("data-run", "failed");
             }
@@ -382,6 +481,9 @@ impl RunPanel {
             .set_disabled(!worker || busy || this_downloading || !complete);
         self.decompose_button.set_disabled(
             !worker || busy || self.loaded.borrow().is_none() || self.image.borrow().is_none(),
+        );
+        self.decompose_layer_button.set_disabled(
+            !worker || busy || self.loaded.borrow().is_none() || !self.layer_selected.get(),
         );
         self.cancel_button
             .set_hidden(!busy || self.run_started.get() == 0.0);
@@ -636,13 +738,41 @@ impl RunPanel {
         let Some(image) = self.image.borrow().clone() else {
             return self.set_run_status("Open an image first.", true);
         };
+        self.start_run(image, Target::Picture);
+    }
+
+    /// Decomposes the selected layer's own pixels; its sub-layers replace it in place.
+    fn decompose_layer(&self) {
+        if self.busy.get() || self.loaded.borrow().is_none() {
+            return;
+        }
+        let Some((id, name, image)) = super::editor_ui::selected_layer() else {
+            return self.set_run_status("Select a layer first.", true);
+        };
+        self.start_run(image, Target::Layer { id, name });
+    }
+
+    fn start_run(&self, image: RgbaImage, target: Target) {
         let request = match self.read_settings(image) {
             Ok(request) => request,
             Err(message) => return self.set_run_status(&message, true),
         };
         let steps = request.steps;
+        let captioning = crate::text::needs_caption(&request.prompt);
+        if captioning && !self.captioner.get() {
+            return self.set_run_status(
+                "This model cannot describe the picture itself (it has no vision tower): enter \
+                 a prompt that describes it.",
+                true,
+            );
+        }
         match self.send(&ToWorker::Decompose(request)) {
             Ok(()) => {
+                *self.target.borrow_mut() = Some(target);
+                if captioning {
+                    self.caption_text.set_text_content(None);
+                    self.caption_box.set_hidden(true);
+                }
                 self.busy.set(true);
                 self.run_started.set(js_sys::Date::now());
                 self.denoise_started.set(None);
@@ -690,12 +820,27 @@ impl RunPanel {
             cfg_normalize: input("set-cfg-normalize")?.checked(),
             seed: whole("set-seed", "The seed", 0.0, 9_007_199_254_740_991.0)? as u64,
             prompt: input("set-prompt")?.value(),
+            max_caption_tokens: whole("set-caption-tokens", "Caption tokens", 1.0, 2048.0)?
+                as usize,
             image: Rgba {
                 width: image.width(),
                 height: image.height(),
                 pixels: image.into_raw(),
             },
         })
+    }
+
+    /// Puts the last caption into the prompt field (to reuse or edit it).
+    fn use_caption(&self) {
+        let text = self.caption_text.text_content().unwrap_or_default();
+        if let Some(input) = self
+            .document
+            .get_element_by_id("set-prompt")
+            .and_then(|e| e.dyn_into::<HtmlInputElement>().ok())
+        {
+            input.set_value(&text);
+            input.focus().ok();
+        }
     }
 
     fn cancel(&self) {
@@ -715,6 +860,7 @@ impl RunPanel {
         let now = js_sys::Date::now();
         let elapsed = format!("{} elapsed", duration(elapsed_ms));
         let text = match phase {
+            RunPhase::Captioning => format!("Captioning the picture… ({elapsed})"),
             RunPhase::EncodingPrompt => format!("Encoding the prompt… ({elapsed})"),
             RunPhase::EncodingImage => format!("Encoding the image… ({elapsed})"),
             RunPhase::Denoising => {
@@ -828,7 +974,12 @@ async fn fetch_registry() -> Result<ModelRegistry, String> {
 /// Replaces the editor's document by a decomposition's layers (bottom → top), as one undoable
 /// change ([`super::editor_ui::show_layers`]).
 pub fn show_layers(layers: &[Rgba]) -> Result<(), String> {
-    let images = layers
+    super::editor_ui::show_layers(NewLayer::from_decomposition("Layer", images_of(layers)?))
+}
+
+/// The worker's layers as images (checked).
+fn images_of(layers: &[Rgba]) -> Result<Vec<RgbaImage>, String> {
+    layers
         .iter()
         .enumerate()
         .map(|(i, layer)| {
@@ -836,6 +987,5 @@ pub fn show_layers(layers: &[Rgba]) -> Result<(), String> {
             RgbaImage::from_raw(layer.width, layer.height, layer.pixels.clone())
                 .ok_or_else(|| format!("layer {}: the pixel buffer does not fit its size", i + 1))
         })
-        .collect::<Result<Vec<_>, String>>()?;
-    super::editor_ui::show_layers(NewLayer::from_decomposition("Layer", images))
+        .collect()
 }

@@ -6,11 +6,22 @@
 //! such as out-of-memory) is logged, posted as [`FromWorker::Error`], and also surfaces through
 //! the worker's `error` event.
 //!
-//! One task at a time: a load or a run. A run awaits a readback after every denoising step, so
-//! a [`ToWorker::Cancel`] arriving meanwhile is seen before the next step starts. Loading a
-//! model frees the previous one first; the model loads from the verified OPFS cache
-//! ([`super::models::CachedModel`]) once the source has been downloaded. A download (at most one)
-//! runs beside the other tasks; [`ToWorker::CancelDownload`] stops it between chunks.
+//! One task at a time: a load or a run. A run awaits a readback after every caption token and
+//! every denoising step, so a [`ToWorker::Cancel`] arriving meanwhile is seen before the next
+//! one starts. Loading a model frees the previous one first; the model loads from the verified
+//! OPFS cache ([`super::models::CachedModel`]) once the source has been downloaded. A download
+//! (at most one) runs beside the other tasks; [`ToWorker::CancelDownload`] stops it between
+//! chunks.
+//!
+//! An empty prompt (`""` or `" "`) is captioned first, as the reference pipeline does
+//! (`get_image_caption` of the picture resized to the working size, English template as the
+//! official app, at most `max_caption_tokens` tokens streamed as
+//! [`FromWorker::CaptionProgress`]); the caption is then the prompt and comes back with the
+//! layers. Models that have the processor settings and the vision tower load the [`Captioner`]
+//! (vision tower + language model with `lm_head`) and encode prompts with its language model;
+//! others load only the text encoder and refuse an empty prompt with a message.
+//!
+//! Layers come back at the size of the request's picture (see [`layers_at_size`]).
 
 use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
@@ -25,13 +36,18 @@ use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
 use super::adapter::{AdapterFacts, NoAdapter, request_adapter_facts};
 use super::models::{self, CachedModel};
 use super::{js_error_text, pixel_buffers};
+use crate::caption::{CaptionLanguage, CaptionOptions, Captioner};
 use crate::error::{Error, Result};
 use crate::gpu::{FeatureState, GpuReport, KeyLimits, matmul_self_test};
 use crate::model::transformer::{QwenImageTransformer2DModel, QwenImageTransformerConfig};
-use crate::pipeline::{DecomposeParams, LayeredPipeline, Noise, Progress};
+use crate::pipeline::{
+    DecomposeParams, Dimensions, LayeredPipeline, Noise, Progress, layers_at_size,
+    resize_rgba_lanczos,
+};
 use crate::protocol::{DecomposeRequest, FromWorker, ModelSource, Rgba, RunPhase, ToWorker};
 use crate::text::{
-    DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, needs_caption,
+    DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
+    TOKENIZER_FOLDER, needs_caption,
 };
 use crate::weights::{
     BROWSER_F32_WEIGHT_BUDGET, GgufFile, Precision, SafetensorsFolder, WeightSource,
@@ -63,8 +79,11 @@ enum Task {
 struct LoadedModel {
     /// Transformer, VAE, scheduler config.
     pipeline: LayeredPipeline,
-    /// Tokenizer + text encoder (keeps the negative prompt's embeddings once computed).
+    /// Tokenizer + text encoder (keeps the negative prompt's embeddings once computed); its
+    /// language model is the captioner's when there is one (shared, not copied).
     prompt: RefCell<PromptEncoder>,
+    /// Vision tower + language model with `lm_head`, when the model has them.
+    captioner: Option<Captioner>,
 }
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
@@ -241,10 +260,12 @@ async fn load(source: ModelSource) {
     BUSY.set(None);
     match result {
         Ok(model) => {
+            let captioner = model.captioner.is_some();
             MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
             post(&FromWorker::ModelLoaded {
                 id: source.id,
                 text_encoder: true,
+                captioner,
                 millis: js_sys::Date::now() - start,
             });
         }
@@ -297,7 +318,15 @@ async fn load_model(
         total,
         last_post: Cell::new(0.0),
     };
-    let prompt = PromptEncoder::load(&counted, device).await?;
+    // With the captioning parts, the text encoder checkpoint is loaded once, whole (vision
+    // tower, language model, lm_head), and prompts are encoded with the same language model.
+    let (prompt, captioner) = if Captioner::available(cached).await? {
+        let captioner = Captioner::load(&counted, device).await?;
+        let tokenizer = QwenTokenizer::load(cached, TOKENIZER_FOLDER).await?;
+        (captioner.prompt_encoder(tokenizer)?, Some(captioner))
+    } else {
+        (PromptEncoder::load(&counted, device).await?, None)
+    };
     let transformer = match &cached.gguf {
         Some(file) => {
             let config: QwenImageTransformerConfig =
@@ -326,6 +355,7 @@ async fn load_model(
     Ok(LoadedModel {
         pipeline,
         prompt: RefCell::new(prompt),
+        captioner,
     })
 }
 
@@ -396,8 +426,9 @@ async fn decompose(request: DecomposeRequest) {
     BUSY.set(None);
     CANCEL.set(false);
     match result {
-        Ok(layers) => post(&FromWorker::Layers {
+        Ok((layers, caption)) => post(&FromWorker::Layers {
             layers,
+            caption,
             millis: js_sys::Date::now() - start,
         }),
         Err(Error::Cancelled { at }) => post(&FromWorker::Cancelled { at }),
@@ -407,7 +438,12 @@ async fn decompose(request: DecomposeRequest) {
     }
 }
 
-async fn run(model: &LoadedModel, request: DecomposeRequest, start: f64) -> Result<Vec<Rgba>> {
+/// One run: the layers at the picture's size, and the caption when the prompt was empty.
+async fn run(
+    model: &LoadedModel,
+    request: DecomposeRequest,
+    start: f64,
+) -> Result<(Vec<Rgba>, Option<String>)> {
     let DecomposeRequest {
         image,
         layers,
@@ -417,6 +453,7 @@ async fn run(model: &LoadedModel, request: DecomposeRequest, start: f64) -> Resu
         cfg_normalize,
         seed,
         prompt,
+        max_caption_tokens,
     } = request;
     let bad = |reason: String| Error::Input {
         model: "decompose request",
@@ -434,8 +471,16 @@ async fn run(model: &LoadedModel, request: DecomposeRequest, start: f64) -> Resu
         })
     };
 
+    let caption = if needs_caption(&prompt) {
+        progress(RunPhase::Captioning, 0);
+        Some(auto_caption(model, &input, resolution, max_caption_tokens, start).await?)
+    } else {
+        None
+    };
+    let prompt = caption.as_deref().unwrap_or(&prompt);
+
     progress(RunPhase::EncodingPrompt, 0);
-    let (prompt_embeds, negative) = encode_prompt(model, &prompt, true_cfg_scale > 1.0)?;
+    let (prompt_embeds, negative) = encode_prompt(model, prompt, true_cfg_scale > 1.0)?;
 
     progress(RunPhase::EncodingImage, 0);
     let params = DecomposeParams {
@@ -468,32 +513,76 @@ async fn run(model: &LoadedModel, request: DecomposeRequest, start: f64) -> Resu
             },
         )
         .await?;
-    Ok(output
-        .layers
+    // Over the picture at its size: the working size's layers resized back.
+    let layers = layers_at_size(output.layers, input.width(), input.height())?;
+    let layers = layers
         .into_iter()
         .map(|layer| Rgba {
             width: layer.width(),
             height: layer.height(),
             pixels: layer.into_raw(),
         })
-        .collect())
+        .collect();
+    Ok((layers, caption))
+}
+
+/// The reference's auto-caption (`get_image_caption`): `input` resized to the working size of
+/// `resolution` with the pipeline's Lanczos (its `prompt_image`), described with the English
+/// template (the official app's `use_en_prompt=True`) in at most `max_tokens` tokens, each
+/// posted as [`FromWorker::CaptionProgress`]; a cancel stops it between tokens.
+async fn auto_caption(
+    model: &LoadedModel,
+    input: &RgbaImage,
+    resolution: u32,
+    max_tokens: usize,
+    start: f64,
+) -> Result<String> {
+    let Some(captioner) = &model.captioner else {
+        return Err(Error::Input {
+            model: "decompose request",
+            reason: "this model has no captioning parts (processor/ settings and the vision                      tower in text_encoder/), so it cannot describe the picture itself: enter a                      prompt that describes it"
+                .into(),
+        });
+    };
+    if max_tokens == 0 {
+        return Err(Error::Input {
+            model: "decompose request",
+            reason: "the caption needs at least 1 token".into(),
+        });
+    }
+    let dims = Dimensions::for_image_any_bucket(resolution, input.width(), input.height())?;
+    let resized = resize_rgba_lanczos(input, dims.width, dims.height)?;
+    let options = CaptionOptions {
+        language: CaptionLanguage::English,
+        max_new_tokens: max_tokens,
+        seed: 0,
+    };
+    let caption = captioner
+        .caption(&resized, &options, |step| {
+            post(&FromWorker::CaptionProgress {
+                text: step.text.to_owned(),
+                tokens: step.index + 1,
+                max_tokens,
+                elapsed_ms: js_sys::Date::now() - start,
+            });
+            if CANCEL.get() {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .await?;
+    Ok(caption.text)
 }
 
 /// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt `" "`'s `[1, L', D]`
-/// (`max_sequence_length` 512, the pipeline's default).
+/// (`max_sequence_length` 512, the pipeline's default). `prompt` is encoded as given (a
+/// caption may be empty: the reference encodes it all the same).
 fn encode_prompt(
     model: &LoadedModel,
     prompt: &str,
     cfg: bool,
 ) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
-    if needs_caption(prompt) {
-        return Err(Error::Input {
-            model: "decompose request",
-            reason: "enter a prompt that describes the picture (automatic captioning is not \
-                     part of this build yet)"
-                .into(),
-        });
-    }
     let mut encoder = model.prompt.borrow_mut();
     let embeds = encoder.encode(prompt, DEFAULT_MAX_SEQUENCE_LENGTH)?;
     let negative = if cfg {

@@ -187,7 +187,7 @@ test("Cancel stops a run between steps; Decompose then shows N layers", { timeou
   try {
     await loadTiny(page, wait);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded", logs.join("\n"));
-    assert.match(await page.textContent("#decompose-note"), /describe it in the prompt/);
+    assert.match(await page.textContent("#decompose-note"), /Leave the prompt empty/);
     assert.ok(await page.isDisabled("#decompose"), "no picture yet");
     assert.ok(await page.isHidden("#cancel-run"), "Cancel only while running");
 
@@ -226,7 +226,8 @@ test("Cancel stops a run between steps; Decompose then shows N layers", { timeou
     const layers = await shownLayers(page);
     assert.deepEqual(layers.map((l) => l.index), ["1", "0"], "top layer first");
     assert.deepEqual(layers.map((l) => l.name), ["Layer 2", "Layer 1"]);
-    for (const l of layers) assert.ok(/^\d+×\d+$/.test(l.size) && l.sum > 0, JSON.stringify(l));
+    // At the picture's size (40×24), not the working size of the 32 bucket.
+    for (const l of layers) assert.ok(l.size === "40×24" && l.sum > 0, JSON.stringify(l));
     // The layers are the editor's document now: one undo brings the opened picture back.
     await page.evaluate(() => document.activeElement?.blur());
     await page.keyboard.press("Control+z");
@@ -235,6 +236,126 @@ test("Cancel stops a run between steps; Decompose then shows N layers", { timeou
     assert.ok(!(await page.isDisabled("#decompose")), "ready for another run");
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
     await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
+  } finally {
+    await browser.close();
+  }
+});
+
+/** Waits of one run phase under load (SwiftShader on a busy 2-core machine). */
+const LONG = 420_000;
+
+/** Collects every distinct text of the given elements while a run goes on. */
+function watchTexts(page, selectors) {
+  const seen = Object.fromEntries(selectors.map((s) => [s, []]));
+  const timer = setInterval(async () => {
+    for (const sel of selectors) {
+      const t = await page.textContent(sel).catch(() => null);
+      if (t !== null && seen[sel].at(-1) !== t) seen[sel].push(t);
+    }
+  }, 40);
+  return { seen, stop: () => clearInterval(timer) };
+}
+
+// Issue 7 items 2 and 4: an empty prompt is captioned in the worker (tokens streamed to the
+// page, cancellable), the caption is the prompt; then the selected layer is decomposed again
+// and replaced in place by its sub-layers, and one undo brings it back.
+// Slow on SwiftShader: the caption's prefill compiles its kernels (about 1–2 min), and each
+// decode step has a new key/value length (seconds a token), hence a short caption here.
+test("an empty prompt is captioned, then a layer decomposes in place and undo restores it", { timeout: 4 * SLOW }, async () => {
+  const { browser, page, logs, wait } = await openApp();
+  const t0 = Date.now();
+  const lap = (what) => console.log(`${what}: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+  try {
+    await loadTiny(page, wait);
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", logs.join("\n"));
+    lap("model loaded");
+    assert.match(await page.textContent("#decompose-note"), /Leave the prompt empty to have the model describe the picture/);
+    assert.ok(await page.isDisabled("#decompose-layer"), "no layer selected yet");
+    await prepareRun(page, { layers: 2, steps: 2, resolution: 32 });
+    await page.fill("#set-prompt", "");
+
+    // Captioning stops at Cancel between two tokens.
+    await page.fill("#set-caption-tokens", "512");
+    await page.click("#decompose");
+    await page.waitForFunction(() => /^Captioning: token ([2-9]|\d\d+) of at most 512/.test(document.getElementById("run-status").textContent),
+      null, { timeout: LONG });
+    lap("captioning streams tokens");
+    assert.ok(!(await page.isHidden("#caption-box")), "the caption grows in view");
+    await page.click("#cancel-run");
+    await wait("body[data-run=cancelled], body[data-run=done], body[data-run=failed]", LONG);
+    let status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "cancelled", `${status}\n${logs.join("\n")}`);
+    const m = status.match(/^Cancelled after caption token (\d+) of at most 512\.$/);
+    assert.ok(m && Number(m[1]) < 512, status);
+    assert.equal(await page.getAttribute("body", "data-layers"), "1", "a cancelled run leaves the document");
+    lap("caption cancelled");
+
+    // A whole run with a short caption: the caption streams, then becomes the prompt.
+    const MAX = 6;
+    await page.fill("#set-caption-tokens", String(MAX));
+    const watch = watchTexts(page, ["#run-status", "#run-caption"]);
+    await page.click("#decompose");
+    await wait("body[data-run=done], body[data-run=failed]", LONG);
+    watch.stop();
+    status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
+    assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
+    lap("captioned and decomposed");
+    const statuses = watch.seen["#run-status"];
+    console.log(`statuses: ${statuses.join(" | ")}`);
+    const tokens = statuses.map((t) => t.match(new RegExp(`^Captioning: token (\\d+) of at most ${MAX} `))).filter(Boolean).map((x) => Number(x[1]));
+    assert.ok(tokens.length >= 3, `the caption streams token by token: ${statuses.join(" | ")}`);
+    assert.ok(tokens.every((n, i) => i === 0 || n > tokens[i - 1]) && tokens.at(-1) === MAX, tokens.join(","));
+    const order = ["Captioning", "Encoding the prompt", "Encoding the image", "Denoising", "Decoding"];
+    const firsts = order.map((p) => statuses.findIndex((t) => t.startsWith(p)));
+    assert.ok(firsts.every((i, k) => i >= 0 && (k === 0 || i > firsts[k - 1])), `phases in order: ${firsts}`);
+    const caption = await page.textContent("#run-caption");
+    const growing = watch.seen["#run-caption"].filter((t) => t);
+    console.log(`caption (${growing.length} texts seen): ${JSON.stringify(caption)}`);
+    // It grows token by token (a character cut between two tokens shows as U+FFFD until its
+    // last byte arrives; the end of the caption is stripped as Python's str.strip does).
+    const norm = (t) => t.replace(/[\uFFFD\s]+$/u, "").trimStart();
+    assert.ok(growing.length >= 2, `the caption grows: ${JSON.stringify(growing)}`);
+    assert.ok(growing.every((t, i) => i === 0 || norm(t).length >= norm(growing[i - 1]).length), JSON.stringify(growing));
+    assert.equal(growing.at(-1), caption);
+    assert.ok(caption.length > 0);
+    // The prompt field stays empty (the next run captions what it is given); the caption can
+    // be taken into it.
+    assert.equal(await page.inputValue("#set-prompt"), "");
+    await page.click("#use-caption");
+    assert.equal(await page.inputValue("#set-prompt"), caption);
+    let layers = await shownLayers(page);
+    assert.deepEqual(layers.map((l) => l.name), ["Layer 2", "Layer 1"]);
+    for (const l of layers) assert.equal(l.size, "40×24", "layers at the picture's size");
+    await page.screenshot({ path: `${artifacts}/14-captioned.png` });
+
+    // Decompose the top layer (selected after the run) into 3 sub-layers, in place.
+    const before = layers;
+    assert.ok(!(await page.isDisabled("#decompose-layer")), "a layer is selected");
+    await page.fill("#set-layers", "3");
+    await page.fill("#set-prompt", "a layer");
+    await page.click("#decompose-layer");
+    await wait("body[data-run=done], body[data-run=failed]", LONG);
+    status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
+    assert.match(status, /^Decomposed “Layer 2” into 3 layers in \d+\.\d s\.$/);
+    lap("layer decomposed");
+    layers = await shownLayers(page);
+    assert.deepEqual(layers.map((l) => l.name), ["Layer 2 · 3", "Layer 2 · 2", "Layer 2 · 1", "Layer 1"],
+      "the sub-layers take the layer's place, bottom one lowest");
+    assert.deepEqual(layers[3], before[1], "the layer below is untouched");
+    for (const l of layers) assert.ok(l.size === "40×24" && l.sum > 0, JSON.stringify(l));
+    assert.equal(await page.getAttribute("body", "data-layers"), "4");
+    await page.screenshot({ path: `${artifacts}/15-layer-decomposed.png` });
+
+    // One undo restores the layer exactly; redo brings the sub-layers back.
+    await page.evaluate(() => document.activeElement?.blur());
+    await page.keyboard.press("Control+z");
+    assert.deepEqual(await shownLayers(page), before, "undo restores the decomposed layer");
+    await page.screenshot({ path: `${artifacts}/16-layer-undo.png` });
+    await page.keyboard.press("Control+Shift+z");
+    assert.deepEqual((await shownLayers(page)).map((l) => l.name), layers.map((l) => l.name));
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
   } finally {
     await browser.close();
   }

@@ -33,10 +33,51 @@ use crate::editor::{Document, Editor, EditorMessage, Effect, LayerId, NewLayer, 
 
 /// Called with each image the user opens (e.g. the run panel's `set_image`).
 type OnOpen = Box<dyn Fn(&RgbaImage)>;
+/// Called with the selected layer (or none) whenever the controls are refreshed.
+type OnSelection = Box<dyn Fn(Option<LayerId>)>;
 
 thread_local! {
     static UI: RefCell<Option<Rc<EditorUi>>> = const { RefCell::new(None) };
     static ON_OPEN: RefCell<Option<OnOpen>> = const { RefCell::new(None) };
+    static ON_SELECTION: RefCell<Option<OnSelection>> = const { RefCell::new(None) };
+}
+
+/// Registers `f` to be told the selected layer after every change (the run panel enables
+/// "Decompose layer" by it).
+pub fn on_selection(f: impl Fn(Option<LayerId>) + 'static) {
+    ON_SELECTION.with(|slot| *slot.borrow_mut() = Some(Box::new(f)));
+}
+
+fn mounted() -> Result<Rc<EditorUi>, String> {
+    UI.with(|ui| ui.borrow().clone())
+        .ok_or_else(|| "the editor is not mounted yet".to_owned())
+}
+
+/// The selected layer: its id, name and pixels (its own image, not placed on the canvas).
+pub fn selected_layer() -> Option<(LayerId, String, RgbaImage)> {
+    let ui = mounted().ok()?;
+    let st = ui.state.borrow();
+    let doc = st.editor.document();
+    let layer = doc.layer(doc.selected?)?;
+    Some((layer.id, layer.name.clone(), (*layer.image).clone()))
+}
+
+/// Replaces layer `id` by `layers` (bottom to top, offsets in its image's pixels), in place,
+/// as one undoable change ([`EditorMessage::ReplaceWithSublayers`]).
+pub fn replace_layer(id: LayerId, layers: Vec<NewLayer>) -> Result<(), String> {
+    let ui = mounted()?;
+    let result = ui
+        .state
+        .borrow_mut()
+        .editor
+        .update(EditorMessage::ReplaceWithSublayers { id, layers });
+    match result {
+        Ok(effects) => {
+            ui.apply_effects(&effects);
+            Ok(())
+        }
+        Err(err) => Err(capitalised(&err.to_string())),
+    }
 }
 
 /// Registers `f` to be called with every image the user opens (picker, drop, paste), after it
@@ -57,9 +98,7 @@ pub(crate) fn notify_opened(image: &RgbaImage) {
 /// change, e.g. a decomposition result. The canvas is the union of the layers' extents from
 /// (0, 0). The original image kept for comparison stays as it is.
 pub fn show_layers(layers: Vec<NewLayer>) -> Result<(), String> {
-    let ui = UI
-        .with(|ui| ui.borrow().clone())
-        .ok_or("the editor is not mounted yet")?;
+    let ui = mounted()?;
     let width = layers
         .iter()
         .map(|l| l.x.max(0) as u64 + l.image.width() as u64)
@@ -466,6 +505,13 @@ impl EditorUi {
             body.set_attribute("data-layers", &doc.layers.len().to_string())
                 .ok();
         }
+        let selected = sel_index.map(|i| doc.layers[i].id);
+        drop(st);
+        ON_SELECTION.with(|slot| {
+            if let Some(f) = slot.borrow().as_ref() {
+                f(selected);
+            }
+        });
     }
 
     fn refresh_all(self: &Rc<Self>) {
