@@ -9,6 +9,9 @@ export PATH="$HOME/.cargo/bin:$PATH"
 export CARGO_TERM_COLOR=never
 export CHROMEDRIVER=/usr/bin/chromedriver
 export WASM_BINDGEN_TEST_TIMEOUT=300
+# Burn's matmul autotune times every candidate kernel on each new shape; on a software Vulkan
+# driver that is minutes per shape. Tests check results, not speed: tune the least.
+export CUBECL_AUTOTUNE_LEVEL=minimal
 started=$SECONDS
 step() { printf '\n== %s (t=%ss)\n' "$*" "$((SECONDS - started))"; }
 

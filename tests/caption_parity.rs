@@ -336,16 +336,7 @@ fn cancelling_stops_with_cancelled() {
 #[test]
 #[ignore = "slow on a software Vulkan driver; run with --ignored"]
 fn vision_tower_and_caption_match_on_wgpu() {
-    let device = match burn::tensor::Device::wgpu_options().init_with_setup() {
-        Ok((device, setup)) => {
-            eprintln!("wgpu adapter: {:?}", setup.adapter.get_info().name);
-            device
-        }
-        Err(err) => {
-            eprintln!("SKIPPED: no native wgpu adapter ({err})");
-            return;
-        }
-    };
+    let Some(device) = common::gpu() else { return };
     let case = CASES[1];
     let rec = Record::load(case);
     let mut c = pollster::block_on(Captioner::load(&model_source(), &device)).expect("loads");

@@ -1,7 +1,7 @@
 //! The flash-attention WGSL kernel (`shaders/flash_attention.wgsl`) against its plain-Burn twin
 //! (matmul → softmax → matmul) on seeded random q, k, v: on the same wgpu device and on the CPU
-//! (Flex). Natively on Vulkan (Mesa lavapipe on the dev box and in CI); skips with a message
-//! when no wgpu adapter exists.
+//! (Flex). Natively on Vulkan (Mesa lavapipe on the dev box and in CI); no adapter is a
+//! failure ([`common::gpu`]).
 //!
 //! Run: `cargo test --test kernels_attention -- --nocapture` (errors per shape);
 //! every shape (and S = 2053) against the twin on the same device, and timing on lavapipe:
@@ -11,7 +11,8 @@
 
 mod common;
 
-use std::sync::OnceLock;
+use common::gpu;
+
 use std::time::Instant;
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -24,22 +25,6 @@ use qwen_layered_web::model::transformer::apply_rotary_emb;
 /// Largest allowed `|kernel − twin| / max(1, |twin|)`. Outputs are softmax-weighted means of
 /// values in [-1, 1); f32 rounding of the two summation orders stays near 1e-6.
 const TOL: f32 = 2e-5;
-
-/// The wgpu device, initialised once for the whole test binary (a second init fails).
-fn gpu() -> Option<Device> {
-    static GPU: OnceLock<Option<Device>> = OnceLock::new();
-    GPU.get_or_init(|| match Device::wgpu_options().init_with_setup() {
-        Ok((device, setup)) => {
-            eprintln!("wgpu adapter: {:?}", setup.adapter.get_info().name);
-            Some(device)
-        }
-        Err(err) => {
-            eprintln!("SKIPPED: no native wgpu adapter ({err})");
-            None
-        }
-    })
-    .clone()
-}
 
 /// Seeded values in [-amp, amp) as `[B, H, S, Dh]`.
 fn seeded(seed: u64, shape: [usize; 4], amp: f32, device: &Device) -> Tensor<4> {

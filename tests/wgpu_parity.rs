@@ -1,29 +1,16 @@
 //! The same model code on native wgpu (Vulkan; Mesa lavapipe on the dev box) against the
 //! diffusers fixtures: one transformer call, one VAE encode + decode, and the text encoder.
 //!
-//! Skips (passes with a message) when no wgpu adapter is available.
+//! All tests share one device ([`common::gpu`]); no adapter is a failure.
 //! Run: `cargo test --test wgpu_parity -- --nocapture`.
 #![cfg(not(target_arch = "wasm32"))]
 
 mod common;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use common::{Record, check, model_source};
+use common::{Record, check, gpu, model_source};
 use qwen_layered_web::model::transformer::{QwenImageTransformer2DModel, TransformerInput};
 use qwen_layered_web::model::vae::AutoencoderKLQwenImage;
-
-fn gpu() -> Option<Device> {
-    match Device::wgpu_options().init_with_setup() {
-        Ok((device, setup)) => {
-            eprintln!("wgpu adapter: {:?}", setup.adapter.get_info().name);
-            Some(device)
-        }
-        Err(err) => {
-            eprintln!("SKIPPED: no native wgpu adapter ({err})");
-            None
-        }
-    }
-}
 
 #[test]
 fn transformer_and_vae_match_on_wgpu() {

@@ -23,6 +23,35 @@ pub fn cpu() -> Device {
     Device::flex()
 }
 
+/// The native wgpu device (Vulkan; Mesa lavapipe without a GPU), initialised once per test
+/// binary and shared by its tests: Burn's runtime can be initialised only once per process, so
+/// a per-test init would leave every test but the first without a device.
+///
+/// No adapter is a failure, not a skip (`scripts/setup.sh --test` installs lavapipe), unless
+/// `QWEN_LAYERED_NO_WGPU=1` is set, in which case the caller gets `None` and says it skipped.
+#[allow(dead_code)]
+pub fn gpu() -> Option<Device> {
+    static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    let device = GPU.get_or_init(|| match Device::wgpu_options().init_with_setup() {
+        Ok((device, setup)) => {
+            eprintln!("wgpu adapter: {:?}", setup.adapter.get_info().name);
+            Ok(device)
+        }
+        Err(err) => Err(err.to_string()),
+    });
+    match device {
+        Ok(device) => Some(device.clone()),
+        Err(err) if std::env::var_os("QWEN_LAYERED_NO_WGPU").is_some() => {
+            eprintln!("SKIPPED (QWEN_LAYERED_NO_WGPU is set): no native wgpu adapter ({err})");
+            None
+        }
+        Err(err) => panic!(
+            "no native wgpu adapter ({err}): install Mesa's Vulkan drivers (scripts/setup.sh \
+             --test) or set QWEN_LAYERED_NO_WGPU=1 to skip the wgpu tests"
+        ),
+    }
+}
+
 /// Every case folder that has a `record.safetensors`, sorted.
 pub fn cases() -> Vec<String> {
     let mut out: Vec<String> = std::fs::read_dir(fixtures_dir())
