@@ -10,6 +10,7 @@ pub mod editor;
 pub mod error;
 pub mod gpu;
 pub mod image_io;
+pub mod kernels;
 pub mod model;
 pub mod pipeline;
 pub mod protocol;
