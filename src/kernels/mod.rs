@@ -2,5 +2,7 @@
 //! plain-Burn twin that the tests hold it equal to.
 //!
 //! - [`launch`]: the plumbing from Burn tensors to a precompiled WGSL launch and back.
+//! - [`qmatmul`]: the blockwise 8-/4-bit quantized linear layer (`shaders/qmatmul.wgsl`).
 
 pub mod launch;
+pub mod qmatmul;
