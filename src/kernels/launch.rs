@@ -4,12 +4,16 @@
 //! and compile-time `u32` constants that are prepended as `const NAME: u32 = V;` lines (one
 //! pipeline per distinct set of constants). [`launch`] binds, in this order:
 //!
-//! 1. every input tensor (`var<storage, read>`), made contiguous first,
-//! 2. every output tensor (`var<storage, read_write>`), freshly allocated and contiguous,
-//! 3. when `params` is not empty, one `var<storage, read> params: array<u32>` with the shapes,
+//! 1. every input tensor, made contiguous first,
+//! 2. every output tensor, freshly allocated and contiguous,
+//! 3. when `params` is not empty, one `params: array<u32>` buffer (shapes and the like),
 //!
 //! at `@group(0) @binding(i)`, `i` counting from 0 across the three lists. The pipeline layout is
-//! derived from the shader, so **every binding must be used** by the entry point.
+//! derived from the shader, so **every binding must be used** by the entry point, and **every
+//! binding must be declared `var<storage, read_write>`**, inputs too: cubecl suballocates
+//! tensors from shared wgpu buffers, and wgpu rejects a dispatch that uses one buffer both as
+//! read-only and as read-write storage ("conflicting usages"). Do not pass the same tensor
+//! twice either: WebGPU forbids aliasing writable bindings.
 //!
 //! Natively Burn's wgpu backend is wrapped in `burn-fusion`: the launch is then registered as an
 //! opaque custom operation on the current fusion stream and runs in order with the lazy

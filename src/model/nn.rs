@@ -125,13 +125,20 @@ impl Linear {
         }
     }
 
-    /// `x · Wᵀ + b`; a quantized weight is dequantized to f32 on the device first.
+    /// `x · Wᵀ + b`. A quantized weight on a wgpu device goes through the WGSL kernel
+    /// [`crate::kernels::qmatmul`] (dequantized tile by tile inside it); elsewhere (the CPU) it is
+    /// dequantized to f32 with plain Burn ops first, the kernel's twin.
     ///
     /// - x: `[..., d_in]` → `[..., d_out]`
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         let weight = match &self.weight {
             LinearWeight::F32(w) => w.val(),
-            LinearWeight::Blocks(b) => b.dequantize().transpose(),
+            LinearWeight::Blocks(b) if crate::kernels::qmatmul::supported(&x, b) => {
+                return crate::kernels::qmatmul::qmatmul(x, b, self.bias.as_ref().map(|b| b.val()));
+            }
+            LinearWeight::Blocks(b) => {
+                return crate::kernels::qmatmul::twin(x, b, self.bias.as_ref().map(|b| b.val()));
+            }
         };
         burn::tensor::module::linear(x, weight, self.bias.as_ref().map(|b| b.val()))
     }

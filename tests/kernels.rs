@@ -1,0 +1,101 @@
+//! The hand-written WGSL kernels (`src/kernels/`, `shaders/`) against their plain-Burn twins on
+//! native wgpu (Vulkan; Mesa lavapipe on the dev box and in CI), on seeded random inputs.
+//!
+//! No adapter is a failure ([`common::gpu`]).
+//! Run: `cargo test --test kernels -- --nocapture` (prints the measured errors and a timing).
+#![cfg(not(target_arch = "wasm32"))]
+
+mod common;
+
+use std::time::Instant;
+
+use burn::module::Param;
+use burn::tensor::{Device, Tensor, TensorData};
+use qwen_layered_web::gpu::seeded_values;
+use qwen_layered_web::kernels::qmatmul::{TwinCase, twin, twin_check};
+use qwen_layered_web::model::nn::{Linear, LinearWeight};
+use qwen_layered_web::weights::QuantizedMatrix;
+
+use common::gpu;
+
+/// Relative error allowed between the kernel and its twins (both accumulate in f32, in a
+/// different order): `max |kernel − twin| / max |f64 reference|`.
+const TOL: f32 = 2e-6;
+
+#[test]
+fn qmatmul_matches_its_twins_on_wgpu() {
+    let Some(device) = gpu() else { return };
+    for case in TwinCase::standard() {
+        let check = pollster::block_on(twin_check(&device, case)).expect("twin check");
+        eprintln!(
+            "{:?}: kernel vs twin(wgpu) {:.2e}, vs twin(cpu) {:.2e}, kernel vs f64 {:.2e}, \
+             twin(cpu) vs f64 {:.2e}",
+            check.case,
+            check.vs_twin_gpu,
+            check.vs_twin_cpu,
+            check.kernel_vs_f64,
+            check.twin_cpu_vs_f64
+        );
+        check.within(TOL).unwrap_or_else(|msg| panic!("{msg}"));
+    }
+}
+
+/// A wrong kernel must fail the check: the same layer with one flipped code word differs.
+#[test]
+fn twin_check_detects_a_corrupted_weight() {
+    let Some(device) = gpu() else { return };
+    let (m, k, n) = (5, 64, 9);
+    let q = QuantizedMatrix::quantize(&seeded_values(11, n * k), n, k, 8).unwrap();
+    let mut bad = q.clone();
+    bad.words[3] ^= 0x0000_ff00;
+    let x = Tensor::<2>::from_data(TensorData::new(seeded_values(12, m * k), [m, k]), &device);
+    let good = Linear::from_blocks(&q, None, &device).forward(x.clone());
+    let LinearWeight::Blocks(w) = &Linear::from_blocks(&bad, None, &device).weight else {
+        unreachable!()
+    };
+    let twin_bad = twin(x, w, None);
+    let diff: f32 = (good - twin_bad).abs().max().into_scalar();
+    assert!(diff > 1e-3, "a changed code word changed nothing ({diff})");
+}
+
+/// Kernel vs twin time at a moderate shape (printed, not asserted: lavapipe is a CPU, and the
+/// numbers swing with the machine's load). Every call gets a differently scaled `x`, so no
+/// result can be reused. Run: `cargo test --test kernels -- --ignored --nocapture timing`.
+#[test]
+#[ignore = "timing only; run explicitly"]
+fn qmatmul_timing_on_wgpu() {
+    let Some(device) = gpu() else { return };
+    let (m, k, n) = (256, 1024, 1024);
+    let x = Tensor::<2>::from_data(TensorData::new(seeded_values(21, m * k), [m, k]), &device);
+    for bits in [8, 4] {
+        let q = QuantizedMatrix::quantize(&seeded_values(22, n * k), n, k, bits).unwrap();
+        let bias = Param::from_tensor(Tensor::<1>::from_data(
+            TensorData::new(seeded_values(23, n), [n]),
+            &device,
+        ));
+        let layer = Linear::from_blocks(&q, Some(bias), &device);
+        let LinearWeight::Blocks(w) = &layer.weight else {
+            unreachable!()
+        };
+        let time = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
+            let _ = f(x.clone()).into_data(); // warm-up: compile, autotune
+            let reps = 3;
+            let start = Instant::now();
+            for r in 0..reps {
+                let _ = f(x.clone() * (r + 2) as f32).into_data();
+            }
+            start.elapsed().as_secs_f64() / reps as f64
+        };
+        let kernel = time(&|x| layer.forward(x));
+        let twin_t = time(&|x| twin(x, w, layer.bias.as_ref().map(|b| b.val())));
+        let gflop = 2.0 * (m * k * n) as f64 / 1e9;
+        eprintln!(
+            "qmatmul {bits}-bit M={m} K={k} N={n}: kernel {:.0} ms ({:.2} GFLOP/s), \
+             twin (dequantize + Burn matmul) {:.0} ms ({:.2} GFLOP/s), incl. readback",
+            kernel * 1e3,
+            gflop / kernel,
+            twin_t * 1e3,
+            gflop / twin_t
+        );
+    }
+}
