@@ -596,7 +596,7 @@ mod tests {
             ),
         ];
         for (text, want) in cases {
-            let err = registry(&[text.clone()]).unwrap_err();
+            let err = registry(std::slice::from_ref(&text)).unwrap_err();
             assert!(err.contains(want), "{want:?} not in {err:?}\n{text}");
         }
         let err = registry(&[entry("a", "", T_SAFE), entry("a", "", T_SAFE)]).unwrap_err();

@@ -10,7 +10,7 @@ mod common;
 use std::time::Instant;
 
 use burn::module::Param;
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
 use qwen_layered_web::gpu::seeded_values;
 use qwen_layered_web::kernels::qmatmul::{TwinCase, twin, twin_check};
 use qwen_layered_web::model::nn::{Linear, LinearWeight};
