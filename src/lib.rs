@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod caption;
+pub mod cli_args;
 pub mod download;
 pub mod editor;
 pub mod error;

@@ -25,6 +25,7 @@ mod native {
         self, BlockInputs, BlockShape, DIM, FF, HEADS, LAYERS, block_flops, blocks_source,
         forward_flops, load_blocks,
     };
+    use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, seeded_values};
     use qwen_layered_web::model::nn::Linear;
     use qwen_layered_web::weights::{
@@ -57,16 +58,8 @@ commands:
              of the same file (the page cache warmed first)
   help       print this text";
 
-    struct Fail(String, u8);
-
-    impl<E: std::fmt::Display> From<E> for Fail {
-        fn from(e: E) -> Self {
-            Fail(e.to_string(), 1)
-        }
-    }
-
     fn usage_error(msg: impl Into<String>) -> Fail {
-        Fail(format!("{}\n\n{USAGE}", msg.into()), 2)
+        cli_args::usage_error(USAGE, msg)
     }
 
     pub fn main() -> ExitCode {
@@ -84,70 +77,7 @@ commands:
             }
             Some(other) => Err(usage_error(format!("unknown command {other:?}"))),
         };
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(Fail(msg, code)) => {
-                eprintln!("error: {msg}");
-                ExitCode::from(code)
-            }
-        }
-    }
-
-    /// `--name value` options and leading positional arguments.
-    struct Options {
-        positional: Vec<String>,
-        values: Vec<(String, String)>,
-    }
-
-    impl Options {
-        fn parse(args: &[String], names: &[&str]) -> Result<Self, Fail> {
-            let mut me = Options {
-                positional: Vec::new(),
-                values: Vec::new(),
-            };
-            let mut it = args.iter();
-            while let Some(arg) = it.next() {
-                let name = arg.as_str();
-                if !name.starts_with("--") {
-                    me.positional.push(arg.clone());
-                    continue;
-                }
-                if !names.contains(&name) {
-                    return Err(usage_error(format!("unknown option {name:?}")));
-                }
-                if me.values.iter().any(|(n, _)| n == name) {
-                    return Err(usage_error(format!("{name} given twice")));
-                }
-                let value = it
-                    .next()
-                    .ok_or_else(|| usage_error(format!("{name} needs a value")))?;
-                me.values.push((name.to_owned(), value.clone()));
-            }
-            Ok(me)
-        }
-
-        fn get(&self, name: &str) -> Option<&str> {
-            self.values
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        }
-
-        fn number(&self, name: &str, default: usize) -> Result<usize, Fail> {
-            match self.get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| usage_error(format!("{name} {v:?}: not a whole number"))),
-            }
-        }
-
-        fn path(&self) -> Result<&str, Fail> {
-            match self.positional.as_slice() {
-                [p] => Ok(p),
-                _ => Err(usage_error("expected exactly one PATH")),
-            }
-        }
+        cli_args::exit_code(result)
     }
 
     /// `--device cpu|wgpu`: the device and a line saying what it is.
@@ -230,7 +160,13 @@ commands:
     const REAL_SHAPES: &str = "9600x3072x3072,9600x3072x12288,9600x3072x18432,9600x12288x3072,300x3072x3072,300x3072x12288";
 
     fn gemm(args: &[String]) -> Result<(), Fail> {
-        let opts = Options::parse(args, &["--device", "--shapes", "--m", "--bits", "--iters"])?;
+        let opts = Options::parse(
+            args,
+            &["--device", "--shapes", "--m", "--bits", "--iters"],
+            &[],
+            1,
+            USAGE,
+        )?;
         let (device, what) = device(&opts)?;
         let iters = opts.number("--iters", 3)?.max(1);
         let m_override = opts.get("--m").map(|_| opts.number("--m", 0)).transpose()?;
@@ -322,6 +258,9 @@ commands:
                 "--txt",
                 "--tokens",
             ],
+            &[],
+            1,
+            USAGE,
         )?;
         let (device, what) = device(&opts)?;
         let precision = precision_of_bits(opts.get("--bits").unwrap_or("4"))?;
@@ -412,6 +351,9 @@ commands:
         let opts = Options::parse(
             args,
             &["--device", "--resolution", "--layers", "--txt", "--tokens"],
+            &[],
+            1,
+            USAGE,
         )?;
         let (device, what) = device(&opts)?;
         let shape = block_shape(&opts)?;
@@ -457,8 +399,8 @@ commands:
     }
 
     fn make_file(args: &[String]) -> Result<(), Fail> {
-        let opts = Options::parse(args, &["--blocks", "--seed"])?;
-        let path = opts.path()?;
+        let opts = Options::parse(args, &["--blocks", "--seed"], &[], 1, USAGE)?;
+        let path = opts.one_positional("PATH")?;
         let blocks = opts.number("--blocks", 2)?.max(1);
         let source = blocks_source(blocks, HEADS, opts.number("--seed", 1)? as u64)?;
         let file = source.file().to_owned();
@@ -493,8 +435,8 @@ commands:
     }
 
     fn load(args: &[String]) -> Result<(), Fail> {
-        let opts = Options::parse(args, &["--precision"])?;
-        let path = Path::new(opts.path()?);
+        let opts = Options::parse(args, &["--precision"], &[], 1, USAGE)?;
+        let path = Path::new(opts.one_positional("PATH")?);
         let precision: Precision = opts
             .get("--precision")
             .unwrap_or("f32")

@@ -24,6 +24,7 @@ mod native {
 
     use burn::tensor::{Device, Tensor, TensorData};
     use qwen_layered_web::caption::{CaptionLanguage, CaptionOptions, Captioner};
+    use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
     use qwen_layered_web::model::transformer::{
@@ -80,17 +81,8 @@ commands:
              prints the model folder (D/owner/name/COMMIT) on stdout
   help       print this text";
 
-    /// A failure: the message for stderr and the exit code.
-    struct Fail(String, u8);
-
-    impl<E: std::fmt::Display> From<E> for Fail {
-        fn from(e: E) -> Self {
-            Fail(e.to_string(), 1)
-        }
-    }
-
     fn usage_error(msg: impl Into<String>) -> Fail {
-        Fail(format!("{}\n\n{USAGE}", msg.into()), 2)
+        cli_args::usage_error(USAGE, msg)
     }
 
     pub fn main() -> ExitCode {
@@ -108,13 +100,7 @@ commands:
             }
             Some(other) => Err(usage_error(format!("unknown command {other:?}"))),
         };
-        match result {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(Fail(msg, code)) => {
-                eprintln!("error: {msg}");
-                ExitCode::from(code)
-            }
-        }
+        cli_args::exit_code(result)
     }
 
     fn gpu() -> ExitCode {
@@ -153,82 +139,22 @@ commands:
         }
     }
 
-    /// `--name value` options and `--flag`s, each at most once.
-    struct Options {
-        values: Vec<(String, String)>,
-        flags: Vec<String>,
-    }
-
-    impl Options {
-        fn parse(args: &[String], with_value: &[&str], flags: &[&str]) -> Result<Self, Fail> {
-            let mut me = Options {
-                values: Vec::new(),
-                flags: Vec::new(),
-            };
-            let mut it = args.iter();
-            while let Some(arg) = it.next() {
-                let name = arg.as_str();
-                let seen =
-                    me.values.iter().any(|(n, _)| n == name) || me.flags.iter().any(|f| f == name);
-                if seen {
-                    return Err(usage_error(format!("{name} given twice")));
-                }
-                if with_value.contains(&name) {
-                    let value = it
-                        .next()
-                        .ok_or_else(|| usage_error(format!("{name} needs a value")))?;
-                    me.values.push((name.to_owned(), value.clone()));
-                } else if flags.contains(&name) {
-                    me.flags.push(name.to_owned());
-                } else {
-                    return Err(usage_error(format!("unknown option {name:?}")));
-                }
-            }
-            Ok(me)
+    /// `--zh` and `--max-new-tokens N` (at least 1), shared by `caption` and `decompose`.
+    fn caption_options(opts: &Options) -> Result<CaptionOptions, Fail> {
+        let options = CaptionOptions {
+            language: if opts.flag("--zh") {
+                CaptionLanguage::Chinese
+            } else {
+                CaptionLanguage::English
+            },
+            max_new_tokens: opts
+                .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
+            seed: 0,
+        };
+        if options.max_new_tokens == 0 {
+            return Err(usage_error("--max-new-tokens must be at least 1"));
         }
-
-        fn get(&self, name: &str) -> Option<&str> {
-            self.values
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.as_str())
-        }
-
-        /// `--zh` and `--max-new-tokens N` (at least 1), shared by `caption` and `decompose`.
-        fn caption_options(&self) -> Result<CaptionOptions, Fail> {
-            let options = CaptionOptions {
-                language: if self.flag("--zh") {
-                    CaptionLanguage::Chinese
-                } else {
-                    CaptionLanguage::English
-                },
-                max_new_tokens: self
-                    .number("--max-new-tokens", CaptionOptions::default().max_new_tokens)?,
-                seed: 0,
-            };
-            if options.max_new_tokens == 0 {
-                return Err(usage_error("--max-new-tokens must be at least 1"));
-            }
-            Ok(options)
-        }
-
-        fn required(&self, name: &str) -> Result<&str, Fail> {
-            self.get(name)
-                .ok_or_else(|| usage_error(format!("{name} is required")))
-        }
-
-        fn number<T: std::str::FromStr>(&self, name: &str, default: T) -> Result<T, Fail> {
-            match self.get(name) {
-                None => Ok(default),
-                Some(v) => v
-                    .parse()
-                    .map_err(|_| usage_error(format!("{name} {v:?} is not a valid number"))),
-            }
-        }
-
-        fn flag(&self, name: &str) -> bool {
-            self.flags.iter().any(|f| f == name)
-        }
+        Ok(options)
     }
 
     /// The single tensor of a safetensors file, as f32 with its name and shape.
@@ -368,10 +294,12 @@ commands:
                 "--device",
             ],
             &["--zh", "--as-is"],
+            0,
+            USAGE,
         )?;
         let model = PathBuf::from(opts.required("--model")?);
         let image_path = PathBuf::from(opts.required("--image")?);
-        let options = opts.caption_options()?;
+        let options = caption_options(&opts)?;
         let resolution = opts.number("--resolution", DecomposeParams::default().resolution)?;
         let device = device(&opts)?;
         let start = Instant::now();
@@ -418,6 +346,8 @@ commands:
                 "--device",
             ],
             &[],
+            0,
+            USAGE,
         )?;
         let model = PathBuf::from(opts.required("--model")?);
         let prompt = opts.required("--prompt")?;
@@ -475,6 +405,8 @@ commands:
                 "--transformer-gguf",
             ],
             &["--cfg-normalize", "--zh"],
+            0,
+            USAGE,
         )?;
         let defaults = DecomposeParams::default();
         let params = DecomposeParams {
@@ -498,7 +430,7 @@ commands:
             (Some(p), None) if needs_caption(p) => (None, true),
             (p, _) => (p, false),
         };
-        let caption_options = opts.caption_options()?;
+        let caption_options = caption_options(&opts)?;
         if opts.get("--negative-prompt").is_some() && opts.get("--negative-prompt-embeds").is_some()
         {
             return Err(usage_error(
@@ -844,7 +776,7 @@ commands:
         let Some((path, rest)) = args.split_first() else {
             return Err(usage_error("inspect takes a PATH"));
         };
-        let opts = Options::parse(rest, &["--tensor", "--values"], &[])?;
+        let opts = Options::parse(rest, &["--tensor", "--values"], &[], 0, USAGE)?;
         let path = Path::new(path);
         if let Some(tensor) = opts.get("--tensor") {
             let k = opts.number("--values", 10usize)?;
@@ -943,6 +875,8 @@ commands:
                 "--chunk-mib",
             ],
             &[],
+            0,
+            USAGE,
         )?;
         let mut spec = SourceSpec::new(repo.clone());
         if let Some(r) = opts.get("--revision") {
