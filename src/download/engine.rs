@@ -5,10 +5,10 @@
 //! matches. The HTTP client and the storage are traits: `ureq` + a folder natively
 //! ([`super::native`]), `fetch` + OPFS in the browser worker (`crate::web::download`).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::time::Duration;
 
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 
 use super::error::{DResult, DownloadError};
 use super::plan::{DownloadPlan, FilePlan, SourceSpec, commit_from_model_info, is_commit};
@@ -144,6 +144,8 @@ pub struct Session<'a> {
     tracker: RefCell<ProgressTracker>,
     on_progress: &'a dyn Fn(&Progress),
     cancelled: &'a dyn Fn() -> bool,
+    /// Set when one file of [`download_plan`] has failed: the others stop at their next check.
+    failed: Cell<bool>,
 }
 
 impl<'a> Session<'a> {
@@ -159,6 +161,7 @@ impl<'a> Session<'a> {
             tracker: RefCell::new(ProgressTracker::new(plan.total_bytes(), plan.files.len())),
             on_progress,
             cancelled,
+            failed: Cell::new(false),
         }
     }
 
@@ -167,8 +170,13 @@ impl<'a> Session<'a> {
         (self.on_progress)(&snapshot);
     }
 
+    /// Whether the caller cancelled or another file of the plan failed.
+    fn stopping(&self) -> bool {
+        self.failed.get() || (self.cancelled)()
+    }
+
     fn check_cancel(&self) -> DResult<()> {
-        if (self.cancelled)() {
+        if self.stopping() {
             Err(DownloadError::Cancelled)
         } else {
             Ok(())
@@ -299,11 +307,36 @@ pub async fn download_plan<C: HttpClient, S: Store>(
     session: &Session<'_>,
 ) -> DResult<DownloadReport> {
     let parallel = session.options.parallel_files.max(1);
-    let mut files: Vec<FileOutcome> = futures_util::stream::iter(plan.files.iter())
-        .map(|file| download_file(client, store, plan, file, session))
+    // Every file future runs to its end: the first failure makes the others stop at their next
+    // check instead of being dropped mid-await, which in a browser could leave an OPFS access
+    // handle being created with nobody to close it (the file then stays locked).
+    let results: Vec<DResult<FileOutcome>> = futures_util::stream::iter(plan.files.iter())
+        .map(|file| async move {
+            session.check_cancel()?;
+            let result = download_file(client, store, plan, file, session).await;
+            if result.is_err() {
+                session.failed.set(true);
+            }
+            result
+        })
         .buffer_unordered(parallel)
-        .try_collect()
-        .await?;
+        .collect()
+        .await;
+    let mut files = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(outcome) => files.push(outcome),
+            // The failure that stopped the others, not the `Cancelled` it made them return.
+            Err(e) if first_error.is_none() || first_error == Some(DownloadError::Cancelled) => {
+                first_error = Some(e)
+            }
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = first_error {
+        return Err(e);
+    }
     let order = |p: &str| plan.files.iter().position(|f| f.path == p);
     files.sort_by_key(|f| order(&f.path));
     session.emit();
@@ -651,9 +684,7 @@ async fn receive<C: HttpClient, B: ResponseBody, P: PartFile>(
         (0, size)
     };
     loop {
-        if (session.cancelled)() {
-            return Err(DownloadError::Cancelled);
-        }
+        session.check_cancel()?;
         let chunk = match body.next_chunk().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,

@@ -245,15 +245,31 @@ test("Cancel stops a run between steps; Decompose then shows N layers", { timeou
 const LONG = 420_000;
 
 /** Collects every distinct text of the given elements while a run goes on. */
-function watchTexts(page, selectors) {
-  const seen = Object.fromEntries(selectors.map((s) => [s, []]));
-  const timer = setInterval(async () => {
-    for (const sel of selectors) {
-      const t = await page.textContent(sel).catch(() => null);
-      if (t !== null && seen[sel].at(-1) !== t) seen[sel].push(t);
-    }
-  }, 40);
-  return { seen, stop: () => clearInterval(timer) };
+/**
+ * Records every text the elements show, in the page: a MutationObserver runs after each task,
+ * and each worker message is its own task, so a state that lasts a few milliseconds (the last
+ * caption token, right before the next phase) is seen too, which polling from here can miss.
+ */
+async function watchTexts(page, selectors) {
+  await page.evaluate((sels) => {
+    const seen = Object.fromEntries(sels.map((s) => [s, []]));
+    const record = () => {
+      for (const s of sels) {
+        const t = document.querySelector(s)?.textContent ?? null;
+        if (t !== null && seen[s].at(-1) !== t) seen[s].push(t);
+      }
+    };
+    record();
+    const observer = new MutationObserver(record);
+    observer.observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
+    window.__watchTexts = { seen, observer };
+  }, selectors);
+  return {
+    stop: () => page.evaluate(() => {
+      window.__watchTexts.observer.disconnect();
+      return window.__watchTexts.seen;
+    }),
+  };
 }
 
 // Issue 7 items 2 and 4: an empty prompt is captioned in the worker (tokens streamed to the
@@ -293,15 +309,15 @@ test("an empty prompt is captioned, then a layer decomposes in place and undo re
     // A whole run with a short caption: the caption streams, then becomes the prompt.
     const MAX = 6;
     await page.fill("#set-caption-tokens", String(MAX));
-    const watch = watchTexts(page, ["#run-status", "#run-caption"]);
+    const watch = await watchTexts(page, ["#run-status", "#run-caption"]);
     await page.click("#decompose");
     await wait("body[data-run=done], body[data-run=failed]", LONG);
-    watch.stop();
+    const seen = await watch.stop();
     status = await page.textContent("#run-status");
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
     assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
     lap("captioned and decomposed");
-    const statuses = watch.seen["#run-status"];
+    const statuses = seen["#run-status"];
     console.log(`statuses: ${statuses.join(" | ")}`);
     const tokens = statuses.map((t) => t.match(new RegExp(`^Captioning: token (\\d+) of at most ${MAX} `))).filter(Boolean).map((x) => Number(x[1]));
     assert.ok(tokens.length >= 3, `the caption streams token by token: ${statuses.join(" | ")}`);
@@ -310,7 +326,7 @@ test("an empty prompt is captioned, then a layer decomposes in place and undo re
     const firsts = order.map((p) => statuses.findIndex((t) => t.startsWith(p)));
     assert.ok(firsts.every((i, k) => i >= 0 && (k === 0 || i > firsts[k - 1])), `phases in order: ${firsts}`);
     const caption = await page.textContent("#run-caption");
-    const growing = watch.seen["#run-caption"].filter((t) => t);
+    const growing = seen["#run-caption"].filter((t) => t);
     console.log(`caption (${growing.length} texts seen): ${JSON.stringify(caption)}`);
     // It grows token by token (a character cut between two tokens shows as U+FFFD until its
     // last byte arrives; the end of the caption is stripped as Python's str.strip does).
