@@ -165,6 +165,28 @@ struct Call {
 }
 
 impl Call {
+    /// The launch's output tensors as the dispatch backend's float or int tensors, by each
+    /// output's dtype (`float` and `int` are `BackendTensor::Float` / `::Int`, whose payload
+    /// type differs natively, fusion, and in the browser, cubecl).
+    fn wrap_outputs<T>(
+        &self,
+        outputs: Vec<T>,
+        float: fn(T) -> BackendTensor<Cube>,
+        int: fn(T) -> BackendTensor<Cube>,
+    ) -> Vec<BackendTensor<Cube>> {
+        outputs
+            .into_iter()
+            .zip(&self.outputs)
+            .map(|(t, spec)| {
+                if spec.dtype.is_float() {
+                    float(t)
+                } else {
+                    int(t)
+                }
+            })
+            .collect()
+    }
+
     /// Binds and enqueues on the inputs' cubecl client; returns the new output tensors.
     fn run(&self, inputs: Vec<CubeTensor>) -> Vec<CubeTensor> {
         let first = &inputs[0];
@@ -266,18 +288,8 @@ mod imp {
             inputs: input_irs.into_iter().zip(kinds).collect(),
             outputs: output_irs.iter().map(|o| o.id).collect(),
         };
-        client
-            .register(StreamId::current(), OperationIr::Custom(desc), op)
-            .into_iter()
-            .zip(&call.outputs)
-            .map(|(t, spec)| {
-                if spec.dtype.is_float() {
-                    BackendTensor::Float(t)
-                } else {
-                    BackendTensor::Int(t)
-                }
-            })
-            .collect()
+        let outputs = client.register(StreamId::current(), OperationIr::Custom(desc), op);
+        call.wrap_outputs(outputs, BackendTensor::Float, BackendTensor::Int)
     }
 
     /// The deferred part: runs on the fusion server when the stream reaches it.
@@ -340,17 +352,8 @@ mod imp {
                 ),
             })
             .collect();
-        call.run(inputs)
-            .into_iter()
-            .zip(&call.outputs)
-            .map(|(t, spec)| {
-                if spec.dtype.is_float() {
-                    BackendTensor::Float(t)
-                } else {
-                    BackendTensor::Int(t)
-                }
-            })
-            .collect()
+        let outputs = call.run(inputs);
+        call.wrap_outputs(outputs, BackendTensor::Float, BackendTensor::Int)
     }
 }
 

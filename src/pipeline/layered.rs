@@ -299,16 +299,17 @@ impl LayeredPipeline {
         noise: Noise,
         progress: impl FnMut(Progress) -> ControlFlow<()>,
     ) -> Result<LayeredOutput> {
-        let inputs = RunInputs {
+        let mut blocks = ResidentBlocks(&self.transformer.transformer_blocks);
+        self.run_with_blocks(
             input,
             params,
             prompt_embeds,
             negative_prompt_embeds,
             noise,
-        };
-        let mut blocks = ResidentBlocks(&self.transformer.transformer_blocks);
-        self.run_inner(inputs, progress, &mut |_, _| {}, &mut blocks)
-            .await
+            progress,
+            &mut blocks,
+        )
+        .await
     }
 
     /// [`run`](Self::run) with the transformer's blocks taken from `blocks`, e.g. a
