@@ -12,6 +12,9 @@ export WASM_BINDGEN_TEST_TIMEOUT=300
 # Burn's matmul autotune times every candidate kernel on each new shape; on a software Vulkan
 # driver that is minutes per shape. Tests check results, not speed: tune the least.
 export CUBECL_AUTOTUNE_LEVEL=minimal
+# Incremental caches only pay off for edit-compile loops; here they would add gigabytes to a
+# target folder that has to fit on the CI machine's disk beside the browser and release builds.
+export CARGO_INCREMENTAL=0
 started=$SECONDS
 step() { printf '\n== %s (t=%ss)\n' "$*" "$((SECONDS - started))"; }
 

@@ -1,5 +1,5 @@
 //! Full-size synthetic workloads of the real transformer, shared by the benchmark binary
-//! (`src/bin/bench.rs`) and the full-size precision test (`tests/fullsize_block.rs`).
+//! (`src/bin/bench.rs`) and the full-size precision test (`tests/native/fullsize_block.rs`).
 //!
 //! Blocks have the real Qwen-Image-Layered width (24 heads × 128 = 3072, MLP 12288) and seeded
 //! random weights from a [`SyntheticSource`] (PyTorch's default init), built by the real

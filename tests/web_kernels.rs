@@ -1,6 +1,6 @@
 //! The hand-written WGSL kernels (`src/kernels/`, `shaders/`) against their plain-Burn twins on
 //! the browser's WebGPU (wasm-bindgen-test in headless Chromium; SwiftShader without a GPU), on
-//! the same seeded cases as the native `tests/kernels.rs`. Reads back asynchronously only.
+//! the same seeded cases as the native `tests/native/kernels.rs`. Reads back asynchronously only.
 //!
 //! Run: `CHROMEDRIVER=/usr/bin/chromedriver WASM_BINDGEN_TEST_TIMEOUT=300 wasm-pack test
 //! --headless --chrome --test web_kernels` (`-- --nocapture` prints the measured errors).

@@ -16,7 +16,7 @@ use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
 
-/// Largest allowed `|kernel − twin| / max(1, |twin|)` (as in `tests/kernels_attention.rs`).
+/// Largest allowed `|kernel − twin| / max(1, |twin|)` (as in `tests/native/kernels_attention.rs`).
 const TOL: f32 = 2e-5;
 
 /// Seeded values in [-amp, amp) as `[B, H, S, Dh]`; `view` builds it as the transformer does,

@@ -1,7 +1,7 @@
 //! The two captioning chat prompts of `QwenImageLayeredPipeline` (diffusers 0.42.1,
 //! `pipeline_qwenimage_layered.py:224-238`), verbatim: the reference's triple-quoted strings
 //! contain real line breaks where the source wraps, besides the `\\n` escapes.
-//! `tests/caption_parity.rs` compares them with the strings the fixture generator read from
+//! `tests/native/caption_parity.rs` compares them with the strings the fixture generator read from
 //! the pipeline (`tests/fixtures/caption/templates.json`).
 
 /// Which of the two templates (`use_en_prompt`).

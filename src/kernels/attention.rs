@@ -3,7 +3,7 @@
 //!
 //! [`attention`] runs the kernel on wgpu devices and Burn's own attention everywhere else, so the
 //! CPU (Flex) path is unchanged. [`attention_reference`] is the kernel's plain-Burn twin
-//! (matmul → softmax → matmul). Tests holding the two equal: `tests/kernels_attention.rs`
+//! (matmul → softmax → matmul). Tests holding the two equal: `tests/native/kernels_attention.rs`
 //! (native wgpu) and `tests/web_kernels_attention.rs` (WebGPU in headless Chromium).
 //!
 //! The launch goes through [`super::launch`] (a lazy custom op inside fusion natively, a direct

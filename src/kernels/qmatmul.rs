@@ -3,7 +3,7 @@
 //! [`BlockWeight`] while staging them in workgroup memory and accumulates in f32.
 //!
 //! The twin is [`BlockWeight::dequantize`] followed by Burn's matmul (what `Linear::forward`
-//! does on the CPU); `tests/kernels.rs` and `tests/web_kernels.rs` hold the two equal.
+//! does on the CPU); `tests/native/kernels.rs` and `tests/web_kernels.rs` hold the two equal.
 
 use burn::tensor::{DType, Tensor};
 

@@ -2,7 +2,7 @@
 //!
 //! [`pack_latents_tensor`] / [`unpack_latents_tensor`] are the device twins of the slice
 //! functions [`super::pack_latents`] / [`super::unpack_latents`] (`_pack_latents` `:405-411`,
-//! `_unpack_latents` `:413-428` of `pipeline_qwenimage_layered.py`); `tests/layered_parity.rs`
+//! `_unpack_latents` `:413-428` of `pipeline_qwenimage_layered.py`); `tests/native/layered_parity.rs`
 //! holds them equal. They are pure data movement (reshape/permute), so equal means bitwise.
 //!
 //! Batch size is 1 throughout: the reference pipeline mis-slices its output for batch > 1

@@ -5,6 +5,7 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use qwen_layered_web::gpu::GpuReport;
 use qwen_layered_web::weights::DirSource;
 use safetensors::{Dtype, SafeTensors};
 
@@ -31,16 +32,24 @@ pub fn cpu() -> Device {
 /// `QWEN_LAYERED_NO_WGPU=1` is set, in which case the caller gets `None` and says it skipped.
 #[allow(dead_code)]
 pub fn gpu() -> Option<Device> {
-    static GPU: std::sync::OnceLock<Result<Device, String>> = std::sync::OnceLock::new();
+    gpu_with_report().map(|(device, _)| device)
+}
+
+/// [`gpu`] with the adapter and limits that the device was created with.
+#[allow(dead_code)]
+pub fn gpu_with_report() -> Option<(Device, GpuReport)> {
+    static GPU: std::sync::OnceLock<Result<(Device, GpuReport), String>> =
+        std::sync::OnceLock::new();
     let device = GPU.get_or_init(|| match Device::wgpu_options().init_with_setup() {
         Ok((device, setup)) => {
-            eprintln!("wgpu adapter: {:?}", setup.adapter.get_info().name);
-            Ok(device)
+            let report = GpuReport::from_native(&setup.adapter, &setup.device);
+            eprintln!("wgpu adapter: {:?}", report.description);
+            Ok((device, report))
         }
         Err(err) => Err(err.to_string()),
     });
     match device {
-        Ok(device) => Some(device.clone()),
+        Ok(pair) => Some(pair.clone()),
         Err(err) if std::env::var_os("QWEN_LAYERED_NO_WGPU").is_some() => {
             eprintln!("SKIPPED (QWEN_LAYERED_NO_WGPU is set): no native wgpu adapter ({err})");
             None

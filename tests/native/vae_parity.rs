@@ -1,10 +1,9 @@
 //! `AutoencoderKLQwenImage` (tiny config, RGBA, single frames, CPU/Flex, f32) against diffusers 0.42.1.
 //!
 //! Fixtures: `tests/fixtures/` (regenerate with `tests/fixtures/gen_fixtures.py`, see its README).
-//! Run: `cargo test --test vae_parity -- --nocapture` (prints every max error).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native vae_parity:: -- --nocapture` (prints every max error).
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

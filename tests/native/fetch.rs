@@ -3,7 +3,6 @@
 //! (`tests/mock-hf/server.mjs`, started here on a free port with its CDN on a second origin),
 //! with every fault the mock injects. Each case ends in a verified file or a specific error,
 //! and never leaves an unverified file where a verified one belongs. Needs `node` (20+).
-#![cfg(not(target_arch = "wasm32"))]
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader};

@@ -2,10 +2,9 @@
 //! native wgpu (Vulkan; Mesa lavapipe on the dev box and in CI), on seeded random inputs.
 //!
 //! No adapter is a failure ([`common::gpu`]).
-//! Run: `cargo test --test kernels -- --nocapture` (prints the measured errors and a timing).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native kernels:: -- --nocapture` (prints the measured errors and a timing).
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 
@@ -60,7 +59,7 @@ fn twin_check_detects_a_corrupted_weight() {
 
 /// Kernel vs twin time at a moderate shape (printed, not asserted: lavapipe is a CPU, and the
 /// numbers swing with the machine's load). Every call gets a differently scaled `x`, so no
-/// result can be reused. Run: `cargo test --test kernels -- --ignored --nocapture timing`.
+/// result can be reused. Run: `cargo test --test native kernels::qmatmul_timing_on_wgpu -- --ignored --nocapture`.
 #[test]
 #[ignore = "timing only; run explicitly"]
 fn qmatmul_timing_on_wgpu() {

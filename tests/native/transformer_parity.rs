@@ -1,10 +1,9 @@
 //! `QwenImageTransformer2DModel` (tiny config, CPU/Flex, f32) against diffusers 0.42.1.
 //!
 //! Fixtures: `tests/fixtures/` (regenerate with `tests/fixtures/gen_fixtures.py`, see its README).
-//! Run: `cargo test --test transformer_parity -- --nocapture` (prints every max error).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native transformer_parity:: -- --nocapture` (prints every max error).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use common::{Record, assert_close, cases, check, cpu, model_source, read};

@@ -2,10 +2,9 @@
 //! against diffusers 0.42.1 / transformers 5.24.0 / torchvision 0.29.2.
 //!
 //! Fixtures: `tests/fixtures/caption/` (regenerate with `tests/fixtures/caption/gen_caption.py`).
-//! Run: `cargo test --test caption_parity -- --nocapture` (prints every max error).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native caption_parity:: -- --nocapture` (prints every max error).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{Record, assert_close, check, cpu, fixtures_dir, model_source};
@@ -299,7 +298,7 @@ fn penalised_caption_prefix_is_identical() {
 }
 
 /// The Chinese case in full (512 tokens and the caption string; ~20 s in a debug build):
-/// `cargo test --test caption_parity -- --ignored`.
+/// `cargo test --test native caption_parity:: -- --ignored`.
 #[test]
 #[ignore]
 fn penalised_caption_is_identical() {
@@ -332,7 +331,7 @@ fn cancelling_stops_with_cancelled() {
 /// tower of the two-window case (masked padded window) and the first 16 generated tokens.
 /// Skips (passes with a message) when no wgpu adapter is available. Slow on lavapipe (~9 min
 /// on the loaded 2-core dev box: every decode step has a new cache length), hence ignored:
-/// `cargo test --test caption_parity wgpu -- --ignored --nocapture`.
+/// `cargo test --test native caption_parity::vision_tower_and_caption_match_on_wgpu -- --ignored --nocapture`.
 #[test]
 #[ignore = "slow on a software Vulkan driver; run with --ignored"]
 fn vision_tower_and_caption_match_on_wgpu() {

@@ -4,10 +4,9 @@
 //! headers, and the tiny transformer loaded from GGUF and quantized at load time against the
 //! recorded diffusers output.
 //!
-//! Run: `cargo test --test gguf -- --nocapture` (prints the measured quantization errors).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native gguf:: -- --nocapture` (prints the measured quantization errors).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{Record, cpu, fixtures_dir, read};

@@ -6,10 +6,9 @@
 //!
 //! Inputs: `tests/fixtures/a_lin_cfgnorm_l3_s3_64` (64×64, 3 layers, CFG; run here with 2
 //! steps instead of 3 to keep the test short) and the tiny model in `tests/fixtures/model`.
-//! Run: `cargo test --test memory_plan -- --nocapture` (prints the plan and the differences).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native memory_plan:: -- --nocapture` (prints the plan and the differences).
 
-mod common;
+use crate::common;
 
 use std::ops::ControlFlow;
 

@@ -3,13 +3,12 @@
 //! (Flex). Natively on Vulkan (Mesa lavapipe on the dev box and in CI); no adapter is a
 //! failure ([`common::gpu`]).
 //!
-//! Run: `cargo test --test kernels_attention -- --nocapture` (errors per shape);
+//! Run: `cargo test --test native kernels_attention:: -- --nocapture` (errors per shape);
 //! every shape (and S = 2053) against the twin on the same device, and timing on lavapipe:
-//! `cargo test --test kernels_attention -- --ignored --nocapture` (the GPU work is the same in
+//! `cargo test --test native kernels_attention:: -- --ignored --nocapture` (the GPU work is the same in
 //! a debug build).
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
+use crate::common;
 
 use common::gpu;
 
@@ -193,7 +192,7 @@ fn flash_attention_matches_the_plain_burn_twin_on_wgpu_and_cpu() {
 }
 
 /// Every case, and S = 2053, against the twin on the same wgpu device too (slow on lavapipe:
-/// Burn's matmul autotunes per shape). Run: `cargo test --test kernels_attention -- --ignored --nocapture`.
+/// Burn's matmul autotunes per shape). Run: `cargo test --test native kernels_attention:: -- --ignored --nocapture`.
 #[test]
 #[ignore = "minutes on lavapipe (matmul autotune per shape)"]
 fn flash_attention_matches_the_wgpu_twin_at_every_shape() {

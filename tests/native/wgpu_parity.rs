@@ -2,10 +2,9 @@
 //! diffusers fixtures: one transformer call, one VAE encode + decode, and the text encoder.
 //!
 //! All tests share one device ([`common::gpu`]); no adapter is a failure.
-//! Run: `cargo test --test wgpu_parity -- --nocapture`.
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native wgpu_parity:: -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use common::{Record, check, gpu, model_source};
@@ -112,7 +111,7 @@ fn vae_ops_match_flex_on_wgpu() {
 
 /// Prints the error of every traced encoder stage on wgpu (a debugging aid; never fails).
 #[test]
-#[ignore = "debugging aid: cargo test --test wgpu_parity encoder_stages -- --ignored --nocapture"]
+#[ignore = "debugging aid: cargo test --test native wgpu_parity::encoder_stages -- --ignored --nocapture"]
 fn encoder_stages_on_wgpu() {
     let Some(device) = gpu() else { return };
     let rec = Record::load("a_lin_cfgnorm_l3_s3_64");
@@ -170,7 +169,7 @@ fn encoder_stages_on_wgpu() {
 
 /// Bisects the encoder's mid block on wgpu against Flex at the fixture's shape.
 #[test]
-#[ignore = "debugging aid: cargo test --test wgpu_parity mid_block_parts -- --ignored --nocapture"]
+#[ignore = "debugging aid: cargo test --test native wgpu_parity::mid_block_parts -- --ignored --nocapture"]
 fn mid_block_parts_on_wgpu() {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;

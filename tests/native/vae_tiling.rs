@@ -4,17 +4,16 @@
 //! Fixture: `tests/fixtures/vae_tiling/` (regenerate with
 //! `python tests/fixtures/vae_tiling/gen_vae_tiling.py`; small tiles so that 7×11 and 9×9
 //! latents need 3×4 and 3×3 overlapping tiles).
-//! Run: `cargo test --test vae_tiling -- --nocapture` (prints every max error).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native vae_tiling:: -- --nocapture` (prints every max error).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Tensor, TensorData};
 use common::{assert_close, cpu, fixtures_dir, model_source, read};
 use qwen_layered_web::model::vae::{AutoencoderKLQwenImage, VaeTiling};
 use safetensors::SafeTensors;
 
-/// The tolerances of `tests/vae_parity.rs`: encoder side and decoder output.
+/// The tolerances of `tests/native/vae_parity.rs`: encoder side and decoder output.
 const ATOL_ENCODE: f32 = 1e-4;
 const ATOL_DECODE: f32 = 1e-3;
 

@@ -2,10 +2,9 @@
 //! ring of `R` blocks resident and reads the others from the weight source when their turn
 //! comes gives the same output as the all-resident model, and never holds more than `R`.
 //!
-//! Run: `cargo test --test transformer_streaming -- --nocapture`.
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native transformer_streaming:: -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{cpu, model_source, read};

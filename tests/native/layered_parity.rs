@@ -3,10 +3,9 @@
 //! embeddings and `noise.packed` to the uint8 layers, compared stage by stage.
 //!
 //! Fixtures: `tests/fixtures/` (regenerate with `tests/fixtures/gen_fixtures.py`, see its README).
-//! Run: `cargo test --test layered_parity -- --nocapture` (prints every max error).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native layered_parity:: -- --nocapture` (prints every max error).
 
-mod common;
+use crate::common;
 
 use std::ops::ControlFlow;
 

@@ -3,10 +3,9 @@
 //! embeddings of every case, and the KV-cache path used for generation.
 //!
 //! Fixtures: `tests/fixtures/` (`text.*` tensors of each case's record).
-//! Run: `cargo test --test text_encoder_parity -- --nocapture` (prints every max error).
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native text_encoder_parity:: -- --nocapture` (prints every max error).
 
-mod common;
+use crate::common;
 
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{Record, assert_close, cases, check, cpu, model_source, read};

@@ -1,8 +1,7 @@
 //! The weight loader on the tiny fixture checkpoints: in-memory and filesystem sources, sharded
 //! folders, and the errors for missing, unexpected and wrongly shaped tensors.
-#![cfg(not(target_arch = "wasm32"))]
 
-mod common;
+use crate::common;
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};

@@ -3,10 +3,9 @@
 //! --prompt` (text encoded by the model's text encoder), `encode-prompt` (prompt embeddings
 //! within 1e-4 of the records) and `inspect`.
 //!
-//! Run: `cargo test --test cli -- --nocapture`.
-#![cfg(not(target_arch = "wasm32"))]
+//! Run: `cargo test --test native cli:: -- --nocapture`.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -246,7 +245,7 @@ fn inspect_lists_the_model_folder_and_a_single_file() {
 
 /// `caption --as-is` on the captioning fixture's prompt image: stdout is the decoded, stripped
 /// caption of the reference's first 24 greedy tokens (the full 512-token caption is compared
-/// by `tests/caption_parity.rs`).
+/// by `tests/native/caption_parity.rs`).
 #[test]
 fn caption_prints_the_reference_caption() {
     use qwen_layered_web::caption::py_strip;

@@ -6,11 +6,10 @@
 //! - `quantized_full_size_block_agrees_with_f32` (ignored: minutes in an unoptimised build):
 //!   the real width (3072 = 24 heads × 128, MLP 12288: 340M weights) on a short sequence
 //!   (3 frames of 4×4 = 48 image tokens + 16 text tokens). Run it optimised:
-//!   `cargo test --profile native --test fullsize_block -- --ignored --nocapture`.
+//!   `cargo test --profile native --test native fullsize_block:: -- --ignored --nocapture`.
 //!   The same check at the real 9600 + 300 tokens: `qwen-layered-bench cosine` (BENCHMARKS.md).
 //! - `quantized_narrow_block_agrees_with_f32` (CI): the same code with 2 heads × 128 (width
 //!   256), a few seconds even unoptimised.
-#![cfg(not(target_arch = "wasm32"))]
 
 use burn::tensor::Device;
 use qwen_layered_web::bench::{Agreement, BlockShape, HEADS, block_agreement};
