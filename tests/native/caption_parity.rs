@@ -235,7 +235,7 @@ fn first_step_and_cached_decode_logits_match() {
             let next = Tensor::from_data(TensorData::new(vec![tok], [1, 1]), &cpu());
             let pos = RopePositions::text(prompt.generated_position(k), 1);
             hidden =
-                c.lm.forward_embeds(c.lm.embed(next), &pos, Some(&mut cache))
+                c.lm.forward_embeds(c.lm.embed(next).unwrap(), &pos, Some(&mut cache))
                     .unwrap();
         }
     }

@@ -22,7 +22,10 @@ fn load_model(lm_head: bool) -> QwenLanguageModel {
     pollster::block_on(QwenLanguageModel::load(
         &model_source(),
         &cpu(),
-        LoadOptions { lm_head },
+        LoadOptions {
+            lm_head,
+            ..LoadOptions::default()
+        },
     ))
     .expect("tiny text encoder loads")
 }
@@ -95,7 +98,7 @@ fn kv_cache_prefill_chunks_and_single_tokens_equal_one_forward() {
     );
 
     // forward_embeds with explicit text positions is the same path.
-    let embeds = model.embed(ids_tensor(&ids));
+    let embeds = model.embed(ids_tensor(&ids)).expect("resident embedding");
     let out = model
         .forward_embeds(embeds, &RopePositions::text(0, ids.len()), None)
         .expect("forward_embeds");
