@@ -43,7 +43,7 @@ pub async fn encode_prompts_then_free<S: WeightSource>(
     max_sequence_length: usize,
     text_encoder: TextEncoderLoad,
 ) -> Result<PromptEmbeds> {
-    let mut encoder = PromptEncoder::load_with(source, device, text_encoder).await?;
+    let encoder = PromptEncoder::load_with(source, device, text_encoder).await?;
     let prompt = encoder
         .encode_from(source, prompt, max_sequence_length)
         .await?;

@@ -21,6 +21,8 @@
 //! uploaded ([`PromptEncoder::encode`] then works without the source) or gathered from storage
 //! at encode time ([`PromptEncoder::encode_from`], which takes the source).
 
+use std::cell::RefCell;
+
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::tokenizer::QwenTokenizer;
@@ -100,8 +102,9 @@ pub struct PromptEncoder {
     pub tokenizer: QwenTokenizer,
     /// The language model (`text_encoder/`, without `lm_head`).
     pub text_encoder: QwenLanguageModel,
-    /// Embeddings of [`DEFAULT_NEGATIVE_PROMPT`] at the largest length, once computed.
-    negative: Option<Tensor<3>>,
+    /// Embeddings of [`DEFAULT_NEGATIVE_PROMPT`] at the largest length, once computed (a
+    /// cell: encoding takes `&self`, so an async caller holds no mutable borrow across awaits).
+    negative: RefCell<Option<Tensor<3>>>,
 }
 
 impl PromptEncoder {
@@ -144,7 +147,7 @@ impl PromptEncoder {
         Ok(Self {
             tokenizer,
             text_encoder,
-            negative: None,
+            negative: RefCell::new(None),
         })
     }
 
@@ -161,7 +164,7 @@ impl PromptEncoder {
     /// given (the pipeline would caption the image instead when they are the *prompt*; as the
     /// negative prompt `" "` is ordinary text). The embeddings of `" "` are computed once and
     /// kept.
-    pub fn encode(&mut self, prompt: &str, max_sequence_length: usize) -> Result<Tensor<3>> {
+    pub fn encode(&self, prompt: &str, max_sequence_length: usize) -> Result<Tensor<3>> {
         check_max_len(max_sequence_length)?;
         if let Some(t) = self.cached_negative(prompt, max_sequence_length) {
             return Ok(t);
@@ -180,7 +183,7 @@ impl PromptEncoder {
     /// embedding is gathered and they were not read before; a resident embedding does not read
     /// `source`. Both give bit-identical embeddings.
     pub async fn encode_from<S: WeightSource>(
-        &mut self,
+        &self,
         source: &S,
         prompt: &str,
         max_sequence_length: usize,
@@ -211,7 +214,7 @@ impl PromptEncoder {
         if prompt != DEFAULT_NEGATIVE_PROMPT {
             return None;
         }
-        let full = self.negative.clone()?;
+        let full = self.negative.borrow().clone()?;
         let len = full.dims()[1].min(max_sequence_length);
         Some(full.narrow(1, 0, len))
     }
@@ -247,7 +250,7 @@ impl PromptEncoder {
     /// Runs the model over the input embeddings `[1, run, D]`, drops the template's 34
     /// positions, and keeps the negative prompt's result.
     fn finish(
-        &mut self,
+        &self,
         prompt: &str,
         max_sequence_length: usize,
         embeds: Tensor<3>,
@@ -258,7 +261,7 @@ impl PromptEncoder {
         let hidden = self.text_encoder.forward_embeds(embeds, &positions, None)?; // [1, run, D]
         let out = hidden.narrow(1, drop, run - drop);
         if prompt == DEFAULT_NEGATIVE_PROMPT {
-            self.negative = Some(out.clone());
+            *self.negative.borrow_mut() = Some(out.clone());
             let len = (run - drop).min(max_sequence_length);
             return Ok(out.narrow(1, 0, len));
         }

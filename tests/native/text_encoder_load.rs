@@ -9,9 +9,13 @@ use crate::common;
 
 use std::cell::RefCell;
 
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Int, Tensor};
 use common::{Record, assert_close, cases, cpu, model_source, read};
+use qwen_layered_web::caption::Captioner;
 use qwen_layered_web::error::Result;
 use qwen_layered_web::model::nn::LinearWeight;
+use qwen_layered_web::model::text_encoder::device_bytes;
 use qwen_layered_web::text::{EmbeddingMode, PromptEncoder, TextEncoderLoad};
 use qwen_layered_web::weights::{MemorySource, Precision, SafetensorsFolder, WeightSource};
 
@@ -53,14 +57,14 @@ fn encoder(source: &impl WeightSource, options: TextEncoderLoad) -> PromptEncode
 fn gathered_embeddings_give_bit_identical_prompt_embeds() {
     let source = model_source();
     for precision in [Precision::F32, Precision::Q4] {
-        let mut resident = encoder(
+        let resident = encoder(
             &source,
             TextEncoderLoad {
                 precision,
                 embedding: EmbeddingMode::Resident,
             },
         );
-        let mut gathered = encoder(&source, TextEncoderLoad::gathered(precision));
+        let gathered = encoder(&source, TextEncoderLoad::gathered(precision));
         assert_eq!(
             gathered.text_encoder.embedding_mode(),
             EmbeddingMode::Gathered
@@ -113,7 +117,7 @@ fn quantized_text_encoders_stay_within_the_measured_error() {
         (Precision::Q8, 8, 4e-2f32, 1e-2f64),
         (Precision::Q4, 4, 0.6, 0.15),
     ] {
-        let mut enc = encoder(&source, TextEncoderLoad::gathered(precision));
+        let enc = encoder(&source, TextEncoderLoad::gathered(precision));
         for layer in &enc.text_encoder.model.layers {
             for linear in [
                 &layer.self_attn.q_proj,
@@ -202,7 +206,7 @@ fn the_gathered_embedding_reads_only_the_rows_a_prompt_uses_once() {
     let in_table =
         |off: u64, len: u64| off >= table.offset && off + len <= table.offset + table.len;
 
-    let mut enc = encoder(&source, TextEncoderLoad::gathered(Precision::F32));
+    let enc = encoder(&source, TextEncoderLoad::gathered(Precision::F32));
     let load_reads = source.take();
     assert!(
         load_reads.iter().all(|(f, off, len)| f != WEIGHTS
@@ -306,4 +310,55 @@ fn an_id_outside_the_table_or_a_truncated_file_is_an_error_with_its_place() {
     mem.insert(WEIGHTS, whole);
     let again = pollster::block_on(lm.embed_from(&mem, &[200])).expect("whole again");
     assert_eq!(again.dims(), [1, 1, 64]);
+}
+
+/// Counts the bytes of a module's tensors on the device (every float and int element is 4
+/// bytes: f32 values, f32 scales, i32 code words).
+#[derive(Default)]
+struct DeviceBytes(u64);
+
+impl ModuleVisitor for DeviceBytes {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0 += 4 * param.val().shape().num_elements() as u64;
+    }
+    fn visit_int<const D: usize>(&mut self, param: &Param<Tensor<D, Int>>) {
+        self.0 += 4 * param.val().shape().num_elements() as u64;
+    }
+}
+
+fn bytes_of<M: Module>(m: &M) -> u64 {
+    let mut v = DeviceBytes::default();
+    m.visit(&mut v);
+    v.0
+}
+
+/// `text_encoder::device_bytes` (the browser's size check before loading) is what the loaded
+/// models hold, for the prompt encoder and the captioner, in every precision and mode.
+#[test]
+fn the_size_estimate_from_the_headers_is_what_loading_puts_on_the_device() {
+    let source = model_source();
+    let folder = pollster::block_on(SafetensorsFolder::open(&source, "text_encoder")).unwrap();
+    for precision in [Precision::F32, Precision::Q8, Precision::Q4] {
+        for embedding in [EmbeddingMode::Resident, EmbeddingMode::Gathered] {
+            let options = TextEncoderLoad {
+                precision,
+                embedding,
+            };
+            let enc = encoder(&source, options);
+            let want = device_bytes(&folder, options.options(false), false);
+            assert_eq!(bytes_of(&enc.text_encoder), want, "{options:?}");
+            let cap = pollster::block_on(Captioner::load_with(&source, &cpu(), options)).unwrap();
+            let want = device_bytes(&folder, options.options(true), true);
+            let got = bytes_of(&cap.lm) + bytes_of(&cap.vision.model);
+            assert_eq!(got, want, "{options:?} with the vision tower and lm_head");
+            eprintln!("{options:?}: prompt encoder and captioner {got} bytes");
+        }
+    }
+    // The gathered embedding is the only difference between the modes: 288 × 64 f32.
+    let resident = TextEncoderLoad::default().options(false);
+    let gathered = TextEncoderLoad::gathered(Precision::F32).options(false);
+    assert_eq!(
+        device_bytes(&folder, resident, false) - device_bytes(&folder, gathered, false),
+        4 * 288 * 64
+    );
 }

@@ -252,7 +252,7 @@ fn vocab_merges_and_added_tokens_decoder_give_the_same_ids() {
 
 #[test]
 fn prompt_embeds_match_for_every_case() {
-    let mut encoder =
+    let encoder =
         pollster::block_on(PromptEncoder::load(&model_source(), &cpu())).expect("encoder loads");
     let mut n = 0;
     let mut worst = 0f32;
@@ -275,7 +275,7 @@ fn prompt_embeds_match_for_every_case() {
 
 #[test]
 fn max_sequence_length_truncates_after_the_drop_and_the_negative_is_cached() {
-    let mut encoder =
+    let encoder =
         pollster::block_on(PromptEncoder::load(&model_source(), &cpu())).expect("encoder loads");
     let rec = Record::load("a_lin_cfgnorm_l3_s3_64");
     let (want, shape) = rec.f32("text.prompt.embeds"); // [1, 173, 64]

@@ -230,7 +230,7 @@ fn mid_block_parts_on_wgpu() {
 fn text_encoder_matches_on_wgpu() {
     let Some(device) = gpu() else { return };
     let rec = Record::load("c_lin_cfg_l2_s2_120x80");
-    let mut encoder = pollster::block_on(qwen_layered_web::text::PromptEncoder::load(
+    let encoder = pollster::block_on(qwen_layered_web::text::PromptEncoder::load(
         &model_source(),
         &device,
     ))

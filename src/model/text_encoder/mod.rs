@@ -28,5 +28,7 @@ mod rope;
 pub use attention::{KvCache, LayerCache, Qwen2Attention};
 pub use config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
 pub use decoder::Qwen2DecoderLayer;
-pub use model::{Embedding, EmbeddingMode, LoadOptions, QwenLanguageModel, QwenTextModel};
+pub use model::{
+    Embedding, EmbeddingMode, LoadOptions, QwenLanguageModel, QwenTextModel, device_bytes,
+};
 pub use rope::{RopePositions, RopeTables, TextRope, apply_rotary_pos_emb};

@@ -449,6 +449,44 @@ impl QwenLanguageModel {
     }
 }
 
+/// Bytes the tensors of `weights` (a `text_encoder/` checkpoint) take on the device when they
+/// are loaded with `options`, from the headers alone (for a size check before loading):
+///
+/// - the token embedding: `4 · vocab · D` when resident, nothing when gathered;
+/// - `lm_head.weight` only with `options.lm_head`, the vision tower (`visual.*`) only with
+///   `vision`;
+/// - every other 2-D `*.weight` is a linear layer: in `options.precision` when its `d_in` is a
+///   multiple of 32 (`bits / 8` bytes per value plus an f32 scale per 32 values, as
+///   [`crate::model::nn::BlockWeight`] holds them), else f32;
+/// - everything else (biases, norms, the vision tower's patch convolution) f32.
+pub fn device_bytes(weights: &SafetensorsFolder, options: LoadOptions, vision: bool) -> u64 {
+    let mut total = 0u64;
+    for key in weights.keys() {
+        let Some(entry) = weights.get(key) else {
+            continue;
+        };
+        let values: u64 = entry.shape.iter().map(|&d| d as u64).product();
+        let is_vision = key.starts_with("visual.") || key.starts_with("model.visual.");
+        if (is_vision && !vision) || (key == "lm_head.weight" && !options.lm_head) {
+            continue;
+        }
+        if key.ends_with(".embed_tokens.weight") && !is_vision {
+            if options.embedding == EmbeddingMode::Resident {
+                total += 4 * values;
+            }
+            continue;
+        }
+        let linear = entry.shape.len() == 2 && key.ends_with(".weight");
+        total += match options.precision.bits() {
+            Some(bits) if linear && entry.shape[1].is_multiple_of(crate::weights::BLOCK) => {
+                values * u64::from(bits) / 8 + 4 * (values / crate::weights::BLOCK as u64)
+            }
+            _ => 4 * values,
+        };
+    }
+    total
+}
+
 /// The key prefix of the decoder stack: `model` (legacy names, what transformers writes) or
 /// `model.language_model` (transformers' in-memory names).
 fn text_prefix(weights: &SafetensorsFolder) -> Result<&'static str> {
