@@ -20,6 +20,10 @@ use crate::error::{Error, Result};
 /// this many rows: 256 bf16 rows of 3584 values are 1.8 MB).
 const MAX_RUN: usize = 256;
 
+/// The default bound on the rows held ([`TableRows::with_max_rows_held`]): 4096 f32 rows of
+/// 3584 values are 59 MB.
+pub const DEFAULT_MAX_ROWS_HELD: usize = 4096;
+
 /// What a [`TableRows`] has read so far (all clones together).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct RowReads {
@@ -51,6 +55,7 @@ pub struct TableRows {
     offset: u64,
     shape: [usize; 2],
     row_bytes: u64,
+    max_rows_held: usize,
     cache: Arc<Mutex<Cache>>,
 }
 
@@ -86,8 +91,18 @@ impl TableRows {
             offset,
             shape,
             row_bytes,
+            max_rows_held: DEFAULT_MAX_ROWS_HELD,
             cache: Arc::default(),
         }
+    }
+
+    /// The same table keeping at most `rows` rows between calls (default
+    /// [`DEFAULT_MAX_ROWS_HELD`]): when a call needs more, the rows it does not use are
+    /// dropped first, so a long session of varied prompts does not grow the host memory
+    /// without bound (a call holds at least its own distinct rows).
+    pub fn with_max_rows_held(mut self, rows: usize) -> Self {
+        self.max_rows_held = rows;
+        self
     }
 
     /// `[rows, cols]`.
@@ -137,8 +152,9 @@ impl TableRows {
     /// `i · cols`).
     ///
     /// Rows not read before are read from `source` (sorted, each distinct id once, a run of
-    /// consecutive ids in one read of at most 256 rows) and kept; the host holds only the
-    /// distinct rows ever asked for. An id outside the table, a read that fails (a truncated
+    /// consecutive ids in one read of at most 256 rows) and kept; the host holds only distinct
+    /// rows asked for, at most [`with_max_rows_held`](Self::with_max_rows_held) of them
+    /// between calls. An id outside the table, a read that fails (a truncated
     /// file) or bytes that do not decode are errors naming the file, the key, the token id and
     /// the byte offset.
     pub async fn gather<S: WeightSource>(&self, source: &S, ids: &[u32]) -> Result<Vec<f32>> {
@@ -158,6 +174,13 @@ impl TableRows {
         };
         missing.sort_unstable();
         missing.dedup();
+        {
+            let mut c = self.lock();
+            if c.rows.len() + missing.len() > self.max_rows_held {
+                let used: std::collections::HashSet<u32> = ids.iter().copied().collect();
+                c.rows.retain(|id, _| used.contains(id));
+            }
+        }
         let mut i = 0;
         while i < missing.len() {
             let first = missing[i];
@@ -219,5 +242,73 @@ impl TableRows {
             c.rows.insert(first + k as u32, row.into());
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::weights::{MemorySource, SafetensorsFolder, TensorLoader};
+    use burn::tensor::Device;
+
+    /// A `[10, 4]` f32 table whose row `r` is `r, r + 0.25, r + 0.5, r + 0.75`.
+    fn table() -> MemorySource {
+        let values: Vec<u8> = (0..40)
+            .flat_map(|i| (i as f32 / 4.0).to_le_bytes())
+            .collect();
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![10, 4], &values)
+                .expect("view");
+        let mut src = MemorySource::new();
+        src.insert(
+            "m/model.safetensors",
+            safetensors::serialize([("t.weight", view)], None).expect("serialize"),
+        );
+        src
+    }
+
+    #[test]
+    fn rows_come_back_in_order_and_the_held_rows_are_bounded() {
+        let src = table();
+        let folder = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect("open");
+        let mut l = TensorLoader::new(&src, &folder, &Device::flex());
+        let rows = l
+            .table_rows("t.weight", [10, 4])
+            .expect("table")
+            .with_max_rows_held(3);
+        l.finish().expect("taken without being read");
+        let got = pollster::block_on(rows.gather(&src, &[7, 2, 7])).expect("gather");
+        assert_eq!(&got[..4], &[7.0, 7.25, 7.5, 7.75]);
+        assert_eq!(&got[4..8], &[2.0, 2.25, 2.5, 2.75]);
+        assert_eq!(&got[8..], &got[..4]);
+        assert_eq!(
+            rows.reads(),
+            RowReads {
+                reads: 2,
+                bytes: 32,
+                rows_held: 2
+            }
+        );
+        // 3, 4, 5 are one run (one read); two more rows than the bound: 7 and 2 are dropped.
+        pollster::block_on(rows.gather(&src, &[3, 4, 5])).expect("gather");
+        assert_eq!(
+            rows.reads(),
+            RowReads {
+                reads: 3,
+                bytes: 80,
+                rows_held: 3
+            }
+        );
+        // A clone shares what was read: nothing is read again.
+        let again = rows.clone();
+        pollster::block_on(again.gather(&src, &[5, 3])).expect("gather");
+        assert_eq!(rows.reads().reads, 3);
+        let err = pollster::block_on(rows.gather(&src, &[10]))
+            .expect_err("10 of 10 rows")
+            .to_string();
+        assert!(
+            err.contains("t.weight") && err.contains("token id 10"),
+            "{err}"
+        );
     }
 }
