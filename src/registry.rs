@@ -41,8 +41,10 @@ pub const COMPONENTS: [&str; 5] = [
 /// Components a source may add (the captioner's image processor).
 pub const OPTIONAL_COMPONENTS: [&str; 1] = ["processor"];
 
-/// Components whose weights this build can keep quantized (the others load in f32).
-const QUANTIZABLE: [&str; 1] = ["transformer"];
+/// Components whose weights this build can keep quantized (the others load in f32): the
+/// transformer, and the text encoder (its language model's linear layers, and `lm_head` and
+/// the vision tower's when captioning).
+const QUANTIZABLE: [&str; 2] = ["transformer", "text_encoder"];
 
 /// The precision a component is loaded in, as written in `models.json`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -452,6 +454,13 @@ mod tests {
         assert!(!real.pinned(), "main is a branch");
         assert_eq!(real.precision("transformer"), Precision::Q8);
         assert_eq!(real.precision("vae"), Precision::F32);
+        assert_eq!(real.precision("text_encoder"), Precision::F32);
+        let q4_text = entry("t", "", T_SAFE).replace(
+            r#""text_encoder", "files": ["text_encoder/*"], "precision": "f32""#,
+            r#""text_encoder", "files": ["text_encoder/*"], "precision": "q4""#,
+        );
+        let q4 = registry(&[q4_text]).unwrap();
+        assert_eq!(q4.models[0].precision("text_encoder"), Precision::Q4);
         let parts = real.parts();
         assert_eq!(parts.len(), 1);
         assert_eq!(parts[0].spec.repo, "Qwen/Qwen-Image-Layered");
@@ -583,8 +592,11 @@ mod tests {
                 "is not valid",
             ),
             (
-                entry("a", "", T_SAFE).replace(r#""precision": "f32""#, r#""precision": "q4""#),
-                "text_encoder: this build loads it in f32 only",
+                entry("a", "", T_SAFE).replace(
+                    r#"{"name": "vae", "files": ["vae/*"]}"#,
+                    r#"{"name": "vae", "files": ["vae/*"], "precision": "q4"}"#,
+                ),
+                "vae: this build loads it in f32 only",
             ),
             (
                 entry("a", "", &T_GGUF.replace("*Q4_0.gguf", "*Q4_0.bin")),
@@ -644,6 +656,11 @@ mod tests {
             gguf.iter().all(|g| g.file.contains('*')),
             "found by pattern"
         );
+        // The real model's text encoder loads in 4 bits (its 8-bit linear layers alone would
+        // be 6.8 GiB on the GPU, over the 4 GiB a page can count on; see www/models.json).
+        for m in reg.models.iter().filter(|m| !m.dev) {
+            assert_eq!(m.precision("text_encoder"), Precision::Q4, "{}", m.id);
+        }
         // An unpinned entry says so in its label.
         for m in &reg.models {
             assert!(

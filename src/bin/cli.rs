@@ -35,8 +35,8 @@ mod native {
         Progress, resize_rgba_lanczos,
     };
     use qwen_layered_web::text::{
-        DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
-        TOKENIZER_FOLDER, needs_caption,
+        DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, EmbeddingMode, PromptEncoder,
+        QwenTokenizer, TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
     };
     use qwen_layered_web::weights::{
         DirSource, GgufFile, Precision, SafetensorsFolder, WeightSource, read_json, to_f32,
@@ -55,18 +55,25 @@ commands:
              [--max-sequence-length L (512)]
              [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
              [--precision f32|q8|q4 (f32)] [--transformer-gguf F.gguf]
+             [--text-precision f32|q8|q4 (f32)] [--gather-embedding]
              no prompt (or \"\" or \" \"): the image is captioned first, as the reference
              does, with [--zh] [--max-new-tokens N (512)] as for `caption`
   caption    describe an image with the model's Qwen2.5-VL, as the pipeline does when the
              prompt is empty; the caption goes to stdout, tokens stream to stderr
              --model DIR --image IN.png [--max-new-tokens N (512)] [--zh]
              [--resolution R (640)] [--as-is] [--device cpu|wgpu (cpu)]
+             [--text-precision f32|q8|q4 (f32)] [--gather-embedding]
              (--as-is: caption the image as given instead of first resizing it to the
              working size of --resolution, as the pipeline does)
   encode-prompt  run the model's tokenizer and text encoder on a prompt and write its
              prompt_embeds [1, L, D] (f32) as the tensor \"prompt_embeds\" (any text, \" \" too)
              --model DIR --prompt TEXT --out F.safetensors
              [--max-sequence-length L (512)] [--device cpu|wgpu (cpu)]
+             [--text-precision f32|q8|q4 (f32)] [--gather-embedding]
+             (--text-precision: the text encoder's linear layers, and the vision tower's
+             when captioning; --gather-embedding: read the token embedding's rows from the
+             weight files as prompts need them instead of loading the whole table, as the
+             browser does)
   inspect    PATH [--tensor NAME [--values K (10)]]: list the tensors (name, dtype, shape)
              of a .safetensors file, a *.safetensors.index.json, a model folder, a pipeline
              folder, or a .gguf file (also its metadata, ggml types and byte sizes); with
@@ -155,6 +162,22 @@ commands:
             return Err(usage_error("--max-new-tokens must be at least 1"));
         }
         Ok(options)
+    }
+
+    /// `--text-precision` and `--gather-embedding`: how the text encoder (and captioner) load.
+    fn text_load(opts: &Options) -> Result<TextEncoderLoad, Fail> {
+        Ok(TextEncoderLoad {
+            precision: opts
+                .get("--text-precision")
+                .unwrap_or("f32")
+                .parse()
+                .map_err(usage_error)?,
+            embedding: if opts.flag("--gather-embedding") {
+                EmbeddingMode::Gathered
+            } else {
+                EmbeddingMode::Resident
+            },
+        })
     }
 
     /// The single tensor of a safetensors file, as f32 with its name and shape.
@@ -248,6 +271,7 @@ commands:
     /// Captions `image` (already the pipeline's resized prompt image) with `captioner`.
     fn run_caption(
         captioner: &Captioner,
+        source: &DirSource,
         image: &image::RgbaImage,
         options: &CaptionOptions,
         log: &dyn Fn(&str),
@@ -262,7 +286,7 @@ commands:
         let mut echo = CaptionEcho {
             printed: String::new(),
         };
-        let caption = pollster::block_on(captioner.caption(image, options, |step| {
+        let caption = pollster::block_on(captioner.caption_from(source, image, options, |step| {
             echo.update(step.text);
             ControlFlow::Continue(())
         }))?;
@@ -292,8 +316,9 @@ commands:
                 "--max-new-tokens",
                 "--resolution",
                 "--device",
+                "--text-precision",
             ],
-            &["--zh", "--as-is"],
+            &["--zh", "--as-is", "--gather-embedding"],
             0,
             USAGE,
         )?;
@@ -313,9 +338,11 @@ commands:
             let dims = Dimensions::for_image_any_bucket(resolution, image.width(), image.height())?;
             image = resize_rgba_lanczos(&image, dims.width, dims.height)?;
         }
-        let captioner = pollster::block_on(Captioner::load(&DirSource::new(&model), &device))?;
+        let source = DirSource::new(&model);
+        let captioner =
+            pollster::block_on(Captioner::load_with(&source, &device, text_load(&opts)?))?;
         log(&format!("loaded the captioner of {}", model.display()));
-        let text = run_caption(&captioner, &image, &options, &log)?;
+        let text = run_caption(&captioner, &source, &image, &options, &log)?;
         println!("{text}");
         Ok(())
     }
@@ -344,8 +371,9 @@ commands:
                 "--out",
                 "--max-sequence-length",
                 "--device",
+                "--text-precision",
             ],
-            &[],
+            &["--gather-embedding"],
             0,
             USAGE,
         )?;
@@ -355,8 +383,12 @@ commands:
         let max_len = opts.number("--max-sequence-length", DEFAULT_MAX_SEQUENCE_LENGTH)?;
         let device = device(&opts)?;
         let start = Instant::now();
-        let mut encoder =
-            pollster::block_on(PromptEncoder::load(&DirSource::new(&model), &device))?;
+        let source = DirSource::new(&model);
+        let encoder = pollster::block_on(PromptEncoder::load_with(
+            &source,
+            &device,
+            text_load(&opts)?,
+        ))?;
         eprintln!(
             "[{:7.2}s] loaded the tokenizer and text encoder of {}",
             start.elapsed().as_secs_f64(),
@@ -369,7 +401,7 @@ commands:
             );
         }
         let ids = encoder.input_ids(prompt)?.len();
-        let embeds = encoder.encode(prompt, max_len)?;
+        let embeds = pollster::block_on(encoder.encode_from(&source, prompt, max_len))?;
         let [_, l, d] = embeds.dims();
         write_tensor(&out, "prompt_embeds", embeds, &device)?;
         eprintln!(
@@ -403,8 +435,9 @@ commands:
                 "--device",
                 "--precision",
                 "--transformer-gguf",
+                "--text-precision",
             ],
-            &["--cfg-normalize", "--zh"],
+            &["--cfg-normalize", "--zh", "--gather-embedding"],
             0,
             USAGE,
         )?;
@@ -479,10 +512,11 @@ commands:
         let source = DirSource::new(&model);
         let mut caption_lm = None;
         let caption = if caption_first {
-            let captioner = pollster::block_on(Captioner::load(&source, &device))?;
+            let captioner =
+                pollster::block_on(Captioner::load_with(&source, &device, text_load(&opts)?))?;
             log("no prompt: captioning the image first, as the reference does");
             let resized = resize_rgba_lanczos(&image, dims.width, dims.height)?;
-            let text = run_caption(&captioner, &resized, &caption_options, &log)?;
+            let text = run_caption(&captioner, &source, &resized, &caption_options, &log)?;
             log(&format!("caption (the prompt from here on): {text:?}"));
             caption_lm = Some(captioner.lm);
             Some(text)
@@ -494,16 +528,20 @@ commands:
         // Text first, so that the text encoder is freed before the transformer and VAE load.
         let (encoded_prompt, encoded_negative) = if prompt_text.is_some() || negative_text.is_some()
         {
-            let mut encoder = match caption_lm.take() {
+            let encoder = match caption_lm.take() {
                 Some(lm) => PromptEncoder::new(
                     pollster::block_on(QwenTokenizer::load(&source, TOKENIZER_FOLDER))?,
                     lm,
                 )?,
-                None => pollster::block_on(PromptEncoder::load(&source, &device))?,
+                None => pollster::block_on(PromptEncoder::load_with(
+                    &source,
+                    &device,
+                    text_load(&opts)?,
+                ))?,
             };
-            let mut encode = |text: Option<&str>, what: &str| -> Result<Option<Tensor<3>>, Fail> {
+            let encode = |text: Option<&str>, what: &str| -> Result<Option<Tensor<3>>, Fail> {
                 let Some(text) = text else { return Ok(None) };
-                let embeds = encoder.encode(text, max_len)?;
+                let embeds = pollster::block_on(encoder.encode_from(&source, text, max_len))?;
                 log(&format!(
                     "{what} {text:?}: prompt_embeds {:?}",
                     embeds.dims()

@@ -31,10 +31,10 @@ pub use template::CaptionLanguage;
 
 use crate::error::{Error, Result};
 use crate::model::text_encoder::{
-    LoadOptions, QwenLanguageModel, QwenTextConfig, RopePositions, TEXT_ENCODER_FOLDER,
+    QwenLanguageModel, QwenTextConfig, RopePositions, TEXT_ENCODER_FOLDER,
 };
 use crate::model::vision::{VisionConfig, VisionTower};
-use crate::text::{PromptEncoder, QwenTokenizer, TOKENIZER_FOLDER};
+use crate::text::{PromptEncoder, QwenTokenizer, TOKENIZER_FOLDER, TextEncoderLoad};
 use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, read_json};
 
 /// The pipeline's `max_new_tokens` for captions.
@@ -116,7 +116,21 @@ impl Captioner {
     /// Loads `processor/` (image settings and tokenizer; the tokenizer from `tokenizer/` when
     /// `processor/` has none) and `text_encoder/` (config, generation config, vision tower, language model with
     /// `lm_head`) from a Qwen-Image-Layered folder onto `device`.
+    ///
+    /// Everything in f32 with a resident token embedding; see [`load_with`](Self::load_with).
     pub async fn load<S: WeightSource>(source: &S, device: &Device) -> Result<Self> {
+        Self::load_with(source, device, TextEncoderLoad::default()).await
+    }
+
+    /// [`load`](Self::load) with the linear layers of `text_encoder/` (the vision tower's,
+    /// the language model's and `lm_head`) in `options.precision` and the token embedding
+    /// resident or gathered from storage (then caption with
+    /// [`caption_from`](Self::caption_from)).
+    pub async fn load_with<S: WeightSource>(
+        source: &S,
+        device: &Device,
+        options: TextEncoderLoad,
+    ) -> Result<Self> {
         let processor = ImageProcessorConfig::load(source, "processor").await?;
         let tokenizer = if source.exists("processor/tokenizer.json").await?
             || source.exists("processor/vocab.json").await?
@@ -156,11 +170,10 @@ impl Captioner {
         // lm_head) take their tensors, and `finish` refuses anything left over.
         let folder = SafetensorsFolder::open(source, TEXT_ENCODER_FOLDER).await?;
         let text_cfg = QwenTextConfig::from_json(&cfg, cfg_file)?;
-        let mut l = TensorLoader::new(source, &folder, device);
+        let mut l = TensorLoader::new(source, &folder, device).with_precision(options.precision);
         let vision = VisionTower::load(&mut l, "visual.", vision_cfg).await?;
         let lm =
-            QwenLanguageModel::load_with(&text_cfg, &folder, &mut l, LoadOptions { lm_head: true })
-                .await?;
+            QwenLanguageModel::load_with(&text_cfg, &folder, &mut l, options.options(true)).await?;
         l.finish()?;
         let text_eos: Vec<u32> = match cfg.get("text_config").and_then(|t| t.get("eos_token_id")) {
             Some(serde_json::Value::Number(n)) => {
@@ -244,14 +257,40 @@ impl Captioner {
     }
 
     /// The prompt embeddings: token embeddings with the vision tower's output in place of the
-    /// image tokens.
+    /// image tokens (a resident token embedding; see
+    /// [`prompt_embeds_from`](Self::prompt_embeds_from)).
     ///
     /// - returns `[1, S, D]`
     pub fn prompt_embeds(&self, vi: &VisionInput, prompt: &MultimodalPrompt) -> Result<Tensor<3>> {
-        let device = self.lm.model.embed_tokens.weight.device();
+        let image = self.image_features(vi, prompt)?;
+        let s = prompt.input_ids.len();
+        let ids: Vec<i64> = prompt.input_ids.iter().map(|&i| i64::from(i)).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, s]), &self.lm.device());
+        let text = self.lm.embed(ids)?; // [1, S, D]
+        Ok(splice(text, image, prompt))
+    }
+
+    /// [`prompt_embeds`](Self::prompt_embeds) with the token embedding resident or gathered
+    /// from `source` (the source the captioner was loaded from).
+    ///
+    /// - returns `[1, S, D]`
+    pub async fn prompt_embeds_from<S: WeightSource>(
+        &self,
+        source: &S,
+        vi: &VisionInput,
+        prompt: &MultimodalPrompt,
+    ) -> Result<Tensor<3>> {
+        let image = self.image_features(vi, prompt)?;
+        let text = self.lm.embed_from(source, &prompt.input_ids).await?; // [1, S, D]
+        Ok(splice(text, image, prompt))
+    }
+
+    /// The vision tower's output for the image tokens: `[n_img, D]`, checked against the
+    /// prompt's image token count and the language model's width.
+    fn image_features(&self, vi: &VisionInput, prompt: &MultimodalPrompt) -> Result<Tensor<2>> {
         let pv = Tensor::<2>::from_data(
             TensorData::new(vi.pixel_values.clone(), [vi.patches(), vi.patch_dim]),
-            &device,
+            &self.lm.device(),
         );
         let image = self.vision.forward(pv, vi.grid_thw)?; // [n_img, D]
         let [n_img, d] = image.dims();
@@ -266,44 +305,70 @@ impl Captioner {
                 ),
             });
         }
-        let s = prompt.input_ids.len();
-        let ids = Tensor::<2, Int>::from_data(
-            TensorData::new(
-                prompt
-                    .input_ids
-                    .iter()
-                    .map(|&i| i as i64)
-                    .collect::<Vec<_>>(),
-                [1, s],
-            ),
-            &device,
-        );
-        let text = self.lm.embed(ids); // [1, S, D]
-        let (a, n) = (prompt.image_start, prompt.image_tokens);
-        let mut parts = Vec::with_capacity(3);
-        if a > 0 {
-            parts.push(text.clone().narrow(1, 0, a));
-        }
-        parts.push(image.unsqueeze_dim::<3>(0));
-        if a + n < s {
-            parts.push(text.narrow(1, a + n, s - a - n));
-        }
-        Ok(Tensor::cat(parts, 1))
+        Ok(image)
     }
 
     /// Captions `image` (the pipeline's resized RGBA `prompt_image`): greedy (or what
     /// `generation_config.json` asks for) decoding with a key/value cache, up to
     /// `max_new_tokens` or an eos token. `on_token` sees every token; `Break` cancels with
-    /// [`Error::Cancelled`].
+    /// [`Error::Cancelled`]. Needs a resident token embedding; see
+    /// [`caption_from`](Self::caption_from).
     pub async fn caption(
         &self,
+        image: &RgbaImage,
+        options: &CaptionOptions,
+        on_token: impl FnMut(&CaptionStep<'_>) -> ControlFlow<()>,
+    ) -> Result<Caption> {
+        self.generate(
+            None::<&crate::weights::MemorySource>,
+            image,
+            options,
+            on_token,
+        )
+        .await
+    }
+
+    /// [`caption`](Self::caption) with the token embedding resident or gathered from `source`
+    /// (the source the captioner was loaded from): the prompt's rows and then each generated
+    /// token's row are read when not read before.
+    pub async fn caption_from<S: WeightSource>(
+        &self,
+        source: &S,
+        image: &RgbaImage,
+        options: &CaptionOptions,
+        on_token: impl FnMut(&CaptionStep<'_>) -> ControlFlow<()>,
+    ) -> Result<Caption> {
+        self.generate(Some(source), image, options, on_token).await
+    }
+
+    /// The token embeddings of `ids`: from `source` when given, else from the resident table.
+    ///
+    /// - ids: `L` → `[1, L, D]`
+    async fn embed<S: WeightSource>(&self, source: Option<&S>, ids: &[u32]) -> Result<Tensor<3>> {
+        match source {
+            Some(source) => self.lm.embed_from(source, ids).await,
+            None => {
+                let n = ids.len();
+                let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+                self.lm.embed(Tensor::<2, Int>::from_data(
+                    TensorData::new(ids, [1, n]),
+                    &self.lm.device(),
+                ))
+            }
+        }
+    }
+
+    async fn generate<S: WeightSource>(
+        &self,
+        source: Option<&S>,
         image: &RgbaImage,
         options: &CaptionOptions,
         mut on_token: impl FnMut(&CaptionStep<'_>) -> ControlFlow<()>,
     ) -> Result<Caption> {
         let (vi, prompt) = self.prepare(image, options.language)?;
-        let device = self.lm.model.embed_tokens.weight.device();
-        let embeds = self.prompt_embeds(&vi, &prompt)?;
+        let device = self.lm.device();
+        let text = self.embed(source, &prompt.input_ids).await?; // [1, S, D]
+        let embeds = splice(text, self.image_features(&vi, &prompt)?, &prompt);
         let mut cache = self.lm.new_cache();
         let mut hidden = self
             .lm
@@ -339,16 +404,29 @@ impl Captioner {
             if eos || index + 1 == options.max_new_tokens {
                 break;
             }
-            let next =
-                Tensor::<2, Int>::from_data(TensorData::new(vec![token as i64], [1, 1]), &device);
+            let next = self.embed(source, &[token]).await?; // [1, 1, D]
             let pos = RopePositions::text(prompt.generated_position(index), 1);
-            hidden = self
-                .lm
-                .forward_embeds(self.lm.embed(next), &pos, Some(&mut cache))?;
+            hidden = self.lm.forward_embeds(next, &pos, Some(&mut cache))?;
         }
         let text = py_strip(&self.decode(&ids)?).to_owned();
         Ok(Caption { text, ids, prompt })
     }
+}
+
+/// The token embeddings `text` `[1, S, D]` with `image` `[n_img, D]` in place of the prompt's
+/// image tokens → `[1, S, D]`.
+fn splice(text: Tensor<3>, image: Tensor<2>, prompt: &MultimodalPrompt) -> Tensor<3> {
+    let s = prompt.input_ids.len();
+    let (a, n) = (prompt.image_start, prompt.image_tokens);
+    let mut parts = Vec::with_capacity(3);
+    if a > 0 {
+        parts.push(text.clone().narrow(1, 0, a));
+    }
+    parts.push(image.unsqueeze_dim::<3>(0));
+    if a + n < s {
+        parts.push(text.narrow(1, a + n, s - a - n));
+    }
+    Tensor::cat(parts, 1)
 }
 
 #[cfg(test)]

@@ -22,9 +22,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::KeyLimits;
-use crate::model::text_encoder::QwenTextConfig;
+use crate::model::text_encoder::{EmbeddingMode, QwenTextConfig};
 use crate::model::transformer::QwenImageTransformerConfig;
 use crate::model::vae::{AutoencoderKLQwenImageConfig, VaeTiling};
+use crate::text::TextEncoderLoad;
 use crate::weights::{BLOCK, Precision};
 
 /// What the plan may use.
@@ -121,8 +122,11 @@ pub struct MemoryEstimate {
     pub vae_bytes: u64,
     /// The largest single VAE decoder tensor with the chosen tiling/slicing.
     pub vae_peak_tensor_bytes: u64,
-    /// The text encoder's weights (f32) minus a host-gathered embedding, if a text encoder was
-    /// given.
+    /// The text encoder's weights (linear layers in `text_precision`, norms and a resident
+    /// embedding in f32) minus a host-gathered embedding, if a text encoder was given: what
+    /// loading it with [`MemoryPlan::text_encoder_load`] puts on the device (no `lm_head`, no
+    /// vision tower; see `crate::model::text_encoder::device_bytes` for a checkpoint's exact
+    /// count).
     pub text_encoder_bytes: u64,
     /// The largest one buffer may be: `min(maxStorageBufferBindingSize, maxBufferSize)`.
     pub max_tensor_bytes: u64,
@@ -513,6 +517,21 @@ impl MemoryPlan {
             .iter()
             .any(|t| t.action == TensorAction::HostGather)
     }
+
+    /// How to load the text encoder under this plan: its linear layers in `precision` (the
+    /// request's `text_precision`), its token embedding gathered from storage
+    /// ([`EmbeddingMode::Gathered`]) when the plan says `HostGather`, else resident. This is
+    /// what [`MemoryEstimate::text_encoder_bytes`] counts.
+    pub fn text_encoder_load(&self, precision: Precision) -> TextEncoderLoad {
+        TextEncoderLoad {
+            precision,
+            embedding: if self.gathers_embedding_on_host() {
+                EmbeddingMode::Gathered
+            } else {
+                EmbeddingMode::Resident
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -624,6 +643,10 @@ mod tests {
         assert_eq!(plan.ring(), Some(ring));
         // The 152064 × 3584 embedding (2 GiB in f32) is gathered on the host.
         assert!(plan.gathers_embedding_on_host());
+        assert_eq!(
+            plan.text_encoder_load(Precision::Q4),
+            TextEncoderLoad::gathered(Precision::Q4)
+        );
         let embed = plan
             .oversized
             .iter()
@@ -667,6 +690,77 @@ mod tests {
         assert!(plan.vae_slicing);
         assert_eq!(e.vae_peak_tensor_bytes, 192 * 256 * 256 * 4);
         assert!(e.vae_peak_tensor_bytes <= e.max_tensor_bytes);
+    }
+
+    /// The plan's text encoder estimate is the exact device size of a checkpoint with the
+    /// real Qwen2.5-VL-7B shapes (headers only: the synthetic file is never read), loaded with
+    /// the plan's [`MemoryPlan::text_encoder_load`].
+    #[test]
+    #[cfg(not(target_arch = "wasm32"))]
+    fn the_text_encoder_estimate_is_what_loading_the_real_shapes_takes() {
+        use crate::model::text_encoder::device_bytes;
+        use crate::weights::{SafetensorsFolder, SyntheticSource, SyntheticTensor};
+        let (t, v, x) = (transformer(), vae(), text());
+        let (h, i) = (x.hidden_size, x.intermediate_size);
+        let (q, kv) = (
+            x.num_attention_heads * x.head_dim,
+            x.num_key_value_heads * 128,
+        );
+        let mut tensors = Vec::new();
+        let norm = |name: String| SyntheticTensor {
+            name,
+            shape: vec![h],
+            init: crate::weights::synthetic::Init::Constant(1.0),
+        };
+        for l in 0..x.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            for (name, d_in, d_out, bias) in [
+                ("self_attn.q_proj", h, q, true),
+                ("self_attn.k_proj", h, kv, true),
+                ("self_attn.v_proj", h, kv, true),
+                ("self_attn.o_proj", q, h, false),
+                ("mlp.gate_proj", h, i, false),
+                ("mlp.up_proj", h, i, false),
+                ("mlp.down_proj", i, h, false),
+            ] {
+                let prefix = format!("{p}.{name}");
+                tensors.push(SyntheticTensor::linear_weight(&prefix, d_in, d_out));
+                if bias {
+                    tensors.push(SyntheticTensor::linear_bias(&prefix, d_in, d_out));
+                }
+            }
+            tensors.push(norm(format!("{p}.input_layernorm.weight")));
+            tensors.push(norm(format!("{p}.post_attention_layernorm.weight")));
+        }
+        tensors.push(norm("model.norm.weight".into()));
+        tensors.push(SyntheticTensor::linear_weight(
+            "model.embed_tokens",
+            h,
+            x.vocab_size,
+        ));
+        tensors.push(SyntheticTensor::linear_weight("lm_head", h, x.vocab_size));
+        let src = SyntheticSource::new("te/model.safetensors", tensors, 1).unwrap();
+        let folder = pollster::block_on(SafetensorsFolder::open(&src, "te")).unwrap();
+        for (precision, binding) in [
+            (Precision::Q4, 128 * MIB),
+            (Precision::Q8, 128 * MIB),
+            (Precision::F32, 128 * MIB),
+            (Precision::Q8, 4 * GIB),
+        ] {
+            let budget = MemoryBudget {
+                limits: limits(binding, 16 * GIB),
+                device_bytes: 96 * GIB,
+            };
+            let mut req = request(&t, &v, Some(&x), Precision::Q4, 640);
+            req.text_precision = precision;
+            let plan = plan_memory(&budget, &req).unwrap();
+            let load = plan.text_encoder_load(precision);
+            assert_eq!(
+                plan.estimate.text_encoder_bytes,
+                device_bytes(&folder, load.options(false), false),
+                "{precision:?}, {binding} bytes per binding"
+            );
+        }
     }
 
     #[test]
@@ -723,6 +817,21 @@ mod tests {
         assert_eq!(plan.transformer, TransformerResidency::Resident);
         assert_eq!((plan.vae_tiling, plan.vae_slicing), (None, false));
         assert!(plan.oversized.is_empty(), "{:?}", plan.oversized);
+        // A 4 GiB binding holds the 2.03 GiB f32 embedding: resident, and counted.
+        let load = plan.text_encoder_load(Precision::Q4);
+        assert_eq!(load.embedding, EmbeddingMode::Resident);
+        let gathered = plan_memory(
+            &MemoryBudget {
+                limits: limits(128 * MIB, 256 * MIB),
+                device_bytes: 72 * GIB,
+            },
+            &request(&t, &v, Some(&x), Precision::Q4, 640),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.estimate.text_encoder_bytes - gathered.estimate.text_encoder_bytes,
+            4 * 152064 * 3584
+        );
         // 1024²: tiled with diffusers' defaults even though the limits are ample.
         let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 1024)).unwrap();
         assert_eq!(plan.vae_tiling, Some(VaeTiling::default()));

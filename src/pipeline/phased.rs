@@ -16,7 +16,7 @@ use super::layered::{DecomposeParams, LayeredOutput, LayeredPipeline, Noise, Pro
 use super::memory::MemoryPlan;
 use crate::error::Result;
 use crate::model::transformer::{BlockStream, QwenImageTransformer2DModel};
-use crate::text::PromptEncoder;
+use crate::text::{PromptEncoder, TextEncoderLoad};
 use crate::weights::{Precision, WeightSource};
 
 /// The text embeddings a run needs.
@@ -28,20 +28,31 @@ pub struct PromptEmbeds {
     pub negative: Option<Tensor<3>>,
 }
 
-/// Loads `tokenizer/` and `text_encoder/`, encodes `prompt` (and `negative`), and frees the
+/// Loads `tokenizer/` and `text_encoder/` as `text_encoder` says (precision of the linear
+/// layers; token embedding uploaded, or gathered from `source` row by row: the browser's
+/// setting, [`TextEncoderLoad::gathered`]), encodes `prompt` (and `negative`), and frees the
 /// text encoder before returning (its device memory is handed back with
 /// `Device::memory_cleanup`). Call it before loading the transformer.
+///
+/// - returns `prompt` `[1, L, D]` and `negative` `[1, L', D]` (`L, L' ≤ max_sequence_length`)
 pub async fn encode_prompts_then_free<S: WeightSource>(
     source: &S,
     device: &Device,
     prompt: &str,
     negative: Option<&str>,
     max_sequence_length: usize,
+    text_encoder: TextEncoderLoad,
 ) -> Result<PromptEmbeds> {
-    let mut encoder = PromptEncoder::load(source, device).await?;
-    let prompt = encoder.encode(prompt, max_sequence_length)?;
+    let encoder = PromptEncoder::load_with(source, device, text_encoder).await?;
+    let prompt = encoder
+        .encode_from(source, prompt, max_sequence_length)
+        .await?;
     let negative = match negative {
-        Some(text) => Some(encoder.encode(text, max_sequence_length)?),
+        Some(text) => Some(
+            encoder
+                .encode_from(source, text, max_sequence_length)
+                .await?,
+        ),
         None => None,
     };
     drop(encoder);

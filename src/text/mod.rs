@@ -5,9 +5,10 @@
 pub mod prompt;
 pub mod tokenizer;
 
+pub use crate::model::text_encoder::EmbeddingMode;
 pub use prompt::{
     DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, MAX_SEQUENCE_LENGTH_LIMIT,
     PROMPT_TEMPLATE, PROMPT_TEMPLATE_ENCODE_START_IDX, PromptEncoder, TOKENIZER_FOLDER,
-    format_prompt, needs_caption,
+    TextEncoderLoad, format_prompt, needs_caption,
 };
 pub use tokenizer::{QWEN2_PRETOKENIZE_REGEX, QwenTokenizer};

@@ -16,13 +16,19 @@
 //!
 //! For batch 1 the mask is all ones, which the pipeline turns into `None`: the embeddings are
 //! used unpadded and unmasked.
+//!
+//! [`TextEncoderLoad`] chooses the text encoder's precision and whether its token embedding is
+//! uploaded ([`PromptEncoder::encode`] then works without the source) or gathered from storage
+//! at encode time ([`PromptEncoder::encode_from`], which takes the source).
+
+use std::cell::RefCell;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::tokenizer::QwenTokenizer;
 use crate::error::{Error, Result};
-use crate::model::text_encoder::{LoadOptions, QwenLanguageModel};
-use crate::weights::WeightSource;
+use crate::model::text_encoder::{EmbeddingMode, LoadOptions, QwenLanguageModel, RopePositions};
+use crate::weights::{Precision, WeightSource};
 
 /// `prompt_template_encode`: `{}` is replaced by the prompt.
 pub const PROMPT_TEMPLATE: &str = "<|im_start|>system\nDescribe the image by detailing the color, shape, size, texture, quantity, text, spatial relationships of the objects and background:<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n";
@@ -53,6 +59,42 @@ pub fn needs_caption(prompt: &str) -> bool {
     prompt.is_empty() || prompt == " "
 }
 
+/// How the text encoder is loaded for prompt encoding (and captioning): the precision of its
+/// linear layers and where its token embedding is kept.
+///
+/// The default (f32, resident embedding) is the reference-exact setting of the CPU tests and
+/// the CLI; the browser uses [`TextEncoderLoad::gathered`] with the registry's precision,
+/// because the real `152064 × 3584` embedding (2.18 GB in f32) does not fit one WebGPU
+/// buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TextEncoderLoad {
+    /// The precision of the linear layers (attention and MLP projections; `lm_head` and the
+    /// vision tower's when captioning). A layer whose `d_in` is not a multiple of 32 stays
+    /// f32; norms and the token embedding are always f32.
+    pub precision: Precision,
+    /// Where the token embedding is kept.
+    pub embedding: EmbeddingMode,
+}
+
+impl TextEncoderLoad {
+    /// `precision` with the token embedding gathered from storage (what the browser does).
+    pub fn gathered(precision: Precision) -> Self {
+        Self {
+            precision,
+            embedding: EmbeddingMode::Gathered,
+        }
+    }
+
+    /// The language model's [`LoadOptions`] with `lm_head` as given.
+    pub fn options(self, lm_head: bool) -> LoadOptions {
+        LoadOptions {
+            lm_head,
+            precision: self.precision,
+            embedding: self.embedding,
+        }
+    }
+}
+
 /// Tokenizer + text encoder: prompt → `prompt_embeds`.
 #[derive(Debug)]
 pub struct PromptEncoder {
@@ -60,15 +102,27 @@ pub struct PromptEncoder {
     pub tokenizer: QwenTokenizer,
     /// The language model (`text_encoder/`, without `lm_head`).
     pub text_encoder: QwenLanguageModel,
-    /// Embeddings of [`DEFAULT_NEGATIVE_PROMPT`] at the largest length, once computed.
-    negative: Option<Tensor<3>>,
+    /// Embeddings of [`DEFAULT_NEGATIVE_PROMPT`] at the largest length, once computed (a
+    /// cell: encoding takes `&self`, so an async caller holds no mutable borrow across awaits).
+    negative: RefCell<Option<Tensor<3>>>,
 }
 
 impl PromptEncoder {
-    /// Loads `tokenizer/` and `text_encoder/` (language model only) of a pipeline folder.
+    /// Loads `tokenizer/` and `text_encoder/` (language model only, f32, resident embedding)
+    /// of a pipeline folder.
     pub async fn load<S: WeightSource>(source: &S, device: &Device) -> Result<Self> {
+        Self::load_with(source, device, TextEncoderLoad::default()).await
+    }
+
+    /// [`load`](Self::load) with the text encoder in `options`' precision and embedding mode
+    /// (a gathered embedding is encoded with [`encode_from`](Self::encode_from)).
+    pub async fn load_with<S: WeightSource>(
+        source: &S,
+        device: &Device,
+        options: TextEncoderLoad,
+    ) -> Result<Self> {
         let tokenizer = QwenTokenizer::load(source, TOKENIZER_FOLDER).await?;
-        let text_encoder = QwenLanguageModel::load(source, device, LoadOptions::default()).await?;
+        let text_encoder = QwenLanguageModel::load(source, device, options.options(false)).await?;
         Self::new(tokenizer, text_encoder)
     }
 
@@ -93,7 +147,7 @@ impl PromptEncoder {
         Ok(Self {
             tokenizer,
             text_encoder,
-            negative: None,
+            negative: RefCell::new(None),
         })
     }
 
@@ -103,38 +157,73 @@ impl PromptEncoder {
     }
 
     /// `prompt_embeds` of `prompt`: `[1, min(S_ids − 34, max_sequence_length), D]` on the
-    /// encoder's device.
+    /// encoder's device, with a resident token embedding (a gathered one is an error: use
+    /// [`encode_from`](Self::encode_from)).
     ///
     /// `max_sequence_length` must be in `1..=1024`. The empty prompt and `" "` are encoded as
     /// given (the pipeline would caption the image instead when they are the *prompt*; as the
     /// negative prompt `" "` is ordinary text). The embeddings of `" "` are computed once and
     /// kept.
-    pub fn encode(&mut self, prompt: &str, max_sequence_length: usize) -> Result<Tensor<3>> {
-        if !(1..=MAX_SEQUENCE_LENGTH_LIMIT).contains(&max_sequence_length) {
-            return Err(Error::Input {
-                model: "PromptEncoder",
-                reason: format!(
-                    "max_sequence_length {max_sequence_length} must be in 1..={MAX_SEQUENCE_LENGTH_LIMIT}"
-                ),
-            });
+    pub fn encode(&self, prompt: &str, max_sequence_length: usize) -> Result<Tensor<3>> {
+        check_max_len(max_sequence_length)?;
+        if let Some(t) = self.cached_negative(prompt, max_sequence_length) {
+            return Ok(t);
         }
-        if prompt == DEFAULT_NEGATIVE_PROMPT {
-            let full = match &self.negative {
-                Some(t) => t.clone(),
-                None => {
-                    let t = self.encode_uncached(prompt, MAX_SEQUENCE_LENGTH_LIMIT)?;
-                    self.negative = Some(t.clone());
-                    t
-                }
-            };
-            let len = full.dims()[1].min(max_sequence_length);
-            return Ok(full.narrow(1, 0, len));
-        }
-        self.encode_uncached(prompt, max_sequence_length)
+        let run_len = self.run_len(prompt, max_sequence_length);
+        let ids = self.run_ids(prompt, run_len)?;
+        let n = ids.len();
+        let ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), &self.device());
+        let embeds = self.text_encoder.embed(ids)?; // [1, run, D]
+        self.finish(prompt, max_sequence_length, embeds)
     }
 
-    fn encode_uncached(&self, prompt: &str, max_sequence_length: usize) -> Result<Tensor<3>> {
-        let ids = self.input_ids(prompt)?;
+    /// [`encode`](Self::encode) with the token embedding resident or gathered: the rows of the
+    /// prompt's ids are read from `source` (the source the encoder was loaded from) when the
+    /// embedding is gathered and they were not read before; a resident embedding does not read
+    /// `source`. Both give bit-identical embeddings.
+    pub async fn encode_from<S: WeightSource>(
+        &self,
+        source: &S,
+        prompt: &str,
+        max_sequence_length: usize,
+    ) -> Result<Tensor<3>> {
+        check_max_len(max_sequence_length)?;
+        if let Some(t) = self.cached_negative(prompt, max_sequence_length) {
+            return Ok(t);
+        }
+        let run_len = self.run_len(prompt, max_sequence_length);
+        let ids = self.run_ids(prompt, run_len)?;
+        let embeds = self.text_encoder.embed_from(source, &ids).await?; // [1, run, D]
+        self.finish(prompt, max_sequence_length, embeds)
+    }
+
+    /// The `max_sequence_length` a prompt is run at: the largest for the negative prompt,
+    /// whose embeddings are kept and cut.
+    fn run_len(&self, prompt: &str, max_sequence_length: usize) -> usize {
+        if prompt == DEFAULT_NEGATIVE_PROMPT {
+            MAX_SEQUENCE_LENGTH_LIMIT
+        } else {
+            max_sequence_length
+        }
+    }
+
+    /// The kept negative prompt's embeddings cut to `max_sequence_length`, if `prompt` is it
+    /// and it was computed.
+    fn cached_negative(&self, prompt: &str, max_sequence_length: usize) -> Option<Tensor<3>> {
+        if prompt != DEFAULT_NEGATIVE_PROMPT {
+            return None;
+        }
+        let full = self.negative.borrow().clone()?;
+        let len = full.dims()[1].min(max_sequence_length);
+        Some(full.narrow(1, 0, len))
+    }
+
+    /// The ids that are run: the templated prompt's first `34 + max_sequence_length` (the
+    /// model is causal: later tokens never change earlier positions), checked against the
+    /// template's drop and the vocabulary.
+    fn run_ids(&self, prompt: &str, max_sequence_length: usize) -> Result<Vec<u32>> {
+        let mut ids = self.input_ids(prompt)?;
         let drop = PROMPT_TEMPLATE_ENCODE_START_IDX;
         if ids.len() <= drop {
             return Err(Error::Input {
@@ -154,19 +243,47 @@ impl PromptEncoder {
                 ),
             });
         }
-        // Causal model: later tokens never change earlier positions.
-        let run = ids.len().min(drop + max_sequence_length);
-        let ids: Vec<i64> = ids[..run].iter().map(|&i| i as i64).collect();
-        let device = self.device();
-        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, run]), &device);
-        let hidden = self.text_encoder.forward(ids, None)?; // [1, run, D]
-        Ok(hidden.narrow(1, drop, run - drop))
+        ids.truncate(drop + max_sequence_length);
+        Ok(ids)
+    }
+
+    /// Runs the model over the input embeddings `[1, run, D]`, drops the template's 34
+    /// positions, and keeps the negative prompt's result.
+    fn finish(
+        &self,
+        prompt: &str,
+        max_sequence_length: usize,
+        embeds: Tensor<3>,
+    ) -> Result<Tensor<3>> {
+        let run = embeds.dims()[1];
+        let drop = PROMPT_TEMPLATE_ENCODE_START_IDX;
+        let positions = RopePositions::text(0, run);
+        let hidden = self.text_encoder.forward_embeds(embeds, &positions, None)?; // [1, run, D]
+        let out = hidden.narrow(1, drop, run - drop);
+        if prompt == DEFAULT_NEGATIVE_PROMPT {
+            *self.negative.borrow_mut() = Some(out.clone());
+            let len = (run - drop).min(max_sequence_length);
+            return Ok(out.narrow(1, 0, len));
+        }
+        Ok(out)
     }
 
     /// The device the text encoder lives on.
     pub fn device(&self) -> Device {
-        self.text_encoder.model.embed_tokens.weight.device()
+        self.text_encoder.device()
     }
+}
+
+fn check_max_len(max_sequence_length: usize) -> Result<()> {
+    if (1..=MAX_SEQUENCE_LENGTH_LIMIT).contains(&max_sequence_length) {
+        return Ok(());
+    }
+    Err(Error::Input {
+        model: "PromptEncoder",
+        reason: format!(
+            "max_sequence_length {max_sequence_length} must be in 1..={MAX_SEQUENCE_LENGTH_LIMIT}"
+        ),
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ use super::{js_error_text, pixel_buffers};
 use crate::caption::{CaptionLanguage, CaptionOptions, Captioner};
 use crate::error::{Error, Result};
 use crate::gpu::{FeatureState, GpuReport, KeyLimits, matmul_self_test};
+use crate::model::text_encoder;
 use crate::model::transformer::{QwenImageTransformer2DModel, QwenImageTransformerConfig};
 use crate::pipeline::{
     DecomposeParams, Dimensions, LayeredPipeline, Noise, Progress, layers_at_size,
@@ -47,7 +48,7 @@ use crate::pipeline::{
 use crate::protocol::{DecomposeRequest, FromWorker, ModelSource, Rgba, RunPhase, ToWorker};
 use crate::text::{
     DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
-    TOKENIZER_FOLDER, needs_caption,
+    TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
 };
 use crate::weights::{
     BROWSER_F32_WEIGHT_BUDGET, GgufFile, Precision, SafetensorsFolder, WeightSource,
@@ -81,9 +82,12 @@ struct LoadedModel {
     pipeline: LayeredPipeline,
     /// Tokenizer + text encoder (keeps the negative prompt's embeddings once computed); its
     /// language model is the captioner's when there is one (shared, not copied).
-    prompt: RefCell<PromptEncoder>,
+    prompt: PromptEncoder,
     /// Vision tower + language model with `lm_head`, when the model has them.
     captioner: Option<Captioner>,
+    /// The cached files the model was loaded from: the text encoder's token embedding stays
+    /// there, and the rows a prompt or caption uses are read from it.
+    source: CachedModel,
 }
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
@@ -254,7 +258,7 @@ async fn load(source: ModelSource) {
     free_model();
     let start = js_sys::Date::now();
     let result = match CachedModel::open(&source).await {
-        Ok(cached) => load_model(&cached, &source, &device).await,
+        Ok(cached) => load_model(cached, &source, &device).await,
         Err(err) => Err(err),
     };
     BUSY.set(None);
@@ -279,29 +283,32 @@ async fn load(source: ModelSource) {
 }
 
 /// Loads the pipeline from the cached source in the precisions its registry entry names,
-/// posting [`FromWorker::LoadProgress`] as bytes arrive.
+/// posting [`FromWorker::LoadProgress`] as bytes arrive. The text encoder's token embedding
+/// is not loaded: its rows are read from `cached` when prompts are encoded.
 async fn load_model(
-    cached: &CachedModel,
+    cached: CachedModel,
     source: &ModelSource,
     device: &Device,
 ) -> Result<LoadedModel> {
     let total = cached.weight_files().iter().map(|(_, size)| size).sum();
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
     let transformer_precision = source.precision("transformer");
-    let mut bytes = 0u64;
-    for component in ["text_encoder", "vae"] {
-        bytes += 4 * SafetensorsFolder::open(cached, component)
-            .await?
-            .value_count();
-    }
+    let text_load = TextEncoderLoad::gathered(source.precision("text_encoder"));
+    let captioning = Captioner::available(&cached).await?;
+    // The text encoder at its precision, without its gathered embedding (and with the vision
+    // tower and lm_head only when captioning loads them).
+    let text_folder = SafetensorsFolder::open(&cached, "text_encoder").await?;
+    let mut bytes =
+        text_encoder::device_bytes(&text_folder, text_load.options(captioning), captioning);
+    bytes += 4 * SafetensorsFolder::open(&cached, "vae").await?.value_count();
     let transformer_values = match &cached.gguf {
-        Some(file) => GgufFile::open(cached, file)
+        Some(file) => GgufFile::open(&cached, file)
             .await?
             .tensors()
             .iter()
             .map(|t| t.numel() as u64)
             .sum(),
-        None => SafetensorsFolder::open(cached, "transformer")
+        None => SafetensorsFolder::open(&cached, "transformer")
             .await?
             .value_count(),
     };
@@ -313,19 +320,22 @@ async fn load_model(
     };
     check_f32_footprint("this model", bytes / 4, BROWSER_F32_WEIGHT_BUDGET)?;
     let counted = Counted {
-        inner: cached,
+        inner: &cached,
         read: Cell::new(0),
         total,
         last_post: Cell::new(0.0),
     };
     // With the captioning parts, the text encoder checkpoint is loaded once, whole (vision
     // tower, language model, lm_head), and prompts are encoded with the same language model.
-    let (prompt, captioner) = if Captioner::available(cached).await? {
-        let captioner = Captioner::load(&counted, device).await?;
-        let tokenizer = QwenTokenizer::load(cached, TOKENIZER_FOLDER).await?;
+    let (prompt, captioner) = if captioning {
+        let captioner = Captioner::load_with(&counted, device, text_load).await?;
+        let tokenizer = QwenTokenizer::load(&cached, TOKENIZER_FOLDER).await?;
         (captioner.prompt_encoder(tokenizer)?, Some(captioner))
     } else {
-        (PromptEncoder::load(&counted, device).await?, None)
+        (
+            PromptEncoder::load_with(&counted, device, text_load).await?,
+            None,
+        )
     };
     let transformer = match &cached.gguf {
         Some(file) => {
@@ -354,8 +364,9 @@ async fn load_model(
     counted.report("done", true);
     Ok(LoadedModel {
         pipeline,
-        prompt: RefCell::new(prompt),
+        prompt,
         captioner,
+        source: cached,
     })
 }
 
@@ -480,7 +491,7 @@ async fn run(
     let prompt = caption.as_deref().unwrap_or(&prompt);
 
     progress(RunPhase::EncodingPrompt, 0);
-    let (prompt_embeds, negative) = encode_prompt(model, prompt, true_cfg_scale > 1.0)?;
+    let (prompt_embeds, negative) = encode_prompt(model, prompt, true_cfg_scale > 1.0).await?;
 
     progress(RunPhase::EncodingImage, 0);
     let params = DecomposeParams {
@@ -558,7 +569,7 @@ async fn auto_caption(
         seed: 0,
     };
     let caption = captioner
-        .caption(&resized, &options, |step| {
+        .caption_from(&model.source, &resized, &options, |step| {
             post(&FromWorker::CaptionProgress {
                 text: step.text.to_owned(),
                 tokens: step.index + 1,
@@ -578,15 +589,21 @@ async fn auto_caption(
 /// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt `" "`'s `[1, L', D]`
 /// (`max_sequence_length` 512, the pipeline's default). `prompt` is encoded as given (a
 /// caption may be empty: the reference encodes it all the same).
-fn encode_prompt(
+async fn encode_prompt(
     model: &LoadedModel,
     prompt: &str,
     cfg: bool,
 ) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
-    let mut encoder = model.prompt.borrow_mut();
-    let embeds = encoder.encode(prompt, DEFAULT_MAX_SEQUENCE_LENGTH)?;
+    let (encoder, source) = (&model.prompt, &model.source);
+    let embeds = encoder
+        .encode_from(source, prompt, DEFAULT_MAX_SEQUENCE_LENGTH)
+        .await?;
     let negative = if cfg {
-        Some(encoder.encode(DEFAULT_NEGATIVE_PROMPT, DEFAULT_MAX_SEQUENCE_LENGTH)?)
+        Some(
+            encoder
+                .encode_from(source, DEFAULT_NEGATIVE_PROMPT, DEFAULT_MAX_SEQUENCE_LENGTH)
+                .await?,
+        )
     } else {
         None
     };

@@ -10,6 +10,7 @@ use safetensors::Dtype;
 
 use super::gguf::{GgmlType, GgufFile, dequantize};
 use super::quant::{BLOCK, QuantizedMatrix};
+use super::rows::TableRows;
 use super::{SafetensorsFolder, WeightSource, to_f32};
 use crate::error::{Error, Result};
 
@@ -52,6 +53,37 @@ impl std::str::FromStr for Precision {
     }
 }
 
+/// Decodes `want` values (a whole tensor, or a run of whole rows of it) stored as `encoding`
+/// to f32; `key`, `file` and `shape` only name the tensor in errors.
+pub(super) fn decode_values(
+    encoding: Encoding,
+    bytes: &[u8],
+    want: usize,
+    key: &str,
+    file: &str,
+    shape: &[usize],
+) -> Result<Vec<f32>> {
+    let values = match encoding {
+        Encoding::Safetensors(dtype) => to_f32(bytes, dtype, key, file)?,
+        Encoding::Gguf(ty) => dequantize(ty, bytes, want).map_err(|reason| Error::Weights {
+            key: key.to_owned(),
+            file: file.to_owned(),
+            reason,
+        })?,
+    };
+    if values.len() != want {
+        return Err(Error::Weights {
+            key: key.to_owned(),
+            file: file.to_owned(),
+            reason: format!(
+                "{} values decoded where {want} were expected (shape {shape:?})",
+                values.len()
+            ),
+        });
+    }
+    Ok(values)
+}
+
 /// The checkpoint a loader reads.
 #[derive(Clone, Copy)]
 enum Index<'a> {
@@ -61,7 +93,7 @@ enum Index<'a> {
 
 /// How a stored tensor is encoded.
 #[derive(Clone, Copy, Debug)]
-enum Encoding {
+pub(super) enum Encoding {
     Safetensors(Dtype),
     Gguf(GgmlType),
 }
@@ -175,6 +207,13 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         self
     }
 
+    /// Keeps the linear weights taken from now on in `precision` (a model that shares a
+    /// checkpoint with another, such as the vision tower and the language model of
+    /// `text_encoder/`, can load its part in its own precision).
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
     /// The precision linear weights are loaded in.
     pub fn precision(&self) -> Precision {
         self.precision
@@ -212,26 +251,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
 
     /// Decodes `want` values of `entry` (all of it, or a run of whole rows) to f32.
     fn decode_values(key: &str, entry: &Stored, bytes: &[u8], want: usize) -> Result<Vec<f32>> {
-        let values = match entry.encoding {
-            Encoding::Safetensors(dtype) => to_f32(bytes, dtype, key, entry.file)?,
-            Encoding::Gguf(ty) => dequantize(ty, bytes, want).map_err(|reason| Error::Weights {
-                key: key.to_owned(),
-                file: entry.file.to_owned(),
-                reason,
-            })?,
-        };
-        if values.len() != want {
-            return Err(Error::Weights {
-                key: key.to_owned(),
-                file: entry.file.to_owned(),
-                reason: format!(
-                    "{} values decoded where {want} were expected (shape {:?})",
-                    values.len(),
-                    entry.shape
-                ),
-            });
-        }
-        Ok(values)
+        decode_values(entry.encoding, bytes, want, key, entry.file, entry.shape)
     }
 
     /// Reads `key` as f32 values on the host, after checking that its stored shape is `shape`.
@@ -386,6 +406,33 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
             out.scales.extend_from_slice(&part.scales);
         }
         Ok(out)
+    }
+
+    /// Checks that `key` is stored as a `[rows, cols]` table and marks it taken **without
+    /// reading its data**: the returned [`TableRows`] reads single rows from the source when
+    /// they are asked for (the memory plan's `HostGather` of the text encoder's token
+    /// embedding, which is too large for one GPU buffer).
+    pub fn table_rows(&mut self, key: &str, shape: [usize; 2]) -> Result<TableRows> {
+        let entry = self.mark_taken(key, &shape)?;
+        let [rows, cols] = shape;
+        if rows == 0 || cols == 0 || !entry.len.is_multiple_of(rows as u64) {
+            return Err(Self::error(
+                key,
+                &entry,
+                format!(
+                    "{} stored bytes are not a whole number of {rows} rows",
+                    entry.len
+                ),
+            ));
+        }
+        Ok(TableRows::new(
+            key,
+            entry.file,
+            entry.encoding,
+            entry.offset,
+            shape,
+            entry.len / rows as u64,
+        ))
     }
 
     /// Marks `key` as deliberately unused after checking that it exists with `shape` (its data

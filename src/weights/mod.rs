@@ -17,6 +17,8 @@
 //!   blocks;
 //! - [`SyntheticSource`] generates a seeded random safetensors file on the fly (full-size
 //!   weights for benchmarks and precision checks without a download);
+//! - [`TableRows`] reads single rows of a table on demand (the text encoder's token embedding
+//!   gathered from storage instead of uploaded whole) and keeps the rows it has read;
 //! - [`Precision`] chooses how linear weights are kept: f32, or 8-/4-bit blocks
 //!   ([`QuantizedMatrix`]) quantized at load time or repacked from GGUF `Q8_0`/`Q4_0`.
 
@@ -24,12 +26,14 @@ pub mod gguf;
 pub mod http;
 mod loader;
 mod quant;
+mod rows;
 mod safetensors;
 pub mod synthetic;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
 pub use loader::{DEFAULT_READ_CHUNK, Precision, TensorLoader};
 pub use quant::{BLOCK, QuantizedMatrix};
+pub use rows::{RowReads, TableRows};
 pub use safetensors::{SafetensorsFolder, TensorEntry, to_f32};
 pub use synthetic::{SyntheticSource, SyntheticTensor};
 

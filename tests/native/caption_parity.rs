@@ -235,7 +235,7 @@ fn first_step_and_cached_decode_logits_match() {
             let next = Tensor::from_data(TensorData::new(vec![tok], [1, 1]), &cpu());
             let pos = RopePositions::text(prompt.generated_position(k), 1);
             hidden =
-                c.lm.forward_embeds(c.lm.embed(next), &pos, Some(&mut cache))
+                c.lm.forward_embeds(c.lm.embed(next).unwrap(), &pos, Some(&mut cache))
                     .unwrap();
         }
     }
@@ -395,8 +395,8 @@ fn captioner_is_detected_and_its_language_model_encodes_prompts() {
 
     let captioner = pollster::block_on(Captioner::load(&source, &cpu())).unwrap();
     let tokenizer = pollster::block_on(QwenTokenizer::load(&source, TOKENIZER_FOLDER)).unwrap();
-    let mut shared = captioner.prompt_encoder(tokenizer).unwrap();
-    let mut own = pollster::block_on(PromptEncoder::load(&source, &cpu())).unwrap();
+    let shared = captioner.prompt_encoder(tokenizer).unwrap();
+    let own = pollster::block_on(PromptEncoder::load(&source, &cpu())).unwrap();
     for prompt in ["a red ball on grass", " "] {
         let a = common::read(shared.encode(prompt, 512).unwrap());
         let b = common::read(own.encode(prompt, 512).unwrap());

@@ -375,6 +375,38 @@ fn encode_prompt_writes_the_reference_prompt_embeds() {
         1e-4,
     );
 
+    // The browser's settings: the embedding's rows read from the file (the same values as
+    // the resident table), and 8-bit linear layers (within text_encoder_load's Q8 bound).
+    let (want, want_shape) = rec.f32("text.prompt.embeds");
+    for (precision, atol) in [("f32", 1e-4), ("q8", 4e-2)] {
+        let path = dir.join(format!("gathered-{precision}.safetensors"));
+        let out = run(bin().args([
+            "encode-prompt",
+            "--model",
+            &model,
+            "--prompt",
+            rec.json["call"]["prompt"].as_str().expect("prompt"),
+            "--gather-embedding",
+            "--text-precision",
+            precision,
+            "--out",
+            &path.display().to_string(),
+        ]));
+        assert!(
+            out.status.success(),
+            "--gather-embedding --text-precision {precision}"
+        );
+        let (got, shape) = read_f32_file(&path, "prompt_embeds");
+        assert_eq!(shape, want_shape);
+        assert_close(
+            &format!("gathered embedding, {precision} text encoder"),
+            &got,
+            &want,
+            &shape,
+            atol,
+        );
+    }
+
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -24,6 +24,7 @@ mod kernels;
 mod kernels_attention;
 mod layered_parity;
 mod memory_plan;
+mod text_encoder_load;
 mod text_encoder_parity;
 mod transformer_parity;
 mod transformer_streaming;

@@ -23,6 +23,7 @@ use qwen_layered_web::pipeline::{
     Noise, PlanRequest, PlannedPipeline, PromptEmbeds, TensorAction, TransformerResidency,
     encode_prompts_then_free, plan_memory,
 };
+use qwen_layered_web::text::TextEncoderLoad;
 use qwen_layered_web::weights::Precision;
 
 const CASE: &str = "a_lin_cfgnorm_l3_s3_64";
@@ -204,6 +205,8 @@ fn prompts_are_encoded_by_a_text_encoder_freed_before_the_transformer_loads() {
         "A red apple and a blue cup on a wooden table.",
         Some(" "),
         512,
+        // The plan's HostGather, executed: the embedding table never reaches the device.
+        TextEncoderLoad::gathered(Precision::F32),
     ))
     .expect("encodes");
     // The fixture's embeddings of the same prompts, from diffusers' encode_prompt.

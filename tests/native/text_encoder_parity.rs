@@ -22,7 +22,10 @@ fn load_model(lm_head: bool) -> QwenLanguageModel {
     pollster::block_on(QwenLanguageModel::load(
         &model_source(),
         &cpu(),
-        LoadOptions { lm_head },
+        LoadOptions {
+            lm_head,
+            ..LoadOptions::default()
+        },
     ))
     .expect("tiny text encoder loads")
 }
@@ -95,7 +98,7 @@ fn kv_cache_prefill_chunks_and_single_tokens_equal_one_forward() {
     );
 
     // forward_embeds with explicit text positions is the same path.
-    let embeds = model.embed(ids_tensor(&ids));
+    let embeds = model.embed(ids_tensor(&ids)).expect("resident embedding");
     let out = model
         .forward_embeds(embeds, &RopePositions::text(0, ids.len()), None)
         .expect("forward_embeds");
@@ -249,7 +252,7 @@ fn vocab_merges_and_added_tokens_decoder_give_the_same_ids() {
 
 #[test]
 fn prompt_embeds_match_for_every_case() {
-    let mut encoder =
+    let encoder =
         pollster::block_on(PromptEncoder::load(&model_source(), &cpu())).expect("encoder loads");
     let mut n = 0;
     let mut worst = 0f32;
@@ -272,7 +275,7 @@ fn prompt_embeds_match_for_every_case() {
 
 #[test]
 fn max_sequence_length_truncates_after_the_drop_and_the_negative_is_cached() {
-    let mut encoder =
+    let encoder =
         pollster::block_on(PromptEncoder::load(&model_source(), &cpu())).expect("encoder loads");
     let rec = Record::load("a_lin_cfgnorm_l3_s3_64");
     let (want, shape) = rec.f32("text.prompt.embeds"); // [1, 173, 64]

@@ -230,7 +230,7 @@ fn mid_block_parts_on_wgpu() {
 fn text_encoder_matches_on_wgpu() {
     let Some(device) = gpu() else { return };
     let rec = Record::load("c_lin_cfg_l2_s2_120x80");
-    let mut encoder = pollster::block_on(qwen_layered_web::text::PromptEncoder::load(
+    let encoder = pollster::block_on(qwen_layered_web::text::PromptEncoder::load(
         &model_source(),
         &device,
     ))
@@ -258,6 +258,20 @@ fn text_encoder_matches_on_wgpu() {
         .expect("chunk after the prefill");
     let hidden = Tensor::cat(vec![first, rest], 1).narrow(1, 34, ids.len() - 34);
     check(&rec, "text.prompt.embeds", hidden, 1e-4);
+
+    // The browser's settings: 8-bit linear layers (the WGSL qmatmul kernel) and the token
+    // embedding's rows read from the weight file and uploaded, against the same on Flex.
+    use qwen_layered_web::text::{PromptEncoder, TextEncoderLoad};
+    use qwen_layered_web::weights::Precision;
+    let src = model_source();
+    let q8 = TextEncoderLoad::gathered(Precision::Q8);
+    let on = |device: &Device| {
+        let enc = pollster::block_on(PromptEncoder::load_with(&src, device, q8)).expect("q8");
+        common::read(pollster::block_on(enc.encode_from(&src, text, 512)).expect("encode"))
+    };
+    let (got, want) = (on(&device), on(&common::cpu()));
+    let shape = rec.shape("text.prompt.embeds");
+    common::assert_close("q8, gathered: wgpu vs Flex", &got, &want, &shape, 1e-4);
 }
 
 /// Quantized linear layers (8- and 4-bit blocks) give the same values and outputs on wgpu as

@@ -13,6 +13,11 @@
 //!   [`QwenLanguageModel::logits`] on the last hidden state.
 //!
 //! The vision tower (`visual.*`) is not here; [`QwenLanguageModel::load`] skips its tensors.
+//!
+//! [`LoadOptions`] choose the precision of the linear layers (f32, 8- or 4-bit blocks) and
+//! where the `[vocab, D]` token embedding is kept ([`EmbeddingMode`]): on the device, or left
+//! in storage with only the rows a prompt uses read at encode time (the browser: the real
+//! table is 2.18 GB in f32, over WebGPU's per-buffer limit).
 
 mod attention;
 mod config;
@@ -23,5 +28,7 @@ mod rope;
 pub use attention::{KvCache, LayerCache, Qwen2Attention};
 pub use config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
 pub use decoder::Qwen2DecoderLayer;
-pub use model::{Embedding, LoadOptions, QwenLanguageModel, QwenTextModel};
+pub use model::{
+    Embedding, EmbeddingMode, LoadOptions, QwenLanguageModel, QwenTextModel, device_bytes,
+};
 pub use rope::{RopePositions, RopeTables, TextRope, apply_rotary_pos_emb};

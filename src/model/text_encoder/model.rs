@@ -3,7 +3,7 @@
 //! <https://github.com/huggingface/transformers/blob/v5.2.0/src/transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py>
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Int, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use super::attention::KvCache;
 use super::config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
@@ -11,24 +11,115 @@ use super::decoder::Qwen2DecoderLayer;
 use super::rope::{RopePositions, TextRope};
 use crate::error::{Error, Result};
 use crate::model::nn::{Linear, RmsNorm};
-use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, open_component};
+use crate::weights::{
+    Precision, SafetensorsFolder, TableRows, TensorLoader, WeightSource, open_component,
+};
 
-/// `nn.Embedding(vocab, D)`: a row lookup.
+/// Where the token embedding `[vocab, D]` is kept.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EmbeddingMode {
+    /// Uploaded whole to the device as f32 (the CPU backend, the CLI, tests). The real
+    /// `152064 × 3584` table is 2.18 GB in f32: more than one WebGPU buffer may be.
+    #[default]
+    Resident,
+    /// Left in storage (the memory plan's `HostGather`): the rows of the ids a prompt uses are
+    /// read from the weight source when it is encoded ([`TableRows`]), widened to f32 and
+    /// uploaded as the input embeddings. Encode with
+    /// [`PromptEncoder::encode_from`](crate::text::PromptEncoder::encode_from) or
+    /// [`QwenLanguageModel::embed_from`], passing the source the model was loaded from.
+    Gathered,
+}
+
+/// `nn.Embedding(vocab, D)`: a row lookup, with the table on the device or left in storage
+/// ([`EmbeddingMode`]).
 #[derive(Module, Debug)]
 pub struct Embedding {
-    /// `[vocab, D]`, checkpoint key `{prefix}.weight`.
-    pub weight: Param<Tensor<2>>,
+    /// `[vocab, D]`, checkpoint key `{prefix}.weight`; `None` when the table is gathered.
+    pub weight: Option<Param<Tensor<2>>>,
+    /// The table in storage, when gathered (no device memory).
+    #[module(skip)]
+    pub rows: Option<TableRows>,
 }
 
 impl Embedding {
+    /// Loads `{prefix}.weight` `[vocab, D]` in `mode`: uploaded, or only located.
+    pub async fn load<S: WeightSource>(
+        l: &mut TensorLoader<'_, S>,
+        prefix: &str,
+        [vocab, d]: [usize; 2],
+        mode: EmbeddingMode,
+    ) -> Result<Self> {
+        let key = format!("{prefix}.weight");
+        Ok(match mode {
+            EmbeddingMode::Resident => Self {
+                weight: Some(l.param(&key, [vocab, d]).await?),
+                rows: None,
+            },
+            EmbeddingMode::Gathered => Self {
+                weight: None,
+                rows: Some(l.table_rows(&key, [vocab, d])?),
+            },
+        })
+    }
+
+    /// The mode it was loaded in.
+    pub fn mode(&self) -> EmbeddingMode {
+        match self.weight {
+            Some(_) => EmbeddingMode::Resident,
+            None => EmbeddingMode::Gathered,
+        }
+    }
+
+    /// Device lookup (a resident table only; a gathered one is an error that says to use
+    /// [`gather`](Self::gather)).
+    ///
     /// - ids: `[B, S]` → `[B, S, D]`
-    pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+    pub fn forward(&self, ids: Tensor<2, Int>) -> Result<Tensor<3>> {
+        let Some(weight) = &self.weight else {
+            return Err(Error::Input {
+                model: "Qwen2_5_VLTextModel",
+                reason: "the token embedding is gathered from storage (EmbeddingMode::Gathered):                          embed with the weight source (embed_from / encode_from)"
+                    .into(),
+            });
+        };
         let [b, s] = ids.dims();
-        let d = self.weight.dims()[1];
-        self.weight
+        let d = weight.dims()[1];
+        Ok(weight
             .val()
             .select(0, ids.reshape([b * s]))
-            .reshape([b, s, d])
+            .reshape([b, s, d]))
+    }
+
+    /// The embeddings of `ids` on `device`: a device lookup when resident, or the rows read
+    /// from `source` (the source the model was loaded from; kept once read) when gathered.
+    /// Both give the same values: the stored rows widened to f32.
+    ///
+    /// - ids: `L` token ids → `[1, L, D]`
+    pub async fn gather<S: WeightSource>(
+        &self,
+        source: &S,
+        ids: &[u32],
+        device: &Device,
+    ) -> Result<Tensor<3>> {
+        match &self.rows {
+            None => {
+                let ids: Vec<i64> = ids.iter().map(|&i| i64::from(i)).collect();
+                let n = ids.len();
+                let device = match &self.weight {
+                    Some(w) => w.device(),
+                    None => device.clone(),
+                };
+                self.forward(Tensor::from_data(TensorData::new(ids, [1, n]), &device))
+            }
+            Some(rows) => {
+                let d = rows.shape()[1];
+                let values = rows.gather(source, ids).await?;
+                Ok(Tensor::from_data(
+                    TensorData::new(values, [1, ids.len(), d]),
+                    device,
+                ))
+            }
+        }
     }
 }
 
@@ -53,18 +144,17 @@ pub struct QwenTextModel {
 }
 
 impl QwenTextModel {
-    /// Builds the stack from `config`, taking `{prefix}.*` from `l`.
+    /// Builds the stack from `config`, taking `{prefix}.*` from `l` (linear layers in `l`'s
+    /// precision) with the token embedding in `embedding` mode.
     pub async fn load_with<S: WeightSource>(
         config: &QwenTextConfig,
         l: &mut TensorLoader<'_, S>,
         prefix: &str,
+        embedding: EmbeddingMode,
     ) -> Result<Self> {
         let (v, d) = (config.vocab_size, config.hidden_size);
-        let embed_tokens = Embedding {
-            weight: l
-                .param(&format!("{prefix}.embed_tokens.weight"), [v, d])
-                .await?,
-        };
+        let embed_tokens =
+            Embedding::load(l, &format!("{prefix}.embed_tokens"), [v, d], embedding).await?;
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
             layers.push(Qwen2DecoderLayer::load(l, &format!("{prefix}.layers.{i}"), config).await?);
@@ -146,7 +236,12 @@ impl QwenTextModel {
         let s = input_ids.dims()[1];
         let past = cache.as_deref().map_or(0, KvCache::len);
         let positions = RopePositions::text(past as i64, s);
-        self.forward_embeds(self.embed_tokens.forward(input_ids), &positions, cache)
+        self.forward_embeds(self.embed_tokens.forward(input_ids)?, &positions, cache)
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> Device {
+        self.norm.weight.device()
     }
 
     /// An empty cache for this model.
@@ -166,12 +261,19 @@ impl QwenTextModel {
     }
 }
 
-/// What [`QwenLanguageModel::load`] loads besides the decoder stack.
+/// How [`QwenLanguageModel::load`] loads the language model. The default (f32, resident
+/// embedding, no `lm_head`) is what the CPU tests and the CLI use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoadOptions {
     /// Load `lm_head` (for generation: captioning). Prompt encoding does not need it, and the
     /// real one is `152064 × 3584` (545M parameters), so it is skipped by default.
     pub lm_head: bool,
+    /// The precision of the linear layers (the attention and MLP projections and `lm_head`);
+    /// a layer whose `d_in` is not a multiple of 32 stays f32, and the norms and the token
+    /// embedding are f32 whatever this says. Default f32.
+    pub precision: Precision,
+    /// Whether the token embedding is uploaded or gathered from storage. Default resident.
+    pub embedding: EmbeddingMode,
 }
 
 /// The language model of `Qwen2_5_VLForConditionalGeneration`: the decoder stack and,
@@ -209,7 +311,7 @@ impl QwenLanguageModel {
         let (json, config_file, weights) =
             open_component::<serde_json::Value>(source, folder).await?;
         let config = QwenTextConfig::from_json(&json, &config_file)?;
-        let mut l = TensorLoader::new(source, &weights, device);
+        let mut l = TensorLoader::new(source, &weights, device).with_precision(options.precision);
         let me = Self::load_with(&config, &weights, &mut l, options).await?;
         let skipped: Vec<(String, Vec<usize>)> = weights
             .keys()
@@ -225,22 +327,45 @@ impl QwenLanguageModel {
 
     /// Takes the language model's tensors (the decoder stack under `model.` or
     /// `model.language_model.`, and `lm_head` as `options` say: taken, or checked and skipped)
-    /// from `l`, which reads `weights`; the vision tower's tensors are left in the loader, so
-    /// that a caller can load them from the same loader before [`TensorLoader::finish`].
+    /// from `l`, which reads `weights`, with its linear layers in `options.precision` (the
+    /// loader's own precision is restored afterwards); the vision tower's tensors are left in
+    /// the loader, so that a caller can load them from the same loader before
+    /// [`TensorLoader::finish`].
     pub async fn load_with<S: WeightSource>(
         config: &QwenTextConfig,
         weights: &SafetensorsFolder,
         l: &mut TensorLoader<'_, S>,
         options: LoadOptions,
     ) -> Result<Self> {
+        let before = l.precision();
+        l.set_precision(options.precision);
+        let me = Self::take(config, weights, l, options).await;
+        l.set_precision(before);
+        me
+    }
+
+    async fn take<S: WeightSource>(
+        config: &QwenTextConfig,
+        weights: &SafetensorsFolder,
+        l: &mut TensorLoader<'_, S>,
+        options: LoadOptions,
+    ) -> Result<Self> {
         let prefix = text_prefix(weights)?;
-        let model = QwenTextModel::load_with(config, l, prefix).await?;
+        let model = QwenTextModel::load_with(config, l, prefix, options.embedding).await?;
         let (v, d) = (config.vocab_size, config.hidden_size);
         let lm_head = match (options.lm_head, weights.get("lm_head.weight").is_some()) {
             (true, true) => Some(l.linear("lm_head", d, v, false).await?),
-            (true, false) if config.tie_word_embeddings => {
-                Some(Linear::from_f32(model.embed_tokens.weight.val(), None))
-            }
+            (true, false) if config.tie_word_embeddings => match &model.embed_tokens.weight {
+                Some(table) => Some(Linear::from_f32(table.val(), None)),
+                None => {
+                    return Err(Error::Input {
+                        model: "Qwen2_5_VLForConditionalGeneration",
+                        reason: "lm_head is tied to the token embedding, which is gathered \
+                                 from storage: load it resident to generate"
+                            .into(),
+                    });
+                }
+            },
             (false, true) => {
                 l.skip("lm_head.weight", &[v, d])?;
                 None
@@ -280,9 +405,30 @@ impl QwenLanguageModel {
         self.model.forward_embeds(embeds, positions, cache)
     }
 
-    /// Token embeddings: `[B, S]` → `[B, S, D]`.
-    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+    /// Token embeddings from the resident table: `[B, S]` → `[B, S, D]` (an error when the
+    /// table is gathered; see [`embed_from`](Self::embed_from)).
+    pub fn embed(&self, input_ids: Tensor<2, Int>) -> Result<Tensor<3>> {
         self.model.embed_tokens.forward(input_ids)
+    }
+
+    /// Token embeddings of `ids` in either [`EmbeddingMode`]: `L` ids → `[1, L, D]` on the
+    /// model's device. `source` is the source the model was loaded from; it is read only when
+    /// the table is gathered (rows not read before).
+    pub async fn embed_from<S: WeightSource>(&self, source: &S, ids: &[u32]) -> Result<Tensor<3>> {
+        self.model
+            .embed_tokens
+            .gather(source, ids, &self.device())
+            .await
+    }
+
+    /// Where the token embedding is kept.
+    pub fn embedding_mode(&self) -> EmbeddingMode {
+        self.model.embed_tokens.mode()
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> Device {
+        self.model.device()
     }
 
     /// An empty cache for this model.
@@ -301,6 +447,44 @@ impl QwenLanguageModel {
             }),
         }
     }
+}
+
+/// Bytes the tensors of `weights` (a `text_encoder/` checkpoint) take on the device when they
+/// are loaded with `options`, from the headers alone (for a size check before loading):
+///
+/// - the token embedding: `4 · vocab · D` when resident, nothing when gathered;
+/// - `lm_head.weight` only with `options.lm_head`, the vision tower (`visual.*`) only with
+///   `vision`;
+/// - every other 2-D `*.weight` is a linear layer: in `options.precision` when its `d_in` is a
+///   multiple of 32 (`bits / 8` bytes per value plus an f32 scale per 32 values, as
+///   [`crate::model::nn::BlockWeight`] holds them), else f32;
+/// - everything else (biases, norms, the vision tower's patch convolution) f32.
+pub fn device_bytes(weights: &SafetensorsFolder, options: LoadOptions, vision: bool) -> u64 {
+    let mut total = 0u64;
+    for key in weights.keys() {
+        let Some(entry) = weights.get(key) else {
+            continue;
+        };
+        let values: u64 = entry.shape.iter().map(|&d| d as u64).product();
+        let is_vision = key.starts_with("visual.") || key.starts_with("model.visual.");
+        if (is_vision && !vision) || (key == "lm_head.weight" && !options.lm_head) {
+            continue;
+        }
+        if key.ends_with(".embed_tokens.weight") && !is_vision {
+            if options.embedding == EmbeddingMode::Resident {
+                total += 4 * values;
+            }
+            continue;
+        }
+        let linear = entry.shape.len() == 2 && key.ends_with(".weight");
+        total += match options.precision.bits() {
+            Some(bits) if linear && entry.shape[1].is_multiple_of(crate::weights::BLOCK) => {
+                values * u64::from(bits) / 8 + 4 * (values / crate::weights::BLOCK as u64)
+            }
+            _ => 4 * values,
+        };
+    }
+    total
 }
 
 /// The key prefix of the decoder stack: `model` (legacy names, what transformers writes) or
