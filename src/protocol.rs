@@ -5,8 +5,9 @@
 //! they cross as `Uint8Array`s (one copy out of wasm memory) and the sender transfers their
 //! `ArrayBuffer`s instead of cloning them (see [`Rgba`]).
 //!
-//! A session: `ProbeGpu` → `Gpu` + `SelfTest`; `LoadModel` → `LoadProgress`… → `ModelLoaded`
-//! (or `LoadFailed`); `Decompose` → `RunProgress`… (with an empty prompt first `RunProgress`
+//! A session: `ProbeGpu` → `Gpu` + `SelfTest`; `LoadModel` → `MemoryPlan`, `LoadProgress`… →
+//! `ModelLoaded` (or `LoadFailed`); a phased model's runs post `MemoryPlan` and `RunLoading`
+//! for each phase's load; `Decompose` → `RunProgress`… (with an empty prompt first `RunProgress`
 //! `captioning` and `CaptionProgress` per generated token) → `Layers` (or `Cancelled` after
 //! `Cancel`, or `RunFailed`); `Unload` → `Unloaded`.
 

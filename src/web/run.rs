@@ -286,10 +286,10 @@ impl RunPanel {
                     gib(m.budget_bytes)
                 );
                 if let Some(b) = m.max_binding {
-                    text.push_str(&format!(", buffer bindings of at most {b} bytes"));
+                    text.push_str(&format!(", buffer bindings of at most {}", gib(b)));
                 }
                 if let Some(b) = m.max_buffer {
-                    text.push_str(&format!(", buffers of at most {b} bytes"));
+                    text.push_str(&format!(", buffers of at most {}", gib(b)));
                 }
                 if forced {
                     text.push_str(" (forced by the page's URL)");
@@ -389,7 +389,7 @@ impl RunPanel {
                     &format!(
                         "Memory plan for a budget of {} and buffers of at most {}: {summary}.{}",
                         gib(budget_bytes),
-                        human_bytes(binding),
+                        gib(binding),
                         if phased {
                             " Each run loads the text encoder, frees it, then loads the \
                              transformer and the VAE, and frees them."
@@ -1105,9 +1105,16 @@ fn set_line(element: &Element, text: &str, error: bool) {
         .ok();
 }
 
-/// Bytes in GiB (`4.00 GiB`), as the budget field takes them.
+/// Bytes in binary units: `4.00 GiB` (as the budget field takes them), `4.86 MiB`, `64 KiB`.
 fn gib(bytes: u64) -> String {
-    format!("{:.2} GiB", bytes as f64 / (1u64 << 30) as f64)
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.2} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
 }
 
 /// `localStorage.getItem(key)`, through `Reflect` (no web-sys `Storage` feature needed).

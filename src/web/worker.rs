@@ -22,6 +22,19 @@
 //! others load only the text encoder and refuse an empty prompt with a message.
 //!
 //! Layers come back at the size of the request's picture (see [`layers_at_size`]).
+//!
+//! Memory (issue #6): at Load the worker reads the three configs (JSON only), makes a
+//! [`MemoryPlan`] from the device's limits (or the page's forced ones) and the page's budget,
+//! posts it ([`FromWorker::MemoryPlan`]) before any weight is read, and refuses a plan that
+//! cannot fit with its numbers. A plan that keeps the transformer resident loads everything
+//! and keeps it between runs (VAE tiling as each run's plan says). Otherwise the model is
+//! *phased*: only its configs are kept, and each run loads the text encoder (the captioner
+//! for an empty prompt), encodes, frees it ([`encode_prompts_then_free`]), then loads the
+//! transformer's non-block part, a ring of blocks and the VAE ([`PlannedPipeline`]), runs
+//! with per-step progress and cancel, drops the ring before the VAE decode, and frees it all;
+//! [`FromWorker::RunLoading`] says which phase is loading. An uncaptured GPU error (out of
+//! memory) is recorded instead of panicking; the task in flight stops at its next step and
+//! fails with it, and the model is unloaded (the page's editor is untouched).
 
 use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
