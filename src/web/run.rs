@@ -66,8 +66,6 @@ pub struct RunPanel {
     model_status: Element,
     budget_input: HtmlInputElement,
     plan_line: Element,
-    /// The URL's forced limits and budget (`?gpu-budget=…&gpu-max-binding=…`).
-    overrides: Result<MemoryOverrides, String>,
     /// The device's limits, once the worker reported them.
     limits: RefCell<Option<KeyLimits>>,
     resolution: HtmlSelectElement,
@@ -125,12 +123,6 @@ impl RunPanel {
             model_status: by_id("model-status")?,
             budget_input: by_id("set-memory-budget")?.dyn_into()?,
             plan_line: by_id("memory-plan")?,
-            overrides: web_sys::window()
-                .and_then(|w| w.location().search().ok())
-                .map_or_else(
-                    || Ok(MemoryOverrides::default()),
-                    |q| MemoryOverrides::from_query(&q),
-                ),
             limits: RefCell::new(None),
             resolution: by_id("set-resolution")?.dyn_into()?,
             decompose_button: by_id("decompose")?.dyn_into()?,
@@ -238,7 +230,7 @@ impl RunPanel {
     /// (GiB), else the default for the device.
     fn memory_settings(&self) -> Result<MemorySettings, String> {
         let limits = self.limits.borrow().clone().ok_or("the GPU is not ready")?;
-        let overrides = self.overrides.clone()?;
+        let overrides = url_overrides()?;
         let typed = self.budget_input.value();
         let budget = match overrides.budget {
             Some(bytes) => bytes,
@@ -280,7 +272,7 @@ impl RunPanel {
     fn show_budget(&self) {
         let text = match self.memory_settings() {
             Ok(m) => {
-                let forced = self.overrides.as_ref().is_ok_and(MemoryOverrides::any);
+                let forced = url_overrides().is_ok_and(|o| o.any());
                 let mut text = format!(
                     "Memory plan: made when the model loads, for a budget of {}",
                     gib(m.budget_bytes)
@@ -1103,6 +1095,15 @@ fn set_line(element: &Element, text: &str, error: bool) {
     element
         .set_attribute("role", if error { "alert" } else { "status" })
         .ok();
+}
+
+/// The URL's forced limits and budget (`?gpu-budget=…&gpu-max-binding=…`), read at each Load
+/// (so a test can change them with `history.replaceState` and load again in the same worker).
+fn url_overrides() -> Result<MemoryOverrides, String> {
+    let query = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    MemoryOverrides::from_query(&query)
 }
 
 /// Bytes in binary units: `4.00 GiB` (as the budget field takes them), `4.86 MiB`, `64 KiB`.

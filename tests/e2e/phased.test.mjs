@@ -158,7 +158,7 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     // 2. A budget below one block over the rest of the model: refused at Load, with the numbers.
     await open(TOO_SMALL);
     assert.equal(await page.inputValue("#set-memory-budget"), "2.5", "the saved budget comes back");
-    assert.match(await text("#memory-plan"), /for a budget of 0\.00 GiB, buffer bindings of at most 65536 bytes, buffers of at most 65536 bytes \(forced by the page's URL\)\.$/);
+    assert.match(await text("#memory-plan"), /for a budget of 3\.71 MiB, buffer bindings of at most 64 KiB, buffers of at most 64 KiB \(forced by the page's URL\)\.$/);
     await load();
     assert.equal(await page.getAttribute("body", "data-model"), "failed");
     const refusal = await text("#model-status");
@@ -176,7 +176,7 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     assert.equal(await page.getAttribute("body", "data-plan-vae"), "tiled");
     const plan = await text("#memory-plan");
     console.log(`plan: ${plan}`);
-    assert.match(plan, /^Memory plan for a budget of 0\.00 GiB and buffers of at most 64 KB: transformer: streamed, a ring of 1 of 2 blocks \(584 KiB each\)/);
+    assert.match(plan, /^Memory plan for a budget of 4\.86 MiB and buffers of at most 64 KiB: transformer: streamed, a ring of 1 of 2 blocks \(584 KiB each\)/);
     assert.match(plan, / · VAE: tiled, 32×32-pixel tiles every 24×24 pixels, one layer at a time · /);
     assert.match(plan, /model\.embed_tokens\.weight kept on the host/);
     assert.match(plan, /Each run loads the text encoder, frees it, then loads the transformer and the VAE, and frees them\.$/);
