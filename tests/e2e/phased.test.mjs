@@ -1,13 +1,16 @@
-// End-to-end: the worker follows the memory plan (issue #6 item 5). The tiny fixture model is
-// loaded three ways in one browser profile (its OPFS cache downloaded once):
-//   1. the default budget: the plan keeps it resident, and a run decomposes it as before;
-//   2. URL-forced limits with a budget below one block over the rest: refused at Load with
-//      the numbers;
-//   3. URL-forced 64 KiB buffers and a budget of the rest plus 1.5 blocks (the numbers
-//      tests/native/memory_plan.rs checks natively): the plan streams a ring of 1 of the 2
-//      blocks and tiles the VAE; the run loads the text encoder, frees it, loads the transformer
-//      and the VAE per run, and gives the same layers as the resident run within the tiling's
-//      difference (the untiled and 32-pixel-tiled VAE differ slightly, as in diffusers).
+// End-to-end: the worker follows the memory plan (issue #6 item 5). The tiny fixture model, in
+// one page and one worker (so the second run reuses the first one's compiled kernels):
+//   - no URL parameters: the plan line shows the default budget; the budget field is kept in
+//     localStorage;
+//   - URL-forced 64 KiB buffers and a budget below one block over the rest of the model:
+//     refused at Load, with the numbers;
+//   - the same buffers and 1 GiB: the plan keeps every block resident and tiles the VAE in
+//     32-pixel tiles; a run gives the reference layers;
+//   - the same buffers and the rest of the model plus 1.5 blocks (the numbers
+//     tests/native/memory_plan.rs checks natively): the plan streams a ring of 1 of the 2
+//     blocks with the same tiling; the run loads the text encoder, frees it, loads the
+//     transformer and the VAE, and must give the reference layers.
+// The URL changes with history.replaceState: the page reads the parameters at each Load.
 // Headless Chromium with WebGPU through SwiftShader, the mock hub of tests/mock-hf.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
@@ -32,13 +35,17 @@ const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu
 const SLOW = 600_000;
 const TINY = "test/qwen-image-layered-tiny";
 const TINY_ID = "tiny-test";
-// The same query as E2E_QUERY in tests/native/memory_plan.rs (which checks its plan natively).
-const FORCED = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=4980K";
+// E2E_STREAMED and E2E_RESIDENT of tests/native/memory_plan.rs (which checks their plans).
+const STREAMED = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=4980K";
+const RESIDENT = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=1G";
 // 64 KiB buffers and a budget below the rest of the model plus one block (4.58 MiB at 64²).
 const TOO_SMALL = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=3800K";
-// Largest per-channel difference (of 255) allowed between the streamed + tiled run and the
-// resident + whole run: the measured one (printed) is far below; tiling alone explains it.
-const TOLERANCE = 12;
+// Largest per-channel difference (of 255) allowed between the streamed and the resident run
+// with the same VAE tiling: the same kernels on the same weights, so the measured difference
+// (printed) is expected to be 0 (natively it is: tests/native/memory_plan.rs); 2 leaves room for
+// a different reduction order in the GPU kernels. (The untiled VAE differs from the 32-pixel
+// tiled one by up to 51/255 here on these random weights, 104/255 natively.)
+const TOLERANCE = 2;
 
 let server, hf;
 before(async () => {
@@ -132,7 +139,7 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
   }
 
   try {
-    // 1. The default budget: resident, as before plans.
+    // No parameters: the default budget.
     await open("");
     if (await page.getAttribute("body", "data-cache") !== "cached") {
       await page.click("#download-model");
@@ -141,24 +148,17 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     }
     assert.match(await text("#memory-plan"), /^Memory plan: made when the model loads, for a budget of 4\.00 GiB\.$/);
     assert.equal(await page.getAttribute("#set-memory-budget", "placeholder"), "4.00 GiB (default)");
-    await load();
-    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${await text("#model-status")}\n${logs.join("\n")}`);
-    assert.equal(await page.getAttribute("body", "data-plan"), "resident");
-    assert.match(await text("#memory-plan"), /transformer: resident, all 2 blocks .* · VAE: whole\. The model stays loaded between runs\.$/);
-    assert.match(await text("#model-status"), /^Loaded Tiny test model.* in \d+\.\d s\.$/);
-    lap("resident model loaded");
-    const resident = await decompose();
-    lap("resident run done");
-
     // The budget field is kept in localStorage.
     await page.fill("#set-memory-budget", "2.5");
     await page.dispatchEvent("#set-memory-budget", "change");
     assert.equal(await page.evaluate(() => localStorage.getItem("qlw.gpuBudgetGiB")), "2.5");
+    assert.match(await text("#memory-plan"), /for a budget of 2\.50 GiB\.$/);
 
-    // 2. A budget below one block over the rest of the model: refused at Load, with the numbers.
+    // A budget below one block over the rest of the model: refused at Load, with the numbers.
     await open(TOO_SMALL);
     assert.equal(await page.inputValue("#set-memory-budget"), "2.5", "the saved budget comes back");
     assert.match(await text("#memory-plan"), /for a budget of 3\.71 MiB, buffer bindings of at most 64 KiB, buffers of at most 64 KiB \(forced by the page's URL\)\.$/);
+    await page.evaluate(() => localStorage.removeItem("qlw.gpuBudgetGiB"));
     await load();
     assert.equal(await page.getAttribute("body", "data-model"), "failed");
     const refusal = await text("#model-status");
@@ -167,9 +167,20 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     assert.equal(await page.getAttribute("#model-status", "role"), "alert");
     lap("refused");
 
-    // 3. Forced limits: streamed through a ring of 1, VAE tiled; phased runs.
-    await open(FORCED);
-    await page.evaluate(() => localStorage.removeItem("qlw.gpuBudgetGiB"));
+    // The reference: every block resident, the VAE tiled.
+    await page.evaluate((q) => history.replaceState(null, "", q), RESIDENT);
+    await load();
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${await text("#model-status")}\n${logs.join("\n")}`);
+    assert.equal(await page.getAttribute("body", "data-plan"), "resident");
+    assert.equal(await page.getAttribute("body", "data-plan-vae"), "tiled");
+    assert.match(await text("#memory-plan"), /transformer: resident, all 2 blocks .* · VAE: tiled, 32×32-pixel tiles every 24×24 pixels, one layer at a time · .*The model stays loaded between runs\.$/);
+    assert.match(await text("#model-status"), /^Loaded Tiny test model.* in \d+\.\d s\.$/);
+    lap("resident model loaded");
+    const resident = await decompose();
+    lap("resident run done");
+
+    // Streamed through a ring of 1, the same tiling; phased runs.
+    await page.evaluate((q) => history.replaceState(null, "", q), STREAMED);
     await load();
     assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${await text("#model-status")}\n${logs.join("\n")}`);
     assert.equal(await page.getAttribute("body", "data-plan"), "streaming");
@@ -192,6 +203,7 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
       /^Encoding the image/, /^Denoising: step 1 of 2/, /^Decoding/];
     const at = order.map(first);
     assert.ok(at.every((i, k) => i >= 0 && (k === 0 || i > at[k - 1])), `phases in order ${at}: ${statuses.join(" | ")}`);
+    assert.ok(!resident.statuses.some((t) => t.startsWith("Loading the")), "a resident run loads nothing");
     await page.screenshot({ path: `${artifacts}/31-phased-decomposed.png` });
 
     // The same layers as the resident run, within the VAE tiling's difference.
@@ -208,7 +220,7 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
         total++;
       }
     }
-    console.log(`streamed + tiled vs resident + whole: max |difference| ${worst}/255, ${differing} of ${total} channel values differ`);
+    console.log(`streamed vs resident, same tiling: max |difference| ${worst}/255, ${differing} of ${total} channel values differ`);
     assert.ok(worst <= TOLERANCE, `layers differ by up to ${worst}/255`);
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
   } finally {
