@@ -836,6 +836,9 @@ impl Run<'_> {
     }
 
     /// Everything on the device already: caption (empty prompt), encode, denoise, decode.
+    // The pipeline's `RefCell` is borrowed mutably only in `run`, before this, to set the VAE
+    // tiling of the run's plan; one task runs at a time (`BUSY`), so no borrow can clash.
+    #[allow(clippy::await_holding_refcell_ref)]
     async fn resident(&self, model: &LoadedModel) -> Result<(Vec<RgbaImage>, Option<String>)> {
         let caption = if needs_caption(self.prompt) {
             self.progress(RunPhase::Captioning, 0);
