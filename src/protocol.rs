@@ -5,15 +5,17 @@
 //! they cross as `Uint8Array`s (one copy out of wasm memory) and the sender transfers their
 //! `ArrayBuffer`s instead of cloning them (see [`Rgba`]).
 //!
-//! A session: `ProbeGpu` → `Gpu` + `SelfTest`; `LoadModel` → `LoadProgress`… → `ModelLoaded`
-//! (or `LoadFailed`); `Decompose` → `RunProgress`… (with an empty prompt first `RunProgress`
+//! A session: `ProbeGpu` → `Gpu` + `SelfTest`; `LoadModel` → `MemoryPlan`, `LoadProgress`… →
+//! `ModelLoaded` (or `LoadFailed`); a phased model's runs post `MemoryPlan` and `RunLoading`
+//! for each phase's load; `Decompose` → `RunProgress`… (with an empty prompt first `RunProgress`
 //! `captioning` and `CaptionProgress` per generated token) → `Layers` (or `Cancelled` after
 //! `Cancel`, or `RunFailed`); `Unload` → `Unloaded`.
 
 use serde::{Deserialize, Serialize};
 
 use crate::download::Progress;
-use crate::gpu::{GpuReport, MatmulCheck};
+use crate::gpu::{GpuReport, KeyLimits, MatmulCheck};
+use crate::pipeline::{MemoryBudget, MemoryPlan};
 
 pub use crate::registry::{ModelRegistry, ModelSource};
 
@@ -105,6 +107,99 @@ fn default_max_caption_tokens() -> usize {
     crate::caption::DEFAULT_MAX_NEW_TOKENS
 }
 
+/// What the memory plan of a load may use (sent with [`ToWorker::LoadModel`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MemorySettings {
+    /// Device memory one phase may take, bytes (the model panel's "GPU memory budget", or the
+    /// `gpu-budget` URL parameter).
+    pub budget_bytes: u64,
+    /// Forced `maxStorageBufferBindingSize` (the `gpu-max-binding` URL parameter), bytes.
+    #[serde(default)]
+    pub max_binding: Option<u64>,
+    /// Forced `maxBufferSize` (the `gpu-max-buffer` URL parameter), bytes.
+    #[serde(default)]
+    pub max_buffer: Option<u64>,
+    /// The bucket side the plan is made for at load (the page's resolution setting).
+    pub resolution: u32,
+    /// The layer count the plan is made for at load (the page's layers setting).
+    pub layers: usize,
+}
+
+impl MemorySettings {
+    /// The budget: the device's limits with the forced ones in their place.
+    pub fn budget(&self, device: &KeyLimits) -> MemoryBudget {
+        let mut limits = device.clone();
+        if let Some(binding) = self.max_binding {
+            limits.max_storage_buffer_binding_size = binding;
+        }
+        if let Some(buffer) = self.max_buffer {
+            limits.max_buffer_size = buffer;
+        }
+        MemoryBudget {
+            limits,
+            device_bytes: self.budget_bytes,
+        }
+    }
+}
+
+/// Memory overrides from the page's URL query, for tests and debugging:
+/// `?gpu-budget=BYTES&gpu-max-binding=BYTES&gpu-max-buffer=BYTES` (whole numbers, with an
+/// optional `K`, `M` or `G` suffix for KiB, MiB, GiB).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MemoryOverrides {
+    /// `gpu-budget`.
+    pub budget: Option<u64>,
+    /// `gpu-max-binding`.
+    pub max_binding: Option<u64>,
+    /// `gpu-max-buffer`.
+    pub max_buffer: Option<u64>,
+}
+
+impl MemoryOverrides {
+    /// Reads them from `location.search` (`?a=1&b=2`, with or without the `?`); other
+    /// parameters are ignored; a malformed value is an error naming it.
+    pub fn from_query(query: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for pair in query.trim_start_matches('?').split('&') {
+            let Some((key, value)) = pair.split_once('=') else {
+                continue;
+            };
+            let slot = match key {
+                "gpu-budget" => &mut out.budget,
+                "gpu-max-binding" => &mut out.max_binding,
+                "gpu-max-buffer" => &mut out.max_buffer,
+                _ => continue,
+            };
+            *slot = Some(parse_bytes(value).ok_or_else(|| {
+                format!(
+                    "the URL parameter {key}={value} is not a positive byte count (e.g. 65536, \
+                     64K, 512M, 3G)"
+                )
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Whether any override is set.
+    pub fn any(&self) -> bool {
+        self.budget.is_some() || self.max_binding.is_some() || self.max_buffer.is_some()
+    }
+}
+
+/// `65536`, `64K`, `512M`, `3G` (binary units) → bytes; `None` for anything else or 0.
+fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (digits, shift) = match text.char_indices().last()? {
+        (i, 'K' | 'k') => (&text[..i], 10),
+        (i, 'M' | 'm') => (&text[..i], 20),
+        (i, 'G' | 'g') => (&text[..i], 30),
+        _ => (text, 0),
+    };
+    let n: u64 = digits.parse().ok()?;
+    (n > 0).then_some(n)?.checked_mul(1 << shift)
+}
+
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -136,6 +231,9 @@ pub enum ToWorker {
     LoadModel {
         /// Where its files are.
         source: ModelSource,
+        /// What the memory plan may use; `None`: everything resident, as before plans.
+        #[serde(default)]
+        memory: Option<MemorySettings>,
     },
     /// Decompose a picture with the loaded model.
     Decompose(DecomposeRequest),
@@ -204,6 +302,33 @@ pub enum FromWorker {
         /// Bytes of all weight files, when known.
         bytes_total: Option<u64>,
     },
+    /// The memory plan of a load (before its weights are read) or of a run (before it starts).
+    MemoryPlan {
+        /// `ModelSource::id`.
+        id: String,
+        /// The plan.
+        plan: MemoryPlan,
+        /// The plan in words ([`MemoryPlan::describe`]).
+        summary: String,
+        /// The budget it was made for, bytes.
+        budget_bytes: u64,
+        /// The limits it was made for (the device's, or the URL's forced ones).
+        limits: KeyLimits,
+        /// Whether the components load for each run and are freed after it (the plan streams),
+        /// rather than staying loaded.
+        phased: bool,
+    },
+    /// A phased run loads a component: bytes of its weights read so far.
+    RunLoading {
+        /// `"text encoder"`, `"transformer"`, `"vae"`.
+        component: String,
+        /// Bytes read so far in this phase.
+        bytes_read: u64,
+        /// Bytes of this phase's weight files.
+        bytes_total: u64,
+        /// Since the run started, ms.
+        elapsed_ms: f64,
+    },
     /// The model is on the GPU and can decompose.
     ModelLoaded {
         /// `ModelSource::id`.
@@ -214,6 +339,10 @@ pub enum FromWorker {
         /// the vision tower, and they are loaded).
         #[serde(default)]
         captioner: bool,
+        /// Whether the model loads for each run and is freed after it (its memory plan streams
+        /// the transformer): then only its configs are held now.
+        #[serde(default)]
+        phased: bool,
         /// Wall time of the load, ms.
         millis: f64,
     },
@@ -338,6 +467,56 @@ mod tests {
     }
 
     #[test]
+    fn url_overrides_parse_bytes_with_binary_suffixes() {
+        let o =
+            MemoryOverrides::from_query("?model=x&gpu-max-binding=65536&gpu-budget=3M").unwrap();
+        assert_eq!(
+            o,
+            MemoryOverrides {
+                budget: Some(3 << 20),
+                max_binding: Some(65536),
+                max_buffer: None
+            }
+        );
+        assert!(o.any());
+        let o = MemoryOverrides::from_query("gpu-max-buffer=64k&gpu-budget=2G").unwrap();
+        assert_eq!((o.max_buffer, o.budget), (Some(64 << 10), Some(2 << 30)));
+        assert!(!MemoryOverrides::from_query("").unwrap().any());
+        assert!(!MemoryOverrides::from_query("?a=1&b").unwrap().any());
+        for bad in [
+            "gpu-budget=0",
+            "gpu-budget=-1",
+            "gpu-budget=2T",
+            "gpu-max-binding=",
+            "gpu-budget=99999999999G",
+        ] {
+            let err = MemoryOverrides::from_query(bad).unwrap_err();
+            assert!(err.contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn memory_settings_force_only_the_limits_they_name() {
+        let device = KeyLimits {
+            max_buffer_size: 1 << 30,
+            max_storage_buffer_binding_size: 128 << 20,
+            max_compute_workgroup_storage_size: 16384,
+            max_compute_invocations_per_workgroup: 256,
+        };
+        let settings = MemorySettings {
+            budget_bytes: 5 << 20,
+            max_binding: Some(65536),
+            max_buffer: None,
+            resolution: 64,
+            layers: 2,
+        };
+        let budget = settings.budget(&device);
+        assert_eq!(budget.device_bytes, 5 << 20);
+        assert_eq!(budget.limits.max_storage_buffer_binding_size, 65536);
+        assert_eq!(budget.limits.max_buffer_size, 1 << 30);
+    }
+
+    #[test]
     fn every_message_round_trips_tagged() {
         let to = [
             ToWorker::LoadModel {
@@ -351,6 +530,13 @@ mod tests {
                     dev: true,
                     components: Vec::new(),
                 },
+                memory: Some(MemorySettings {
+                    budget_bytes: 1 << 30,
+                    max_binding: Some(65536),
+                    max_buffer: None,
+                    resolution: 64,
+                    layers: 3,
+                }),
             },
             ToWorker::Decompose(request()),
             ToWorker::Cancel,
@@ -377,7 +563,14 @@ mod tests {
                 id: "tiny".into(),
                 text_encoder: false,
                 captioner: true,
+                phased: true,
                 millis: 1.5,
+            },
+            FromWorker::RunLoading {
+                component: "transformer".into(),
+                bytes_read: 5,
+                bytes_total: 9,
+                elapsed_ms: 1.0,
             },
             FromWorker::LoadFailed {
                 message: "x".into(),

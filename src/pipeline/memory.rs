@@ -25,8 +25,65 @@ use crate::gpu::KeyLimits;
 use crate::model::text_encoder::{EmbeddingMode, QwenTextConfig};
 use crate::model::transformer::QwenImageTransformerConfig;
 use crate::model::vae::{AutoencoderKLQwenImageConfig, VaeTiling};
-use crate::text::TextEncoderLoad;
-use crate::weights::{BLOCK, Precision};
+use crate::text::{DEFAULT_MAX_SEQUENCE_LENGTH, TextEncoderLoad};
+use crate::weights::{BLOCK, Precision, WeightSource, read_json};
+
+/// The configs a plan is made from, read from a model source's JSON files only (no weights).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfigs {
+    /// `transformer/config.json`.
+    pub transformer: QwenImageTransformerConfig,
+    /// `vae/config.json`.
+    pub vae: AutoencoderKLQwenImageConfig,
+    /// `text_encoder/config.json`, when the source has a text encoder.
+    pub text: Option<QwenTextConfig>,
+}
+
+impl ModelConfigs {
+    /// Reads the three configs from `source`.
+    pub async fn read(source: &impl WeightSource) -> Result<Self> {
+        let transformer = read_json(source, "transformer/config.json").await?;
+        let vae = read_json(source, "vae/config.json").await?;
+        let file = "text_encoder/config.json";
+        let text = if source.exists(file).await? {
+            let value: serde_json::Value = read_json(source, file).await?;
+            Some(QwenTextConfig::from_json(&value, file)?)
+        } else {
+            None
+        };
+        Ok(Self {
+            transformer,
+            vae,
+            text,
+        })
+    }
+
+    /// The plan the app makes for a `width × height` run with `layers` layers: the text
+    /// activations counted at their upper bound ([`DEFAULT_MAX_SEQUENCE_LENGTH`] tokens).
+    pub fn plan(
+        &self,
+        budget: &MemoryBudget,
+        precision: Precision,
+        text_precision: Precision,
+        (width, height): (usize, usize),
+        layers: usize,
+    ) -> Result<MemoryPlan> {
+        plan_memory(
+            budget,
+            &PlanRequest {
+                transformer: &self.transformer,
+                vae: &self.vae,
+                text: self.text.as_ref(),
+                precision,
+                text_precision,
+                width,
+                height,
+                layers,
+                text_tokens: DEFAULT_MAX_SEQUENCE_LENGTH,
+            },
+        )
+    }
+}
 
 /// What the plan may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -485,15 +542,33 @@ fn choose_tiles(
     }
 }
 
-/// Bytes as MiB/GiB for messages.
+/// Bytes as KiB/MiB/GiB for messages.
 fn show(bytes: u64) -> String {
     let mib = bytes as f64 / (1u64 << 20) as f64;
-    if mib >= 1024.0 {
+    if mib < 1.0 {
+        format!("{:.0} KiB", bytes as f64 / 1024.0)
+    } else if mib >= 1024.0 {
         format!("{:.2} GiB", mib / 1024.0)
     } else {
         format!("{mib:.2} MiB")
     }
 }
+
+/// The budget the app assumes when the user has set none: 4 GiB, or `maxBufferSize` when the
+/// device allows a single buffer larger than that (a device that can hold one such buffer has
+/// at least that much memory; on Apple silicon Metal reports about half the RAM).
+///
+/// WebGPU cannot say how much memory is free (gpuweb #5505). 4 GiB is what a browser's GPU
+/// process can usually get on the machines that can run the model at all (discrete GPUs with
+/// 6–8 GB, unified memory of 16 GB) while the compositor and other tabs keep theirs; with it the
+/// real model's 4-bit transformer streams a ring of blocks at 640² and the tiny test model stays
+/// resident. The model panel lets the user raise or lower it.
+pub fn default_budget_bytes(limits: &KeyLimits) -> u64 {
+    DEFAULT_BUDGET_BYTES.max(limits.max_buffer_size)
+}
+
+/// See [`default_budget_bytes`].
+pub const DEFAULT_BUDGET_BYTES: u64 = 4 << 30;
 
 impl MemoryPlan {
     /// The ring size for [`BlockStream`](crate::model::transformer::BlockStream), or `None`
@@ -509,6 +584,61 @@ impl MemoryPlan {
     pub fn apply_vae(&self, pipeline: &mut super::LayeredPipeline) {
         pipeline.vae_tiling = self.vae_tiling;
         pipeline.vae_slicing = self.vae_slicing;
+    }
+
+    /// Whether every component stays on the device between runs (the transformer resident).
+    pub fn is_resident(&self) -> bool {
+        self.transformer == TransformerResidency::Resident
+    }
+
+    /// The plan in words for the page, e.g. `transformer: streamed, a ring of 1 of 2 blocks
+    /// (…) · VAE: tiled, 32-pixel tiles every 24 pixels, one layer at a time · split: …`.
+    /// `blocks` is the transformer's `num_layers`.
+    pub fn describe(&self, blocks: usize) -> String {
+        let e = &self.estimate;
+        let transformer = match self.transformer {
+            TransformerResidency::Resident => format!(
+                "transformer: resident, all {blocks} blocks ({} each) stay loaded",
+                show(e.block_bytes)
+            ),
+            TransformerResidency::Streaming { ring } => format!(
+                "transformer: streamed, a ring of {ring} of {blocks} blocks ({} each) read from \
+                 the cache in turn",
+                show(e.block_bytes)
+            ),
+        };
+        let mut vae = match self.vae_tiling {
+            None => "VAE: whole".to_owned(),
+            Some(t) => format!(
+                "VAE: tiled, {}×{}-pixel tiles every {}×{} pixels",
+                t.min_width, t.min_height, t.stride_width, t.stride_height
+            ),
+        };
+        if self.vae_slicing {
+            vae.push_str(", one layer at a time");
+        }
+        let mut parts = vec![transformer, vae];
+        if !self.oversized.is_empty() {
+            let split = self
+                .oversized
+                .iter()
+                .map(|o| match o.action {
+                    TensorAction::HostGather => format!("{} kept on the host", o.name),
+                    TensorAction::SplitRows { parts } => {
+                        format!("{} in {parts} row pieces", o.name)
+                    }
+                    TensorAction::ChunkSequence { parts } => {
+                        format!("{} in {parts} sequence chunks", o.name)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            parts.push(format!(
+                "over the {} buffer limit: {split}",
+                show(e.max_tensor_bytes)
+            ));
+        }
+        parts.join(" · ")
     }
 
     /// Whether the text encoder's token embedding is to be gathered on the host.
@@ -836,6 +966,66 @@ mod tests {
         let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 1024)).unwrap();
         assert_eq!(plan.vae_tiling, Some(VaeTiling::default()));
         assert_eq!(plan.transformer, TransformerResidency::Resident);
+    }
+
+    #[test]
+    fn the_default_budget_is_4_gib_or_one_largest_buffer() {
+        assert_eq!(default_budget_bytes(&limits(128 * MIB, 256 * MIB)), 4 * GIB);
+        assert_eq!(default_budget_bytes(&limits(2 * GIB, 4 * GIB)), 4 * GIB);
+        // Metal on a 32 GB Mac: maxBufferLength is about half the RAM.
+        assert_eq!(default_budget_bytes(&limits(4 * GIB, 16 * GIB)), 16 * GIB);
+        // With the browser's usual limits the default streams the real model's 4-bit
+        // transformer at 640² (a ring of its blocks) rather than refusing it.
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: default_budget_bytes(&limits(128 * MIB, 256 * MIB)),
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        let ring = plan.ring().expect("streams");
+        assert!((1..60).contains(&ring), "{ring}");
+    }
+
+    #[test]
+    fn plans_read_as_words() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 6 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        let ring = plan.ring().unwrap();
+        let words = plan.describe(60);
+        assert!(
+            words.starts_with(&format!(
+                "transformer: streamed, a ring of {ring} of 60 blocks ("
+            )),
+            "{words}"
+        );
+        assert!(
+            words.contains(
+                " · VAE: tiled, 256×256-pixel tiles every 192×192 pixels, one layer at a time"
+            ),
+            "{words}"
+        );
+        assert!(
+            words.contains("over the 128.00 MiB buffer limit: transformer MLP hidden activation in 4 sequence chunks, model.embed_tokens.weight kept on the host"),
+            "{words}"
+        );
+        assert!(!plan.is_resident());
+        let budget = MemoryBudget {
+            limits: limits(4 * GIB, 16 * GIB),
+            device_bytes: 72 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        assert!(plan.is_resident());
+        let words = plan.describe(60);
+        assert!(
+            words.starts_with("transformer: resident, all 60 blocks (")
+                && words.ends_with(" · VAE: whole"),
+            "{words}"
+        );
+        assert_eq!(show(64 << 10), "64 KiB");
     }
 
     #[test]

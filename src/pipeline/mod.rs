@@ -49,8 +49,8 @@ pub use layered::{
     DecomposeParams, LayeredOutput, LayeredPipeline, Noise, Progress, SCHEDULER_CONFIG_FILE, Traced,
 };
 pub use memory::{
-    MemoryBudget, MemoryEstimate, MemoryPlan, OversizedTensor, PlanRequest, TensorAction,
-    TransformerResidency, plan_memory,
+    DEFAULT_BUDGET_BYTES, MemoryBudget, MemoryEstimate, MemoryPlan, ModelConfigs, OversizedTensor,
+    PlanRequest, TensorAction, TransformerResidency, default_budget_bytes, plan_memory,
 };
 pub use phased::{PlannedPipeline, PromptEmbeds, encode_prompts_then_free};
 pub use postprocess::{

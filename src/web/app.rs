@@ -178,7 +178,7 @@ impl Ui {
             }
             FromWorker::Gpu { report } => {
                 self.show_gpu(&report);
-                self.run.gpu_ready();
+                self.run.gpu_ready(&report.limits);
             }
             FromWorker::NoWebGpu { reason } => {
                 self.set_gpu_lines(&[format!("WebGPU is not available: {reason}")], true);

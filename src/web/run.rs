@@ -29,8 +29,11 @@ use web_sys::{
 use super::{js_error_text, pixel_buffers};
 use crate::download::Progress;
 use crate::editor::{LayerId, NewLayer};
+use crate::gpu::KeyLimits;
+use crate::pipeline::default_budget_bytes;
 use crate::protocol::{
-    CacheState, DecomposeRequest, FromWorker, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
+    CacheState, DecomposeRequest, FromWorker, MemoryOverrides, MemorySettings, ModelRegistry,
+    ModelSource, Rgba, RunPhase, ToWorker,
 };
 
 /// What a run decomposes, and so where its layers go.
@@ -45,6 +48,9 @@ enum Target {
 /// The model list served with the app.
 const REGISTRY_URL: &str = "./models.json";
 
+/// The `localStorage` key of the GPU memory budget (GiB, as typed).
+const BUDGET_KEY: &str = "qlw.gpuBudgetGiB";
+
 /// The model panel's elements and state.
 pub struct RunPanel {
     document: Document,
@@ -58,6 +64,10 @@ pub struct RunPanel {
     load_button: HtmlButtonElement,
     load_progress: HtmlProgressElement,
     model_status: Element,
+    budget_input: HtmlInputElement,
+    plan_line: Element,
+    /// The device's limits, once the worker reported them.
+    limits: RefCell<Option<KeyLimits>>,
     resolution: HtmlSelectElement,
     decompose_button: HtmlButtonElement,
     cancel_button: HtmlButtonElement,
@@ -111,6 +121,9 @@ impl RunPanel {
             load_button: by_id("load-model")?.dyn_into()?,
             load_progress: by_id("load-progress")?.dyn_into()?,
             model_status: by_id("model-status")?,
+            budget_input: by_id("set-memory-budget")?.dyn_into()?,
+            plan_line: by_id("memory-plan")?,
+            limits: RefCell::new(None),
             resolution: by_id("set-resolution")?.dyn_into()?,
             decompose_button: by_id("decompose")?.dyn_into()?,
             cancel_button: by_id("cancel-run")?.dyn_into()?,
@@ -141,6 +154,15 @@ impl RunPanel {
         EventListener::new(&panel.model_select, "change", move |_| this.model_chosen()).forget();
         let this = panel.clone();
         EventListener::new(&panel.load_button, "click", move |_| this.load()).forget();
+        let this = panel.clone();
+        EventListener::new(&panel.budget_input, "change", move |_| {
+            storage_set(BUDGET_KEY, &this.budget_input.value());
+            this.show_budget();
+        })
+        .forget();
+        if let Some(saved) = storage_get(BUDGET_KEY) {
+            panel.budget_input.set_value(&saved);
+        }
         let this = panel.clone();
         EventListener::new(&panel.download_button, "click", move |_| {
             let this = this.clone();
@@ -193,10 +215,83 @@ impl RunPanel {
         *self.worker.borrow_mut() = Some(worker);
     }
 
-    /// The worker has a WebGPU device.
-    pub fn gpu_ready(&self) {
+    /// The worker has a WebGPU device with these limits.
+    pub fn gpu_ready(&self, limits: &KeyLimits) {
         self.gpu_ready.set(true);
+        let default = default_budget_bytes(limits);
+        self.budget_input
+            .set_placeholder(&format!("{} (default)", gib(default)));
+        *self.limits.borrow_mut() = Some(limits.clone());
+        self.show_budget();
         self.update_buttons();
+    }
+
+    /// What the next load's plan may use: the URL's forced values, else the budget field
+    /// (GiB), else the default for the device.
+    fn memory_settings(&self) -> Result<MemorySettings, String> {
+        let limits = self.limits.borrow().clone().ok_or("the GPU is not ready")?;
+        let overrides = url_overrides()?;
+        let typed = self.budget_input.value();
+        let budget = match overrides.budget {
+            Some(bytes) => bytes,
+            None if typed.trim().is_empty() => default_budget_bytes(&limits),
+            None => {
+                let gib = self.budget_input.value_as_number();
+                if !(gib.is_finite() && gib > 0.0) {
+                    return Err(format!(
+                        "the GPU memory budget must be a number of GiB above 0, not {typed:?}"
+                    ));
+                }
+                (gib * (1u64 << 30) as f64) as u64
+            }
+        };
+        let layers = self
+            .document
+            .get_element_by_id("set-layers")
+            .and_then(|e| e.dyn_into::<HtmlInputElement>().ok())
+            .map(|i| i.value_as_number())
+            .filter(|v| v.is_finite() && *v >= 1.0)
+            .map_or(4, |v| v as usize);
+        let resolution = self
+            .resolution
+            .value()
+            .parse()
+            .ok()
+            .or_else(|| self.chosen().and_then(|m| m.resolutions.first().copied()))
+            .ok_or("choose a resolution")?;
+        Ok(MemorySettings {
+            budget_bytes: budget,
+            max_binding: overrides.max_binding,
+            max_buffer: overrides.max_buffer,
+            resolution,
+            layers,
+        })
+    }
+
+    /// The plan line before a load: the budget and limits the plan will be made for.
+    fn show_budget(&self) {
+        let text = match self.memory_settings() {
+            Ok(m) => {
+                let forced = url_overrides().is_ok_and(|o| o.any());
+                let mut text = format!(
+                    "Memory plan: made when the model loads, for a budget of {}",
+                    gib(m.budget_bytes)
+                );
+                if let Some(b) = m.max_binding {
+                    text.push_str(&format!(", buffer bindings of at most {}", gib(b)));
+                }
+                if let Some(b) = m.max_buffer {
+                    text.push_str(&format!(", buffers of at most {}", gib(b)));
+                }
+                if forced {
+                    text.push_str(" (forced by the page's URL)");
+                }
+                text.push('.');
+                text
+            }
+            Err(err) => return set_line(&self.plan_line, &format!("Memory plan: {err}"), true),
+        };
+        set_line(&self.plan_line, &text, false);
     }
 
     /// The picture the page has open (the one a run decomposes).
@@ -270,10 +365,68 @@ impl RunPanel {
                     false,
                 );
             }
+            FromWorker::MemoryPlan {
+                summary,
+                plan,
+                budget_bytes,
+                limits,
+                phased,
+                ..
+            } => {
+                let binding = limits
+                    .max_storage_buffer_binding_size
+                    .min(limits.max_buffer_size);
+                set_line(
+                    &self.plan_line,
+                    &format!(
+                        "Memory plan for a budget of {} and buffers of at most {}: {summary}.{}",
+                        gib(budget_bytes),
+                        gib(binding),
+                        if phased {
+                            " Each run loads the text encoder, frees it, then loads the \
+                             transformer and the VAE, and frees them."
+                        } else {
+                            " The model stays loaded between runs."
+                        }
+                    ),
+                    false,
+                );
+                self.flag(
+                    "data-plan",
+                    if plan.is_resident() {
+                        "resident"
+                    } else {
+                        "streaming"
+                    },
+                );
+                self.flag(
+                    "data-plan-vae",
+                    if plan.vae_tiling.is_some() {
+                        "tiled"
+                    } else {
+                        "whole"
+                    },
+                );
+            }
+            FromWorker::RunLoading {
+                component,
+                bytes_read,
+                bytes_total,
+                elapsed_ms,
+            } => self.set_run_status(
+                &format!(
+                    "Loading the {component} for this run: {} of at most {} ({} elapsed)…",
+                    megabytes(bytes_read),
+                    megabytes(bytes_total),
+                    duration(elapsed_ms)
+                ),
+                false,
+            ),
             FromWorker::ModelLoaded {
                 id,
                 text_encoder,
                 captioner,
+                phased,
                 millis,
             } => {
                 self.captioner.set(captioner);
@@ -281,7 +434,15 @@ impl RunPanel {
                 self.load_progress.set_hidden(true);
                 let label = self.label_of(&id);
                 self.set_model_status(
-                    &format!("Loaded {label} in {:.1} s.", millis / 1000.0),
+                    &if phased {
+                        format!(
+                            "Ready: {label}, loaded in phases for each run as its memory plan \
+                             says (configs read in {:.1} s).",
+                            millis / 1000.0
+                        )
+                    } else {
+                        format!("Loaded {label} in {:.1} s.", millis / 1000.0)
+                    },
                     false,
                 );
                 let note = if text_encoder && captioner {
@@ -394,9 +555,17 @@ impl RunPanel {
             FromWorker::Error { message } => {
                 // The worker may be gone (a crash posts this too): nothing is in flight now.
                 if self.busy.get() {
+                    let loading = self.run_started.get() == 0.0;
                     self.run_ended();
                     self.load_progress.set_hidden(true);
-                    self.set_run_status(&message, true);
+                    if loading {
+                        self.set_model_status(&message, true);
+                        self.flag("data-model", "failed");
+                    } else {
+                        self.target.borrow_mut().take();
+                        self.set_run_status(&message, true);
+                        self.flag("data-run", "failed");
+                    }
                 }
                 return Some(FromWorker::Error { message });
             }
@@ -715,8 +884,13 @@ impl RunPanel {
 
     fn load(&self) {
         let Some(model) = self.chosen() else { return };
+        let memory = match self.memory_settings() {
+            Ok(memory) => memory,
+            Err(err) => return self.set_model_status(&format!("Not loading: {err}"), true),
+        };
         match self.send(&ToWorker::LoadModel {
             source: model.clone(),
+            memory: Some(memory),
         }) {
             Ok(()) => {
                 self.busy.set(true);
@@ -921,6 +1095,58 @@ fn set_line(element: &Element, text: &str, error: bool) {
     element
         .set_attribute("role", if error { "alert" } else { "status" })
         .ok();
+}
+
+/// The URL's forced limits and budget (`?gpu-budget=…&gpu-max-binding=…`), read at each Load
+/// (so a test can change them with `history.replaceState` and load again in the same worker).
+fn url_overrides() -> Result<MemoryOverrides, String> {
+    let query = web_sys::window()
+        .and_then(|w| w.location().search().ok())
+        .unwrap_or_default();
+    MemoryOverrides::from_query(&query)
+}
+
+/// Bytes in binary units: `4.00 GiB` (as the budget field takes them), `4.86 MiB`, `64 KiB`.
+fn gib(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", b / (1u64 << 30) as f64)
+    } else if b >= (1u64 << 20) as f64 {
+        format!("{:.2} MiB", b / (1u64 << 20) as f64)
+    } else {
+        format!("{:.0} KiB", b / 1024.0)
+    }
+}
+
+/// `localStorage.getItem(key)`, through `Reflect` (no web-sys `Storage` feature needed).
+fn storage_get(key: &str) -> Option<String> {
+    let storage = js_sys::Reflect::get(&web_sys::window()?.into(), &"localStorage".into()).ok()?;
+    let get: js_sys::Function = js_sys::Reflect::get(&storage, &"getItem".into())
+        .ok()?
+        .dyn_into()
+        .ok()?;
+    get.call1(&storage, &key.into()).ok()?.as_string()
+}
+
+/// `localStorage.setItem(key, value)` (`removeItem` for an empty value); failures (storage
+/// disabled) are ignored: the field still works for this page.
+fn storage_set(key: &str, value: &str) {
+    let Some(window) = web_sys::window() else {
+        return;
+    };
+    let Ok(storage) = js_sys::Reflect::get(&window, &"localStorage".into()) else {
+        return;
+    };
+    let method = if value.trim().is_empty() {
+        "removeItem"
+    } else {
+        "setItem"
+    };
+    if let Ok(f) = js_sys::Reflect::get(&storage, &method.into())
+        && let Ok(f) = f.dyn_into::<js_sys::Function>()
+    {
+        f.call2(&storage, &key.into(), &value.into()).ok();
+    }
 }
 
 fn megabytes(bytes: u64) -> String {

@@ -22,13 +22,27 @@
 //! others load only the text encoder and refuse an empty prompt with a message.
 //!
 //! Layers come back at the size of the request's picture (see [`layers_at_size`]).
+//!
+//! Memory (issue #6): at Load the worker reads the three configs (JSON only), makes a
+//! [`MemoryPlan`] from the device's limits (or the page's forced ones) and the page's budget,
+//! posts it ([`FromWorker::MemoryPlan`]) before any weight is read, and refuses a plan that
+//! cannot fit with its numbers. A plan that keeps the transformer resident loads everything
+//! and keeps it between runs (VAE tiling as each run's plan says). Otherwise the model is
+//! *phased*: only its configs are kept, and each run loads the text encoder (the captioner
+//! for an empty prompt), encodes, frees it ([`encode_prompts_then_free`]), then loads the
+//! transformer's non-block part, a ring of blocks and the VAE ([`PlannedPipeline`]), runs
+//! with per-step progress and cancel, drops the ring before the VAE decode, and frees it all;
+//! [`FromWorker::RunLoading`] says which phase is loading. An uncaptured GPU error (out of
+//! memory) is recorded instead of panicking; the task in flight stops at its next step and
+//! fails with it, and the model is unloaded (the page's editor is untouched).
 
 use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
 use std::rc::Rc;
+use std::sync::{Arc, Mutex};
 
-use burn::tensor::wgpu::WgpuSetup;
 use burn::tensor::{Device, Tensor};
+use burn::tensor::wgpu::WgpuSetup;
 use image::RgbaImage;
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -40,26 +54,30 @@ use crate::caption::{CaptionLanguage, CaptionOptions, Captioner};
 use crate::error::{Error, Result};
 use crate::gpu::{FeatureState, GpuReport, KeyLimits, matmul_self_test};
 use crate::model::text_encoder;
-use crate::model::transformer::{QwenImageTransformer2DModel, QwenImageTransformerConfig};
+use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::pipeline::{
-    DecomposeParams, Dimensions, LayeredPipeline, Noise, Progress, layers_at_size,
-    resize_rgba_lanczos,
+    DecomposeParams, Dimensions, LayeredPipeline, MemoryPlan, ModelConfigs, Noise, PlannedPipeline,
+    Progress, PromptEmbeds, encode_prompts_then_free, layers_at_size, resize_rgba_lanczos,
 };
-use crate::protocol::{DecomposeRequest, FromWorker, ModelSource, Rgba, RunPhase, ToWorker};
+use crate::protocol::{
+    DecomposeRequest, FromWorker, MemorySettings, ModelSource, Rgba, RunPhase, ToWorker,
+};
 use crate::text::{
     DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
     TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
 };
 use crate::weights::{
     BROWSER_F32_WEIGHT_BUDGET, GgufFile, Precision, SafetensorsFolder, WeightSource,
-    check_f32_footprint, read_json,
+    check_f32_footprint,
 };
 
 thread_local! {
     /// The Burn device once acquired. Burn's runtime can be initialised only once per worker.
     static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+    /// The device's limits (from the probe), for memory plans.
+    static LIMITS: RefCell<Option<KeyLimits>> = const { RefCell::new(None) };
     /// The loaded model; a run holds its own `Rc`, so unloading during a run frees it after.
-    static MODEL: RefCell<Option<Rc<LoadedModel>>> = const { RefCell::new(None) };
+    static MODEL: RefCell<Option<Model>> = const { RefCell::new(None) };
     /// What the worker is doing.
     static BUSY: Cell<Option<Task>> = const { Cell::new(None) };
     /// Set by `Cancel`, read between steps.
@@ -76,10 +94,87 @@ enum Task {
     Running,
 }
 
+/// The first uncaptured GPU error (e.g. out of memory) since the last task started: wgpu posts
+/// it to the handler installed in [`probe_gpu`], which records it here instead of panicking;
+/// runs check it between steps and fail with it.
+static GPU_ERROR: Mutex<Option<String>> = Mutex::new(None);
+
+/// The recorded GPU error, if any.
+fn gpu_error() -> Option<String> {
+    GPU_ERROR.lock().ok().and_then(|e| e.clone())
+}
+
+fn clear_gpu_error() {
+    if let Ok(mut e) = GPU_ERROR.lock() {
+        *e = None;
+    }
+}
+
+/// The loaded model: resident (everything on the device between runs, as its memory plan
+/// allows) or phased (only its configs: each run loads the text encoder, frees it, loads the
+/// transformer as the plan says, runs, frees it).
+#[derive(Clone)]
+enum Model {
+    Resident(Rc<LoadedModel>),
+    Phased(Rc<PhasedModel>),
+}
+
+/// Plans `source` for a `width × height` run with `layers` layers under `memory`
+/// ([`ModelConfigs::plan`] with the device's limits, or the forced ones).
+fn plan(
+    configs: &ModelConfigs,
+    source: &ModelSource,
+    memory: &MemorySettings,
+    size: (usize, usize),
+    layers: usize,
+) -> Result<MemoryPlan> {
+    let limits = LIMITS.with(|l| l.borrow().clone()).ok_or(Error::Input {
+        model: "memory plan",
+        reason: "the GPU's limits are not known yet".into(),
+    })?;
+    configs.plan(
+        &memory.budget(&limits),
+        source.precision("transformer"),
+        source.precision("text_encoder"),
+        size,
+        layers,
+    )
+}
+
+/// Posts a plan for the page.
+fn post_plan(id: &str, plan: &MemoryPlan, configs: &ModelConfigs, memory: &MemorySettings) {
+    let Some(limits) = LIMITS.with(|l| l.borrow().clone()) else {
+        return;
+    };
+    let budget = memory.budget(&limits);
+    post(&FromWorker::MemoryPlan {
+        id: id.to_owned(),
+        summary: plan.describe(configs.transformer.num_layers),
+        plan: plan.clone(),
+        budget_bytes: budget.device_bytes,
+        limits: budget.limits,
+        phased: !plan.is_resident(),
+    });
+}
+
+/// A model whose components load for each run.
+struct PhasedModel {
+    source: ModelSource,
+    cached: CachedModel,
+    configs: ModelConfigs,
+    memory: MemorySettings,
+    /// Whether it has the captioning parts.
+    captioner: bool,
+}
+
 /// A model on the GPU.
 struct LoadedModel {
-    /// Transformer, VAE, scheduler config.
-    pipeline: LayeredPipeline,
+    /// Transformer, VAE (tiling as the run's plan says), scheduler config.
+    pipeline: RefCell<LayeredPipeline>,
+    /// What it was loaded from and under which memory settings (`None`: no plan).
+    source: ModelSource,
+    configs: ModelConfigs,
+    memory: Option<MemorySettings>,
     /// Tokenizer + text encoder (keeps the negative prompt's embeddings once computed); its
     /// language model is the captioner's when there is one (shared, not copied).
     prompt: PromptEncoder,
@@ -87,7 +182,7 @@ struct LoadedModel {
     captioner: Option<Captioner>,
     /// The cached files the model was loaded from: the text encoder's token embedding stays
     /// there, and the rows a prompt or caption uses are read from it.
-    source: CachedModel,
+    cached: CachedModel,
 }
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
@@ -135,7 +230,7 @@ fn post(message: &FromWorker) {
 async fn handle(message: ToWorker) {
     match message {
         ToWorker::ProbeGpu => probe_gpu().await,
-        ToWorker::LoadModel { source } => load(source).await,
+        ToWorker::LoadModel { source, memory } => load(source, memory).await,
         ToWorker::Decompose(request) => decompose(request).await,
         ToWorker::Cancel => {
             if BUSY.get() == Some(Task::Running) {
@@ -243,7 +338,7 @@ fn free_model() {
 
 // ---- loading ------------------------------------------------------------------------------
 
-async fn load(source: ModelSource) {
+async fn load(source: ModelSource, memory: Option<MemorySettings>) {
     if let Some(task) = BUSY.get() {
         return post(&FromWorker::LoadFailed {
             message: format!("the worker is busy ({task:?}); wait or cancel first"),
@@ -256,28 +351,89 @@ async fn load(source: ModelSource) {
     };
     BUSY.set(Some(Task::Loading));
     free_model();
+    clear_gpu_error();
     let start = js_sys::Date::now();
-    let result = match CachedModel::open(&source).await {
-        Ok(cached) => load_model(cached, &source, &device).await,
-        Err(err) => Err(err),
-    };
+    let result = load_planned(&source, memory, &device).await;
     BUSY.set(None);
+    let result = match gpu_error() {
+        Some(gpu) => Err(Error::Input {
+            model: "GPU",
+            reason: gpu_error_advice(&gpu),
+        }),
+        None => result,
+    };
     match result {
         Ok(model) => {
-            let captioner = model.captioner.is_some();
-            MODEL.with(|m| *m.borrow_mut() = Some(Rc::new(model)));
+            let (captioner, phased) = match &model {
+                Model::Resident(m) => (m.captioner.is_some(), false),
+                Model::Phased(p) => (p.captioner, true),
+            };
+            MODEL.with(|m| *m.borrow_mut() = Some(model));
             post(&FromWorker::ModelLoaded {
                 id: source.id,
                 text_encoder: true,
                 captioner,
+                phased,
                 millis: js_sys::Date::now() - start,
             });
         }
         Err(err) => {
+            clear_gpu_error();
             device.memory_cleanup();
             post(&FromWorker::LoadFailed {
                 message: format!("Loading {} from the browser's cache: {err}", source.label),
             });
+        }
+    }
+}
+
+/// Reads the configs, plans (when the page sent memory settings; the plan is posted before
+/// any weight is read), and loads everything resident, or nothing but the configs when the
+/// plan streams the transformer (each run then loads its phases).
+async fn load_planned(
+    source: &ModelSource,
+    memory: Option<MemorySettings>,
+    device: &Device,
+) -> Result<Model> {
+    let cached = CachedModel::open(source).await?;
+    let configs = ModelConfigs::read(&cached).await?;
+    let planned = match &memory {
+        Some(m) => {
+            let side = m.resolution as usize;
+            let plan = plan(&configs, source, m, (side, side), m.layers)?;
+            post_plan(&source.id, &plan, &configs, m);
+            Some(plan)
+        }
+        None => None,
+    };
+    match (planned, memory) {
+        (Some(plan), Some(memory)) if !plan.is_resident() => {
+            if cached.gguf.is_some() {
+                return Err(Error::Input {
+                    model: "memory plan",
+                    reason: format!(
+                        "the plan streams the transformer ({}), which this app does not do yet \
+                         for a GGUF transformer: raise the GPU memory budget or choose a \
+                         source with safetensors weights",
+                        plan.describe(configs.transformer.num_layers)
+                    ),
+                });
+            }
+            let captioner = Captioner::available(&cached).await?;
+            Ok(Model::Phased(Rc::new(PhasedModel {
+                source: source.clone(),
+                cached,
+                configs,
+                memory,
+                captioner,
+            })))
+        }
+        (plan, memory) => {
+            let model = load_model(cached, source, device, configs, memory).await?;
+            if let Some(plan) = plan {
+                plan.apply_vae(&mut model.pipeline.borrow_mut());
+            }
+            Ok(Model::Resident(Rc::new(model)))
         }
     }
 }
@@ -289,6 +445,8 @@ async fn load_model(
     cached: CachedModel,
     source: &ModelSource,
     device: &Device,
+    configs: ModelConfigs,
+    memory: Option<MemorySettings>,
 ) -> Result<LoadedModel> {
     let total = cached.weight_files().iter().map(|(_, size)| size).sum();
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
@@ -319,12 +477,7 @@ async fn load_model(
         Precision::Q4 => transformer_values / 32 * 18,
     };
     check_f32_footprint("this model", bytes / 4, BROWSER_F32_WEIGHT_BUDGET)?;
-    let counted = Counted {
-        inner: &cached,
-        read: Cell::new(0),
-        total,
-        last_post: Cell::new(0.0),
-    };
+    let counted = Counted::new(&cached, total, Report::Load);
     // With the captioning parts, the text encoder checkpoint is loaded once, whole (vision
     // tower, language model, lm_head), and prompts are encoded with the same language model.
     let (prompt, captioner) = if captioning {
@@ -339,12 +492,10 @@ async fn load_model(
     };
     let transformer = match &cached.gguf {
         Some(file) => {
-            let config: QwenImageTransformerConfig =
-                read_json(&counted, "transformer/config.json").await?;
             QwenImageTransformer2DModel::load_gguf(
                 &counted,
                 file,
-                &config,
+                &configs.transformer,
                 device,
                 transformer_precision,
             )
@@ -363,32 +514,68 @@ async fn load_model(
     let pipeline = LayeredPipeline::load_with_transformer(&counted, transformer, device).await?;
     counted.report("done", true);
     Ok(LoadedModel {
-        pipeline,
+        pipeline: RefCell::new(pipeline),
+        source: source.clone(),
+        configs,
+        memory,
         prompt,
         captioner,
-        source: cached,
+        cached,
     })
 }
 
-/// A source that counts the bytes read through it and reports them (at most every 100 ms).
+/// How a [`Counted`] source reports.
+#[derive(Debug, Clone, Copy)]
+enum Report {
+    /// [`FromWorker::LoadProgress`] (a model load).
+    Load,
+    /// [`FromWorker::RunLoading`] (a phase of a run that started at this `Date.now()`).
+    Run(f64),
+}
+
+/// A source that counts the bytes read through it and reports them (at most every 100 ms,
+/// and not while `quiet`: a block stream reading during the denoising loop).
 struct Counted<'a, S> {
     inner: &'a S,
     read: Cell<u64>,
     total: u64,
     last_post: Cell<f64>,
+    how: Report,
+    quiet: Cell<bool>,
 }
 
-impl<S> Counted<'_, S> {
+impl<'a, S> Counted<'a, S> {
+    fn new(inner: &'a S, total: u64, how: Report) -> Self {
+        Self {
+            inner,
+            read: Cell::new(0),
+            total,
+            last_post: Cell::new(0.0),
+            how,
+            quiet: Cell::new(false),
+        }
+    }
+
     fn report(&self, component: &str, force: bool) {
         let now = js_sys::Date::now();
-        if force || now - self.last_post.get() >= 100.0 {
-            self.last_post.set(now);
-            post(&FromWorker::LoadProgress {
-                component: component.to_owned(),
-                bytes_read: self.read.get(),
-                bytes_total: Some(self.total.max(self.read.get())),
-            });
+        if self.quiet.get() || !(force || now - self.last_post.get() >= 100.0) {
+            return;
         }
+        self.last_post.set(now);
+        let bytes_read = self.read.get();
+        post(&match self.how {
+            Report::Load => FromWorker::LoadProgress {
+                component: component.to_owned(),
+                bytes_read,
+                bytes_total: Some(self.total.max(bytes_read)),
+            },
+            Report::Run(start) => FromWorker::RunLoading {
+                component: component.to_owned(),
+                bytes_read,
+                bytes_total: self.total.max(bytes_read),
+                elapsed_ms: now - start,
+            },
+        });
     }
 }
 
@@ -429,13 +616,31 @@ async fn decompose(request: DecomposeRequest) {
             message: "no model is loaded: load one first".into(),
         });
     };
+    let Some(device) = device() else {
+        return post(&FromWorker::RunFailed {
+            message: "the GPU is not ready (no WebGPU device in the worker)".into(),
+        });
+    };
     BUSY.set(Some(Task::Running));
     CANCEL.set(false);
+    clear_gpu_error();
     let start = js_sys::Date::now();
-    let result = run(&model, request, start).await;
-    drop(model);
+    let phased = matches!(model, Model::Phased(_));
+    let result = run(model, &device, request, start).await;
     BUSY.set(None);
     CANCEL.set(false);
+    if phased {
+        device.memory_cleanup();
+    }
+    // An uncaptured GPU error (out of memory) makes the result garbage even when the run got
+    // to its end: report it instead, and free the model (the device itself stays usable).
+    let result = match gpu_error() {
+        Some(gpu) => Err(Error::Input {
+            model: "GPU",
+            reason: gpu_error_advice(&gpu),
+        }),
+        None => result,
+    };
     match result {
         Ok((layers, caption)) => post(&FromWorker::Layers {
             layers,
@@ -443,15 +648,65 @@ async fn decompose(request: DecomposeRequest) {
             millis: js_sys::Date::now() - start,
         }),
         Err(Error::Cancelled { at }) => post(&FromWorker::Cancelled { at }),
-        Err(err) => post(&FromWorker::RunFailed {
-            message: format!("Decomposing failed: {err}"),
-        }),
+        Err(err) => {
+            let gpu = gpu_error().is_some();
+            let text = err.to_string();
+            let lost = is_device_lost(&text);
+            let message = if lost {
+                format!(
+                    "Decomposing failed: the GPU device was lost ({text}). The editor and its \
+                     layers are untouched: save them (Export), then reload the page to get a \
+                     new GPU device."
+                )
+            } else {
+                format!("Decomposing failed: {text}")
+            };
+            post(&FromWorker::RunFailed { message });
+            if gpu || lost {
+                clear_gpu_error();
+                free_model();
+                post(&FromWorker::Unloaded);
+            }
+        }
     }
 }
 
-/// One run: the layers at the picture's size, and the caption when the prompt was empty.
+/// Whether an error's text says the device is gone (cubecl poisons a lost device: every later
+/// read fails with the loss's reason).
+fn is_device_lost(text: &str) -> bool {
+    let t = text.to_lowercase();
+    t.contains("device was lost") || t.contains("device lost") || t.contains("poisoned")
+}
+
+/// An uncaptured GPU error in words, with what the user can do.
+fn gpu_error_advice(error: &str) -> String {
+    let what = if error.to_lowercase().contains("out of memory") {
+        "the GPU ran out of memory"
+    } else {
+        "the GPU reported an error"
+    };
+    format!(
+        "{what} ({error}). The model was unloaded; the editor and its layers are untouched. \
+         Lower the GPU memory budget in the model panel (the plan then streams the transformer \
+         in a smaller ring and tiles the VAE), or use fewer layers or a lower resolution, and \
+         load the model again."
+    )
+}
+
+/// The break of every step callback: a cancel, or a GPU error recorded meanwhile.
+fn stop_requested() -> ControlFlow<()> {
+    if CANCEL.get() || gpu_error().is_some() {
+        ControlFlow::Break(())
+    } else {
+        ControlFlow::Continue(())
+    }
+}
+
+/// One run, resident or phased as the model and the run's plan say: the layers at the
+/// picture's size, and the caption when the prompt was empty.
 async fn run(
-    model: &LoadedModel,
+    model: Model,
+    device: &Device,
     request: DecomposeRequest,
     start: f64,
 ) -> Result<(Vec<Rgba>, Option<String>)> {
@@ -473,27 +728,6 @@ async fn run(
     image.check("the picture").map_err(bad)?;
     let input = RgbaImage::from_raw(image.width, image.height, image.pixels)
         .ok_or_else(|| bad("the picture's pixel buffer has the wrong length".into()))?;
-    let progress = |phase: RunPhase, step: usize| {
-        post(&FromWorker::RunProgress {
-            phase,
-            step,
-            steps,
-            elapsed_ms: js_sys::Date::now() - start,
-        })
-    };
-
-    let caption = if needs_caption(&prompt) {
-        progress(RunPhase::Captioning, 0);
-        Some(auto_caption(model, &input, resolution, max_caption_tokens, start).await?)
-    } else {
-        None
-    };
-    let prompt = caption.as_deref().unwrap_or(&prompt);
-
-    progress(RunPhase::EncodingPrompt, 0);
-    let (prompt_embeds, negative) = encode_prompt(model, prompt, true_cfg_scale > 1.0).await?;
-
-    progress(RunPhase::EncodingImage, 0);
     let params = DecomposeParams {
         layers,
         steps,
@@ -501,31 +735,71 @@ async fn run(
         true_cfg_scale,
         cfg_normalize,
     };
-    let output = model
-        .pipeline
-        .run(
-            &input,
-            &params,
-            prompt_embeds,
-            negative,
-            Noise::Seed(seed),
-            |p| {
-                match p {
-                    Progress::Encoded => progress(RunPhase::Denoising, 0),
-                    Progress::Step { step, .. } => progress(RunPhase::Denoising, step + 1),
-                    Progress::Decoding => progress(RunPhase::Decoding, steps),
-                    Progress::Prepared { .. } | Progress::Done => {}
-                }
-                if CANCEL.get() {
-                    ControlFlow::Break(())
+    let dims = Dimensions::for_image_any_bucket(resolution, input.width(), input.height())?;
+    let run = Run {
+        input: &input,
+        params: &params,
+        seed,
+        prompt: &prompt,
+        max_caption_tokens,
+        start,
+    };
+
+    // The run's own plan (its working size and layer count): a resident model whose plan now
+    // streams is freed and this run, and the next ones, go phased.
+    let model = match model {
+        Model::Resident(m) => match &m.memory {
+            Some(memory) => {
+                let plan = plan(
+                    &m.configs,
+                    &m.source,
+                    memory,
+                    (dims.width as usize, dims.height as usize),
+                    layers,
+                )?;
+                post_plan(&m.source.id, &plan, &m.configs, memory);
+                if plan.is_resident() {
+                    plan.apply_vae(&mut m.pipeline.borrow_mut());
+                    Model::Resident(m)
                 } else {
-                    ControlFlow::Continue(())
+                    let source = m.source.clone();
+                    let memory = memory.clone();
+                    drop(m);
+                    free_model();
+                    let cached = CachedModel::open(&source).await?;
+                    let configs = ModelConfigs::read(&cached).await?;
+                    let captioner = Captioner::available(&cached).await?;
+                    let phased = Model::Phased(Rc::new(PhasedModel {
+                        source,
+                        cached,
+                        configs,
+                        memory,
+                        captioner,
+                    }));
+                    MODEL.with(|slot| *slot.borrow_mut() = Some(phased.clone()));
+                    phased
                 }
-            },
-        )
-        .await?;
+            }
+            None => Model::Resident(m),
+        },
+        phased => phased,
+    };
+    let (output, caption) = match model {
+        Model::Resident(m) => run.resident(&m).await?,
+        Model::Phased(p) => {
+            let plan = plan(
+                &p.configs,
+                &p.source,
+                &p.memory,
+                (dims.width as usize, dims.height as usize),
+                layers,
+            )?;
+            post_plan(&p.source.id, &plan, &p.configs, &p.memory);
+            run.phased(&p, &plan, device).await?
+        }
+    };
     // Over the picture at its size: the working size's layers resized back.
-    let layers = layers_at_size(output.layers, input.width(), input.height())?;
+    let layers = layers_at_size(output, input.width(), input.height())?;
     let layers = layers
         .into_iter()
         .map(|layer| Rgba {
@@ -537,77 +811,228 @@ async fn run(
     Ok((layers, caption))
 }
 
-/// The reference's auto-caption (`get_image_caption`): `input` resized to the working size of
-/// `resolution` with the pipeline's Lanczos (its `prompt_image`), described with the English
-/// template (the official app's `use_en_prompt=True`) in at most `max_tokens` tokens, each
-/// posted as [`FromWorker::CaptionProgress`]; a cancel stops it between tokens.
-async fn auto_caption(
-    model: &LoadedModel,
-    input: &RgbaImage,
-    resolution: u32,
-    max_tokens: usize,
+/// A run's inputs.
+struct Run<'a> {
+    input: &'a RgbaImage,
+    params: &'a DecomposeParams,
+    seed: u64,
+    prompt: &'a str,
+    max_caption_tokens: usize,
     start: f64,
-) -> Result<String> {
-    let Some(captioner) = &model.captioner else {
-        return Err(Error::Input {
-            model: "decompose request",
-            reason: "this model has no captioning parts (processor/ settings and the vision                      tower in text_encoder/), so it cannot describe the picture itself: enter a                      prompt that describes it"
-                .into(),
-        });
-    };
-    if max_tokens == 0 {
-        return Err(Error::Input {
-            model: "decompose request",
-            reason: "the caption needs at least 1 token".into(),
-        });
-    }
-    let dims = Dimensions::for_image_any_bucket(resolution, input.width(), input.height())?;
-    let resized = resize_rgba_lanczos(input, dims.width, dims.height)?;
-    let options = CaptionOptions {
-        language: CaptionLanguage::English,
-        max_new_tokens: max_tokens,
-        seed: 0,
-    };
-    let caption = captioner
-        .caption_from(&model.source, &resized, &options, |step| {
-            post(&FromWorker::CaptionProgress {
-                text: step.text.to_owned(),
-                tokens: step.index + 1,
-                max_tokens,
-                elapsed_ms: js_sys::Date::now() - start,
-            });
-            if CANCEL.get() {
-                ControlFlow::Break(())
-            } else {
-                ControlFlow::Continue(())
-            }
-        })
-        .await?;
-    Ok(caption.text)
 }
 
-/// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt `" "`'s `[1, L', D]`
-/// (`max_sequence_length` 512, the pipeline's default). `prompt` is encoded as given (a
-/// caption may be empty: the reference encodes it all the same).
-async fn encode_prompt(
-    model: &LoadedModel,
-    prompt: &str,
-    cfg: bool,
-) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
-    let (encoder, source) = (&model.prompt, &model.source);
-    let embeds = encoder
-        .encode_from(source, prompt, DEFAULT_MAX_SEQUENCE_LENGTH)
-        .await?;
-    let negative = if cfg {
-        Some(
-            encoder
-                .encode_from(source, DEFAULT_NEGATIVE_PROMPT, DEFAULT_MAX_SEQUENCE_LENGTH)
-                .await?,
+impl Run<'_> {
+    fn progress(&self, phase: RunPhase, step: usize) {
+        post(&FromWorker::RunProgress {
+            phase,
+            step,
+            steps: self.params.steps,
+            elapsed_ms: js_sys::Date::now() - self.start,
+        })
+    }
+
+    /// The pipeline's progress as messages; a cancel or a GPU error stops it.
+    fn on_step(&self, p: Progress) -> ControlFlow<()> {
+        match p {
+            Progress::Encoded => self.progress(RunPhase::Denoising, 0),
+            Progress::Step { step, .. } => self.progress(RunPhase::Denoising, step + 1),
+            Progress::Decoding => self.progress(RunPhase::Decoding, self.params.steps),
+            Progress::Prepared { .. } | Progress::Done => {}
+        }
+        stop_requested()
+    }
+
+    fn negative(&self) -> Option<&'static str> {
+        (self.params.true_cfg_scale > 1.0).then_some(DEFAULT_NEGATIVE_PROMPT)
+    }
+
+    /// Everything on the device already: caption (empty prompt), encode, denoise, decode.
+    // The pipeline's `RefCell` is borrowed mutably only in `run`, before this, to set the VAE
+    // tiling of the run's plan; one task runs at a time (`BUSY`), so no borrow can clash.
+    #[allow(clippy::await_holding_refcell_ref)]
+    async fn resident(&self, model: &LoadedModel) -> Result<(Vec<RgbaImage>, Option<String>)> {
+        let caption = if needs_caption(self.prompt) {
+            self.progress(RunPhase::Captioning, 0);
+            let Some(captioner) = &model.captioner else {
+                return Err(no_captioner());
+            };
+            Some(self.caption(captioner, &model.cached).await?)
+        } else {
+            None
+        };
+        let prompt = caption.as_deref().unwrap_or(self.prompt);
+        self.progress(RunPhase::EncodingPrompt, 0);
+        let (prompt_embeds, negative) =
+            encode_with(&model.prompt, &model.cached, prompt, self.negative()).await?;
+        self.progress(RunPhase::EncodingImage, 0);
+        let pipeline = model.pipeline.borrow();
+        let output = pipeline
+            .run(
+                self.input,
+                self.params,
+                prompt_embeds,
+                negative,
+                Noise::Seed(self.seed),
+                |p| self.on_step(p),
+            )
+            .await?;
+        Ok((output.layers, caption))
+    }
+
+    /// The phases one after another, each freed before the next loads: the text encoder (or
+    /// the captioner, for an empty prompt) encodes the prompts and is freed; the transformer
+    /// (resident or a ring of blocks, as `plan` says) and the VAE load, run, and are freed.
+    async fn phased(
+        &self,
+        model: &PhasedModel,
+        plan: &MemoryPlan,
+        device: &Device,
+    ) -> Result<(Vec<RgbaImage>, Option<String>)> {
+        let sizes = |prefixes: &[&str]| -> u64 {
+            model
+                .cached
+                .weight_files()
+                .iter()
+                .filter(|(path, _)| prefixes.iter().any(|p| path.starts_with(p)))
+                .map(|(_, size)| size)
+                .sum()
+        };
+        let cached = &model.cached;
+        let text = Counted::new(cached, sizes(&["text_encoder/"]), Report::Run(self.start));
+        // The token embedding stays in storage; only a prompt's rows are read.
+        let text_load = TextEncoderLoad::gathered(model.source.precision("text_encoder"));
+        let (embeds, caption) = if needs_caption(self.prompt) {
+            if !model.captioner {
+                return Err(no_captioner());
+            }
+            self.progress(RunPhase::Captioning, 0);
+            let captioner = Captioner::load_with(&text, device, text_load).await?;
+            let caption = self.caption(&captioner, cached).await?;
+            self.progress(RunPhase::EncodingPrompt, 0);
+            let tokenizer = QwenTokenizer::load(cached, TOKENIZER_FOLDER).await?;
+            let encoder = captioner.prompt_encoder(tokenizer)?;
+            let (prompt, negative) =
+                encode_with(&encoder, cached, &caption, self.negative()).await?;
+            drop(encoder);
+            drop(captioner);
+            device.memory_cleanup();
+            (PromptEmbeds { prompt, negative }, Some(caption))
+        } else {
+            self.progress(RunPhase::EncodingPrompt, 0);
+            let embeds = encode_prompts_then_free(
+                &text,
+                device,
+                self.prompt,
+                self.negative(),
+                DEFAULT_MAX_SEQUENCE_LENGTH,
+                text_load,
+            )
+            .await?;
+            (embeds, None)
+        };
+        if let ControlFlow::Break(()) = stop_requested() {
+            return Err(Error::Cancelled {
+                at: "after encoding the prompt".into(),
+            });
+        }
+
+        let weights = Counted::new(
+            cached,
+            sizes(&["transformer/", "vae/"]),
+            Report::Run(self.start),
+        );
+        let mut planned = PlannedPipeline::load(
+            &weights,
+            device,
+            plan,
+            model.source.precision("transformer"),
         )
-    } else {
-        None
+        .await?;
+        // The ring's block reads during the denoising loop are not load progress.
+        weights.quiet.set(true);
+        self.progress(RunPhase::EncodingImage, 0);
+        let output = planned
+            .run(
+                self.input,
+                self.params,
+                embeds,
+                Noise::Seed(self.seed),
+                |p| self.on_step(p),
+            )
+            .await?;
+        drop(planned);
+        device.memory_cleanup();
+        Ok((output.layers, caption))
+    }
+
+    /// The reference's auto-caption (`get_image_caption`): the input resized to the working
+    /// size of `resolution` with the pipeline's Lanczos (its `prompt_image`), described with
+    /// the English template (the official app's `use_en_prompt=True`) in at most
+    /// `max_caption_tokens` tokens, each posted as [`FromWorker::CaptionProgress`]; a cancel
+    /// stops it between tokens.
+    async fn caption(&self, captioner: &Captioner, cached: &CachedModel) -> Result<String> {
+        let max_tokens = self.max_caption_tokens;
+        if max_tokens == 0 {
+            return Err(Error::Input {
+                model: "decompose request",
+                reason: "the caption needs at least 1 token".into(),
+            });
+        }
+        let (input, resolution) = (self.input, self.params.resolution);
+        let dims = Dimensions::for_image_any_bucket(resolution, input.width(), input.height())?;
+        let resized = resize_rgba_lanczos(input, dims.width, dims.height)?;
+        let options = CaptionOptions {
+            language: CaptionLanguage::English,
+            max_new_tokens: max_tokens,
+            seed: 0,
+        };
+        let caption = captioner
+            .caption_from(cached, &resized, &options, |step| {
+                post(&FromWorker::CaptionProgress {
+                    text: step.text.to_owned(),
+                    tokens: step.index + 1,
+                    max_tokens,
+                    elapsed_ms: js_sys::Date::now() - self.start,
+                });
+                stop_requested()
+            })
+            .await?;
+        Ok(caption.text)
+    }
+}
+
+/// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt's `[1, L', D]`
+/// (`max_sequence_length` 512, the pipeline's default), the token embedding's rows read from
+/// `cached`. `prompt` is encoded as given (a caption may be empty: the reference encodes it all
+/// the same).
+async fn encode_with(
+    encoder: &PromptEncoder,
+    cached: &CachedModel,
+    prompt: &str,
+    negative: Option<&str>,
+) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
+    let embeds = encoder
+        .encode_from(cached, prompt, DEFAULT_MAX_SEQUENCE_LENGTH)
+        .await?;
+    let negative = match negative {
+        Some(text) => Some(
+            encoder
+                .encode_from(cached, text, DEFAULT_MAX_SEQUENCE_LENGTH)
+                .await?,
+        ),
+        None => None,
     };
     Ok((embeds, negative))
+}
+
+fn no_captioner() -> Error {
+    Error::Input {
+        model: "decompose request",
+        reason: "this model has no captioning parts (processor/ settings and the vision tower \
+                 in text_encoder/), so it cannot describe the picture itself: enter a prompt \
+                 that describes it"
+            .into(),
+    }
 }
 
 async fn probe_gpu() {
@@ -634,13 +1059,27 @@ async fn probe_gpu() {
         }
     };
     DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
-    post(&FromWorker::Gpu {
-        report: report(&facts, &setup),
-    });
+    let report = report(&facts, &setup);
+    LIMITS.with(|l| *l.borrow_mut() = Some(report.limits.clone()));
+    post(&FromWorker::Gpu { report });
 
     let (m, k, n) = SELF_TEST;
     let start = js_sys::Date::now();
-    match matmul_self_test(&device, m, k, n, 7).await {
+    let tested = matmul_self_test(&device, m, k, n, 7).await;
+    // Burn's runtime exists now (it installed wgpu's handler, which panics): from here an
+    // uncaptured error such as out-of-memory is recorded for the task in flight to report.
+    setup
+        .device
+        .on_uncaptured_error(Arc::new(|error: wgpu::Error| {
+            let text = error.to_string();
+            web_sys::console::error_1(&format!("uncaptured GPU error: {text}").into());
+            if let Ok(mut slot) = GPU_ERROR.lock()
+                && slot.is_none()
+            {
+                *slot = Some(text);
+            }
+        }));
+    match tested {
         Ok(check) => post(&FromWorker::SelfTest {
             check,
             millis: js_sys::Date::now() - start,

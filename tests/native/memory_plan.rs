@@ -220,3 +220,99 @@ fn prompts_are_encoded_by_a_text_encoder_freed_before_the_transformer_loads() {
         common::assert_close(name, &read(got), &want, &shape, 1e-4);
     }
 }
+
+/// The forced limits of the browser test (`tests/e2e/phased.test.mjs`): its URL query, parsed
+/// as the page parses it, plans the tiny model as the worker does, at Load (the 64 bucket
+/// square, 2 layers) and for its run (a 40×24 picture in the 64 bucket: 96×64): a ring of 1 of the 2
+/// blocks, the VAE tiled in 32-pixel tiles one layer at a time.
+pub const E2E_STREAMED: &str = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=4980K";
+/// The browser test's reference run: the same buffer limits and a budget of 1 GiB: every
+/// block resident, the same VAE tiling (so the two runs must give the same layers).
+pub const E2E_RESIDENT: &str = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=1G";
+
+#[test]
+fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
+    use qwen_layered_web::pipeline::{Dimensions, MemoryPlan, ModelConfigs};
+    use qwen_layered_web::protocol::{MemoryOverrides, MemorySettings};
+
+    let configs = pollster::block_on(ModelConfigs::read(&model_source())).unwrap();
+    // SwiftShader's limits (any larger ones give the same plan: the forced ones are smaller).
+    let device = KeyLimits {
+        max_buffer_size: 1 << 30,
+        max_storage_buffer_binding_size: 128 << 20,
+        max_compute_workgroup_storage_size: 32768,
+        max_compute_invocations_per_workgroup: 256,
+    };
+    let plan = |query: &str, size: (usize, usize)| -> MemoryPlan {
+        let overrides = MemoryOverrides::from_query(query).unwrap();
+        let settings = MemorySettings {
+            budget_bytes: overrides.budget.unwrap(),
+            max_binding: overrides.max_binding,
+            max_buffer: overrides.max_buffer,
+            resolution: 64,
+            layers: 2,
+        };
+        let budget = settings.budget(&device);
+        let plan = configs
+            .plan(&budget, Precision::F32, Precision::F32, size, 2)
+            .unwrap_or_else(|e| panic!("{query} {size:?}: {e}"));
+        let e = plan.estimate;
+        let fixed = e.transformer_other_bytes + e.vae_bytes + e.transformer_activation_bytes;
+        println!(
+            "{query} {size:?}: {}; fixed {fixed}, block {}, budget {}",
+            plan.describe(2),
+            e.block_bytes,
+            budget.device_bytes
+        );
+        plan
+    };
+    let dims = Dimensions::for_image_any_bucket(64, 40, 24).unwrap();
+    for (what, size) in [
+        ("load", (64, 64)),
+        ("run", (dims.width as usize, dims.height as usize)),
+    ] {
+        let streamed = plan(E2E_STREAMED, size);
+        assert_eq!(
+            streamed.transformer,
+            TransformerResidency::Streaming { ring: 1 },
+            "{what}"
+        );
+        let tiling = streamed.vae_tiling.expect("tiled");
+        assert_eq!((tiling.min_width, tiling.stride_width), (32, 24), "{what}");
+        assert!(streamed.vae_slicing, "{what}");
+        let words = streamed.describe(configs.transformer.num_layers);
+        assert!(
+            words.contains("streamed, a ring of 1 of 2 blocks"),
+            "{words}"
+        );
+        assert!(words.contains("VAE: tiled, 32×32-pixel tiles"), "{words}");
+        let resident = plan(E2E_RESIDENT, size);
+        assert!(resident.is_resident(), "{what}");
+        assert_eq!(
+            (resident.vae_tiling, resident.vae_slicing),
+            (streamed.vae_tiling, streamed.vae_slicing),
+            "{what}: the reference run tiles alike"
+        );
+    }
+    // The run's picture spans more than one tile.
+    assert_eq!((dims.width, dims.height), (96, 64));
+    // Without the forced limits the default budget keeps the tiny model resident and whole.
+    let plan = configs
+        .plan(
+            &MemorySettings {
+                budget_bytes: qwen_layered_web::pipeline::default_budget_bytes(&device),
+                max_binding: None,
+                max_buffer: None,
+                resolution: 64,
+                layers: 2,
+            }
+            .budget(&device),
+            Precision::F32,
+            Precision::F32,
+            (64, 64),
+            2,
+        )
+        .unwrap();
+    assert!(plan.is_resident());
+    assert_eq!((plan.vae_tiling, plan.vae_slicing), (None, false));
+}
