@@ -41,8 +41,8 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use burn::tensor::{Device, Tensor};
 use burn::tensor::wgpu::WgpuSetup;
+use burn::tensor::{Device, Tensor};
 use image::RgbaImage;
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
