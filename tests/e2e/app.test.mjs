@@ -7,16 +7,12 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { serveStatic } from "./server.mjs";
+import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS, NO_WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
 const artifacts = `${here}artifacts`;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const BASE_ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu-sandbox",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic"];
-const WEBGPU_ARGS = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
-  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
 const SLOW = 180_000; // SwiftShader compiles each kernel in about a second
 
 let server;
@@ -129,7 +125,7 @@ test("the page reports the real WebGPU adapter, runs the GPU self-test, and open
 });
 
 test("without WebGPU the page says so plainly and still opens images", { timeout: SLOW }, async () => {
-  const { browser, page } = await openPage([...BASE_ARGS, "--disable-webgpu", "--disable-features=WebGPU"]);
+  const { browser, page } = await openPage([...BASE_ARGS, ...NO_WEBGPU_ARGS]);
   try {
     await page.waitForSelector("body[data-gpu=none]", { timeout: 60_000 });
     assert.match(await page.textContent("#status"), /WebGPU is not available/);

@@ -11,6 +11,7 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { serveStatic } from "./server.mjs";
+import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
 import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
 
@@ -18,11 +19,7 @@ const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
 const modelDir = fileURLToPath(new URL("../fixtures/model/", import.meta.url));
 const artifacts = `${here}artifacts`;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu-sandbox",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-  "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
-  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
+const ARGS = [...BASE_ARGS, ...WEBGPU_ARGS];
 const SLOW = 600_000; // SwiftShader compiles each kernel in about a second; a loaded 2-core machine is slow
 const TINY = "test/qwen-image-layered-tiny"; // the repo the committed models.json names
 const TINY_ID = "tiny-test";

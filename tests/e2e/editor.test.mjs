@@ -11,6 +11,7 @@ import { fileURLToPath } from "node:url";
 import { crc32 } from "node:zlib";
 import { chromium } from "playwright-core";
 import { serveStatic } from "./server.mjs";
+import { CHROMIUM, BASE_ARGS, NO_WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
 import { decodePng, readPsd, readZip } from "./formats.mjs";
 
@@ -18,9 +19,7 @@ const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
 const fixtures = fileURLToPath(new URL("../fixtures/bad_input/", import.meta.url));
 const artifacts = `${here}artifacts`;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-background-networking",
-  "--disable-component-update", "--disable-sync", "--disable-quic", "--disable-webgpu", "--disable-features=WebGPU"];
+const ARGS = [...BASE_ARGS, ...NO_WEBGPU_ARGS];
 const XSS = "<img src=x onerror=alert(1)>";
 
 let server, browser;

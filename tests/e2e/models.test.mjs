@@ -12,6 +12,7 @@ import { existsSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { serveStatic } from "./server.mjs";
+import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
 import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
 
@@ -19,11 +20,7 @@ const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
 const modelDir = fileURLToPath(new URL("../fixtures/model/", import.meta.url));
 const artifacts = `${here}artifacts`;
-const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const ARGS = ["--headless=new", "--no-sandbox", "--no-first-run", "--disable-gpu-sandbox",
-  "--disable-background-networking", "--disable-component-update", "--disable-sync", "--disable-quic",
-  "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
-  "--use-angle=swiftshader", "--enable-unsafe-swiftshader"];
+const ARGS = [...BASE_ARGS, ...WEBGPU_ARGS];
 const SLOW = 600_000; // model load and kernel compilation on SwiftShader, a download, a run
 const TINY = "test/qwen-image-layered-tiny";
 const TINY_ID = "tiny-test";
