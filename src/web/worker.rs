@@ -470,11 +470,12 @@ async fn load_model(
             .await?
             .value_count(),
     };
-    // Blocks of 32 values: 32 codes and one f16 scale.
+    // Blocks of 32 values as the device holds them: the codes and one f32 scale (the layout
+    // `pipeline::linear_bytes` counts), not the f16 scales of the GGUF files.
     bytes += match transformer_precision {
         Precision::F32 => 4 * transformer_values,
-        Precision::Q8 => transformer_values / 32 * 34,
-        Precision::Q4 => transformer_values / 32 * 18,
+        Precision::Q8 => transformer_values / 32 * 36,
+        Precision::Q4 => transformer_values / 32 * 20,
     };
     check_f32_footprint("this model", bytes / 4, BROWSER_F32_WEIGHT_BUDGET)?;
     let counted = Counted::new(&cached, total, Report::Load);
