@@ -44,17 +44,9 @@ pub async fn encode_prompts_then_free<S: WeightSource>(
     text_encoder: TextEncoderLoad,
 ) -> Result<PromptEmbeds> {
     let encoder = PromptEncoder::load_with(source, device, text_encoder).await?;
-    let prompt = encoder
-        .encode_from(source, prompt, max_sequence_length)
+    let (prompt, negative) = encoder
+        .encode_pair_from(source, prompt, negative, max_sequence_length)
         .await?;
-    let negative = match negative {
-        Some(text) => Some(
-            encoder
-                .encode_from(source, text, max_sequence_length)
-                .await?,
-        ),
-        None => None,
-    };
     drop(encoder);
     device.memory_cleanup();
     Ok(PromptEmbeds { prompt, negative })

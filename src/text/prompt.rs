@@ -198,6 +198,27 @@ impl PromptEncoder {
         self.finish(prompt, max_sequence_length, embeds)
     }
 
+    /// A run's prompt and, for true CFG, its negative prompt, each with
+    /// [`encode_from`](Self::encode_from).
+    ///
+    /// - returns `[1, L, D]` and `[1, L', D]` (`L, L' ≤ max_sequence_length`)
+    pub async fn encode_pair_from<S: WeightSource>(
+        &self,
+        source: &S,
+        prompt: &str,
+        negative: Option<&str>,
+        max_sequence_length: usize,
+    ) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
+        let embeds = self
+            .encode_from(source, prompt, max_sequence_length)
+            .await?;
+        let negative = match negative {
+            Some(text) => Some(self.encode_from(source, text, max_sequence_length).await?),
+            None => None,
+        };
+        Ok((embeds, negative))
+    }
+
     /// The `max_sequence_length` a prompt is run at: the largest for the negative prompt,
     /// whose embeddings are kept and cut.
     fn run_len(&self, prompt: &str, max_sequence_length: usize) -> usize {

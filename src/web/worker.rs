@@ -41,8 +41,8 @@ use std::ops::ControlFlow;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
+use burn::tensor::Device;
 use burn::tensor::wgpu::WgpuSetup;
-use burn::tensor::{Device, Tensor};
 use image::RgbaImage;
 use wasm_bindgen::prelude::*;
 use web_sys::{DedicatedWorkerGlobalScope, MessageEvent};
@@ -863,8 +863,15 @@ impl Run<'_> {
         };
         let prompt = caption.as_deref().unwrap_or(self.prompt);
         self.progress(RunPhase::EncodingPrompt, 0);
-        let (prompt_embeds, negative) =
-            encode_with(&model.prompt, &model.cached, prompt, self.negative()).await?;
+        let (prompt_embeds, negative) = model
+            .prompt
+            .encode_pair_from(
+                &model.cached,
+                prompt,
+                self.negative(),
+                DEFAULT_MAX_SEQUENCE_LENGTH,
+            )
+            .await?;
         self.progress(RunPhase::EncodingImage, 0);
         let pipeline = model.pipeline.borrow();
         let output = pipeline
@@ -912,8 +919,14 @@ impl Run<'_> {
             self.progress(RunPhase::EncodingPrompt, 0);
             let tokenizer = QwenTokenizer::load(cached, TOKENIZER_FOLDER).await?;
             let encoder = captioner.prompt_encoder(tokenizer)?;
-            let (prompt, negative) =
-                encode_with(&encoder, cached, &caption, self.negative()).await?;
+            let (prompt, negative) = encoder
+                .encode_pair_from(
+                    cached,
+                    &caption,
+                    self.negative(),
+                    DEFAULT_MAX_SEQUENCE_LENGTH,
+                )
+                .await?;
             drop(encoder);
             drop(captioner);
             device.memory_cleanup();
@@ -1000,30 +1013,6 @@ impl Run<'_> {
             .await?;
         Ok(caption.text)
     }
-}
-
-/// `prompt_embeds` `[1, L, D]` and, for CFG, the negative prompt's `[1, L', D]`
-/// (`max_sequence_length` 512, the pipeline's default), the token embedding's rows read from
-/// `cached`. `prompt` is encoded as given (a caption may be empty: the reference encodes it all
-/// the same).
-async fn encode_with(
-    encoder: &PromptEncoder,
-    cached: &CachedModel,
-    prompt: &str,
-    negative: Option<&str>,
-) -> Result<(Tensor<3>, Option<Tensor<3>>)> {
-    let embeds = encoder
-        .encode_from(cached, prompt, DEFAULT_MAX_SEQUENCE_LENGTH)
-        .await?;
-    let negative = match negative {
-        Some(text) => Some(
-            encoder
-                .encode_from(cached, text, DEFAULT_MAX_SEQUENCE_LENGTH)
-                .await?,
-        ),
-        None => None,
-    };
-    Ok((embeds, negative))
 }
 
 fn no_captioner() -> Error {
