@@ -177,6 +177,7 @@ commands:
             } else {
                 EmbeddingMode::Resident
             },
+            max_part_bytes: None,
         })
     }
 

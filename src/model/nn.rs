@@ -27,6 +27,12 @@ pub enum LinearWeight {
     F32(Param<Tensor<2>>),
     /// Blockwise-quantized `[d_out, d_in]` (the checkpoint's layout).
     Blocks(BlockWeight),
+    /// The weight split by output rows into parts that each fit one GPU buffer (the memory
+    /// plan's `SplitRows`, made by [`TensorLoader::linear`] when a loader has a
+    /// [`LinearLoad::max_part_bytes`](crate::weights::LinearLoad) limit): part `p` holds
+    /// consecutive rows `[r_p, r_{p+1})` of `[d_out, d_in]` as an `F32` or `Blocks` weight, and
+    /// the layer's output is the parts' outputs concatenated along the last axis.
+    Rows(Vec<LinearWeight>),
 }
 
 /// A `[d_out, d_in]` matrix as packed codes and scales on the device (see
@@ -112,7 +118,24 @@ impl Linear {
 
     /// `(d_in, d_out)`.
     pub fn dims(&self) -> (usize, usize) {
-        match &self.weight {
+        self.weight.dims()
+    }
+
+    /// `x · Wᵀ + b`. A quantized weight on a wgpu device goes through the WGSL kernel
+    /// [`crate::kernels::qmatmul`] (dequantized tile by tile inside it); elsewhere (the CPU) it is
+    /// dequantized to f32 with plain Burn ops first, the kernel's twin. A weight split by rows
+    /// runs part by part and concatenates the outputs (then adds the bias).
+    ///
+    /// - x: `[..., d_in]` → `[..., d_out]`
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        self.weight.apply(x, self.bias.as_ref().map(|b| b.val()))
+    }
+}
+
+impl LinearWeight {
+    /// `(d_in, d_out)`.
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
             LinearWeight::F32(w) => {
                 let [d_in, d_out] = w.dims();
                 (d_in, d_out)
@@ -122,25 +145,40 @@ impl Linear {
                 let [_, w] = b.words.dims();
                 (w * 32 / b.bits as usize, d_out)
             }
+            LinearWeight::Rows(parts) => {
+                let d_in = parts.first().map_or(0, |p| p.dims().0);
+                (d_in, parts.iter().map(|p| p.dims().1).sum())
+            }
         }
     }
 
-    /// `x · Wᵀ + b`. A quantized weight on a wgpu device goes through the WGSL kernel
-    /// [`crate::kernels::qmatmul`] (dequantized tile by tile inside it); elsewhere (the CPU) it is
-    /// dequantized to f32 with plain Burn ops first, the kernel's twin.
+    /// `x · Wᵀ (+ bias)`.
     ///
-    /// - x: `[..., d_in]` → `[..., d_out]`
-    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        let weight = match &self.weight {
-            LinearWeight::F32(w) => w.val(),
+    /// - x: `[..., d_in]`, bias: `[d_out]` → `[..., d_out]`
+    fn apply<const D: usize>(&self, x: Tensor<D>, bias: Option<Tensor<1>>) -> Tensor<D> {
+        match self {
+            LinearWeight::F32(w) => burn::tensor::module::linear(x, w.val(), bias),
             LinearWeight::Blocks(b) if crate::kernels::qmatmul::supported(&x, b) => {
-                return crate::kernels::qmatmul::qmatmul(x, b, self.bias.as_ref().map(|b| b.val()));
+                crate::kernels::qmatmul::qmatmul(x, b, bias)
             }
-            LinearWeight::Blocks(b) => {
-                return crate::kernels::qmatmul::twin(x, b, self.bias.as_ref().map(|b| b.val()));
+            LinearWeight::Blocks(b) => crate::kernels::qmatmul::twin(x, b, bias),
+            LinearWeight::Rows(parts) => {
+                let outputs = parts.iter().map(|p| p.apply(x.clone(), None)).collect();
+                let y = Tensor::cat(outputs, D - 1);
+                match bias {
+                    Some(b) => y + b.unsqueeze::<D>(),
+                    None => y,
+                }
             }
-        };
-        burn::tensor::module::linear(x, weight, self.bias.as_ref().map(|b| b.val()))
+        }
+    }
+
+    /// The parts this weight is stored in (1 unless split by rows).
+    pub fn parts(&self) -> usize {
+        match self {
+            LinearWeight::Rows(parts) => parts.len(),
+            _ => 1,
+        }
     }
 }
 
@@ -227,6 +265,21 @@ impl FeedForward {
         self.proj_out
             .forward(gelu_approximate(self.proj_in.forward(x)))
     }
+
+    /// [`forward`](Self::forward) on `chunks` consecutive runs of the sequence, one after
+    /// another, so that the `[B, S/chunks, 4·dim]` hidden activation is the largest buffer (the
+    /// memory plan's `ChunkSequence`; tokens are independent in an MLP). `chunks ≤ 1` is one
+    /// piece.
+    ///
+    /// - x: `[B, S, dim]` → `[B, S, dim]`
+    pub fn forward_chunked(&self, x: Tensor<3>, chunks: usize) -> Tensor<3> {
+        let s = x.dims()[1];
+        if chunks <= 1 || s <= 1 {
+            return self.forward(x);
+        }
+        let parts = x.chunk(chunks.min(s), 1);
+        Tensor::cat(parts.into_iter().map(|p| self.forward(p)).collect(), 1)
+    }
 }
 
 /// The Qwen2 / Qwen2.5-VL SwiGLU MLP: `down_proj(silu(gate_proj(x)) · up_proj(x))` (the language
@@ -277,4 +330,42 @@ impl SwiGluMlp {
 /// - x: `[B, d_in]` → `[B, d_out]`
 pub fn silu_linear(linear: &Linear, x: Tensor<2>) -> Tensor<2> {
     linear.forward(silu(x))
+}
+
+#[cfg(all(test, not(target_arch = "wasm32")))]
+mod tests {
+    use super::*;
+    use crate::gpu::seeded_values;
+
+    fn tensor<const D: usize>(seed: u64, shape: [usize; D]) -> Tensor<D> {
+        let n = shape.iter().product();
+        Tensor::from_data(
+            TensorData::new(seeded_values(seed, n), shape),
+            &Device::flex(),
+        )
+    }
+
+    #[test]
+    fn a_chunked_mlp_equals_the_whole_one() {
+        let dim = 8;
+        let bias = |seed| Some(Param::from_tensor(tensor(seed, [dim])));
+        let mlp = FeedForward {
+            proj_in: Linear::from_f32(tensor(1, [4 * dim, dim]), None),
+            proj_out: Linear::from_f32(tensor(2, [dim, 4 * dim]), bias(3)),
+        };
+        let x = tensor(4, [2, 7, dim]);
+        let whole: Vec<f32> = mlp.forward(x.clone()).into_data().try_to_vec().unwrap();
+        // 3 and 4 chunks do not divide 7; 9 is more chunks than tokens.
+        for chunks in [0, 1, 2, 3, 4, 7, 9] {
+            let y = mlp.forward_chunked(x.clone(), chunks);
+            assert_eq!(y.dims(), [2, 7, dim]);
+            let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
+            let diff = whole
+                .iter()
+                .zip(&y)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-6, "{chunks} chunks: {diff}");
+        }
+    }
 }

@@ -26,7 +26,9 @@ use crate::model::text_encoder::{EmbeddingMode, QwenTextConfig};
 use crate::model::transformer::QwenImageTransformerConfig;
 use crate::model::vae::{AutoencoderKLQwenImageConfig, VaeTiling};
 use crate::text::{DEFAULT_MAX_SEQUENCE_LENGTH, TextEncoderLoad};
-use crate::weights::{BLOCK, Precision, WeightSource, read_json};
+use crate::weights::{
+    BLOCK, LinearLoad, Precision, WeightSource, read_json, split_rows, weight_row_bytes,
+};
 
 /// The configs a plan is made from, read from a model source's JSON files only (no weights).
 #[derive(Debug, Clone, PartialEq)]
@@ -187,6 +189,9 @@ pub struct MemoryEstimate {
     pub text_encoder_bytes: u64,
     /// The largest one buffer may be: `min(maxStorageBufferBindingSize, maxBufferSize)`.
     pub max_tensor_bytes: u64,
+    /// The most tokens (image and text) one transformer forward may carry: its `[S, D]` f32
+    /// token stream must fit one buffer.
+    pub max_tokens: u64,
 }
 
 /// The decision.
@@ -277,8 +282,28 @@ fn transformer_other_bytes(c: &QwenImageTransformerConfig, precision: Precision)
 }
 
 /// The number of pieces of at most `limit` bytes that `bytes` needs.
-fn parts(bytes: u64, limit: u64) -> usize {
-    bytes.div_ceil(limit.max(1)) as usize
+/// The `SplitRows` entry of a `[d_out, d_in]` linear weight in `precision` whose largest
+/// buffer is over `limit` bytes, with the parts [`TensorLoader`](crate::weights::TensorLoader)
+/// will make ([`split_rows`]); `None` when it fits; an error when one row does not.
+fn split_weight(
+    name: String,
+    d_in: usize,
+    d_out: usize,
+    precision: Precision,
+    limit: u64,
+) -> Result<Option<OversizedTensor>> {
+    let bits = precision.bits().filter(|_| d_in.is_multiple_of(BLOCK));
+    let row = weight_row_bytes(d_in, bits);
+    let parts = split_rows(d_out, row, limit).map_err(|reason| Error::Input {
+        model: "memory plan",
+        reason: format!("{name} [{d_out}, {d_in}]: {reason}"),
+    })?;
+    Ok((parts.len() > 1).then(|| OversizedTensor {
+        name,
+        shape: vec![d_out, d_in],
+        bytes: row * d_out as u64,
+        action: TensorAction::SplitRows { parts: parts.len() },
+    }))
 }
 
 /// The decoder's channel count at each resolution step `2^k` above the latent, as the widest
@@ -349,17 +374,8 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
 
     // Weights of the transformer: per-buffer check of every block linear (all blocks alike).
     for (name, d_in, d_out) in block_linears(d) {
-        let bytes = linear_bytes(d_in, d_out, req.precision) - 4 * d_out as u64; // weight only
-        if bytes > max_tensor {
-            oversized.push(OversizedTensor {
-                name: format!("transformer_blocks.*.{name}.weight"),
-                shape: vec![d_out, d_in],
-                bytes,
-                action: TensorAction::SplitRows {
-                    parts: parts(bytes, max_tensor),
-                },
-            });
-        }
+        let name = format!("transformer_blocks.*.{name}.weight");
+        oversized.extend(split_weight(name, d_in, d_out, req.precision, max_tensor)?);
     }
 
     // Activations of one forward: S tokens; per block about 8 [S, D] and 2 [S, 4D] f32 tensors
@@ -373,12 +389,14 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
     };
     let activations = 4 * s * d as u64 * 8 + 2 * mlp_hidden + dequant_copy;
     if mlp_hidden > max_tensor {
+        // `FeedForward::forward_chunked` runs chunks of ⌈S / parts⌉ tokens.
+        let per_chunk = max_tensor / (4 * 4 * d as u64);
         oversized.push(OversizedTensor {
             name: "transformer MLP hidden activation".into(),
             shape: vec![s as usize, 4 * d],
             bytes: mlp_hidden,
             action: TensorAction::ChunkSequence {
-                parts: parts(mlp_hidden, max_tensor),
+                parts: s.div_ceil(per_chunk.max(1)) as usize,
             },
         });
     }
@@ -416,17 +434,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             ("model.layers.*.mlp.down_proj.weight", h, i),
             ("model.layers.*.self_attn.q_proj.weight", q, h),
         ] {
-            let bytes = linear_bytes(cols, rows, tp) - 4 * rows as u64;
-            if bytes > max_tensor {
-                oversized.push(OversizedTensor {
-                    name: name.into(),
-                    shape: vec![rows, cols],
-                    bytes,
-                    action: TensorAction::SplitRows {
-                        parts: parts(bytes, max_tensor),
-                    },
-                });
-            }
+            oversized.extend(split_weight(name.into(), cols, rows, tp, max_tensor)?);
         }
         if text_bytes > budget.device_bytes {
             return bad(format!(
@@ -493,6 +501,23 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
                 })?
             }
         };
+    // The token stream `[S, D]` itself (and the attention's q, k, v) is not split: the image
+    // tokens and at least one text token must fit one buffer. The prompt's length is checked
+    // by the transformer when it is known (`max_tokens`).
+    let max_tokens = max_tensor / (4 * d as u64);
+    let image_tokens = ((req.layers + 2) * latent_tokens) as u64;
+    if image_tokens >= max_tokens {
+        return bad(format!(
+            "one forward at {}×{} with {} layers carries {image_tokens} image tokens × {d} \
+             values ({}) in a single buffer, over this device's largest buffer ({}): choose \
+             a smaller resolution or fewer layers",
+            req.width,
+            req.height,
+            req.layers,
+            show(4 * image_tokens * d as u64),
+            show(max_tensor)
+        ));
+    }
     Ok(MemoryPlan {
         transformer,
         vae_tiling,
@@ -506,6 +531,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             vae_peak_tensor_bytes: peak,
             text_encoder_bytes: text_bytes,
             max_tensor_bytes: max_tensor,
+            max_tokens,
         },
     })
 }
@@ -586,6 +612,36 @@ impl MemoryPlan {
         pipeline.vae_slicing = self.vae_slicing;
     }
 
+    /// Sets everything this plan decides at run time on a loaded pipeline: the VAE's tiling and
+    /// slicing ([`apply_vae`](Self::apply_vae)), the transformer MLPs' sequence chunks
+    /// ([`mlp_chunks`](Self::mlp_chunks)) and the most tokens a forward may carry.
+    pub fn apply(&self, pipeline: &mut super::LayeredPipeline) {
+        self.apply_vae(pipeline);
+        pipeline.transformer.mlp_chunks = self.mlp_chunks();
+        pipeline.transformer.max_tokens = Some(self.estimate.max_tokens as usize);
+    }
+
+    /// Sequence runs each transformer MLP takes at a time: the `ChunkSequence` parts, or 1.
+    pub fn mlp_chunks(&self) -> usize {
+        self.oversized
+            .iter()
+            .find_map(|t| match t.action {
+                TensorAction::ChunkSequence { parts } => Some(parts),
+                _ => None,
+            })
+            .unwrap_or(1)
+    }
+
+    /// How to load linear weights under this plan: in `precision`, split by rows where one is
+    /// over the largest buffer the plan was made for (the `SplitRows` entries, and any other
+    /// weight over it).
+    pub fn linear_load(&self, precision: Precision) -> LinearLoad {
+        LinearLoad {
+            precision,
+            max_part_bytes: Some(self.estimate.max_tensor_bytes),
+        }
+    }
+
     /// Whether every component stays on the device between runs (the transformer resident).
     pub fn is_resident(&self) -> bool {
         self.transformer == TransformerResidency::Resident
@@ -660,6 +716,7 @@ impl MemoryPlan {
             } else {
                 EmbeddingMode::Resident
             },
+            max_part_bytes: Some(self.estimate.max_tensor_bytes),
         }
     }
 }
@@ -775,7 +832,10 @@ mod tests {
         assert!(plan.gathers_embedding_on_host());
         assert_eq!(
             plan.text_encoder_load(Precision::Q4),
-            TextEncoderLoad::gathered(Precision::Q4)
+            TextEncoderLoad {
+                max_part_bytes: Some(128 * MIB),
+                ..TextEncoderLoad::gathered(Precision::Q4)
+            }
         );
         let embed = plan
             .oversized
@@ -1047,7 +1107,10 @@ mod tests {
 
     #[test]
     fn tiles_shrink_until_a_tile_fits_the_binding() {
-        let (t, v) = (transformer(), vae());
+        // A 128-wide transformer: the real one's [S, 3072] token stream (116 MiB at 640²) does
+        // not fit the small buffers tried here (a test of its own below).
+        let (mut t, v) = (transformer(), vae());
+        t.num_attention_heads = 1;
         // 16 MiB per buffer: 256-px tiles (48 MiB per layer) are too big, 128-px (12 MiB) fit.
         let budget = MemoryBudget {
             limits: limits(16 * MIB, 16 * MIB),
@@ -1073,5 +1136,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("32-pixel tiles"), "{err}");
+    }
+
+    #[test]
+    fn the_mlp_runs_in_chunks_and_a_token_stream_over_one_buffer_is_refused() {
+        let (t, v) = (transformer(), vae());
+        // 640², 4 layers, 300 text tokens: S = 6 · 1600 + 300 = 9900. The [S, 3072] stream is
+        // 116 MiB; the [S, 12288] MLP hidden activation 464 MiB, in runs of
+        // ⌊128 MiB / 48 KiB⌋ = 2730 tokens: 4 chunks.
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 128 * MIB),
+            device_bytes: 64 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 640)).unwrap();
+        assert_eq!(plan.mlp_chunks(), 4);
+        // 128 MiB hold 10922 tokens of 3072 f32 values: 9600 image tokens and up to 1322 text.
+        assert_eq!(plan.estimate.max_tokens, 10922);
+        // At 1024² the image tokens alone are 24576 × 3072 × 4 bytes = 288 MiB: refused.
+        let err = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 1024))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("24576 image tokens × 3072 values") && err.contains("128.00 MiB"),
+            "{err}"
+        );
+        // With a 2 GiB binding nothing is chunked.
+        let budget = MemoryBudget {
+            limits: limits(2 * GIB, 2 * GIB),
+            device_bytes: 64 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, None, Precision::Q4, 1024)).unwrap();
+        assert_eq!(plan.mlp_chunks(), 1);
     }
 }

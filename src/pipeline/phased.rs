@@ -53,7 +53,8 @@ pub async fn encode_prompts_then_free<S: WeightSource>(
 }
 
 /// A pipeline loaded as a [`MemoryPlan`] says: resident transformer, or a transformer without
-/// blocks plus a [`BlockStream`] over `source`; VAE tiling and slicing from the plan.
+/// blocks plus a [`BlockStream`] over `source`; linear weights over the plan's largest buffer
+/// split by rows, the MLPs' sequence chunks and the VAE's tiling and slicing from the plan.
 pub struct PlannedPipeline<S: WeightSource> {
     /// The pipeline (its transformer has no blocks when streaming).
     pub pipeline: LayeredPipeline,
@@ -99,7 +100,7 @@ impl<S: WeightSource> PlannedPipeline<S> {
                     source,
                     "transformer",
                     device,
-                    precision,
+                    plan.linear_load(precision),
                     ring,
                 )
                 .await?;
@@ -109,7 +110,7 @@ impl<S: WeightSource> PlannedPipeline<S> {
                 (pipeline, Some(stream))
             }
         };
-        plan.apply_vae(&mut pipeline);
+        plan.apply(&mut pipeline);
         Ok(Self { pipeline, stream })
     }
 

@@ -74,6 +74,9 @@ pub struct TextEncoderLoad {
     pub precision: Precision,
     /// Where the token embedding is kept.
     pub embedding: EmbeddingMode,
+    /// The most bytes one device buffer of a linear weight may hold (larger ones are split by
+    /// rows; the memory plan's limit). `None`: no limit.
+    pub max_part_bytes: Option<u64>,
 }
 
 impl TextEncoderLoad {
@@ -82,6 +85,7 @@ impl TextEncoderLoad {
         Self {
             precision,
             embedding: EmbeddingMode::Gathered,
+            max_part_bytes: None,
         }
     }
 
@@ -91,6 +95,7 @@ impl TextEncoderLoad {
             lm_head,
             precision: self.precision,
             embedding: self.embedding,
+            max_part_bytes: self.max_part_bytes,
         }
     }
 }

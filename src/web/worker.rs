@@ -67,7 +67,7 @@ use crate::text::{
     TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
 };
 use crate::weights::{
-    BROWSER_F32_WEIGHT_BUDGET, GgufFile, Precision, SafetensorsFolder, WeightSource,
+    BROWSER_F32_WEIGHT_BUDGET, GgufFile, LinearLoad, Precision, SafetensorsFolder, WeightSource,
     check_f32_footprint,
 };
 
@@ -429,9 +429,10 @@ async fn load_planned(
             })))
         }
         (plan, memory) => {
-            let model = load_model(cached, source, device, configs, memory).await?;
+            let max_part_bytes = plan.as_ref().map(|p| p.estimate.max_tensor_bytes);
+            let model = load_model(cached, source, device, configs, memory, max_part_bytes).await?;
             if let Some(plan) = plan {
-                plan.apply_vae(&mut model.pipeline.borrow_mut());
+                plan.apply(&mut model.pipeline.borrow_mut());
             }
             Ok(Model::Resident(Rc::new(model)))
         }
@@ -447,11 +448,18 @@ async fn load_model(
     device: &Device,
     configs: ModelConfigs,
     memory: Option<MemorySettings>,
+    max_part_bytes: Option<u64>,
 ) -> Result<LoadedModel> {
     let total = cached.weight_files().iter().map(|(_, size)| size).sum();
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
-    let transformer_precision = source.precision("transformer");
-    let text_load = TextEncoderLoad::gathered(source.precision("text_encoder"));
+    let transformer_precision = LinearLoad {
+        precision: source.precision("transformer"),
+        max_part_bytes,
+    };
+    let text_load = TextEncoderLoad {
+        max_part_bytes,
+        ..TextEncoderLoad::gathered(source.precision("text_encoder"))
+    };
     let captioning = Captioner::available(&cached).await?;
     // The text encoder at its precision, without its gathered embedding (and with the vision
     // tower and lm_head only when captioning loads them).
@@ -472,7 +480,7 @@ async fn load_model(
     };
     // Blocks of 32 values as the device holds them: the codes and one f32 scale (the layout
     // `pipeline::linear_bytes` counts), not the f16 scales of the GGUF files.
-    bytes += match transformer_precision {
+    bytes += match transformer_precision.precision {
         Precision::F32 => 4 * transformer_values,
         Precision::Q8 => transformer_values / 32 * 36,
         Precision::Q4 => transformer_values / 32 * 20,
@@ -760,7 +768,7 @@ async fn run(
                 )?;
                 post_plan(&m.source.id, &plan, &m.configs, memory);
                 if plan.is_resident() {
-                    plan.apply_vae(&mut m.pipeline.borrow_mut());
+                    plan.apply(&mut m.pipeline.borrow_mut());
                     Model::Resident(m)
                 } else {
                     let source = m.source.clone();
@@ -908,7 +916,10 @@ impl Run<'_> {
         let cached = &model.cached;
         let text = Counted::new(cached, sizes(&["text_encoder/"]), Report::Run(self.start));
         // The token embedding stays in storage; only a prompt's rows are read.
-        let text_load = TextEncoderLoad::gathered(model.source.precision("text_encoder"));
+        let text_load = TextEncoderLoad {
+            max_part_bytes: Some(plan.estimate.max_tensor_bytes),
+            ..TextEncoderLoad::gathered(model.source.precision("text_encoder"))
+        };
         let (embeds, caption) = if needs_caption(self.prompt) {
             if !model.captioner {
                 return Err(no_captioner());

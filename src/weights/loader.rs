@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::model::nn::Linear;
+use crate::model::nn::{Linear, LinearWeight};
 use burn::module::Param;
 use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::Dtype;
@@ -50,6 +50,59 @@ impl std::str::FromStr for Precision {
             "q4" => Ok(Precision::Q4),
             _ => Err(format!("precision {s:?}: expected f32, q8 or q4")),
         }
+    }
+}
+
+/// How a loader keeps linear weights: their precision, and the largest buffer one part of a
+/// weight may take on the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LinearLoad {
+    /// The precision of linear weights.
+    pub precision: Precision,
+    /// The most bytes one device buffer of a weight may hold (the memory plan's
+    /// `min(maxStorageBufferBindingSize, maxBufferSize)`). A weight over it is stored in parts
+    /// of consecutive output rows ([`LinearWeight::Rows`], the plan's `SplitRows`); `None`: no
+    /// limit.
+    pub max_part_bytes: Option<u64>,
+}
+
+impl From<Precision> for LinearLoad {
+    fn from(precision: Precision) -> Self {
+        Self {
+            precision,
+            max_part_bytes: None,
+        }
+    }
+}
+
+/// Row counts of the parts a `rows`-row weight whose largest buffer holds `row_bytes` per row
+/// is split into so that no part exceeds `limit` bytes, as even as possible (one part when it
+/// fits); an error when a single row is over the limit.
+pub fn split_rows(
+    rows: usize,
+    row_bytes: u64,
+    limit: u64,
+) -> std::result::Result<Vec<usize>, String> {
+    if rows as u64 * row_bytes <= limit {
+        return Ok(vec![rows]);
+    }
+    let per_part = limit / row_bytes.max(1);
+    if per_part == 0 {
+        return Err(format!(
+            "one row is {row_bytes} bytes, over the {limit}-byte limit of one device buffer"
+        ));
+    }
+    let parts = rows.div_ceil(per_part as usize);
+    let (base, extra) = (rows / parts, rows % parts);
+    Ok((0..parts).map(|p| base + usize::from(p < extra)).collect())
+}
+
+/// Bytes per row of the largest device buffer of a `[rows, cols]` linear weight in `bits`
+/// (`None`: f32): the f32 values, or the 32-bit code words (the scales take less).
+pub fn weight_row_bytes(cols: usize, bits: Option<u32>) -> u64 {
+    match bits {
+        None => 4 * cols as u64,
+        Some(bits) => 4 * (cols as u64 * bits as u64 / 32),
     }
 }
 
@@ -160,6 +213,7 @@ pub struct TensorLoader<'a, S: WeightSource> {
     index: Index<'a>,
     device: Device,
     precision: Precision,
+    max_part_bytes: Option<u64>,
     read_chunk: u64,
     taken: BTreeSet<String>,
 }
@@ -186,6 +240,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
             index,
             device: device.clone(),
             precision: Precision::F32,
+            max_part_bytes: None,
             read_chunk: DEFAULT_READ_CHUNK,
             taken: BTreeSet::new(),
         }
@@ -194,6 +249,15 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// The same loader keeping linear weights in `precision`.
     pub fn with_precision(mut self, precision: Precision) -> Self {
         self.precision = precision;
+        self
+    }
+
+    /// The same loader keeping linear weights as `load` says: its precision, and split by rows
+    /// into parts of at most `max_part_bytes` each.
+    pub fn with_linear_load(mut self, load: impl Into<LinearLoad>) -> Self {
+        let load = load.into();
+        self.precision = load.precision;
+        self.max_part_bytes = load.max_part_bytes;
         self
     }
 
@@ -322,15 +386,65 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
             true => Some(self.param(&format!("{prefix}.bias"), [d_out]).await?),
             false => None,
         };
-        let linear = match weight {
-            Loaded::Blocks(m) => Linear::from_blocks(&m, bias, &self.device),
-            Loaded::F32(values) => Linear::from_f32(
-                Tensor::from_data(TensorData::new(values, [d_out, d_in]), &self.device),
-                bias,
-            ),
+        let parts = match self.max_part_bytes {
+            None => vec![d_out],
+            Some(limit) => split_rows(d_out, weight_row_bytes(d_in, bits), limit)
+                .map_err(|reason| Self::error(&key, &entry, reason))?,
+        };
+        let linear = if parts.len() == 1 {
+            match weight {
+                Loaded::Blocks(m) => Linear::from_blocks(&m, bias, &self.device),
+                Loaded::F32(values) => Linear::from_f32(self.f32_matrix(values, d_out, d_in), bias),
+            }
+        } else {
+            self.split(weight, &parts, d_in, bias)
         };
         self.flush(&key, &entry)?;
         Ok(linear)
+    }
+
+    /// Row-major `[rows, cols]` values as a device tensor.
+    fn f32_matrix(&self, values: Vec<f32>, rows: usize, cols: usize) -> Tensor<2> {
+        Tensor::from_data(TensorData::new(values, [rows, cols]), &self.device)
+    }
+
+    /// A linear layer whose weight is uploaded as parts of `parts[p]` consecutive rows each
+    /// ([`LinearWeight::Rows`]).
+    fn split(
+        &self,
+        weight: Loaded,
+        parts: &[usize],
+        d_in: usize,
+        bias: Option<Param<Tensor<1>>>,
+    ) -> Linear {
+        let mut start = 0;
+        let mut pieces = Vec::with_capacity(parts.len());
+        for &rows in parts {
+            let end = start + rows;
+            let piece = match &weight {
+                Loaded::F32(values) => Linear::from_f32(
+                    self.f32_matrix(values[start * d_in..end * d_in].to_vec(), rows, d_in),
+                    None,
+                ),
+                Loaded::Blocks(m) => {
+                    let (w, c) = (m.row_words(), m.cols / BLOCK);
+                    let part = QuantizedMatrix {
+                        bits: m.bits,
+                        rows,
+                        cols: m.cols,
+                        words: m.words[start * w..end * w].to_vec(),
+                        scales: m.scales[start * c..end * c].to_vec(),
+                    };
+                    Linear::from_blocks(&part, None, &self.device)
+                }
+            };
+            pieces.push(piece.weight);
+            start = end;
+        }
+        Linear {
+            weight: LinearWeight::Rows(pieces),
+            bias,
+        }
     }
 
     /// Hands the uploads queued so far to the device. The GPU runtime keeps the host copy of
@@ -532,6 +646,102 @@ mod tests {
             b.words.val().into_data().try_to_vec().expect("words"),
             b.scales.val().into_data().try_to_vec().expect("scales"),
         )
+    }
+
+    #[test]
+    fn split_rows_makes_even_parts_under_the_limit() {
+        assert_eq!(split_rows(10, 4, 40), Ok(vec![10]));
+        assert_eq!(split_rows(10, 4, 39), Ok(vec![5, 5]));
+        assert_eq!(split_rows(10, 4, 16), Ok(vec![4, 3, 3]));
+        assert_eq!(split_rows(7, 4, 4), Ok(vec![1; 7]));
+        let err = split_rows(7, 5, 4).unwrap_err();
+        assert!(
+            err.contains("one row is 5 bytes") && err.contains("4-byte"),
+            "{err}"
+        );
+        for (rows, row, limit) in [(384, 256, 65536), (12288, 12288, 128 << 20), (97, 3, 50)] {
+            let parts = split_rows(rows, row, limit).unwrap();
+            assert_eq!(parts.iter().sum::<usize>(), rows);
+            assert!(parts.iter().all(|&p| p as u64 * row <= limit), "{parts:?}");
+            assert!(parts.iter().max().unwrap() - parts.iter().min().unwrap() <= 1);
+        }
+    }
+
+    #[test]
+    fn a_weight_over_the_buffer_limit_is_split_by_rows_and_computes_the_same() {
+        let (rows, cols) = (40, 64);
+        let values: Vec<f32> = crate::gpu::seeded_values(5, rows * cols);
+        let bias: Vec<f32> = crate::gpu::seeded_values(6, rows);
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (w, b) = (bytes(&values), bytes(&bias));
+        let mut src = MemorySource::new();
+        src.insert(
+            "m/model.safetensors",
+            safetensors::serialize(
+                [
+                    (
+                        "l.weight",
+                        safetensors::tensor::TensorView::new(Dtype::F32, vec![rows, cols], &w)
+                            .unwrap(),
+                    ),
+                    (
+                        "l.bias",
+                        safetensors::tensor::TensorView::new(Dtype::F32, vec![rows], &b).unwrap(),
+                    ),
+                ],
+                None,
+            )
+            .unwrap(),
+        );
+        let folder = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect("open");
+        let device = Device::flex();
+        let x: Tensor<3> = Tensor::from_data(
+            TensorData::new(crate::gpu::seeded_values(7, 2 * 3 * cols), [2, 3, cols]),
+            &device,
+        );
+        let load = |load: LinearLoad| {
+            let mut l = TensorLoader::new(&src, &folder, &device).with_linear_load(load);
+            pollster::block_on(l.linear("l", cols, rows, true))
+        };
+        for precision in [Precision::F32, Precision::Q8, Precision::Q4] {
+            let whole = load(precision.into()).expect("load whole");
+            let row = weight_row_bytes(cols, precision.bits());
+            // 40 rows under a limit of 15 rows: parts of 14, 13 and 13 rows.
+            let split = load(LinearLoad {
+                precision,
+                max_part_bytes: Some(15 * row),
+            })
+            .expect("load split");
+            assert_eq!(split.weight.parts(), 3, "{precision:?}");
+            assert_eq!(split.dims(), (cols, rows));
+            let LinearWeight::Rows(parts) = &split.weight else {
+                panic!("split");
+            };
+            let part_rows: Vec<usize> = parts.iter().map(|p| p.dims().1).collect();
+            assert_eq!(part_rows, vec![14, 13, 13]);
+            let (a, b) = (whole.forward(x.clone()), split.forward(x.clone()));
+            let (a, b): (Vec<f32>, Vec<f32>) = (
+                a.into_data().try_to_vec().unwrap(),
+                b.into_data().try_to_vec().unwrap(),
+            );
+            let diff = a
+                .iter()
+                .zip(&b)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max);
+            assert!(diff <= 1e-6, "{precision:?}: split differs by {diff}");
+            // A limit below one row cannot be met: a clear error naming the tensor.
+            let err = load(LinearLoad {
+                precision,
+                max_part_bytes: Some(row - 1),
+            })
+            .unwrap_err()
+            .to_string();
+            assert!(
+                err.contains("l.weight") && err.contains("one row is"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -31,7 +31,9 @@ mod safetensors;
 pub mod synthetic;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
-pub use loader::{DEFAULT_READ_CHUNK, Precision, TensorLoader};
+pub use loader::{
+    DEFAULT_READ_CHUNK, LinearLoad, Precision, TensorLoader, split_rows, weight_row_bytes,
+};
 pub use quant::{BLOCK, QuantizedMatrix};
 pub use rows::{RowReads, TableRows};
 pub use safetensors::{SafetensorsFolder, TensorEntry, to_f32};

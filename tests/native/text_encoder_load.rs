@@ -62,6 +62,7 @@ fn gathered_embeddings_give_bit_identical_prompt_embeds() {
             TextEncoderLoad {
                 precision,
                 embedding: EmbeddingMode::Resident,
+                max_part_bytes: None,
             },
         );
         let gathered = encoder(&source, TextEncoderLoad::gathered(precision));
@@ -127,6 +128,7 @@ fn quantized_text_encoders_stay_within_the_measured_error() {
                 match &linear.weight {
                     LinearWeight::Blocks(b) => assert_eq!(b.bits, bits),
                     LinearWeight::F32(_) => panic!("{precision:?}: a linear stayed f32"),
+                    LinearWeight::Rows(_) => panic!("{precision:?}: split without a limit"),
                 }
             }
         }
@@ -343,6 +345,7 @@ fn the_size_estimate_from_the_headers_is_what_loading_puts_on_the_device() {
             let options = TextEncoderLoad {
                 precision,
                 embedding,
+                max_part_bytes: None,
             };
             let enc = encoder(&source, options);
             let want = device_bytes(&folder, options.options(false), false);

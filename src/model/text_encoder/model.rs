@@ -12,7 +12,7 @@ use super::rope::{RopePositions, TextRope};
 use crate::error::{Error, Result};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::weights::{
-    Precision, SafetensorsFolder, TableRows, TensorLoader, WeightSource, open_component,
+    LinearLoad, Precision, SafetensorsFolder, TableRows, TensorLoader, WeightSource, open_component,
 };
 
 /// Where the token embedding `[vocab, D]` is kept.
@@ -274,6 +274,9 @@ pub struct LoadOptions {
     pub precision: Precision,
     /// Whether the token embedding is uploaded or gathered from storage. Default resident.
     pub embedding: EmbeddingMode,
+    /// The most bytes one device buffer of a linear weight may hold; a larger weight is split
+    /// by rows ([`crate::weights::LinearLoad`]). Default: no limit.
+    pub max_part_bytes: Option<u64>,
 }
 
 /// The language model of `Qwen2_5_VLForConditionalGeneration`: the decoder stack and,
@@ -311,7 +314,10 @@ impl QwenLanguageModel {
         let (json, config_file, weights) =
             open_component::<serde_json::Value>(source, folder).await?;
         let config = QwenTextConfig::from_json(&json, &config_file)?;
-        let mut l = TensorLoader::new(source, &weights, device).with_precision(options.precision);
+        let mut l = TensorLoader::new(source, &weights, device).with_linear_load(LinearLoad {
+            precision: options.precision,
+            max_part_bytes: options.max_part_bytes,
+        });
         let me = Self::load_with(&config, &weights, &mut l, options).await?;
         let skipped: Vec<(String, Vec<usize>)> = weights
             .keys()

@@ -79,6 +79,27 @@ impl QwenImageTransformerBlock {
         temb: &Tensor<2>,
         rope: &RopeDevice,
     ) -> (Tensor<3>, Tensor<3>) {
+        self.forward_chunked(
+            hidden_states,
+            encoder_hidden_states,
+            txt_mask,
+            temb,
+            rope,
+            1,
+        )
+    }
+
+    /// [`forward`](Self::forward) with both MLPs run on `mlp_chunks` consecutive runs of their
+    /// sequence ([`FeedForward::forward_chunked`], the memory plan's `ChunkSequence`).
+    pub fn forward_chunked(
+        &self,
+        hidden_states: Tensor<3>,
+        encoder_hidden_states: Tensor<3>,
+        txt_mask: Option<Tensor<2, Bool>>,
+        temb: &Tensor<2>,
+        rope: &RopeDevice,
+        mlp_chunks: usize,
+    ) -> (Tensor<3>, Tensor<3>) {
         let [i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2] =
             chunk6(silu_linear(&self.img_mod, temb.clone()));
         let [t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2] =
@@ -104,14 +125,15 @@ impl QwenImageTransformerBlock {
             i_shift2,
             i_scale2,
         );
-        let hidden_states = hidden_states + gate(i_gate2) * self.img_mlp.forward(img_mod2);
+        let hidden_states =
+            hidden_states + gate(i_gate2) * self.img_mlp.forward_chunked(img_mod2, mlp_chunks);
         let txt_mod2 = modulate(
             layer_norm(encoder_hidden_states.clone(), NORM_EPS),
             t_shift2,
             t_scale2,
         );
-        let encoder_hidden_states =
-            encoder_hidden_states + gate(t_gate2) * self.txt_mlp.forward(txt_mod2);
+        let encoder_hidden_states = encoder_hidden_states
+            + gate(t_gate2) * self.txt_mlp.forward_chunked(txt_mod2, mlp_chunks);
         (encoder_hidden_states, hidden_states)
     }
 }

@@ -12,7 +12,7 @@ use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, Rop
 use super::streaming::BlockProvider;
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
-use crate::weights::{GgufFile, Precision, TensorLoader, WeightSource, open_component};
+use crate::weights::{GgufFile, LinearLoad, Precision, TensorLoader, WeightSource, open_component};
 
 /// diffusers `AdaLayerNormContinuous(D, D, elementwise_affine=False, eps=1e-6)`:
 /// `LN(x) · (1 + scale) + shift` with `[scale, shift] = linear(silu(temb))` (scale first).
@@ -117,6 +117,16 @@ pub struct QwenImageTransformer2DModel {
     /// The config the model was built from.
     #[module(skip)]
     pub config: QwenImageTransformerConfig,
+    /// Runs of the sequence each block's MLPs take at a time (1: all at once; the memory
+    /// plan's `ChunkSequence` sets more when the `[B, S, 4·D]` hidden activation would not fit
+    /// one GPU buffer; see `MemoryPlan::apply`).
+    #[module(skip)]
+    pub mlp_chunks: usize,
+    /// The most tokens (image and text) one forward may carry, when a device's largest buffer
+    /// limits the `[B, S, D]` token stream (the memory plan's `max_tokens`); a longer input is
+    /// an error naming both numbers. `None`: no limit.
+    #[module(skip)]
+    pub max_tokens: Option<usize>,
 }
 
 impl QwenImageTransformer2DModel {
@@ -126,17 +136,18 @@ impl QwenImageTransformer2DModel {
         Self::load_precision(source, folder, device, Precision::F32).await
     }
 
-    /// [`load`](Self::load) with the linear weights kept in `precision`.
+    /// [`load`](Self::load) with the linear weights kept as `linear` says: a [`Precision`], or a
+    /// [`LinearLoad`] that also splits weights over a device's buffer limit by rows.
     pub async fn load_precision<S: WeightSource>(
         source: &S,
         folder: &str,
         device: &Device,
-        precision: Precision,
+        linear: impl Into<LinearLoad>,
     ) -> Result<Self> {
         let (config, config_file, weights) =
             open_component::<QwenImageTransformerConfig>(source, folder).await?;
         config.validate(&config_file)?;
-        let mut loader = TensorLoader::new(source, &weights, device).with_precision(precision);
+        let mut loader = TensorLoader::new(source, &weights, device).with_linear_load(linear);
         let model = Self::load_with(&config, &mut loader).await?;
         loader.finish()?;
         Ok(model)
@@ -150,10 +161,10 @@ impl QwenImageTransformer2DModel {
         gguf_file: &str,
         config: &QwenImageTransformerConfig,
         device: &Device,
-        precision: Precision,
+        linear: impl Into<LinearLoad>,
     ) -> Result<Self> {
         let gguf = GgufFile::open(source, gguf_file).await?;
-        let mut loader = TensorLoader::gguf(source, &gguf, device).with_precision(precision);
+        let mut loader = TensorLoader::gguf(source, &gguf, device).with_linear_load(linear);
         let model = Self::load_with(config, &mut loader).await?;
         loader.finish()?;
         Ok(model)
@@ -231,6 +242,8 @@ impl QwenImageTransformer2DModel {
                 layer3d: config.use_layer3d_rope,
             },
             config: config.clone(),
+            mlp_chunks: 1,
+            max_tokens: None,
         })
     }
 
@@ -360,6 +373,19 @@ impl QwenImageTransformer2DModel {
         let img_shapes = self.check(&input)?;
         let device = input.hidden_states.device();
         let s_txt = input.encoder_hidden_states.dims()[1];
+        let s_img = input.hidden_states.dims()[1];
+        if let Some(max) = self.max_tokens.filter(|&max| s_img + s_txt > max) {
+            return Err(Error::Input {
+                model: "QwenImageTransformer2DModel",
+                reason: format!(
+                    "{} tokens ({s_img} image, {s_txt} text) of {} values do not fit this \
+                     device's largest buffer, which holds {max}: use a shorter prompt, a \
+                     smaller resolution or fewer layers",
+                    s_img + s_txt,
+                    self.config.inner_dim()
+                ),
+            });
+        }
 
         let hidden_states = self.img_in.forward(input.hidden_states); // [B, S_img, D]
         let txt_normed = self.txt_norm.forward(input.encoder_hidden_states); // [B, S_txt, J]
@@ -380,6 +406,7 @@ impl QwenImageTransformer2DModel {
             mask: input.encoder_hidden_states_mask,
             temb,
             rope,
+            mlp_chunks: self.mlp_chunks,
         })
     }
 
@@ -405,17 +432,20 @@ struct BlockState {
     temb: Tensor<2>,
     /// RoPE tables for this sequence.
     rope: RopeDevice,
+    /// Sequence runs per MLP (the model's `mlp_chunks`).
+    mlp_chunks: usize,
 }
 
 impl BlockState {
     /// Runs one block on both streams (by value, so the inputs can be freed or reused).
     fn apply(self, block: &QwenImageTransformerBlock, trace: Option<&mut ForwardTrace>) -> Self {
-        let (txt, img) = block.forward(
+        let (txt, img) = block.forward_chunked(
             self.hidden_states,
             self.encoder_hidden_states,
             self.mask.clone(),
             &self.temb,
             &self.rope,
+            self.mlp_chunks,
         );
         if let Some(t) = trace {
             t.blocks.push((txt.clone(), img.clone()));

@@ -18,7 +18,7 @@ use super::config::QwenImageTransformerConfig;
 use super::model::QwenImageTransformer2DModel;
 use crate::error::{Error, Result};
 use crate::weights::{
-    GgufFile, Precision, SafetensorsFolder, TensorLoader, WeightSource, open_component,
+    GgufFile, LinearLoad, SafetensorsFolder, TensorLoader, WeightSource, open_component,
 };
 
 /// Hands the transformer its blocks, in order, during one forward
@@ -99,7 +99,7 @@ pub struct BlockStream<S: WeightSource> {
     source: S,
     index: StreamIndex,
     device: Device,
-    precision: Precision,
+    linear: LinearLoad,
     config: QwenImageTransformerConfig,
     ring_size: usize,
     keys_per_block: usize,
@@ -126,7 +126,7 @@ impl<S: WeightSource> BlockStream<S> {
         index: StreamIndex,
         config: &QwenImageTransformerConfig,
         device: &Device,
-        precision: Precision,
+        linear: LinearLoad,
         ring_size: usize,
     ) -> Result<Self> {
         if ring_size == 0 {
@@ -157,7 +157,7 @@ impl<S: WeightSource> BlockStream<S> {
             source,
             index,
             device: device.clone(),
-            precision,
+            linear,
             config: config.clone(),
             ring_size,
             keys_per_block,
@@ -172,11 +172,11 @@ impl<S: WeightSource> BlockStream<S> {
         folder: SafetensorsFolder,
         config: &QwenImageTransformerConfig,
         device: &Device,
-        precision: Precision,
+        linear: impl Into<LinearLoad>,
         ring_size: usize,
     ) -> Result<Self> {
         let index = StreamIndex::Safetensors(folder);
-        Self::with_index(source, index, config, device, precision, ring_size)
+        Self::with_index(source, index, config, device, linear.into(), ring_size)
     }
 
     /// A stream over the blocks of a GGUF file (diffusers key names).
@@ -185,11 +185,11 @@ impl<S: WeightSource> BlockStream<S> {
         file: GgufFile,
         config: &QwenImageTransformerConfig,
         device: &Device,
-        precision: Precision,
+        linear: impl Into<LinearLoad>,
         ring_size: usize,
     ) -> Result<Self> {
         let index = StreamIndex::Gguf(file);
-        Self::with_index(source, index, config, device, precision, ring_size)
+        Self::with_index(source, index, config, device, linear.into(), ring_size)
     }
 
     /// The source blocks are read from.
@@ -223,7 +223,7 @@ impl<S: WeightSource> BlockStream<S> {
         let mut l = self
             .index
             .loader(&self.source, &self.device)
-            .with_precision(self.precision);
+            .with_linear_load(self.linear);
         let prefix = format!("transformer_blocks.{index}");
         let c = &self.config;
         let block = QwenImageTransformerBlock::load(
@@ -295,13 +295,14 @@ impl QwenImageTransformer2DModel {
         source: S,
         folder: &str,
         device: &Device,
-        precision: Precision,
+        linear: impl Into<LinearLoad>,
         ring_size: usize,
     ) -> Result<(Self, BlockStream<S>)> {
+        let linear = linear.into();
         let (config, config_file, weights) =
             open_component::<QwenImageTransformerConfig>(&source, folder).await?;
         config.validate(&config_file)?;
-        let mut l = TensorLoader::new(&source, &weights, device).with_precision(precision);
+        let mut l = TensorLoader::new(&source, &weights, device).with_linear_load(linear);
         let model = Self::load_without_blocks(&config, &mut l).await?;
         let taken = l.taken();
         drop(l);
@@ -311,7 +312,7 @@ impl QwenImageTransformer2DModel {
             .collect::<Vec<_>>();
         if taken != outside.len() {
             // Reload with the full checker to name the unexpected tensor.
-            let mut l = TensorLoader::new(&source, &weights, device).with_precision(precision);
+            let mut l = TensorLoader::new(&source, &weights, device).with_linear_load(linear);
             Self::load_without_blocks(&config, &mut l).await?;
             for i in 0..config.num_layers {
                 let prefix = format!("transformer_blocks.{i}.");
@@ -325,7 +326,7 @@ impl QwenImageTransformer2DModel {
             }
             l.finish()?;
         }
-        let mut stream = BlockStream::new(source, weights, &config, device, precision, ring_size)?;
+        let mut stream = BlockStream::new(source, weights, &config, device, linear, ring_size)?;
         stream.block(0).await?;
         Ok((model, stream))
     }
