@@ -15,7 +15,9 @@ use image::RgbaImage;
 use super::layered::{DecomposeParams, LayeredOutput, LayeredPipeline, Noise, Progress};
 use super::memory::MemoryPlan;
 use crate::error::Result;
-use crate::model::transformer::{BlockStream, QwenImageTransformer2DModel};
+use crate::model::transformer::{
+    BlockStream, QwenImageTransformer2DModel, QwenImageTransformerConfig,
+};
 use crate::text::{PromptEncoder, TextEncoderLoad};
 use crate::weights::{Precision, WeightSource};
 
@@ -82,28 +84,53 @@ impl<S: WeightSource> PlannedPipeline<S> {
         plan: &MemoryPlan,
         precision: Precision,
     ) -> Result<Self> {
+        Self::load_from(source, device, plan, precision, None).await
+    }
+
+    /// [`load`](Self::load) with the transformer's weights from the GGUF file `gguf_file` of
+    /// `source` (diffusers key names; `config` from a diffusers `config.json`).
+    pub async fn load_gguf(
+        source: S,
+        device: &Device,
+        plan: &MemoryPlan,
+        precision: Precision,
+        gguf_file: &str,
+        config: &QwenImageTransformerConfig,
+    ) -> Result<Self> {
+        Self::load_from(source, device, plan, precision, Some((gguf_file, config))).await
+    }
+
+    async fn load_from(
+        source: S,
+        device: &Device,
+        plan: &MemoryPlan,
+        precision: Precision,
+        gguf: Option<(&str, &QwenImageTransformerConfig)>,
+    ) -> Result<Self> {
+        let linear = plan.linear_load(precision);
+        type Model = QwenImageTransformer2DModel;
         let (mut pipeline, stream) = match plan.ring() {
             None => {
-                let transformer = QwenImageTransformer2DModel::load_precision(
-                    &source,
-                    "transformer",
-                    device,
-                    precision,
-                )
-                .await?;
+                let transformer = match gguf {
+                    None => Model::load_precision(&source, "transformer", device, linear).await?,
+                    Some((file, config)) => {
+                        Model::load_gguf(&source, file, config, device, linear).await?
+                    }
+                };
                 let pipeline =
                     LayeredPipeline::load_with_transformer(&source, transformer, device).await?;
                 (pipeline, None)
             }
             Some(ring) => {
-                let (skeleton, stream) = QwenImageTransformer2DModel::load_streaming(
-                    source,
-                    "transformer",
-                    device,
-                    plan.linear_load(precision),
-                    ring,
-                )
-                .await?;
+                let (skeleton, stream) = match gguf {
+                    None => {
+                        Model::load_streaming(source, "transformer", device, linear, ring).await?
+                    }
+                    Some((file, config)) => {
+                        Model::load_streaming_gguf(source, file, config, device, linear, ring)
+                            .await?
+                    }
+                };
                 let pipeline =
                     LayeredPipeline::load_with_transformer(stream.source(), skeleton, device)
                         .await?;

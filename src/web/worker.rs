@@ -408,17 +408,6 @@ async fn load_planned(
     };
     match (planned, memory) {
         (Some(plan), Some(memory)) if !plan.is_resident() => {
-            if cached.gguf.is_some() {
-                return Err(Error::Input {
-                    model: "memory plan",
-                    reason: format!(
-                        "the plan streams the transformer ({}), which this app does not do yet \
-                         for a GGUF transformer: raise the GPU memory budget or choose a \
-                         source with safetensors weights",
-                        plan.describe(configs.transformer.num_layers)
-                    ),
-                });
-            }
             let captioner = Captioner::available(&cached).await?;
             Ok(Model::Phased(Rc::new(PhasedModel {
                 source: source.clone(),
@@ -961,18 +950,21 @@ impl Run<'_> {
             });
         }
 
+        // The transformer is `transformer/` or a GGUF file (wherever its repo keeps it).
+        let transformer_file = cached.gguf.as_deref().unwrap_or("transformer/");
         let weights = Counted::new(
             cached,
-            sizes(&["transformer/", "vae/"]),
+            sizes(&[transformer_file, "vae/"]),
             Report::Run(self.start),
         );
-        let mut planned = PlannedPipeline::load(
-            &weights,
-            device,
-            plan,
-            model.source.precision("transformer"),
-        )
-        .await?;
+        let precision = model.source.precision("transformer");
+        let mut planned = match &cached.gguf {
+            None => PlannedPipeline::load(&weights, device, plan, precision).await?,
+            Some(file) => {
+                let config = &model.configs.transformer;
+                PlannedPipeline::load_gguf(&weights, device, plan, precision, file, config).await?
+            }
+        };
         // The ring's block reads during the denoising loop are not load progress.
         weights.quiet.set(true);
         self.progress(RunPhase::EncodingImage, 0);

@@ -1,18 +1,20 @@
-//! Block streaming (tiny transformer, CPU/Flex, f32 and 8-bit): a transformer that keeps only a
-//! ring of `R` blocks resident and reads the others from the weight source when their turn
-//! comes gives the same output as the all-resident model, and never holds more than `R`.
+//! Block streaming (tiny transformer, CPU/Flex, f32 and 8-bit, from safetensors and from GGUF):
+//! a transformer that keeps only a ring of `R` blocks resident and reads the others from the
+//! weight source when their turn comes gives the same output as the all-resident model, and
+//! never holds more than `R`.
 //!
 //! Run: `cargo test --test native transformer_streaming:: -- --nocapture`.
 
 use crate::common;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use common::{cpu, model_source, read};
+use common::{cpu, fixtures_dir, model_source, read};
 use qwen_layered_web::gpu::seeded_values;
 use qwen_layered_web::model::transformer::{
-    BlockProvider, QwenImageTransformer2DModel, ResidentBlocks, TransformerInput,
+    BlockProvider, QwenImageTransformer2DModel, QwenImageTransformerConfig, ResidentBlocks,
+    TransformerInput,
 };
-use qwen_layered_web::weights::Precision;
+use qwen_layered_web::weights::{DirSource, Precision, read_json};
 
 fn tensor3(seed: u64, shape: [usize; 3]) -> Tensor<3> {
     let values = seeded_values(seed, shape.iter().product());
@@ -35,24 +37,63 @@ fn input<'a>(shapes: &'a [Vec<(usize, usize, usize)>], seed: u64, t: f32) -> Tra
     }
 }
 
-fn check(precision: Precision) {
-    let source = model_source();
-    let resident = pollster::block_on(QwenImageTransformer2DModel::load_precision(
-        &source,
-        "transformer",
-        &cpu(),
-        precision,
-    ))
+/// Streaming against resident for the tiny model's safetensors, or (`gguf`) for one of the
+/// GGUF files of `tests/fixtures/gguf` (made by `gen_gguf.py` from the same weights).
+fn check(precision: Precision, gguf: Option<&str>) {
+    let (source, gguf_source) = (model_source(), DirSource::new(fixtures_dir().join("gguf")));
+    let config: QwenImageTransformerConfig =
+        pollster::block_on(read_json(&source, "transformer/config.json")).expect("config");
+    let resident = pollster::block_on(async {
+        match gguf {
+            None => {
+                QwenImageTransformer2DModel::load_precision(
+                    &source,
+                    "transformer",
+                    &cpu(),
+                    precision,
+                )
+                .await
+            }
+            Some(file) => {
+                QwenImageTransformer2DModel::load_gguf(
+                    &gguf_source,
+                    file,
+                    &config,
+                    &cpu(),
+                    precision,
+                )
+                .await
+            }
+        }
+    })
     .expect("resident transformer loads");
     let n = resident.config.num_layers;
     assert_eq!(n, 2, "the tiny model has two blocks");
-    let (skeleton, mut stream) = pollster::block_on(QwenImageTransformer2DModel::load_streaming(
-        &source,
-        "transformer",
-        &cpu(),
-        precision,
-        1,
-    ))
+    let (skeleton, mut stream) = pollster::block_on(async {
+        match gguf {
+            None => {
+                QwenImageTransformer2DModel::load_streaming(
+                    &source,
+                    "transformer",
+                    &cpu(),
+                    precision,
+                    1,
+                )
+                .await
+            }
+            Some(file) => {
+                QwenImageTransformer2DModel::load_streaming_gguf(
+                    &gguf_source,
+                    file,
+                    &config,
+                    &cpu(),
+                    precision,
+                    1,
+                )
+                .await
+            }
+        }
+    })
     .expect("streaming transformer loads");
     assert!(skeleton.transformer_blocks.is_empty());
     assert_eq!(
@@ -93,7 +134,7 @@ fn check(precision: Precision) {
         );
     }
     let stats = stream.stats();
-    println!("{precision:?}: max |streaming − resident| = {worst:e}; {stats:?}");
+    println!("{precision:?} {gguf:?}: max |streaming − resident| = {worst:e}; {stats:?}");
     // R = 1: never more than one block resident; 1 preload + every block on every forward
     // except block 0 on the first (still resident from the preload).
     assert_eq!(stats.peak_resident, 1);
@@ -111,12 +152,19 @@ fn check(precision: Precision) {
 
 #[test]
 fn streaming_with_a_ring_of_one_equals_all_resident_f32() {
-    check(Precision::F32);
+    check(Precision::F32, None);
 }
 
 #[test]
 fn streaming_with_a_ring_of_one_equals_all_resident_q8() {
-    check(Precision::Q8);
+    check(Precision::Q8, None);
+}
+
+#[test]
+fn streaming_from_gguf_with_a_ring_of_one_equals_all_resident() {
+    // Q4_0 blocks taken as they are, and Q8_0 dequantized to f32.
+    check(Precision::Q4, Some("transformer-Q4_0.gguf"));
+    check(Precision::F32, Some("transformer-Q8_0.gguf"));
 }
 
 #[test]

@@ -78,6 +78,15 @@ impl StreamIndex {
             StreamIndex::Gguf(g) => g.tensors().iter().map(|t| t.name.as_str()).collect(),
         }
     }
+
+    /// The stored shape of `key` (empty when it is not stored).
+    fn shape(&self, key: &str) -> Vec<usize> {
+        match self {
+            StreamIndex::Safetensors(f) => f.get(key).map(|e| e.shape.clone()),
+            StreamIndex::Gguf(g) => g.get(key).map(|t| t.shape.clone()),
+        }
+        .unwrap_or_default()
+    }
 }
 
 /// Counters of a [`BlockStream`], for tests and the progress display.
@@ -298,35 +307,54 @@ impl QwenImageTransformer2DModel {
         linear: impl Into<LinearLoad>,
         ring_size: usize,
     ) -> Result<(Self, BlockStream<S>)> {
-        let linear = linear.into();
         let (config, config_file, weights) =
             open_component::<QwenImageTransformerConfig>(&source, folder).await?;
         config.validate(&config_file)?;
-        let mut l = TensorLoader::new(&source, &weights, device).with_linear_load(linear);
-        let model = Self::load_without_blocks(&config, &mut l).await?;
+        let index = StreamIndex::Safetensors(weights);
+        Self::stream_from(source, index, &config, device, linear.into(), ring_size).await
+    }
+
+    /// [`load_streaming`](Self::load_streaming) from a GGUF file with diffusers key names
+    /// (ComfyUI-GGUF's `qwen_image` files, as [`load_gguf`](Self::load_gguf) reads them);
+    /// `config` comes from a diffusers `config.json`, since the file carries none.
+    pub async fn load_streaming_gguf<S: WeightSource>(
+        source: S,
+        gguf_file: &str,
+        config: &QwenImageTransformerConfig,
+        device: &Device,
+        linear: impl Into<LinearLoad>,
+        ring_size: usize,
+    ) -> Result<(Self, BlockStream<S>)> {
+        let index = StreamIndex::Gguf(GgufFile::open(&source, gguf_file).await?);
+        Self::stream_from(source, index, config, device, linear.into(), ring_size).await
+    }
+
+    /// The non-block part from `index`, checked to take every non-block tensor, and the stream
+    /// over the blocks, with block 0 loaded.
+    async fn stream_from<S: WeightSource>(
+        source: S,
+        index: StreamIndex,
+        config: &QwenImageTransformerConfig,
+        device: &Device,
+        linear: LinearLoad,
+        ring_size: usize,
+    ) -> Result<(Self, BlockStream<S>)> {
+        let mut l = index.loader(&source, device).with_linear_load(linear);
+        let model = Self::load_without_blocks(config, &mut l).await?;
         let taken = l.taken();
         drop(l);
-        let outside = weights
-            .keys()
-            .filter(|k| !k.starts_with("transformer_blocks."))
-            .collect::<Vec<_>>();
-        if taken != outside.len() {
+        let is_block = |k: &str| k.starts_with("transformer_blocks.");
+        let keys = index.keys();
+        if taken != keys.iter().filter(|k| !is_block(k)).count() {
             // Reload with the full checker to name the unexpected tensor.
-            let mut l = TensorLoader::new(&source, &weights, device).with_linear_load(linear);
-            Self::load_without_blocks(&config, &mut l).await?;
-            for i in 0..config.num_layers {
-                let prefix = format!("transformer_blocks.{i}.");
-                for key in weights.keys().filter(|k| k.starts_with(&prefix)) {
-                    let shape = weights
-                        .get(key)
-                        .map(|e| e.shape.clone())
-                        .unwrap_or_default();
-                    l.skip(key, &shape)?;
-                }
+            let mut l = index.loader(&source, device).with_linear_load(linear);
+            Self::load_without_blocks(config, &mut l).await?;
+            for key in keys.iter().filter(|k| is_block(k)) {
+                l.skip(key, &index.shape(key))?;
             }
             l.finish()?;
         }
-        let mut stream = BlockStream::new(source, weights, &config, device, linear, ring_size)?;
+        let mut stream = BlockStream::with_index(source, index, config, device, linear, ring_size)?;
         stream.block(0).await?;
         Ok((model, stream))
     }
