@@ -482,18 +482,25 @@ impl LayeredPipeline {
                 img_shapes: &img_shapes,
                 additional_t_cond: Some(is_rgb.clone()),
             };
-            // noise_pred[:, : latents.size(1)]
-            let mut noise_pred = self
-                .transformer
-                .forward_with(input(prompt_embeds.clone()), blocks)
-                .await?
-                .narrow(1, 0, s_noise);
-            if let (true, Some(neg)) = (do_true_cfg, &negative_prompt_embeds) {
-                let neg_noise_pred = self
-                    .transformer
-                    .forward_with(input(neg.clone()), blocks)
-                    .await?
-                    .narrow(1, 0, s_noise);
+            // noise_pred[:, : latents.size(1)]; under true CFG the negative pass shares each
+            // block with the positive one (a streamed block is read once per step).
+            let (noise_pred, neg_noise_pred) = match (do_true_cfg, &negative_prompt_embeds) {
+                (true, Some(neg)) => {
+                    let (pos, neg) = self
+                        .transformer
+                        .forward_pair_with(input(prompt_embeds.clone()), input(neg.clone()), blocks)
+                        .await?;
+                    (pos, Some(neg.narrow(1, 0, s_noise)))
+                }
+                _ => (
+                    self.transformer
+                        .forward_with(input(prompt_embeds.clone()), blocks)
+                        .await?,
+                    None,
+                ),
+            };
+            let mut noise_pred = noise_pred.narrow(1, 0, s_noise);
+            if let Some(neg_noise_pred) = neg_noise_pred {
                 let comb_pred = neg_noise_pred.clone()
                     + (noise_pred.clone() - neg_noise_pred).mul_scalar(params.true_cfg_scale);
                 noise_pred = if params.cfg_normalize {

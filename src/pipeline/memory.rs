@@ -387,7 +387,9 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
         Precision::F32 => 0,
         _ => 4 * 6 * (d as u64) * d as u64,
     };
-    let activations = 4 * s * d as u64 * 8 + 2 * mlp_hidden + dequant_copy;
+    // Under true CFG the negative pass's token streams wait beside the positive pass's
+    // (`forward_pair_with`): one more `[S, D]`.
+    let activations = 4 * s * d as u64 * (8 + 1) + 2 * mlp_hidden + dequant_copy;
     if mlp_hidden > max_tensor {
         // `FeedForward::forward_chunked` runs chunks of ⌈S / parts⌉ tokens.
         let per_chunk = max_tensor / (4 * 4 * d as u64);

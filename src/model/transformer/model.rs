@@ -350,6 +350,28 @@ impl QwenImageTransformer2DModel {
         Ok(self.finish(state, None))
     }
 
+    /// Two forwards sharing each block as it comes, `a` then `b` through block 0, then block
+    /// 1, …: what [`forward_with`](Self::forward_with) gives for each, but a streamed block is
+    /// read once for both (the pipeline's prompt and negative-prompt passes under true CFG),
+    /// at the cost of holding the second input's token streams alongside.
+    ///
+    /// - returns `([B, S_img, patch² · out_channels], the same for b)`
+    pub async fn forward_pair_with<P: BlockProvider>(
+        &self,
+        a: TransformerInput<'_>,
+        b: TransformerInput<'_>,
+        blocks: &mut P,
+    ) -> Result<(Tensor<3>, Tensor<3>)> {
+        self.check_block_count(blocks.num_blocks())?;
+        let (mut a, mut b) = (self.prepare(a, None)?, self.prepare(b, None)?);
+        for i in 0..self.config.num_layers {
+            let block = blocks.block(i).await?;
+            a = a.apply(block, None);
+            b = b.apply(block, None);
+        }
+        Ok((self.finish(a, None), self.finish(b, None)))
+    }
+
     fn check_block_count(&self, have: usize) -> Result<()> {
         if have != self.config.num_layers {
             return Err(Error::Input {
