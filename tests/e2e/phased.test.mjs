@@ -9,7 +9,8 @@
 //   - the same buffers and the rest of the model plus 1.5 blocks (the numbers
 //     tests/native/memory_plan.rs checks natively): the plan streams a ring of 1 of the 2
 //     blocks with the same tiling; the run loads the text encoder, frees it, loads the
-//     transformer and the VAE, and must give the reference layers.
+//     transformer and the VAE, and must give the reference layers;
+//   - the same two plans with the transformer from a GGUF file (Q8_0): equal layers again.
 // The URL changes with history.replaceState: the page reads the parameters at each Load.
 // Headless Chromium with WebGPU through SwiftShader, the mock hub of tests/mock-hf.
 import { after, before, test } from "node:test";
@@ -32,6 +33,10 @@ const ARGS = [...BASE_ARGS, ...WEBGPU_ARGS];
 const SLOW = 600_000;
 const TINY = "test/qwen-image-layered-tiny";
 const TINY_ID = "tiny-test";
+// The tiny model with its transformer from tests/fixtures/gguf (Q8_0 blocks, taken as they are).
+const GGUF_REPO = "test/qwen-image-layered-tiny-gguf";
+const GGUF_ID = "tiny-test-gguf-q8_0";
+const ggufDir = fileURLToPath(new URL("../fixtures/gguf/", import.meta.url));
 // E2E_STREAMED and E2E_RESIDENT of tests/native/memory_plan.rs (which checks their plans).
 const STREAMED = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=4980K";
 const RESIDENT = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=1G";
@@ -48,9 +53,25 @@ let server, hf;
 before(async () => {
   assert.ok(existsSync(`${dist}index.html`), `no ${dist}index.html: run \`trunk build\` first`);
   await mkdir(artifacts, { recursive: true });
-  hf = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) }, cdnOrigin: true });
+  hf = await startMockHf({
+    repos: { [TINY]: loadRepoFromDir(modelDir), [GGUF_REPO]: loadRepoFromDir(ggufDir) },
+    cdnOrigin: true,
+  });
   const registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
-  registry.models.find((m) => m.id === TINY_ID).host = hf.url;
+  const tiny = registry.models.find((m) => m.id === TINY_ID);
+  tiny.host = hf.url;
+  // A GGUF source as the real registry's QuantStack entries are written: the transformer's
+  // config from the pipeline repo, its weights from the one file of another repo the pattern
+  // matches in that repo's tree listing.
+  const gguf = { repo: GGUF_REPO, revision: "main", file: "*-Q8_0.gguf" };
+  registry.models.push({
+    ...tiny,
+    id: GGUF_ID,
+    label: "Tiny test model, transformer from GGUF Q8_0 (random test weights)",
+    components: tiny.components.map((c) => c.name === "transformer"
+      ? { name: "transformer", files: ["transformer/config.json"], precision: "q8", gguf }
+      : c),
+  });
   server = await serveStatic(dist, { "/models.json": JSON.stringify(registry) });
 });
 after(async () => {
@@ -135,14 +156,36 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     return { layers, statuses: seen["#run-status"] };
   }
 
-  try {
-    // No parameters: the default budget.
-    await open("");
+  async function download() {
     if (await page.getAttribute("body", "data-cache") !== "cached") {
       await page.click("#download-model");
       await wait("body[data-download=done], body[data-download=failed]");
       await wait("body[data-cache=cached]");
     }
+  }
+  /** The largest per-channel difference between two runs' layers (printed), asserted ≤ TOLERANCE. */
+  function compare(a, b, what) {
+    assert.equal(a.layers.length, 2);
+    let worst = 0, differing = 0, total = 0;
+    for (const [i, s] of a.layers.entries()) {
+      const r = b.layers[i];
+      assert.deepEqual([s.width, s.height], [40, 24]);
+      assert.deepEqual([r.width, r.height], [40, 24]);
+      for (let k = 0; k < s.rgba.length; k++) {
+        const d = Math.abs(s.rgba[k] - r.rgba[k]);
+        worst = Math.max(worst, d);
+        if (d) differing++;
+        total++;
+      }
+    }
+    console.log(`${what}: max |difference| ${worst}/255, ${differing} of ${total} channel values differ`);
+    assert.ok(worst <= TOLERANCE, `${what}: layers differ by up to ${worst}/255`);
+  }
+
+  try {
+    // No parameters: the default budget.
+    await open("");
+    await download();
     assert.match(await text("#memory-plan"), /^Memory plan: made when the model loads, for a budget of 4\.00 GiB\.$/);
     assert.equal(await page.getAttribute("#set-memory-budget", "placeholder"), "4.00 GiB (default)");
     // The budget field is kept in localStorage.
@@ -187,6 +230,10 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     assert.match(plan, /^Memory plan for a budget of 4\.86 MiB and buffers of at most 64 KiB: transformer: streamed, a ring of 1 of 2 blocks \(584 KiB each\)/);
     assert.match(plan, / · VAE: tiled, 32×32-pixel tiles every 24×24 pixels, one layer at a time · /);
     assert.match(plan, /model\.embed_tokens\.weight kept on the host/);
+    // Executed in both runs (the same buffer limits): weights over 64 KiB in row pieces, the
+    // MLPs on chunks of the sequence.
+    assert.match(plan, /transformer_blocks\.\*\.img_mod\.1\.weight in 2 row pieces/);
+    assert.match(plan, /transformer MLP hidden activation in \d+ sequence chunks/);
     assert.match(plan, /Each run loads the text encoder, frees it, then loads the transformer and the VAE, and frees them\.$/);
     assert.match(await text("#model-status"), /^Ready: Tiny test model.*, loaded in phases for each run as its memory plan says/);
     await page.screenshot({ path: `${artifacts}/30-phased-plan.png` });
@@ -203,22 +250,28 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     assert.ok(!resident.statuses.some((t) => t.startsWith("Loading the")), "a resident run loads nothing");
     await page.screenshot({ path: `${artifacts}/31-phased-decomposed.png` });
 
-    // The same layers as the resident run, within the VAE tiling's difference.
-    assert.equal(streamed.layers.length, 2);
-    let worst = 0, differing = 0, total = 0;
-    for (const [i, s] of streamed.layers.entries()) {
-      const r = resident.layers[i];
-      assert.deepEqual([s.width, s.height], [40, 24]);
-      assert.deepEqual([r.width, r.height], [40, 24]);
-      for (let k = 0; k < s.rgba.length; k++) {
-        const d = Math.abs(s.rgba[k] - r.rgba[k]);
-        worst = Math.max(worst, d);
-        if (d) differing++;
-        total++;
-      }
-    }
-    console.log(`streamed vs resident, same tiling: max |difference| ${worst}/255, ${differing} of ${total} channel values differ`);
-    assert.ok(worst <= TOLERANCE, `layers differ by up to ${worst}/255`);
+    // The same layers as the resident run with the same tiling.
+    compare(streamed, resident, "streamed vs resident, same tiling");
+
+    // The transformer from a GGUF file: resident, then streamed through a ring of 1 (the same
+    // page and worker: the kernels compiled so far are reused).
+    await page.evaluate((q) => history.replaceState(null, "", q), RESIDENT);
+    await page.selectOption("#model-source", GGUF_ID);
+    await wait("body[data-cache=none], body[data-cache=partial], body[data-cache=cached]");
+    await download();
+    await load();
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${await text("#model-status")}\n${logs.join("\n")}`);
+    assert.equal(await page.getAttribute("body", "data-plan"), "resident");
+    const ggufResident = await decompose();
+    lap("GGUF resident run done");
+    await page.evaluate((q) => history.replaceState(null, "", q), STREAMED);
+    await load();
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${await text("#model-status")}\n${logs.join("\n")}`);
+    assert.equal(await page.getAttribute("body", "data-plan"), "streaming");
+    const ggufStreamed = await decompose();
+    lap("GGUF streamed run done");
+    assert.ok(ggufStreamed.statuses.some((t) => /^Loading the transformer for this run: /.test(t)), ggufStreamed.statuses.join(" | "));
+    compare(ggufStreamed, ggufResident, "GGUF Q8_0: streamed vs resident");
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
   } finally {
     await browser.close();
