@@ -328,14 +328,19 @@ fn cancelling_stops_with_cancelled() {
 }
 
 /// The same captioning code on native wgpu (Vulkan; Mesa lavapipe on the dev box): the vision
-/// tower of the two-window case (masked padded window) and the first 16 generated tokens.
-/// Skips (passes with a message) when no wgpu adapter is available. Slow on lavapipe (~9 min
-/// on the loaded 2-core dev box: every decode step has a new cache length), hence ignored:
-/// `cargo test --test native caption_parity::vision_tower_and_caption_match_on_wgpu -- --ignored --nocapture`.
+/// tower of the two-window case (masked padded window) and the first 16 generated tokens
+/// (`QWEN_LAYERED_CAPTION_TOKENS=n`: the first `n`, at most 512), printing the seconds each
+/// token took. Skips (passes with a message) when no wgpu adapter is available. Slow on
+/// lavapipe (~5 min on the loaded 2-core dev box, mostly compiling kernels), hence ignored:
+/// `CUBECL_AUTOTUNE_LEVEL=minimal cargo test --test native caption_parity::vision_tower_and_caption_match_on_wgpu -- --ignored --nocapture`.
 #[test]
 #[ignore = "slow on a software Vulkan driver; run with --ignored"]
 fn vision_tower_and_caption_match_on_wgpu() {
     let Some(device) = common::gpu() else { return };
+    let tokens: usize = std::env::var("QWEN_LAYERED_CAPTION_TOKENS")
+        .map(|n| n.parse().expect("QWEN_LAYERED_CAPTION_TOKENS is a number"))
+        .unwrap_or(16)
+        .clamp(1, 512);
     let case = CASES[1];
     let rec = Record::load(case);
     let mut c = pollster::block_on(Captioner::load(&model_source(), &device)).expect("loads");
@@ -351,17 +356,29 @@ fn vision_tower_and_caption_match_on_wgpu() {
     check(&rec, "vision.pooler_output", out, ATOL);
     let options = CaptionOptions {
         language: CaptionLanguage::Chinese,
-        max_new_tokens: 16,
+        max_new_tokens: tokens,
         seed: 0,
     };
+    // Seconds from the start to the first token (vision tower, prefill, first logits), then
+    // between consecutive tokens (one decode step each).
+    let mut times = Vec::new();
+    let mut last = std::time::Instant::now();
     let caption = pollster::block_on(c.caption(&input(case), &options, |_| {
+        times.push(last.elapsed().as_secs_f64());
+        last = std::time::Instant::now();
         std::ops::ControlFlow::Continue(())
     }))
     .expect("caption");
+    let steps: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+    eprintln!(
+        "{case} on wgpu: first token after {:.2} s, then seconds per token: [{}]",
+        times[0],
+        steps[1..].join(", ")
+    );
     let got: Vec<i64> = caption.ids.iter().map(|&i| i as i64).collect();
     assert_eq!(
         got,
-        ints(case, "generate.new_ids").0[..16],
+        ints(case, "generate.new_ids").0[..tokens],
         "{case}: ids on wgpu"
     );
     assert_eq!(caption.prompt.input_ids, prompt.input_ids);
