@@ -208,7 +208,7 @@ fn first_step_and_cached_decode_logits_match() {
         let (want_new, _) = ints(case, "generate.new_ids");
         let (want, shape) = rec.f32("generate.logits"); // [K, V]
         let (k_steps, v) = (shape[0], shape[1]);
-        let mut cache = c.lm.new_cache();
+        let mut cache = c.lm.new_cache(prompt.input_ids.len() + k_steps);
         let mut hidden =
             c.lm.forward_embeds(
                 c.prompt_embeds(&vi, &prompt).unwrap(),
@@ -237,6 +237,84 @@ fn first_step_and_cached_decode_logits_match() {
             hidden =
                 c.lm.forward_embeds(c.lm.embed(next).unwrap(), &pos, Some(&mut cache))
                     .unwrap();
+        }
+    }
+}
+
+/// The fixed-capacity key/value cache gives the logits of a forward without cache over the
+/// whole sequence (the prompt with its M-RoPE positions, then the generated tokens at the text
+/// positions after the image: what a cache grown by concatenation computed), and the
+/// reference's tokens; with an exact capacity and with spare slots, which the mask hides.
+#[test]
+fn fixed_capacity_cache_equals_uncached_forward() {
+    let case = CASES[0];
+    let (c, lang) = captioner(case);
+    let (vi, prompt) = c.prepare(&input(case), lang).unwrap();
+    let embeds = c.prompt_embeds(&vi, &prompt).unwrap(); // [1, S, D]
+    let (want_new, _) = ints(case, "generate.new_ids");
+    let (s, steps, vocab) = (prompt.input_ids.len(), 8, c.lm.config().vocab_size);
+    for spare in [0, 37] {
+        let mut cache = c.lm.new_cache(s + steps - 1 + spare);
+        let mut hidden =
+            c.lm.forward_embeds(embeds.clone(), &prompt.positions, Some(&mut cache))
+                .unwrap();
+        let (mut cached, mut tokens) = (Vec::new(), Vec::new());
+        let (mut all, mut positions) = (vec![embeds.clone()], prompt.positions.0.clone());
+        let mut seen = prompt.input_ids.clone();
+        let mut rng = qwen_layered_web::caption::generate::SplitMix64::new(0);
+        for k in 0..steps {
+            let last = hidden.dims()[1] - 1;
+            let mut row = common::read(c.lm.logits(hidden.narrow(1, last, 1)).unwrap());
+            cached.extend_from_slice(&row);
+            let token = c.generation.choose(&mut row, &seen, &mut rng);
+            tokens.push(i64::from(token));
+            seen.push(token);
+            if k + 1 == steps {
+                break;
+            }
+            let next = c.lm.embed(Tensor::from_data(
+                TensorData::new(vec![i64::from(token)], [1, 1]),
+                &cpu(),
+            ));
+            let next = next.unwrap();
+            let pos = RopePositions::text(prompt.generated_position(k), 1);
+            all.push(next.clone());
+            positions.extend_from_slice(&pos.0);
+            hidden = c.lm.forward_embeds(next, &pos, Some(&mut cache)).unwrap();
+        }
+        assert_eq!(cache.len(), s + steps - 1);
+        let full =
+            c.lm.forward_embeds(Tensor::cat(all, 1), &RopePositions(positions), None)
+                .unwrap(); // [1, S + steps - 1, D]
+        let want = common::read(c.lm.logits(full.narrow(1, s - 1, steps)).unwrap());
+        assert_close(
+            &format!("{case}: {steps} steps in a cache with {spare} spare slots vs no cache"),
+            &cached,
+            &want,
+            &[steps, vocab],
+            1e-5,
+        );
+        assert_eq!(
+            tokens,
+            want_new[..steps],
+            "{case}: tokens, {spare} spare slots"
+        );
+
+        // Full: one more token is an error that names the capacity, and changes nothing.
+        if spare == 0 {
+            let one = c.lm.embed(Tensor::from_data(
+                TensorData::new(vec![0i64], [1, 1]),
+                &cpu(),
+            ));
+            let err =
+                c.lm.forward_embeds(one.unwrap(), &RopePositions::text(0, 1), Some(&mut cache))
+                    .expect_err("past the capacity");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("holds {} tokens", s + steps - 1)),
+                "{msg}"
+            );
+            assert_eq!(cache.len(), s + steps - 1);
         }
     }
 }
