@@ -362,7 +362,7 @@ fn caption_matches(case: &str, max_new_tokens: usize) {
 }
 
 /// The English case in full: 512 greedy tokens (no eos) and the decoded, stripped caption
-/// (~20 s in a debug build).
+/// (~30 s in a debug build).
 #[test]
 fn greedy_caption_is_identical() {
     caption_matches(CASES[0], 512);

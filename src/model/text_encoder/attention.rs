@@ -88,9 +88,9 @@ impl KvCache {
         }
     }
 
-    /// The step of the next forward of `b` sequences of `s` tokens: the slots they are
-    /// written to and their mask, `[S, capacity]`, true where query `i` must not see slot `j`
-    /// (`j > len + i`), uploaded from the host (no kernel; its shape depends only on `S`).
+    /// The step of the next forward of `s` tokens: the slots they are written to and their
+    /// mask, `[S, capacity]`, true where query `i` must not see slot `j` (`j > len + i`),
+    /// uploaded from the host (no kernel; its shape depends only on `S`).
     pub(super) fn step(&self, s: usize, device: &Device) -> CacheStep {
         let (past, cap) = (self.len, self.capacity);
         let hidden: Vec<bool> = (0..s)
@@ -197,8 +197,8 @@ impl Qwen2Attention {
     ///
     /// Token `i` attends to every past token and to new tokens `0..=i` (causal). With a cache
     /// it attends over all `capacity` slots, the step's mask hiding the later ones, so the
-    /// shapes are those of `S` alone. The caller checks that the step fits
-    /// ([`KvCache::check_fits`]).
+    /// shapes are those of `S` alone. The caller ([`super::QwenTextModel::forward_embeds`])
+    /// has checked that the step fits the capacity.
     pub fn forward(
         &self,
         x: Tensor<3>,
