@@ -369,7 +369,9 @@ impl Captioner {
         let device = self.lm.device();
         let text = self.embed(source, &prompt.input_ids).await?; // [1, S, D]
         let embeds = splice(text, self.image_features(&vi, &prompt)?, &prompt);
-        let mut cache = self.lm.new_cache();
+        // The prompt and every generated token but the last (which is never fed back).
+        let capacity = prompt.input_ids.len() + options.max_new_tokens.saturating_sub(1);
+        let mut cache = self.lm.new_cache(capacity);
         let mut hidden = self
             .lm
             .forward_embeds(embeds, &prompt.positions, Some(&mut cache))?;

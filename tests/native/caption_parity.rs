@@ -208,7 +208,7 @@ fn first_step_and_cached_decode_logits_match() {
         let (want_new, _) = ints(case, "generate.new_ids");
         let (want, shape) = rec.f32("generate.logits"); // [K, V]
         let (k_steps, v) = (shape[0], shape[1]);
-        let mut cache = c.lm.new_cache();
+        let mut cache = c.lm.new_cache(prompt.input_ids.len() + k_steps);
         let mut hidden =
             c.lm.forward_embeds(
                 c.prompt_embeds(&vi, &prompt).unwrap(),
@@ -237,6 +237,84 @@ fn first_step_and_cached_decode_logits_match() {
             hidden =
                 c.lm.forward_embeds(c.lm.embed(next).unwrap(), &pos, Some(&mut cache))
                     .unwrap();
+        }
+    }
+}
+
+/// The fixed-capacity key/value cache gives the logits of a forward without cache over the
+/// whole sequence (the prompt with its M-RoPE positions, then the generated tokens at the text
+/// positions after the image: what a cache grown by concatenation computed), and the
+/// reference's tokens; with an exact capacity and with spare slots, which the mask hides.
+#[test]
+fn fixed_capacity_cache_equals_uncached_forward() {
+    let case = CASES[0];
+    let (c, lang) = captioner(case);
+    let (vi, prompt) = c.prepare(&input(case), lang).unwrap();
+    let embeds = c.prompt_embeds(&vi, &prompt).unwrap(); // [1, S, D]
+    let (want_new, _) = ints(case, "generate.new_ids");
+    let (s, steps, vocab) = (prompt.input_ids.len(), 8, c.lm.config().vocab_size);
+    for spare in [0, 37] {
+        let mut cache = c.lm.new_cache(s + steps - 1 + spare);
+        let mut hidden =
+            c.lm.forward_embeds(embeds.clone(), &prompt.positions, Some(&mut cache))
+                .unwrap();
+        let (mut cached, mut tokens) = (Vec::new(), Vec::new());
+        let (mut all, mut positions) = (vec![embeds.clone()], prompt.positions.0.clone());
+        let mut seen = prompt.input_ids.clone();
+        let mut rng = qwen_layered_web::caption::generate::SplitMix64::new(0);
+        for k in 0..steps {
+            let last = hidden.dims()[1] - 1;
+            let mut row = common::read(c.lm.logits(hidden.narrow(1, last, 1)).unwrap());
+            cached.extend_from_slice(&row);
+            let token = c.generation.choose(&mut row, &seen, &mut rng);
+            tokens.push(i64::from(token));
+            seen.push(token);
+            if k + 1 == steps {
+                break;
+            }
+            let next = c.lm.embed(Tensor::from_data(
+                TensorData::new(vec![i64::from(token)], [1, 1]),
+                &cpu(),
+            ));
+            let next = next.unwrap();
+            let pos = RopePositions::text(prompt.generated_position(k), 1);
+            all.push(next.clone());
+            positions.extend_from_slice(&pos.0);
+            hidden = c.lm.forward_embeds(next, &pos, Some(&mut cache)).unwrap();
+        }
+        assert_eq!(cache.len(), s + steps - 1);
+        let full =
+            c.lm.forward_embeds(Tensor::cat(all, 1), &RopePositions(positions), None)
+                .unwrap(); // [1, S + steps - 1, D]
+        let want = common::read(c.lm.logits(full.narrow(1, s - 1, steps)).unwrap());
+        assert_close(
+            &format!("{case}: {steps} steps in a cache with {spare} spare slots vs no cache"),
+            &cached,
+            &want,
+            &[steps, vocab],
+            1e-5,
+        );
+        assert_eq!(
+            tokens,
+            want_new[..steps],
+            "{case}: tokens, {spare} spare slots"
+        );
+
+        // Full: one more token is an error that names the capacity, and changes nothing.
+        if spare == 0 {
+            let one = c.lm.embed(Tensor::from_data(
+                TensorData::new(vec![0i64], [1, 1]),
+                &cpu(),
+            ));
+            let err =
+                c.lm.forward_embeds(one.unwrap(), &RopePositions::text(0, 1), Some(&mut cache))
+                    .expect_err("past the capacity");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&format!("holds {} tokens", s + steps - 1)),
+                "{msg}"
+            );
+            assert_eq!(cache.len(), s + steps - 1);
         }
     }
 }
@@ -284,7 +362,7 @@ fn caption_matches(case: &str, max_new_tokens: usize) {
 }
 
 /// The English case in full: 512 greedy tokens (no eos) and the decoded, stripped caption
-/// (~20 s in a debug build).
+/// (~30 s in a debug build).
 #[test]
 fn greedy_caption_is_identical() {
     caption_matches(CASES[0], 512);
@@ -328,14 +406,19 @@ fn cancelling_stops_with_cancelled() {
 }
 
 /// The same captioning code on native wgpu (Vulkan; Mesa lavapipe on the dev box): the vision
-/// tower of the two-window case (masked padded window) and the first 16 generated tokens.
-/// Skips (passes with a message) when no wgpu adapter is available. Slow on lavapipe (~9 min
-/// on the loaded 2-core dev box: every decode step has a new cache length), hence ignored:
-/// `cargo test --test native caption_parity::vision_tower_and_caption_match_on_wgpu -- --ignored --nocapture`.
+/// tower of the two-window case (masked padded window) and the first 16 generated tokens
+/// (`QWEN_LAYERED_CAPTION_TOKENS=n`: the first `n`, at most 512), printing the seconds each
+/// token took. Skips (passes with a message) when no wgpu adapter is available. Slow on
+/// lavapipe (~5 min on the loaded 2-core dev box, mostly compiling kernels), hence ignored:
+/// `CUBECL_AUTOTUNE_LEVEL=minimal cargo test --test native caption_parity::vision_tower_and_caption_match_on_wgpu -- --ignored --nocapture`.
 #[test]
 #[ignore = "slow on a software Vulkan driver; run with --ignored"]
 fn vision_tower_and_caption_match_on_wgpu() {
     let Some(device) = common::gpu() else { return };
+    let tokens: usize = std::env::var("QWEN_LAYERED_CAPTION_TOKENS")
+        .map(|n| n.parse().expect("QWEN_LAYERED_CAPTION_TOKENS is a number"))
+        .unwrap_or(16)
+        .clamp(1, 512);
     let case = CASES[1];
     let rec = Record::load(case);
     let mut c = pollster::block_on(Captioner::load(&model_source(), &device)).expect("loads");
@@ -351,17 +434,29 @@ fn vision_tower_and_caption_match_on_wgpu() {
     check(&rec, "vision.pooler_output", out, ATOL);
     let options = CaptionOptions {
         language: CaptionLanguage::Chinese,
-        max_new_tokens: 16,
+        max_new_tokens: tokens,
         seed: 0,
     };
+    // Seconds from the start to the first token (vision tower, prefill, first logits), then
+    // between consecutive tokens (one decode step each).
+    let mut times = Vec::new();
+    let mut last = std::time::Instant::now();
     let caption = pollster::block_on(c.caption(&input(case), &options, |_| {
+        times.push(last.elapsed().as_secs_f64());
+        last = std::time::Instant::now();
         std::ops::ControlFlow::Continue(())
     }))
     .expect("caption");
+    let steps: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
+    eprintln!(
+        "{case} on wgpu: first token after {:.2} s, then seconds per token: [{}]",
+        times[0],
+        steps[1..].join(", ")
+    );
     let got: Vec<i64> = caption.ids.iter().map(|&i| i as i64).collect();
     assert_eq!(
         got,
-        ints(case, "generate.new_ids").0[..16],
+        ints(case, "generate.new_ids").0[..tokens],
         "{case}: ids on wgpu"
     );
     assert_eq!(caption.prompt.input_ids, prompt.input_ids);

@@ -74,7 +74,7 @@ fn kv_cache_prefill_chunks_and_single_tokens_equal_one_forward() {
     let d = model.config().hidden_size;
 
     // Prefill 150 tokens (causal), a chunk of 5 after them (offset mask), then one at a time.
-    let mut cache = model.new_cache();
+    let mut cache = model.new_cache(ids.len());
     let mut got = Vec::new();
     let mut start = 0;
     for len in [150, 5]
@@ -95,6 +95,35 @@ fn kv_cache_prefill_chunks_and_single_tokens_equal_one_forward() {
         &full,
         &[1, ids.len(), d],
         1e-5,
+    );
+
+    // The cache is full: one more token, or a chunk that does not fit, is an error naming
+    // the capacity, and the cache is unchanged.
+    for n in [1, 3] {
+        let err = model
+            .forward(ids_tensor(&ids[..n]), Some(&mut cache))
+            .expect_err("past the capacity");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!(
+                "holds {} tokens: {} cached + {n} new",
+                ids.len(),
+                ids.len()
+            )),
+            "{msg}"
+        );
+        assert_eq!(cache.len(), ids.len());
+    }
+    // Another batch size than the cached one is refused too.
+    let mut cache = model.new_cache(8);
+    model
+        .forward(ids_tensor(&ids[..2]), Some(&mut cache))
+        .expect("B = 1");
+    let two = Tensor::<2, Int>::from_data(TensorData::new(vec![ids[2], ids[3]], [2, 1]), &cpu());
+    let err = model.forward(two, Some(&mut cache)).expect_err("B = 2");
+    assert!(
+        err.to_string().contains("holds 1 sequences, the input 2"),
+        "{err}"
     );
 
     // forward_embeds with explicit text positions is the same path.

@@ -5,7 +5,7 @@
 use burn::module::Module;
 use burn::tensor::Tensor;
 
-use super::attention::{LayerCache, Qwen2Attention};
+use super::attention::{CacheStep, LayerCache, Qwen2Attention};
 use super::config::QwenTextConfig;
 use super::rope::RopeTables;
 use crate::error::Result;
@@ -65,13 +65,14 @@ impl Qwen2DecoderLayer {
         })
     }
 
-    /// - x: `[B, S, D]`, rope: tables for the `S` tokens, cache: this layer's past
+    /// - x: `[B, S, D]`, rope: tables for the `S` tokens, cache: this layer's keys/values
+    ///   `[B, KVH, capacity, Dh]` and the step (see [`Qwen2Attention::forward`])
     /// - returns `[B, S, D]`
     pub fn forward(
         &self,
         x: Tensor<3>,
         rope: &RopeTables,
-        cache: Option<&mut LayerCache>,
+        cache: Option<(&mut LayerCache, &CacheStep)>,
     ) -> Tensor<3> {
         let h = x.clone()
             + self

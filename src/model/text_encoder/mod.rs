@@ -7,9 +7,10 @@
 //!
 //! - Prompt encoding (`crate::text::PromptEncoder`) runs [`QwenLanguageModel::forward`] once
 //!   over the templated prompt with 1-D positions and keeps the post-norm last hidden state.
-//! - Generation (captioning) calls [`QwenLanguageModel::forward_embeds`] with a [`KvCache`]:
-//!   a prefill over the whole prompt (M-RoPE positions from [`RopePositions`], image features
-//!   spliced into the embeddings by the caller), then one token per call, and
+//! - Generation (captioning) calls [`QwenLanguageModel::forward_embeds`] with a [`KvCache`]
+//!   of fixed capacity (prompt plus new tokens): a prefill over the whole prompt (M-RoPE
+//!   positions from [`RopePositions`], image features spliced into the embeddings by the
+//!   caller), then one token per call, every one with the same tensor shapes, and
 //!   [`QwenLanguageModel::logits`] on the last hidden state.
 //!
 //! The vision tower (`visual.*`) is not here; [`QwenLanguageModel::load`] skips its tensors.
@@ -25,7 +26,7 @@ mod decoder;
 mod model;
 mod rope;
 
-pub use attention::{KvCache, LayerCache, Qwen2Attention};
+pub use attention::{CacheStep, KvCache, LayerCache, Qwen2Attention};
 pub use config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
 pub use decoder::Qwen2DecoderLayer;
 pub use model::{

@@ -173,8 +173,10 @@ impl QwenTextModel {
     ///
     /// - embeds: `[B, S, D]` (token embeddings, or with image features spliced in)
     /// - positions: `S` position triples (shared by the batch)
-    /// - cache: the keys/values of earlier calls (appended to and advanced by `S`); `None`
-    ///   for a one-shot forward
+    /// - cache: the keys/values of earlier calls (`[B, KVH, capacity, Dh]` per layer; this
+    ///   call's are written after them and the length advances by `S`); `None` for a one-shot
+    ///   causal forward. A step past the cache's capacity, or with another `B` than the
+    ///   earlier ones, is an error.
     /// - returns the post-final-norm hidden states `[B, S, D]`
     pub fn forward_embeds(
         &self,
@@ -182,7 +184,7 @@ impl QwenTextModel {
         positions: &RopePositions,
         mut cache: Option<&mut KvCache>,
     ) -> Result<Tensor<3>> {
-        let [_, s, d] = embeds.dims();
+        let [b, s, d] = embeds.dims();
         let bad = |reason: String| {
             Err(Error::Input {
                 model: "Qwen2_5_VLTextModel",
@@ -211,14 +213,24 @@ impl QwenTextModel {
                 self.layers.len()
             ));
         }
-        let rope = self.rotary_emb.tables(positions, &embeds.device());
+        if let Some(c) = cache.as_deref()
+            && let Err(reason) = c.check_fits(b, s)
+        {
+            return bad(reason);
+        }
+        let device = embeds.device();
+        let rope = self.rotary_emb.tables(positions, &device);
+        let step = cache.as_deref().map(|c| c.step(s, &device));
         let mut h = embeds;
         for (i, layer) in self.layers.iter().enumerate() {
-            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            let layer_cache = match (cache.as_deref_mut(), &step) {
+                (Some(c), Some(step)) => Some((&mut c.layers[i], step)),
+                _ => None,
+            };
             h = layer.forward(h, &rope, layer_cache);
         }
         if let Some(c) = cache {
-            c.advance(s);
+            c.advance(b, s);
         }
         Ok(self.norm.forward(h))
     }
@@ -244,9 +256,11 @@ impl QwenTextModel {
         self.norm.weight.device()
     }
 
-    /// An empty cache for this model.
-    pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.layers.len())
+    /// An empty cache for this model that holds `capacity` tokens (the prompt and every token
+    /// fed after it); its keys and values, `[B, KVH, capacity, Dh]` per layer, are allocated
+    /// by the first forward.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        KvCache::new(self.layers.len(), capacity)
     }
 
     fn check_ids(&self, ids: &Tensor<2, Int>) -> Result<()> {
@@ -437,9 +451,9 @@ impl QwenLanguageModel {
         self.model.device()
     }
 
-    /// An empty cache for this model.
-    pub fn new_cache(&self) -> KvCache {
-        self.model.new_cache()
+    /// See [`QwenTextModel::new_cache`]: an empty cache of `capacity` tokens.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        self.model.new_cache(capacity)
     }
 
     /// `lm_head(hidden)`: `[B, S, D]` → logits `[B, S, vocab]`; an error if `lm_head` was not
