@@ -266,19 +266,22 @@ impl FeedForward {
             .forward(gelu_approximate(self.proj_in.forward(x)))
     }
 
-    /// [`forward`](Self::forward) on `chunks` consecutive runs of the sequence, one after
-    /// another, so that the `[B, S/chunks, 4·dim]` hidden activation is the largest buffer (the
-    /// memory plan's `ChunkSequence`; tokens are independent in an MLP). `chunks ≤ 1` is one
-    /// piece.
+    /// [`forward`](Self::forward) on runs of at most `max_tokens` consecutive tokens, one after
+    /// another, so that the `[B, ≤ max_tokens, 4·dim]` hidden activation is the largest buffer
+    /// (the memory plan's `ChunkSequence`; tokens are independent in an MLP). A sequence of
+    /// `S > max_tokens` tokens runs as `⌈S / max_tokens⌉` runs of equal length (the last may be
+    /// shorter); a shorter one, or `None`, runs in one piece.
     ///
     /// - x: `[B, S, dim]` → `[B, S, dim]`
-    pub fn forward_chunked(&self, x: Tensor<3>, chunks: usize) -> Tensor<3> {
+    pub fn forward_chunked(&self, x: Tensor<3>, max_tokens: Option<usize>) -> Tensor<3> {
         let s = x.dims()[1];
-        if chunks <= 1 || s <= 1 {
-            return self.forward(x);
+        match max_tokens {
+            Some(max) if s > max.max(1) => {
+                let parts = x.chunk(s.div_ceil(max.max(1)), 1);
+                Tensor::cat(parts.into_iter().map(|p| self.forward(p)).collect(), 1)
+            }
+            _ => self.forward(x),
         }
-        let parts = x.chunk(chunks.min(s), 1);
-        Tensor::cat(parts.into_iter().map(|p| self.forward(p)).collect(), 1)
     }
 }
 
@@ -355,9 +358,20 @@ mod tests {
         };
         let x = tensor(4, [2, 7, dim]);
         let whole: Vec<f32> = mlp.forward(x.clone()).into_data().try_to_vec().unwrap();
-        // 3 and 4 chunks do not divide 7; 9 is more chunks than tokens.
-        for chunks in [0, 1, 2, 3, 4, 7, 9] {
-            let y = mlp.forward_chunked(x.clone(), chunks);
+        // Runs of 1, 2 (4 runs), 3 (3 runs, the last of 1), 4, 6 tokens; 0 is taken as 1;
+        // 7 and more, or no limit, is one piece.
+        for max in [
+            None,
+            Some(0),
+            Some(1),
+            Some(2),
+            Some(3),
+            Some(4),
+            Some(6),
+            Some(7),
+            Some(9),
+        ] {
+            let y = mlp.forward_chunked(x.clone(), max);
             assert_eq!(y.dims(), [2, 7, dim]);
             let y: Vec<f32> = y.into_data().try_to_vec().unwrap();
             let diff = whole
@@ -365,7 +379,7 @@ mod tests {
                 .zip(&y)
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
-            assert!(diff <= 1e-6, "{chunks} chunks: {diff}");
+            assert!(diff <= 1e-6, "runs of {max:?} tokens: {diff}");
         }
     }
 }

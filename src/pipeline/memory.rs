@@ -192,6 +192,9 @@ pub struct MemoryEstimate {
     /// The most tokens (image and text) one transformer forward may carry: its `[S, D]` f32
     /// token stream must fit one buffer.
     pub max_tokens: u64,
+    /// The most tokens one MLP run may take: its `[S, 4·D]` f32 hidden activation must fit one
+    /// buffer.
+    pub mlp_max_tokens: u64,
 }
 
 /// The decision.
@@ -390,9 +393,10 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
     // Under true CFG the negative pass's token streams wait beside the positive pass's
     // (`forward_pair_with`): one more `[S, D]`.
     let activations = 4 * s * d as u64 * (8 + 1) + 2 * mlp_hidden + dequant_copy;
+    // `FeedForward::forward_chunked` runs at most this many tokens at a time: the prompt's
+    // real length decides at run time whether (and into how many runs) a sequence is cut.
+    let per_chunk = max_tensor / (4 * 4 * d as u64);
     if mlp_hidden > max_tensor {
-        // `FeedForward::forward_chunked` runs chunks of ⌈S / parts⌉ tokens.
-        let per_chunk = max_tensor / (4 * 4 * d as u64);
         oversized.push(OversizedTensor {
             name: "transformer MLP hidden activation".into(),
             shape: vec![s as usize, 4 * d],
@@ -534,6 +538,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             text_encoder_bytes: text_bytes,
             max_tensor_bytes: max_tensor,
             max_tokens,
+            mlp_max_tokens: per_chunk,
         },
     })
 }
@@ -616,14 +621,16 @@ impl MemoryPlan {
 
     /// Sets everything this plan decides at run time on a loaded pipeline: the VAE's tiling and
     /// slicing ([`apply_vae`](Self::apply_vae)), the transformer MLPs' sequence chunks
-    /// ([`mlp_chunks`](Self::mlp_chunks)) and the most tokens a forward may carry.
+    /// (runs of at most [`MemoryEstimate::mlp_max_tokens`]; [`mlp_chunks`](Self::mlp_chunks) of
+    /// them at the planned length) and the most tokens a forward may carry.
     pub fn apply(&self, pipeline: &mut super::LayeredPipeline) {
         self.apply_vae(pipeline);
-        pipeline.transformer.mlp_chunks = self.mlp_chunks();
+        pipeline.transformer.mlp_max_tokens = Some(self.estimate.mlp_max_tokens as usize);
         pipeline.transformer.max_tokens = Some(self.estimate.max_tokens as usize);
     }
 
-    /// Sequence runs each transformer MLP takes at a time: the `ChunkSequence` parts, or 1.
+    /// Runs each transformer MLP takes at the planned (longest) sequence: the `ChunkSequence`
+    /// parts, or 1. A shorter prompt may need fewer.
     pub fn mlp_chunks(&self) -> usize {
         self.oversized
             .iter()

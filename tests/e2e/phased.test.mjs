@@ -110,13 +110,13 @@ async function watching(page, selectors, action) {
   });
 }
 
-test("forced low limits stream a ring of 1 and tile the VAE; the layers match the resident run's", { timeout: 2 * SLOW }, async () => {
+test("forced low limits stream a ring of 1 and tile the VAE; the layers match the resident run's", { timeout: 4 * SLOW }, async () => {
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: ARGS, headless: true });
   const page = await browser.newPage({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
   const logs = [];
   page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
   page.on("pageerror", (e) => logs.push(`[pageerror] ${e.message}`));
-  const wait = (selector, timeout = 300_000) => page.waitForSelector(selector, { timeout }).catch((e) => {
+  const wait = (selector, timeout = SLOW) => page.waitForSelector(selector, { timeout }).catch((e) => {
     throw new Error(`${e.message}\nconsole:\n${logs.join("\n")}`);
   });
   const t0 = Date.now();
@@ -147,6 +147,7 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
       await wait("body[data-run=done], body[data-run=failed]");
     });
     const status = await text("#run-status");
+    lap(`decomposed (${seen["#run-status"].length} statuses)`);
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
     assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
     const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#export-zip")]);

@@ -148,11 +148,11 @@ fn a_forced_low_limit_plan_streams_tiles_and_matches_the_normal_run() {
     .unwrap();
     scheduler(&mut planned.pipeline);
     assert!(planned.pipeline.transformer.transformer_blocks.is_empty());
-    // The MLP hidden activation [S, 256] (S = 5 · 16 image + the text tokens) is over 64 KiB:
-    // the MLPs run in chunks of the sequence.
-    let chunks = plan.mlp_chunks();
-    assert!(chunks > 1, "{chunks}");
-    assert_eq!(planned.pipeline.transformer.mlp_chunks, chunks);
+    // The MLP hidden activation [S, 256] is over 64 KiB past 64 tokens: the image MLP's 80
+    // tokens (5 · 16) run as 2 chunks of 40.
+    assert!(plan.mlp_chunks() > 1, "{}", plan.mlp_chunks());
+    assert_eq!(plan.estimate.mlp_max_tokens, 64);
+    assert_eq!(planned.pipeline.transformer.mlp_max_tokens, Some(64));
     // Weights over 64 KiB are stored in parts of rows, as the plan says (the streamed blocks
     // are loaded the same way; the ring is empty after the run, so a resident copy is read).
     let split = pollster::block_on(QwenImageTransformer2DModel::load_precision(

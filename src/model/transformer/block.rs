@@ -85,12 +85,12 @@ impl QwenImageTransformerBlock {
             txt_mask,
             temb,
             rope,
-            1,
+            None,
         )
     }
 
-    /// [`forward`](Self::forward) with both MLPs run on `mlp_chunks` consecutive runs of their
-    /// sequence ([`FeedForward::forward_chunked`], the memory plan's `ChunkSequence`).
+    /// [`forward`](Self::forward) with both MLPs run on runs of at most `mlp_max_tokens` tokens
+    /// of their sequence ([`FeedForward::forward_chunked`], the memory plan's `ChunkSequence`).
     pub fn forward_chunked(
         &self,
         hidden_states: Tensor<3>,
@@ -98,7 +98,7 @@ impl QwenImageTransformerBlock {
         txt_mask: Option<Tensor<2, Bool>>,
         temb: &Tensor<2>,
         rope: &RopeDevice,
-        mlp_chunks: usize,
+        mlp_max_tokens: Option<usize>,
     ) -> (Tensor<3>, Tensor<3>) {
         let [i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2] =
             chunk6(silu_linear(&self.img_mod, temb.clone()));
@@ -126,14 +126,14 @@ impl QwenImageTransformerBlock {
             i_scale2,
         );
         let hidden_states =
-            hidden_states + gate(i_gate2) * self.img_mlp.forward_chunked(img_mod2, mlp_chunks);
+            hidden_states + gate(i_gate2) * self.img_mlp.forward_chunked(img_mod2, mlp_max_tokens);
         let txt_mod2 = modulate(
             layer_norm(encoder_hidden_states.clone(), NORM_EPS),
             t_shift2,
             t_scale2,
         );
         let encoder_hidden_states = encoder_hidden_states
-            + gate(t_gate2) * self.txt_mlp.forward_chunked(txt_mod2, mlp_chunks);
+            + gate(t_gate2) * self.txt_mlp.forward_chunked(txt_mod2, mlp_max_tokens);
         (encoder_hidden_states, hidden_states)
     }
 }

@@ -117,11 +117,11 @@ pub struct QwenImageTransformer2DModel {
     /// The config the model was built from.
     #[module(skip)]
     pub config: QwenImageTransformerConfig,
-    /// Runs of the sequence each block's MLPs take at a time (1: all at once; the memory
-    /// plan's `ChunkSequence` sets more when the `[B, S, 4·D]` hidden activation would not fit
-    /// one GPU buffer; see `MemoryPlan::apply`).
+    /// The most tokens each block's MLPs take at a time, when a device's largest buffer limits
+    /// the `[B, S, 4·D]` hidden activation (the memory plan's `ChunkSequence`; see
+    /// `MemoryPlan::apply`): a longer sequence runs in chunks. `None`: all at once.
     #[module(skip)]
-    pub mlp_chunks: usize,
+    pub mlp_max_tokens: Option<usize>,
     /// The most tokens (image and text) one forward may carry, when a device's largest buffer
     /// limits the `[B, S, D]` token stream (the memory plan's `max_tokens`); a longer input is
     /// an error naming both numbers. `None`: no limit.
@@ -242,7 +242,7 @@ impl QwenImageTransformer2DModel {
                 layer3d: config.use_layer3d_rope,
             },
             config: config.clone(),
-            mlp_chunks: 1,
+            mlp_max_tokens: None,
             max_tokens: None,
         })
     }
@@ -428,7 +428,7 @@ impl QwenImageTransformer2DModel {
             mask: input.encoder_hidden_states_mask,
             temb,
             rope,
-            mlp_chunks: self.mlp_chunks,
+            mlp_max_tokens: self.mlp_max_tokens,
         })
     }
 
@@ -454,8 +454,8 @@ struct BlockState {
     temb: Tensor<2>,
     /// RoPE tables for this sequence.
     rope: RopeDevice,
-    /// Sequence runs per MLP (the model's `mlp_chunks`).
-    mlp_chunks: usize,
+    /// The most tokens per MLP run (the model's `mlp_max_tokens`).
+    mlp_max_tokens: Option<usize>,
 }
 
 impl BlockState {
@@ -467,7 +467,7 @@ impl BlockState {
             self.mask.clone(),
             &self.temb,
             &self.rope,
-            self.mlp_chunks,
+            self.mlp_max_tokens,
         );
         if let Some(t) = trace {
             t.blocks.push((txt.clone(), img.clone()));
