@@ -9,8 +9,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::Dtype;
 
 use super::gguf::{GgmlType, GgufFile, dequantize};
-use super::quant::{BLOCK, QuantizedMatrix};
+use super::par::worker_count;
+use super::quant::{BLOCK, QuantizedMatrix, Values, check_sizes, quantize_into};
 use super::rows::TableRows;
+use super::safetensors::widen_into_parallel;
 use super::{SafetensorsFolder, WeightSource, to_f32};
 use crate::error::{Error, Result};
 
@@ -162,6 +164,8 @@ pub struct TensorLoader<'a, S: WeightSource> {
     precision: Precision,
     read_chunk: u64,
     taken: BTreeSet<String>,
+    /// One read step's stored bytes, reused from tensor to tensor.
+    scratch: Vec<u8>,
 }
 
 /// Stored bytes read per step when a linear weight is quantized at load time (see
@@ -188,6 +192,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
             precision: Precision::F32,
             read_chunk: DEFAULT_READ_CHUNK,
             taken: BTreeSet::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -237,13 +242,6 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         Ok(entry)
     }
 
-    /// Checks `key`'s shape, marks it taken and reads its bytes.
-    async fn take(&mut self, key: &str, shape: &[usize]) -> Result<(Stored<'a>, Vec<u8>)> {
-        let entry = self.mark_taken(key, shape)?;
-        let bytes = self.read(&entry).await?;
-        Ok((entry, bytes))
-    }
-
     /// Decodes a stored tensor's bytes to f32.
     fn decode(key: &str, entry: &Stored, bytes: &[u8]) -> Result<Vec<f32>> {
         Self::decode_values(key, entry, bytes, entry.shape.iter().product())
@@ -256,8 +254,8 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
 
     /// Reads `key` as f32 values on the host, after checking that its stored shape is `shape`.
     pub async fn host(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (entry, bytes) = self.take(key, shape).await?;
-        Self::decode(key, &entry, &bytes)
+        let entry = self.mark_taken(key, shape)?;
+        self.read_values(key, &entry).await
     }
 
     /// Reads `key` onto the device; its stored shape must be `shape`.
@@ -266,9 +264,8 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         key: &str,
         shape: [usize; D],
     ) -> Result<Tensor<D>> {
-        let (entry, bytes) = self.take(key, &shape).await?;
-        let values = Self::decode(key, &entry, &bytes)?;
-        drop(bytes);
+        let entry = self.mark_taken(key, &shape)?;
+        let values = self.read_values(key, &entry).await?;
         let tensor = Tensor::from_data(TensorData::new(values, shape), &self.device);
         self.flush(key, &entry)?;
         Ok(tensor)
@@ -298,10 +295,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         let entry = self.mark_taken(&key, &[d_out, d_in])?;
         let bits = self.precision.bits().filter(|_| d_in.is_multiple_of(BLOCK));
         let weight = match (bits, entry.encoding) {
-            (None, _) => {
-                let bytes = self.read(&entry).await?;
-                Loaded::F32(Self::decode(&key, &entry, &bytes)?)
-            }
+            (None, _) => Loaded::F32(self.read_values(&key, &entry).await?),
             (Some(8), Encoding::Gguf(GgmlType::Q8_0)) => {
                 let bytes = self.read(&entry).await?;
                 Loaded::Blocks(
@@ -351,6 +345,51 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         self.source.read(entry.file, entry.offset, entry.len).await
     }
 
+    /// `entry`'s safetensors float type (bf16, f16, f32) when its bytes are exactly its
+    /// `values` values of it, i.e. when it can be converted straight from the stored bytes.
+    fn stored_float(entry: &Stored, values: usize) -> Option<Dtype> {
+        match entry.encoding {
+            Encoding::Safetensors(dtype @ (Dtype::BF16 | Dtype::F16 | Dtype::F32))
+                if entry.len == (values * (dtype.bitsize() / 8)) as u64 =>
+            {
+                Some(dtype)
+            }
+            _ => None,
+        }
+    }
+
+    /// The loader's reused read buffer, at least `len` bytes long.
+    fn scratch(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        &mut scratch[..len]
+    }
+
+    /// All of `entry` decoded to f32. Stored bf16/f16/f32 values are read in steps of about
+    /// `read_chunk` bytes into the loader's reused buffer and widened straight into the
+    /// result (on the CPU's threads natively); anything else (GGUF blocks, a size mismatch,
+    /// which then fails with the decoder's error) is read whole and decoded.
+    async fn read_values(&mut self, key: &str, entry: &Stored<'a>) -> Result<Vec<f32>> {
+        let want: usize = entry.shape.iter().product();
+        let Some(dtype) = Self::stored_float(entry, want) else {
+            let bytes = self.read(entry).await?;
+            return Self::decode(key, entry, &bytes);
+        };
+        let width = dtype.bitsize() / 8;
+        let step = (self.read_chunk as usize / width).max(1);
+        let source = self.source;
+        let mut out = vec![0f32; want];
+        for (i, part) in out.chunks_mut(step).enumerate() {
+            let buf = Self::scratch(&mut self.scratch, part.len() * width);
+            source
+                .read_into(entry.file, entry.offset + (i * step * width) as u64, buf)
+                .await?;
+            widen_into_parallel(buf, dtype, part);
+        }
+        Ok(out)
+    }
+
     fn error(key: &str, entry: &Stored, reason: String) -> Error {
         Error::Weights {
             key: key.to_owned(),
@@ -363,7 +402,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// whole rows of about `read_chunk` stored bytes at a time (safetensors and GGUF rows are
     /// contiguous, and a GGUF row is whole blocks).
     async fn quantize_rows(
-        &self,
+        &mut self,
         key: &str,
         entry: &Stored<'a>,
         bits: u32,
@@ -379,31 +418,45 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
                 ),
             ));
         }
+        check_sizes(rows * cols, rows, cols, bits).map_err(|r| Self::error(key, entry, r))?;
+        let stored = Self::stored_float(entry, rows * cols);
         let row_bytes = entry.len / rows as u64;
         let step = (self.read_chunk / row_bytes.max(1)).max(1) as usize;
+        let row_words = cols * bits as usize / 32;
+        let row_blocks = cols / BLOCK;
         let mut out = QuantizedMatrix {
             bits,
             rows,
             cols,
-            words: Vec::with_capacity(rows * cols * bits as usize / 32),
-            scales: Vec::with_capacity(rows * cols / BLOCK),
+            words: vec![0; rows * row_words],
+            scales: vec![half::f16::ZERO; rows * row_blocks],
         };
-        for start in (0..rows).step_by(step) {
-            let n = step.min(rows - start);
-            let bytes = self
-                .source
-                .read(
+        let source = self.source;
+        for ((i, words), scales) in out
+            .words
+            .chunks_mut(step * row_words)
+            .enumerate()
+            .zip(out.scales.chunks_mut(step * row_blocks))
+        {
+            let n = scales.len() / row_blocks;
+            let buf = Self::scratch(&mut self.scratch, n * row_bytes as usize);
+            source
+                .read_into(
                     entry.file,
-                    entry.offset + start as u64 * row_bytes,
-                    n as u64 * row_bytes,
+                    entry.offset + (i * step) as u64 * row_bytes,
+                    buf,
                 )
                 .await?;
-            let values = Self::decode_values(key, entry, &bytes, n * cols)?;
-            drop(bytes);
-            let part = QuantizedMatrix::quantize(&values, n, cols, bits)
-                .map_err(|reason| Self::error(key, entry, reason))?;
-            out.words.extend_from_slice(&part.words);
-            out.scales.extend_from_slice(&part.scales);
+            let workers = worker_count(n * cols);
+            match stored {
+                Some(dtype) => {
+                    quantize_into(Values::Stored(buf, dtype), bits, words, scales, workers)
+                }
+                None => {
+                    let values = Self::decode_values(key, entry, buf, n * cols)?;
+                    quantize_into(Values::F32(&values), bits, words, scales, workers);
+                }
+            }
         }
         Ok(out)
     }

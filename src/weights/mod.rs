@@ -25,6 +25,7 @@
 pub mod gguf;
 pub mod http;
 mod loader;
+mod par;
 mod quant;
 mod rows;
 mod safetensors;
@@ -59,6 +60,25 @@ pub trait WeightSource {
     /// Bytes `offset .. offset + len` of `file`; an error if the range is not inside the file.
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
+    /// Bytes `offset .. offset + buf.len()` of `file` into `buf` (a caller that reads many
+    /// ranges reuses one buffer instead of a new allocation per read). The default goes
+    /// through [`read`](Self::read); sources that can write into `buf` directly override it.
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bytes = self.read(file, offset, buf.len() as u64).await?;
+        if bytes.len() != buf.len() {
+            return Err(Error::Source {
+                file: file.to_owned(),
+                reason: format!(
+                    "{} bytes came back for the range {offset}+{}",
+                    bytes.len(),
+                    buf.len()
+                ),
+            });
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
     /// The whole of `file`.
     async fn read_all(&self, file: &str) -> Result<Vec<u8>> {
         let size = self.size(file).await?;
@@ -80,6 +100,10 @@ impl<S: WeightSource + ?Sized> WeightSource for &S {
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         (**self).read(file, offset, len).await
     }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_into(file, offset, buf).await
+    }
 }
 
 /// A reference-counted source reads like the source itself (for a worker that keeps one source
@@ -95,6 +119,10 @@ impl<S: WeightSource + ?Sized> WeightSource for std::rc::Rc<S> {
 
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         (**self).read(file, offset, len).await
+    }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_into(file, offset, buf).await
     }
 }
 
@@ -196,6 +224,13 @@ impl WeightSource for MemorySource {
         let range = checked_range(file, offset, len, bytes.len() as u64)?;
         Ok(bytes[range].to_vec())
     }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bytes = self.get(file)?;
+        let range = checked_range(file, offset, buf.len() as u64, bytes.len() as u64)?;
+        buf.copy_from_slice(&bytes[range]);
+        Ok(())
+    }
 }
 
 /// `offset..offset+len` as a `usize` range, or an error naming the file if it is outside.
@@ -264,6 +299,16 @@ impl WeightSource for DirSource {
         let mut buf = vec![0u8; range.len()];
         f.read_exact(&mut buf).map_err(|e| self.io_error(file, e))?;
         Ok(buf)
+    }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        let size = self.size(file).await?;
+        checked_range(file, offset, buf.len() as u64, size)?;
+        let mut f = std::fs::File::open(self.path(file)).map_err(|e| self.io_error(file, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.io_error(file, e))?;
+        f.read_exact(buf).map_err(|e| self.io_error(file, e))
     }
 }
 

@@ -17,6 +17,10 @@
 //! words. Scales are `[rows, cols / 32]`.
 
 use half::f16;
+use safetensors::Dtype;
+
+use super::par::worker_count;
+use super::safetensors::widen_into;
 
 /// Values per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -43,44 +47,41 @@ impl QuantizedMatrix {
     }
 
     /// Quantizes row-major `values` `[rows, cols]` to `bits` (8 or 4); an error if `cols` is
-    /// not a multiple of [`BLOCK`], the sizes disagree, or `bits` is neither.
+    /// not a multiple of [`BLOCK`], the sizes disagree, or `bits` is neither. Natively the
+    /// blocks are split over the CPU's threads (the result does not depend on it).
     pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u32) -> Result<Self, String> {
         check_sizes(values.len(), rows, cols, bits)?;
-        let mut codes = Vec::with_capacity(values.len());
-        let mut scales = Vec::with_capacity(values.len() / BLOCK);
-        for block in values.chunks_exact(BLOCK) {
-            if bits == 8 {
-                let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let d = amax / 127.0;
-                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-                scales.push(f16::from_f32(d));
-                codes.extend(block.iter().map(|x| ((x * id).round() as i32 + 128) as u8));
-            } else {
-                let mut amax = 0f32;
-                let mut max = 0f32;
-                for &x in block {
-                    if amax < x.abs() {
-                        amax = x.abs();
-                        max = x;
-                    }
-                }
-                let d = max / -8.0;
-                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-                scales.push(f16::from_f32(d));
-                codes.extend(
-                    block
-                        .iter()
-                        .map(|x| ((x * id + 8.5).trunc() as i32).clamp(0, 15) as u8),
-                );
-            }
-        }
-        Ok(Self {
+        Ok(Self::quantized(Values::F32(values), rows, cols, bits))
+    }
+
+    /// [`quantize`](Self::quantize) straight from stored little-endian bf16/f16/f32 bytes
+    /// (`rows · cols` values), decoded a block at a time: the same blocks as quantizing
+    /// [`to_f32`](super::to_f32) of the bytes, without the f32 copy.
+    pub fn quantize_stored(
+        bytes: &[u8],
+        dtype: Dtype,
+        rows: usize,
+        cols: usize,
+        bits: u32,
+    ) -> Result<Self, String> {
+        let values = Values::stored(bytes, dtype)?;
+        check_sizes(values.len(), rows, cols, bits)?;
+        Ok(Self::quantized(values, rows, cols, bits))
+    }
+
+    /// Quantizes checked `values`.
+    fn quantized(values: Values, rows: usize, cols: usize, bits: u32) -> Self {
+        let n = values.len();
+        let mut words = vec![0u32; n * bits as usize / 32];
+        let mut scales = vec![f16::ZERO; n / BLOCK];
+        quantize_into(values, bits, &mut words, &mut scales, worker_count(n));
+        Self {
             bits,
             rows,
             cols,
-            words: pack(&codes, bits),
+            words,
             scales,
-        })
+        }
     }
 
     /// Repacks GGUF `Q8_0` blocks (`f16 d, i8 q[32]`) of a `[rows, cols]` tensor, without loss.
@@ -155,7 +156,184 @@ impl QuantizedMatrix {
     }
 }
 
-fn check_sizes(n: usize, rows: usize, cols: usize, bits: u32) -> Result<(), String> {
+/// The values a quantization reads: f32, or stored little-endian bf16/f16/f32 bytes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Values<'a> {
+    F32(&'a [f32]),
+    /// Bytes whose length is a whole number of `dtype` values.
+    Stored(&'a [u8], Dtype),
+}
+
+impl<'a> Values<'a> {
+    /// Stored `bytes` of `dtype` (bf16, f16 or f32, a whole number of values).
+    pub(super) fn stored(bytes: &'a [u8], dtype: Dtype) -> Result<Self, String> {
+        match dtype {
+            Dtype::BF16 | Dtype::F16 | Dtype::F32
+                if bytes.len().is_multiple_of(dtype.bitsize() / 8) =>
+            {
+                Ok(Values::Stored(bytes, dtype))
+            }
+            Dtype::BF16 | Dtype::F16 | Dtype::F32 => Err(format!(
+                "{} bytes is not a whole number of {dtype:?} values",
+                bytes.len()
+            )),
+            other => Err(format!(
+                "dtype {other:?} is not supported (bf16, f16 or f32 expected)"
+            )),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match *self {
+            Values::F32(v) => v.len(),
+            Values::Stored(b, dtype) => b.len() / (dtype.bitsize() / 8),
+        }
+    }
+
+    /// The values from block `at` on, and the ones before.
+    fn split_at_block(self, at: usize) -> (Self, Self) {
+        match self {
+            Values::F32(v) => {
+                let (a, b) = v.split_at(at * BLOCK);
+                (Values::F32(a), Values::F32(b))
+            }
+            Values::Stored(bytes, dtype) => {
+                let (a, b) = bytes.split_at(at * BLOCK * (dtype.bitsize() / 8));
+                (Values::Stored(a, dtype), Values::Stored(b, dtype))
+            }
+        }
+    }
+
+    /// Block `b`'s values.
+    #[inline]
+    fn block(&self, b: usize, out: &mut [f32; BLOCK]) {
+        match *self {
+            Values::F32(v) => out.copy_from_slice(&v[b * BLOCK..(b + 1) * BLOCK]),
+            Values::Stored(bytes, dtype) => {
+                let w = dtype.bitsize() / 8 * BLOCK;
+                widen_into(&bytes[b * w..(b + 1) * w], dtype, out);
+            }
+        }
+    }
+}
+
+/// Quantizes all blocks of `values` to `bits` into `words` (`bits` words per block) and
+/// `scales` (one per block), on `workers` threads natively (contiguous runs of blocks).
+pub(super) fn quantize_into(
+    values: Values,
+    bits: u32,
+    words: &mut [u32],
+    scales: &mut [f16],
+    workers: usize,
+) {
+    let blocks = scales.len();
+    debug_assert_eq!(values.len(), blocks * BLOCK);
+    debug_assert_eq!(words.len(), blocks * bits as usize);
+    let run = |values: Values, words: &mut [u32], scales: &mut [f16]| match bits {
+        8 => quantize_blocks::<8>(values, words, scales),
+        _ => quantize_blocks::<4>(values, words, scales),
+    };
+    let per = blocks.div_ceil(workers.max(1)).max(1);
+    if workers <= 1 || per >= blocks {
+        return run(values, words, scales);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::scope(|s| {
+        let mut values = values;
+        let mut parts = words
+            .chunks_mut(per * bits as usize)
+            .zip(scales.chunks_mut(per))
+            .peekable();
+        while let Some((w, sc)) = parts.next() {
+            let (mine, rest) = values.split_at_block(sc.len());
+            values = rest;
+            if parts.peek().is_some() {
+                s.spawn(move || run(mine, w, sc));
+            } else {
+                run(mine, w, sc);
+            }
+        }
+    });
+    #[cfg(target_arch = "wasm32")]
+    run(values, words, scales);
+}
+
+/// Quantizes every block of `values` (`BITS` words and one scale each).
+fn quantize_blocks<const BITS: u32>(values: Values, words: &mut [u32], scales: &mut [f16]) {
+    let mut x = [0f32; BLOCK];
+    for (b, (w, s)) in words
+        .chunks_exact_mut(BITS as usize)
+        .zip(scales.iter_mut())
+        .enumerate()
+    {
+        values.block(b, &mut x);
+        *s = if BITS == 8 {
+            quantize_block_q8(&x, w)
+        } else {
+            quantize_block_q4(&x, w)
+        };
+    }
+}
+
+/// ggml's `quantize_row_q8_0_ref` for one block: `d = amax / 127`, `q = round(x / d)`, stored
+/// as `q + 128`, four codes per word (first lowest).
+#[inline]
+fn quantize_block_q8(x: &[f32; BLOCK], words: &mut [u32]) -> f16 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut codes = [0u8; BLOCK];
+    for (c, v) in codes.iter_mut().zip(x) {
+        *c = round_half_away(v * id).wrapping_add(128) as u8;
+    }
+    for (w, c) in words.iter_mut().zip(codes.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    f16::from_f32(d)
+}
+
+/// ggml's `quantize_row_q4_0_ref` for one block: `d = max / −8` (`max` the value of largest
+/// magnitude, the first of equals), `u = min(15, trunc(x / d + 8.5))`, eight codes per word.
+#[inline]
+fn quantize_block_q4(x: &[f32; BLOCK], words: &mut [u32]) -> f16 {
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut codes = [0u32; BLOCK];
+    for (c, v) in codes.iter_mut().zip(x) {
+        // `as` truncates toward zero (and saturates), as `trunc` then `as` did.
+        *c = ((v * id + 8.5) as i32).clamp(0, 15) as u32;
+    }
+    for (w, c) in words.iter_mut().zip(codes.chunks_exact(8)) {
+        *w = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |w, (k, &u)| w | (u << (k as u32 * 4)));
+    }
+    f16::from_f32(d)
+}
+
+/// `v.round() as i32` (half away from zero; NaN → 0, saturating) without a call to `roundf`:
+/// below 2^23 the fraction `v − trunc(v)` is exact, above it `v` is already whole.
+#[inline]
+fn round_half_away(v: f32) -> i32 {
+    let t = v as i32;
+    if v.abs() < 8_388_608.0 {
+        let f = v - t as f32;
+        t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
+    } else {
+        t
+    }
+}
+
+pub(super) fn check_sizes(n: usize, rows: usize, cols: usize, bits: u32) -> Result<(), String> {
     if bits != 8 && bits != 4 {
         return Err(format!("{bits}-bit blocks are not supported (8 or 4)"));
     }
