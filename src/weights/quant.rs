@@ -283,8 +283,16 @@ fn quantize_block_q8(x: &[f32; BLOCK], words: &mut [u32]) -> f16 {
     let d = amax / 127.0;
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     let mut codes = [0u8; BLOCK];
-    for (c, v) in codes.iter_mut().zip(x) {
-        *c = round_half_away(v * id).wrapping_add(128) as u8;
+    if id.is_finite() {
+        // |x · id| ≤ 128 (or NaN), so the vectorisable rounding below is exact.
+        for (c, v) in codes.iter_mut().zip(x) {
+            *c = round_small(v * id).wrapping_add(128) as u8;
+        }
+    } else {
+        // `d` so small that `1 / d` overflows: the plain formula (saturating casts).
+        for (c, v) in codes.iter_mut().zip(x) {
+            *c = ((v * id).round() as i32).wrapping_add(128) as u8;
+        }
     }
     for (w, c) in words.iter_mut().zip(codes.chunks_exact(4)) {
         *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
@@ -308,8 +316,7 @@ fn quantize_block_q4(x: &[f32; BLOCK], words: &mut [u32]) -> f16 {
     let id = if d == 0.0 { 0.0 } else { 1.0 / d };
     let mut codes = [0u32; BLOCK];
     for (c, v) in codes.iter_mut().zip(x) {
-        // `as` truncates toward zero (and saturates), as `trunc` then `as` did.
-        *c = ((v * id + 8.5) as i32).clamp(0, 15) as u32;
+        *c = trunc_0_15(v * id + 8.5);
     }
     for (w, c) in words.iter_mut().zip(codes.chunks_exact(8)) {
         *w = c
@@ -320,17 +327,38 @@ fn quantize_block_q4(x: &[f32; BLOCK], words: &mut [u32]) -> f16 {
     f16::from_f32(d)
 }
 
-/// `v.round() as i32` (half away from zero; NaN → 0, saturating) without a call to `roundf`:
-/// below 2^23 the fraction `v − trunc(v)` is exact, above it `v` is already whole.
+/// 2^23: adding it to a float in `[0, 2^23)` rounds it to a whole number (ties to even), whose
+/// value then sits in the low mantissa bits.
+const MAGIC: f32 = 8_388_608.0;
+
+/// The whole number `r` (`0 ≤ r < 2^23`) as an integer, from its bits.
 #[inline]
-fn round_half_away(v: f32) -> i32 {
-    let t = v as i32;
-    if v.abs() < 8_388_608.0 {
-        let f = v - t as f32;
-        t + i32::from(f >= 0.5) - i32::from(f <= -0.5)
-    } else {
-        t
-    }
+fn whole_to_i32(r: f32) -> i32 {
+    ((r + MAGIC).to_bits() - MAGIC.to_bits()) as i32
+}
+
+/// `v.round() as i32` (half away from zero, NaN → 0) for `|v| < 2^22` or NaN, without a
+/// float-to-int cast the compiler cannot vectorise (x86-64 has no vector `round` before
+/// SSE4.1, and Rust's saturating `as` is scalarised): round to nearest-even with [`MAGIC`],
+/// then move a tie that went down back up.
+#[inline]
+fn round_small(v: f32) -> i32 {
+    let a = v.abs();
+    let even = (a + MAGIC) - MAGIC;
+    let r = if a - even == 0.5 { even + 1.0 } else { even };
+    let q = if a < 4_194_304.0 { whole_to_i32(r) } else { 0 };
+    if v < 0.0 { -q } else { q }
+}
+
+/// `(w.trunc() as i32).clamp(0, 15)` (NaN → 0), vectorisable: clamp first, then floor with
+/// [`MAGIC`] (for `w ≥ 0` truncation is the floor).
+#[inline]
+fn trunc_0_15(w: f32) -> u32 {
+    let w = if w >= 0.0 { w } else { 0.0 };
+    let w = if w <= 15.0 { w } else { 15.0 };
+    let near = (w + MAGIC) - MAGIC;
+    let floor = if near > w { near - 1.0 } else { near };
+    whole_to_i32(floor) as u32
 }
 
 pub(super) fn check_sizes(n: usize, rows: usize, cols: usize, bits: u32) -> Result<(), String> {
