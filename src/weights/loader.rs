@@ -629,4 +629,79 @@ mod tests {
             loader.finish().expect("every tensor taken");
         }
     }
+
+    #[test]
+    fn tensors_read_in_small_steps_equal_the_whole_decode() {
+        // Odd sizes: 91 bf16, 5 f16 and 9 f32 values, read 10 bytes at a time (5, 5 and 2
+        // values per step), and one linear weight kept in f32.
+        let bf16: Vec<u8> = crate::gpu::seeded_values(5, 91)
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let f16: Vec<u8> = [0.25f32, -1.0, 3.5, 1e-6, 65504.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let f32s: Vec<u8> = crate::gpu::seeded_values(6, 9)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let tensors = [
+            ("a", Dtype::BF16, vec![7, 13], &bf16),
+            ("b", Dtype::F16, vec![5], &f16),
+            ("l.weight", Dtype::F32, vec![3, 3], &f32s),
+        ];
+        let views = tensors.iter().map(|(k, dtype, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes);
+            (*k, view.expect("view"))
+        });
+        let mut inner = MemorySource::new();
+        inner.insert(
+            "m/model.safetensors",
+            safetensors::serialize(views, None).expect("serialize"),
+        );
+        let src = Counting {
+            inner,
+            longest: Cell::new(0),
+        };
+        let folder = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect("open");
+        let device = Device::flex();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let whole = |(_, dtype, _, bytes): &(&str, Dtype, Vec<usize>, &Vec<u8>)| {
+            to_f32(bytes, *dtype, "k", "f").expect("decode")
+        };
+        for chunk in [10, DEFAULT_READ_CHUNK] {
+            src.longest.set(0);
+            let mut loader = TensorLoader::new(&src, &folder, &device).with_read_chunk(chunk);
+            let a = pollster::block_on(loader.host("a", &[7, 13])).expect("a");
+            assert_eq!(
+                bits(&a),
+                bits(&whole(&tensors[0])),
+                "bf16 in {chunk}-byte steps"
+            );
+            let b = pollster::block_on(loader.tensor("b", [5])).expect("b");
+            let b: Vec<f32> = b.into_data().try_to_vec().expect("b values");
+            assert_eq!(
+                bits(&b),
+                bits(&whole(&tensors[1])),
+                "f16 in {chunk}-byte steps"
+            );
+            let l = pollster::block_on(loader.linear("l", 3, 3, false)).expect("linear");
+            let LinearWeight::F32(w) = &l.weight else {
+                panic!("expected an f32 weight");
+            };
+            let w: Vec<f32> = w.val().transpose().into_data().try_to_vec().expect("w");
+            assert_eq!(
+                bits(&w),
+                bits(&whole(&tensors[2])),
+                "f32 in {chunk}-byte steps"
+            );
+            assert!(
+                src.longest.get() <= chunk.min(182),
+                "read {}",
+                src.longest.get()
+            );
+            loader.finish().expect("every tensor taken");
+        }
+    }
 }

@@ -445,4 +445,167 @@ mod tests {
             "short"
         );
     }
+
+    /// The quantizer as it was before it was vectorised and split over threads (one block
+    /// after the other, `round` / `trunc` and saturating casts), the reference for bit
+    /// identity. The `+ 128` wraps as the release build did.
+    fn reference(values: &[f32], bits: u32) -> (Vec<u32>, Vec<f16>) {
+        let mut codes = Vec::new();
+        let mut scales = Vec::new();
+        for block in values.chunks_exact(BLOCK) {
+            if bits == 8 {
+                let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = amax / 127.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                scales.push(f16::from_f32(d));
+                codes.extend(
+                    block
+                        .iter()
+                        .map(|x| ((x * id).round() as i32).wrapping_add(128) as u8),
+                );
+            } else {
+                let mut amax = 0f32;
+                let mut max = 0f32;
+                for &x in block {
+                    if amax < x.abs() {
+                        amax = x.abs();
+                        max = x;
+                    }
+                }
+                let d = max / -8.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                scales.push(f16::from_f32(d));
+                codes.extend(
+                    block
+                        .iter()
+                        .map(|x| ((x * id + 8.5).trunc() as i32).clamp(0, 15) as u8),
+                );
+            }
+        }
+        (pack(&codes, bits), scales)
+    }
+
+    /// Values that stress the rounding: exact halves and their neighbours at every step of
+    /// a block, ±0, NaN, ±∞, subnormals, blocks all zero, all −0, tiny (so that `1 / d`
+    /// overflows) and huge, plus seeded ordinary ones.
+    fn hard_values(n: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = crate::gpu::seeded_values(11, n);
+        let specials = [
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            -127.5,
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-45,
+            -3e-39,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        for (i, x) in v.iter_mut().enumerate() {
+            let k = i % BLOCK;
+            // Around the halves: exactly, one ulp under and over.
+            let half = (k as f32 - 16.0) * 3.0 + 0.5;
+            let near = match i % 3 {
+                0 => half,
+                1 => f32::from_bits(half.to_bits() - 1),
+                _ => f32::from_bits(half.to_bits() + 1),
+            };
+            match (i / BLOCK) % 10 {
+                // Extreme 127 (8-bit: d = 1, so x / d is x) or ±8 (4-bit: d = ∓1, so
+                // x / d + 8.5 lands on and next to whole numbers).
+                0 => *x = if k == 0 { 127.0 } else { near },
+                1 => *x = if k == 5 { 8.0 } else { near / 6.0 },
+                2 => *x = if k == 31 { -8.0 } else { near / 6.0 },
+                3 => *x = specials[i % specials.len()],
+                4 => *x = 0.0,
+                5 => *x = -0.0,
+                6 => *x *= 1e-39,
+                7 => *x *= 1e30,
+                8 => {
+                    *x = if k == 0 {
+                        0.0
+                    } else {
+                        0.49999997 * (k % 3) as f32
+                    }
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn vectorised_threaded_quantization_equals_the_reference_bit_for_bit() {
+        for (rows, cols) in [(1, 32), (3, 96), (7, 160), (13, 32 * 9)] {
+            let values = hard_values(rows * cols);
+            for bits in [8, 4] {
+                let (words, scales) = reference(&values, bits);
+                let scale_bits = |s: &[f16]| s.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+                let q = QuantizedMatrix::quantize(&values, rows, cols, bits).expect("quantize");
+                assert_eq!(q.words, words, "{bits}-bit [{rows}, {cols}] codes");
+                assert_eq!(
+                    scale_bits(&q.scales),
+                    scale_bits(&scales),
+                    "{bits}-bit scales"
+                );
+                for workers in [2, 3, 5, 64] {
+                    let mut w = vec![0; words.len()];
+                    let mut s = vec![f16::ZERO; scales.len()];
+                    quantize_into(Values::F32(&values), bits, &mut w, &mut s, workers);
+                    assert_eq!(w, words, "{bits}-bit, {workers} workers");
+                    assert_eq!(scale_bits(&s), scale_bits(&scales), "{workers} workers");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantizing_stored_bytes_equals_quantizing_their_f32_values() {
+        let (rows, cols) = (5, 96);
+        let values = hard_values(rows * cols);
+        let stored: [(Dtype, Vec<u8>); 3] = [
+            (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                Dtype::F32,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        ];
+        for (dtype, bytes) in &stored {
+            let widened = super::super::to_f32(bytes, *dtype, "k", "f").expect("widen");
+            for bits in [8, 4] {
+                let want = QuantizedMatrix::quantize(&widened, rows, cols, bits).expect("f32");
+                let got = QuantizedMatrix::quantize_stored(bytes, *dtype, rows, cols, bits)
+                    .expect("stored");
+                assert_eq!(got.words, want.words, "{dtype:?} {bits}-bit");
+                let b = |m: &QuantizedMatrix| {
+                    m.scales.iter().map(|s| s.to_bits()).collect::<Vec<u16>>()
+                };
+                assert_eq!(b(&got), b(&want), "{dtype:?} {bits}-bit scales");
+            }
+        }
+        assert!(QuantizedMatrix::quantize_stored(&[0; 63], Dtype::BF16, 1, 32, 8).is_err());
+        assert!(QuantizedMatrix::quantize_stored(&[0; 64], Dtype::BF16, 1, 31, 8).is_err());
+        assert!(QuantizedMatrix::quantize_stored(&[0; 256], Dtype::I64, 1, 32, 8).is_err());
+    }
 }

@@ -410,4 +410,42 @@ mod tests {
             .to_string();
         assert!(err.contains("no weights found"), "{err}");
     }
+
+    #[test]
+    fn widening_equals_half_for_every_16_bit_pattern_on_any_split() {
+        let patterns: Vec<u8> = (0..=u16::MAX).flat_map(u16::to_le_bytes).collect();
+        let mut out = vec![0f32; 1 << 16];
+        widen_into_parallel(&patterns, Dtype::BF16, &mut out);
+        for (i, v) in out.iter().enumerate() {
+            let want = half::bf16::from_bits(i as u16).to_f32();
+            assert_eq!(v.to_bits(), want.to_bits(), "bf16 {i:#06x}");
+        }
+        widen_into_parallel(&patterns, Dtype::F16, &mut out);
+        for (i, v) in out.iter().enumerate() {
+            let want = half::f16::from_bits(i as u16).to_f32();
+            assert_eq!(v.to_bits(), want.to_bits(), "f16 {i:#06x}");
+        }
+        // An odd length over several workers, f32 (NaN payloads kept) included.
+        let f32s: Vec<u8> = (0..1001u32)
+            .map(|i| i.wrapping_mul(2_654_435_761))
+            .chain([0x7FC0_0001, 0xFF80_0000, 0x0000_0001])
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        for (dtype, bytes) in [
+            (Dtype::BF16, &patterns[..2 * 1001]),
+            (Dtype::F16, &patterns[1000..1000 + 2 * 999]),
+            (Dtype::F32, &f32s[..]),
+        ] {
+            let n = bytes.len() / (dtype.bitsize() / 8);
+            let mut one = vec![0f32; n];
+            widen_into(bytes, dtype, &mut one);
+            let one: Vec<u32> = one.iter().map(|v| v.to_bits()).collect();
+            for workers in [2, 3, 7] {
+                let mut split = vec![0f32; n];
+                widen_into_parts(bytes, dtype, &mut split, workers);
+                let split: Vec<u32> = split.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(split, one, "{dtype:?}, {workers} workers");
+            }
+        }
+    }
 }
