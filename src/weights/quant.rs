@@ -190,7 +190,8 @@ impl<'a> Values<'a> {
         }
     }
 
-    /// The values from block `at` on, and the ones before.
+    /// The values before block `at`, and the ones from it on.
+    #[cfg(not(target_arch = "wasm32"))]
     fn split_at_block(self, at: usize) -> (Self, Self) {
         match self {
             Values::F32(v) => {
