@@ -512,8 +512,10 @@ commands:
             );
             prepare()?;
             let start = Instant::now();
-            let tensors = pollster::block_on(load_all(&source, &file, &device, precision))?;
+            let loaded = pollster::block_on(load_all(&source, &file, &device, precision))?;
             let t = start.elapsed().as_secs_f64();
+            let tensors = loaded.0.len() + loaded.1.len();
+            drop(loaded); // freeing the model is not part of loading it
             println!(
                 "{cache}: loader ({}, {tensors} tensors to the CPU device): {t:.2} s, {:.2} GB/s \
                  = {:.0} % of the raw read (goal >= 70 %)",
@@ -526,13 +528,13 @@ commands:
     }
 
     /// Loads every tensor of `file` as the models do (2-D `*.weight` as linear layers with
-    /// their bias, anything else as a plain tensor); the number of tensors.
+    /// their bias, anything else as a plain tensor); what was loaded.
     async fn load_all(
         source: &DirSource,
         file: &str,
         device: &Device,
         precision: Precision,
-    ) -> Result<usize, Fail> {
+    ) -> Result<(Vec<Linear>, Vec<Tensor<1>>), Fail> {
         let folder = SafetensorsFolder::open_files(source, "", &[file.to_owned()]).await?;
         let keys: Vec<String> = folder.keys().map(str::to_owned).collect();
         let mut loader = TensorLoader::new(source, &folder, device).with_precision(precision);
@@ -563,6 +565,6 @@ commands:
         device
             .sync()
             .map_err(|e| Fail(format!("device sync: {e:?}"), 1))?;
-        Ok(linears.len() + kept.len())
+        Ok((linears, kept))
     }
 }

@@ -281,6 +281,7 @@ pub fn to_f32(bytes: &[u8], dtype: Dtype, key: &str, file: &str) -> Result<Vec<f
 /// Decodes little-endian bf16, f16 or f32 `bytes` into `out` (`out.len()` values, exactly as
 /// [`half`]'s `to_f32`), in a loop the compiler vectorises. Panics if `dtype` is another type
 /// or the lengths disagree (callers check both).
+#[inline]
 pub(crate) fn widen_into(bytes: &[u8], dtype: Dtype, out: &mut [f32]) {
     assert_eq!(
         bytes.len(),
