@@ -29,7 +29,8 @@ mod native {
     use qwen_layered_web::gpu::{GpuReport, seeded_values};
     use qwen_layered_web::model::nn::Linear;
     use qwen_layered_web::weights::{
-        DirSource, Precision, QuantizedMatrix, SafetensorsFolder, TensorLoader, WeightSource,
+        DEFAULT_READ_CHUNK, DirSource, Precision, QuantizedMatrix, SafetensorsFolder, TensorLoader,
+        WeightSource,
     };
 
     const USAGE: &str = "usage: qwen-layered-bench <command> [options]
@@ -53,9 +54,11 @@ commands:
              [--tokens S]
   make-file  PATH [--blocks B (2)] [--seed K (1)]: write a random BF16 safetensors file of B
              full-size blocks (680 MB each)
-  load       PATH [--precision f32|q8|q4 (f32)]: load every tensor of a safetensors file
-             through the loader onto the CPU device and compare with the raw sequential read
-             of the same file (the page cache warmed first)
+  load       PATH [--precision f32|q8|q4 (f32)] [--cache warm|cold|both (both)]: load every
+             tensor of a safetensors file through the loader onto the CPU device and compare
+             with a raw sequential read of the same file in the loader's read steps (8 MiB into
+             one reused buffer); warm: the file in the page cache (read once first), cold:
+             evicted from it (posix_fadvise DONTNEED) before each timed run
   help       print this text";
 
     fn usage_error(msg: impl Into<String>) -> Fail {
@@ -420,10 +423,11 @@ commands:
         Ok(())
     }
 
-    /// Reads the whole file sequentially in 16 MiB pieces; the bytes read.
+    /// Reads the whole file sequentially in the loader's read steps ([`DEFAULT_READ_CHUNK`])
+    /// into one reused buffer; the bytes read.
     fn read_raw(path: &Path) -> Result<u64, Fail> {
         let mut f = std::fs::File::open(path)?;
-        let mut buf = vec![0u8; 16 << 20];
+        let mut buf = vec![0u8; DEFAULT_READ_CHUNK as usize];
         let mut total = 0u64;
         loop {
             let n = f.read(&mut buf)?;
@@ -434,14 +438,46 @@ commands:
         }
     }
 
+    /// Drops `path`'s pages from the page cache (`posix_fadvise(DONTNEED)`; works for clean
+    /// pages of any file this process can open), so that the next read comes from the disk.
+    #[cfg(target_os = "linux")]
+    fn evict(path: &Path) -> Result<(), Fail> {
+        use std::os::fd::AsRawFd;
+        let f = std::fs::File::open(path)?;
+        // SAFETY: a plain syscall on a file descriptor that `f` keeps open.
+        let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            return Err(Fail(
+                format!(
+                    "posix_fadvise(DONTNEED) on {}: {}",
+                    path.display(),
+                    std::io::Error::from_raw_os_error(rc)
+                ),
+                1,
+            ));
+        }
+        Ok(())
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn evict(_: &Path) -> Result<(), Fail> {
+        Err(usage_error("--cache cold needs Linux (posix_fadvise)"))
+    }
+
     fn load(args: &[String]) -> Result<(), Fail> {
-        let opts = Options::parse(args, &["--precision"], &[], 1, USAGE)?;
+        let opts = Options::parse(args, &["--precision", "--cache"], &[], 1, USAGE)?;
         let path = Path::new(opts.one_positional("PATH")?);
         let precision: Precision = opts
             .get("--precision")
             .unwrap_or("f32")
             .parse()
             .map_err(usage_error)?;
+        let caches: &[bool] = match opts.get("--cache").unwrap_or("both") {
+            "warm" => &[false],
+            "cold" => &[true],
+            "both" => &[false, true],
+            other => return Err(usage_error(format!("--cache {other}: warm, cold or both"))),
+        };
         let dir = path.parent().unwrap_or(Path::new("."));
         let file = path
             .file_name()
@@ -450,41 +486,55 @@ commands:
             .to_owned();
         let source = DirSource::new(dir);
         let size = pollster::block_on(source.size(&file))?;
-        println!("file: {} ({:.2} GB)", path.display(), size as f64 / 1e9);
-
-        read_raw(path)?; // warm the page cache
-        let start = Instant::now();
-        let read = read_raw(path)?;
-        let raw = start.elapsed().as_secs_f64();
         println!(
-            "raw sequential read: {:.2} s, {:.2} GB/s",
-            raw,
-            read as f64 / raw / 1e9
+            "file: {} ({:.2} GB), read steps of {} MiB",
+            path.display(),
+            size as f64 / 1e9,
+            DEFAULT_READ_CHUNK >> 20
         );
-
         let device = Device::flex();
-        let start = Instant::now();
-        let tensors = pollster::block_on(load_all(&source, &file, &device, precision))?;
-        let t = start.elapsed().as_secs_f64();
-        println!(
-            "loader ({}, {tensors} tensors to the CPU device): {:.2} s, {:.2} GB/s = {:.0} % of \
-             the raw read (goal >= 70 %)",
-            name(precision),
-            t,
-            size as f64 / t / 1e9,
-            100.0 * raw / t
-        );
+        for &cold in caches {
+            let cache = if cold { "cold" } else { "warm" };
+            let prepare = || {
+                if cold {
+                    evict(path)
+                } else {
+                    read_raw(path).map(|_| ())
+                }
+            };
+            prepare()?;
+            let start = Instant::now();
+            let read = read_raw(path)?;
+            let raw = start.elapsed().as_secs_f64();
+            println!(
+                "{cache}: raw sequential read: {raw:.2} s, {:.2} GB/s",
+                read as f64 / raw / 1e9
+            );
+            prepare()?;
+            let start = Instant::now();
+            let loaded = pollster::block_on(load_all(&source, &file, &device, precision))?;
+            let t = start.elapsed().as_secs_f64();
+            let tensors = loaded.0.len() + loaded.1.len();
+            drop(loaded); // freeing the model is not part of loading it
+            println!(
+                "{cache}: loader ({}, {tensors} tensors to the CPU device): {t:.2} s, {:.2} GB/s \
+                 = {:.0} % of the raw read (goal >= 70 %)",
+                name(precision),
+                size as f64 / t / 1e9,
+                100.0 * raw / t
+            );
+        }
         Ok(())
     }
 
     /// Loads every tensor of `file` as the models do (2-D `*.weight` as linear layers with
-    /// their bias, anything else as a plain tensor); the number of tensors.
+    /// their bias, anything else as a plain tensor); what was loaded.
     async fn load_all(
         source: &DirSource,
         file: &str,
         device: &Device,
         precision: Precision,
-    ) -> Result<usize, Fail> {
+    ) -> Result<(Vec<Linear>, Vec<Tensor<1>>), Fail> {
         let folder = SafetensorsFolder::open_files(source, "", &[file.to_owned()]).await?;
         let keys: Vec<String> = folder.keys().map(str::to_owned).collect();
         let mut loader = TensorLoader::new(source, &folder, device).with_precision(precision);
@@ -515,6 +565,6 @@ commands:
         device
             .sync()
             .map_err(|e| Fail(format!("device sync: {e:?}"), 1))?;
-        Ok(linears.len() + kept.len())
+        Ok((linears, kept))
     }
 }

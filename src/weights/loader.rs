@@ -9,8 +9,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use safetensors::Dtype;
 
 use super::gguf::{GgmlType, GgufFile, dequantize};
-use super::quant::{BLOCK, QuantizedMatrix};
+use super::par::worker_count;
+use super::quant::{BLOCK, QuantizedMatrix, Values, check_sizes, quantize_into};
 use super::rows::TableRows;
+use super::safetensors::widen_into_parallel;
 use super::{SafetensorsFolder, WeightSource, to_f32};
 use crate::error::{Error, Result};
 
@@ -216,6 +218,8 @@ pub struct TensorLoader<'a, S: WeightSource> {
     max_part_bytes: Option<u64>,
     read_chunk: u64,
     taken: BTreeSet<String>,
+    /// One read step's stored bytes, reused from tensor to tensor.
+    scratch: Vec<u8>,
 }
 
 /// Stored bytes read per step when a linear weight is quantized at load time (see
@@ -243,6 +247,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
             max_part_bytes: None,
             read_chunk: DEFAULT_READ_CHUNK,
             taken: BTreeSet::new(),
+            scratch: Vec::new(),
         }
     }
 
@@ -301,13 +306,6 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         Ok(entry)
     }
 
-    /// Checks `key`'s shape, marks it taken and reads its bytes.
-    async fn take(&mut self, key: &str, shape: &[usize]) -> Result<(Stored<'a>, Vec<u8>)> {
-        let entry = self.mark_taken(key, shape)?;
-        let bytes = self.read(&entry).await?;
-        Ok((entry, bytes))
-    }
-
     /// Decodes a stored tensor's bytes to f32.
     fn decode(key: &str, entry: &Stored, bytes: &[u8]) -> Result<Vec<f32>> {
         Self::decode_values(key, entry, bytes, entry.shape.iter().product())
@@ -320,8 +318,8 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
 
     /// Reads `key` as f32 values on the host, after checking that its stored shape is `shape`.
     pub async fn host(&mut self, key: &str, shape: &[usize]) -> Result<Vec<f32>> {
-        let (entry, bytes) = self.take(key, shape).await?;
-        Self::decode(key, &entry, &bytes)
+        let entry = self.mark_taken(key, shape)?;
+        self.read_values(key, &entry).await
     }
 
     /// Reads `key` onto the device; its stored shape must be `shape`.
@@ -330,9 +328,8 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         key: &str,
         shape: [usize; D],
     ) -> Result<Tensor<D>> {
-        let (entry, bytes) = self.take(key, &shape).await?;
-        let values = Self::decode(key, &entry, &bytes)?;
-        drop(bytes);
+        let entry = self.mark_taken(key, &shape)?;
+        let values = self.read_values(key, &entry).await?;
         let tensor = Tensor::from_data(TensorData::new(values, shape), &self.device);
         self.flush(key, &entry)?;
         Ok(tensor)
@@ -362,10 +359,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         let entry = self.mark_taken(&key, &[d_out, d_in])?;
         let bits = self.precision.bits().filter(|_| d_in.is_multiple_of(BLOCK));
         let weight = match (bits, entry.encoding) {
-            (None, _) => {
-                let bytes = self.read(&entry).await?;
-                Loaded::F32(Self::decode(&key, &entry, &bytes)?)
-            }
+            (None, _) => Loaded::F32(self.read_values(&key, &entry).await?),
             (Some(8), Encoding::Gguf(GgmlType::Q8_0)) => {
                 let bytes = self.read(&entry).await?;
                 Loaded::Blocks(
@@ -465,6 +459,51 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         self.source.read(entry.file, entry.offset, entry.len).await
     }
 
+    /// `entry`'s safetensors float type (bf16, f16, f32) when its bytes are exactly its
+    /// `values` values of it, i.e. when it can be converted straight from the stored bytes.
+    fn stored_float(entry: &Stored, values: usize) -> Option<Dtype> {
+        match entry.encoding {
+            Encoding::Safetensors(dtype @ (Dtype::BF16 | Dtype::F16 | Dtype::F32))
+                if entry.len == (values * (dtype.bitsize() / 8)) as u64 =>
+            {
+                Some(dtype)
+            }
+            _ => None,
+        }
+    }
+
+    /// The loader's reused read buffer, at least `len` bytes long.
+    fn scratch(scratch: &mut Vec<u8>, len: usize) -> &mut [u8] {
+        if scratch.len() < len {
+            scratch.resize(len, 0);
+        }
+        &mut scratch[..len]
+    }
+
+    /// All of `entry` decoded to f32. Stored bf16/f16/f32 values are read in steps of about
+    /// `read_chunk` bytes into the loader's reused buffer and widened straight into the
+    /// result (on the CPU's threads natively); anything else (GGUF blocks, a size mismatch,
+    /// which then fails with the decoder's error) is read whole and decoded.
+    async fn read_values(&mut self, key: &str, entry: &Stored<'a>) -> Result<Vec<f32>> {
+        let want: usize = entry.shape.iter().product();
+        let Some(dtype) = Self::stored_float(entry, want) else {
+            let bytes = self.read(entry).await?;
+            return Self::decode(key, entry, &bytes);
+        };
+        let width = dtype.bitsize() / 8;
+        let step = (self.read_chunk as usize / width).max(1);
+        let source = self.source;
+        let mut out = vec![0f32; want];
+        for (i, part) in out.chunks_mut(step).enumerate() {
+            let buf = Self::scratch(&mut self.scratch, part.len() * width);
+            source
+                .read_into(entry.file, entry.offset + (i * step * width) as u64, buf)
+                .await?;
+            widen_into_parallel(buf, dtype, part);
+        }
+        Ok(out)
+    }
+
     fn error(key: &str, entry: &Stored, reason: String) -> Error {
         Error::Weights {
             key: key.to_owned(),
@@ -477,7 +516,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// whole rows of about `read_chunk` stored bytes at a time (safetensors and GGUF rows are
     /// contiguous, and a GGUF row is whole blocks).
     async fn quantize_rows(
-        &self,
+        &mut self,
         key: &str,
         entry: &Stored<'a>,
         bits: u32,
@@ -493,31 +532,45 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
                 ),
             ));
         }
+        check_sizes(rows * cols, rows, cols, bits).map_err(|r| Self::error(key, entry, r))?;
+        let stored = Self::stored_float(entry, rows * cols);
         let row_bytes = entry.len / rows as u64;
         let step = (self.read_chunk / row_bytes.max(1)).max(1) as usize;
+        let row_words = cols * bits as usize / 32;
+        let row_blocks = cols / BLOCK;
         let mut out = QuantizedMatrix {
             bits,
             rows,
             cols,
-            words: Vec::with_capacity(rows * cols * bits as usize / 32),
-            scales: Vec::with_capacity(rows * cols / BLOCK),
+            words: vec![0; rows * row_words],
+            scales: vec![half::f16::ZERO; rows * row_blocks],
         };
-        for start in (0..rows).step_by(step) {
-            let n = step.min(rows - start);
-            let bytes = self
-                .source
-                .read(
+        let source = self.source;
+        for ((i, words), scales) in out
+            .words
+            .chunks_mut(step * row_words)
+            .enumerate()
+            .zip(out.scales.chunks_mut(step * row_blocks))
+        {
+            let n = scales.len() / row_blocks;
+            let buf = Self::scratch(&mut self.scratch, n * row_bytes as usize);
+            source
+                .read_into(
                     entry.file,
-                    entry.offset + start as u64 * row_bytes,
-                    n as u64 * row_bytes,
+                    entry.offset + (i * step) as u64 * row_bytes,
+                    buf,
                 )
                 .await?;
-            let values = Self::decode_values(key, entry, &bytes, n * cols)?;
-            drop(bytes);
-            let part = QuantizedMatrix::quantize(&values, n, cols, bits)
-                .map_err(|reason| Self::error(key, entry, reason))?;
-            out.words.extend_from_slice(&part.words);
-            out.scales.extend_from_slice(&part.scales);
+            let workers = worker_count(n * cols);
+            match stored {
+                Some(dtype) => {
+                    quantize_into(Values::Stored(buf, dtype), bits, words, scales, workers)
+                }
+                None => {
+                    let values = Self::decode_values(key, entry, buf, n * cols)?;
+                    quantize_into(Values::F32(&values), bits, words, scales, workers);
+                }
+            }
         }
         Ok(out)
     }
@@ -783,6 +836,81 @@ mod tests {
             let want_scales: Vec<f32> = whole.scales.iter().map(|s| s.to_f32()).collect();
             assert_eq!(words, want_words, "{bits}-bit codes");
             assert_eq!(scales, want_scales, "{bits}-bit scales");
+            loader.finish().expect("every tensor taken");
+        }
+    }
+
+    #[test]
+    fn tensors_read_in_small_steps_equal_the_whole_decode() {
+        // Odd sizes: 91 bf16, 5 f16 and 9 f32 values, read 10 bytes at a time (5, 5 and 2
+        // values per step), and one linear weight kept in f32.
+        let bf16: Vec<u8> = crate::gpu::seeded_values(5, 91)
+            .iter()
+            .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+            .collect();
+        let f16: Vec<u8> = [0.25f32, -1.0, 3.5, 1e-6, 65504.0]
+            .iter()
+            .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let f32s: Vec<u8> = crate::gpu::seeded_values(6, 9)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let tensors = [
+            ("a", Dtype::BF16, vec![7, 13], &bf16),
+            ("b", Dtype::F16, vec![5], &f16),
+            ("l.weight", Dtype::F32, vec![3, 3], &f32s),
+        ];
+        let views = tensors.iter().map(|(k, dtype, shape, bytes)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), bytes);
+            (*k, view.expect("view"))
+        });
+        let mut inner = MemorySource::new();
+        inner.insert(
+            "m/model.safetensors",
+            safetensors::serialize(views, None).expect("serialize"),
+        );
+        let src = Counting {
+            inner,
+            longest: Cell::new(0),
+        };
+        let folder = pollster::block_on(SafetensorsFolder::open(&src, "m")).expect("open");
+        let device = Device::flex();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let whole = |(_, dtype, _, bytes): &(&str, Dtype, Vec<usize>, &Vec<u8>)| {
+            to_f32(bytes, *dtype, "k", "f").expect("decode")
+        };
+        for chunk in [10, DEFAULT_READ_CHUNK] {
+            src.longest.set(0);
+            let mut loader = TensorLoader::new(&src, &folder, &device).with_read_chunk(chunk);
+            let a = pollster::block_on(loader.host("a", &[7, 13])).expect("a");
+            assert_eq!(
+                bits(&a),
+                bits(&whole(&tensors[0])),
+                "bf16 in {chunk}-byte steps"
+            );
+            let b = pollster::block_on(loader.tensor("b", [5])).expect("b");
+            let b: Vec<f32> = b.into_data().try_to_vec().expect("b values");
+            assert_eq!(
+                bits(&b),
+                bits(&whole(&tensors[1])),
+                "f16 in {chunk}-byte steps"
+            );
+            let l = pollster::block_on(loader.linear("l", 3, 3, false)).expect("linear");
+            let LinearWeight::F32(w) = &l.weight else {
+                panic!("expected an f32 weight");
+            };
+            let w: Vec<f32> = w.val().transpose().into_data().try_to_vec().expect("w");
+            assert_eq!(
+                bits(&w),
+                bits(&whole(&tensors[2])),
+                "f32 in {chunk}-byte steps"
+            );
+            assert!(
+                src.longest.get() <= chunk.min(182),
+                "read {}",
+                src.longest.get()
+            );
             loader.finish().expect("every tensor taken");
         }
     }

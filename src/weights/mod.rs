@@ -25,6 +25,7 @@
 pub mod gguf;
 pub mod http;
 mod loader;
+mod par;
 mod quant;
 mod rows;
 mod safetensors;
@@ -61,6 +62,25 @@ pub trait WeightSource {
     /// Bytes `offset .. offset + len` of `file`; an error if the range is not inside the file.
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>>;
 
+    /// Bytes `offset .. offset + buf.len()` of `file` into `buf` (a caller that reads many
+    /// ranges reuses one buffer instead of a new allocation per read). The default goes
+    /// through [`read`](Self::read); sources that can write into `buf` directly override it.
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bytes = self.read(file, offset, buf.len() as u64).await?;
+        if bytes.len() != buf.len() {
+            return Err(Error::Source {
+                file: file.to_owned(),
+                reason: format!(
+                    "{} bytes came back for the range {offset}+{}",
+                    bytes.len(),
+                    buf.len()
+                ),
+            });
+        }
+        buf.copy_from_slice(&bytes);
+        Ok(())
+    }
+
     /// The whole of `file`.
     async fn read_all(&self, file: &str) -> Result<Vec<u8>> {
         let size = self.size(file).await?;
@@ -82,6 +102,10 @@ impl<S: WeightSource + ?Sized> WeightSource for &S {
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         (**self).read(file, offset, len).await
     }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_into(file, offset, buf).await
+    }
 }
 
 /// A reference-counted source reads like the source itself (for a worker that keeps one source
@@ -97,6 +121,10 @@ impl<S: WeightSource + ?Sized> WeightSource for std::rc::Rc<S> {
 
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
         (**self).read(file, offset, len).await
+    }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        (**self).read_into(file, offset, buf).await
     }
 }
 
@@ -198,6 +226,13 @@ impl WeightSource for MemorySource {
         let range = checked_range(file, offset, len, bytes.len() as u64)?;
         Ok(bytes[range].to_vec())
     }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let bytes = self.get(file)?;
+        let range = checked_range(file, offset, buf.len() as u64, bytes.len() as u64)?;
+        buf.copy_from_slice(&bytes[range]);
+        Ok(())
+    }
 }
 
 /// `offset..offset+len` as a `usize` range, or an error naming the file if it is outside.
@@ -223,13 +258,20 @@ fn checked_range(file: &str, offset: u64, len: u64, size: u64) -> Result<std::op
 #[derive(Debug, Clone)]
 pub struct DirSource {
     root: std::path::PathBuf,
+    /// The file [`read_into`](WeightSource::read_into) read last, kept open: a loader reads
+    /// one file in many consecutive steps, and one open file keeps the kernel's sequential
+    /// read-ahead going from step to step (and saves an open and a stat per step).
+    last: std::sync::Arc<std::sync::Mutex<Option<(String, std::fs::File, u64)>>>,
 }
 
 #[cfg(not(target_arch = "wasm32"))]
 impl DirSource {
     /// The folder that holds `transformer/`, `vae/`, ... (or any folder of files).
     pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            last: Default::default(),
+        }
     }
 
     fn path(&self, file: &str) -> std::path::PathBuf {
@@ -267,11 +309,63 @@ impl WeightSource for DirSource {
         f.read_exact(&mut buf).map_err(|e| self.io_error(file, e))?;
         Ok(buf)
     }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        use std::io::{Read, Seek, SeekFrom};
+        // A poisoned lock only means another read panicked; the cached handle is still valid.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if last.as_ref().is_none_or(|(name, _, _)| name != file) {
+            let f = std::fs::File::open(self.path(file)).map_err(|e| self.io_error(file, e))?;
+            let size = f.metadata().map_err(|e| self.io_error(file, e))?.len();
+            *last = Some((file.to_owned(), f, size));
+        }
+        let Some((_, f, size)) = last.as_mut() else {
+            unreachable!("set above");
+        };
+        checked_range(file, offset, buf.len() as u64, *size)?;
+        f.seek(SeekFrom::Start(offset))
+            .map_err(|e| self.io_error(file, e))?;
+        f.read_exact(buf).map_err(|e| self.io_error(file, e))
+    }
 }
 
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dir_reads_into_a_buffer_equal_plain_reads_across_files() {
+        let dir = std::env::temp_dir().join(format!("qlw-dirsource-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let a: Vec<u8> = (0..1000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let b: Vec<u8> = (0..300u32).map(|i| (i * 13 % 241) as u8).collect();
+        std::fs::write(dir.join("a.bin"), &a).expect("write a");
+        std::fs::write(dir.join("b.bin"), &b).expect("write b");
+        let src = DirSource::new(&dir);
+        for (file, bytes, offset, len) in [
+            ("a.bin", &a, 0, 10),
+            ("a.bin", &a, 10, 333),
+            ("b.bin", &b, 299, 1),
+            ("a.bin", &a, 3, 997),
+            ("b.bin", &b, 0, 300),
+        ] {
+            let mut buf = vec![0u8; len];
+            pollster::block_on(src.read_into(file, offset as u64, &mut buf)).expect("read_into");
+            assert_eq!(buf, bytes[offset..offset + len], "{file} {offset}+{len}");
+            let plain =
+                pollster::block_on(src.read(file, offset as u64, len as u64)).expect("read");
+            assert_eq!(plain, buf);
+        }
+        let mut buf = vec![0u8; 2];
+        let err =
+            pollster::block_on(src.read_into("b.bin", 299, &mut buf)).expect_err("past the end");
+        assert!(err.to_string().contains("outside the file"), "{err}");
+        assert!(
+            pollster::block_on(src.read_into("c.bin", 0, &mut buf)).is_err(),
+            "missing"
+        );
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     #[test]
     fn the_f32_footprint_check_refuses_with_both_sizes() {

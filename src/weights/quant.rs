@@ -17,6 +17,10 @@
 //! words. Scales are `[rows, cols / 32]`.
 
 use half::f16;
+use safetensors::Dtype;
+
+use super::par::worker_count;
+use super::safetensors::widen_into;
 
 /// Values per block (one scale each).
 pub const BLOCK: usize = 32;
@@ -43,44 +47,41 @@ impl QuantizedMatrix {
     }
 
     /// Quantizes row-major `values` `[rows, cols]` to `bits` (8 or 4); an error if `cols` is
-    /// not a multiple of [`BLOCK`], the sizes disagree, or `bits` is neither.
+    /// not a multiple of [`BLOCK`], the sizes disagree, or `bits` is neither. Natively the
+    /// blocks are split over the CPU's threads (the result does not depend on it).
     pub fn quantize(values: &[f32], rows: usize, cols: usize, bits: u32) -> Result<Self, String> {
         check_sizes(values.len(), rows, cols, bits)?;
-        let mut codes = Vec::with_capacity(values.len());
-        let mut scales = Vec::with_capacity(values.len() / BLOCK);
-        for block in values.chunks_exact(BLOCK) {
-            if bits == 8 {
-                let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
-                let d = amax / 127.0;
-                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-                scales.push(f16::from_f32(d));
-                codes.extend(block.iter().map(|x| ((x * id).round() as i32 + 128) as u8));
-            } else {
-                let mut amax = 0f32;
-                let mut max = 0f32;
-                for &x in block {
-                    if amax < x.abs() {
-                        amax = x.abs();
-                        max = x;
-                    }
-                }
-                let d = max / -8.0;
-                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
-                scales.push(f16::from_f32(d));
-                codes.extend(
-                    block
-                        .iter()
-                        .map(|x| ((x * id + 8.5).trunc() as i32).clamp(0, 15) as u8),
-                );
-            }
-        }
-        Ok(Self {
+        Ok(Self::quantized(Values::F32(values), rows, cols, bits))
+    }
+
+    /// [`quantize`](Self::quantize) straight from stored little-endian bf16/f16/f32 bytes
+    /// (`rows · cols` values), decoded a block at a time: the same blocks as quantizing
+    /// [`to_f32`](super::to_f32) of the bytes, without the f32 copy.
+    pub fn quantize_stored(
+        bytes: &[u8],
+        dtype: Dtype,
+        rows: usize,
+        cols: usize,
+        bits: u32,
+    ) -> Result<Self, String> {
+        let values = Values::stored(bytes, dtype)?;
+        check_sizes(values.len(), rows, cols, bits)?;
+        Ok(Self::quantized(values, rows, cols, bits))
+    }
+
+    /// Quantizes checked `values`.
+    fn quantized(values: Values, rows: usize, cols: usize, bits: u32) -> Self {
+        let n = values.len();
+        let mut words = vec![0u32; n * bits as usize / 32];
+        let mut scales = vec![f16::ZERO; n / BLOCK];
+        quantize_into(values, bits, &mut words, &mut scales, worker_count(n));
+        Self {
             bits,
             rows,
             cols,
-            words: pack(&codes, bits),
+            words,
             scales,
-        })
+        }
     }
 
     /// Repacks GGUF `Q8_0` blocks (`f16 d, i8 q[32]`) of a `[rows, cols]` tensor, without loss.
@@ -155,7 +156,213 @@ impl QuantizedMatrix {
     }
 }
 
-fn check_sizes(n: usize, rows: usize, cols: usize, bits: u32) -> Result<(), String> {
+/// The values a quantization reads: f32, or stored little-endian bf16/f16/f32 bytes.
+#[derive(Clone, Copy, Debug)]
+pub(super) enum Values<'a> {
+    F32(&'a [f32]),
+    /// Bytes whose length is a whole number of `dtype` values.
+    Stored(&'a [u8], Dtype),
+}
+
+impl<'a> Values<'a> {
+    /// Stored `bytes` of `dtype` (bf16, f16 or f32, a whole number of values).
+    pub(super) fn stored(bytes: &'a [u8], dtype: Dtype) -> Result<Self, String> {
+        match dtype {
+            Dtype::BF16 | Dtype::F16 | Dtype::F32
+                if bytes.len().is_multiple_of(dtype.bitsize() / 8) =>
+            {
+                Ok(Values::Stored(bytes, dtype))
+            }
+            Dtype::BF16 | Dtype::F16 | Dtype::F32 => Err(format!(
+                "{} bytes is not a whole number of {dtype:?} values",
+                bytes.len()
+            )),
+            other => Err(format!(
+                "dtype {other:?} is not supported (bf16, f16 or f32 expected)"
+            )),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match *self {
+            Values::F32(v) => v.len(),
+            Values::Stored(b, dtype) => b.len() / (dtype.bitsize() / 8),
+        }
+    }
+
+    /// The values before block `at`, and the ones from it on.
+    #[cfg(not(target_arch = "wasm32"))]
+    fn split_at_block(self, at: usize) -> (Self, Self) {
+        match self {
+            Values::F32(v) => {
+                let (a, b) = v.split_at(at * BLOCK);
+                (Values::F32(a), Values::F32(b))
+            }
+            Values::Stored(bytes, dtype) => {
+                let (a, b) = bytes.split_at(at * BLOCK * (dtype.bitsize() / 8));
+                (Values::Stored(a, dtype), Values::Stored(b, dtype))
+            }
+        }
+    }
+
+    /// Block `b`'s values.
+    #[inline]
+    fn block(&self, b: usize, out: &mut [f32; BLOCK]) {
+        match *self {
+            Values::F32(v) => out.copy_from_slice(&v[b * BLOCK..(b + 1) * BLOCK]),
+            Values::Stored(bytes, dtype) => {
+                let w = dtype.bitsize() / 8 * BLOCK;
+                widen_into(&bytes[b * w..(b + 1) * w], dtype, out);
+            }
+        }
+    }
+}
+
+/// Quantizes all blocks of `values` to `bits` into `words` (`bits` words per block) and
+/// `scales` (one per block), on `workers` threads natively (contiguous runs of blocks).
+pub(super) fn quantize_into(
+    values: Values,
+    bits: u32,
+    words: &mut [u32],
+    scales: &mut [f16],
+    workers: usize,
+) {
+    let blocks = scales.len();
+    debug_assert_eq!(values.len(), blocks * BLOCK);
+    debug_assert_eq!(words.len(), blocks * bits as usize);
+    let run = |values: Values, words: &mut [u32], scales: &mut [f16]| match bits {
+        8 => quantize_blocks::<8>(values, words, scales),
+        _ => quantize_blocks::<4>(values, words, scales),
+    };
+    let per = blocks.div_ceil(workers.max(1)).max(1);
+    if workers <= 1 || per >= blocks {
+        return run(values, words, scales);
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::scope(|s| {
+        let mut values = values;
+        let mut parts = words
+            .chunks_mut(per * bits as usize)
+            .zip(scales.chunks_mut(per))
+            .peekable();
+        while let Some((w, sc)) = parts.next() {
+            let (mine, rest) = values.split_at_block(sc.len());
+            values = rest;
+            if parts.peek().is_some() {
+                s.spawn(move || run(mine, w, sc));
+            } else {
+                run(mine, w, sc);
+            }
+        }
+    });
+    #[cfg(target_arch = "wasm32")]
+    run(values, words, scales);
+}
+
+/// Quantizes every block of `values` (`BITS` words and one scale each).
+fn quantize_blocks<const BITS: u32>(values: Values, words: &mut [u32], scales: &mut [f16]) {
+    let mut x = [0f32; BLOCK];
+    for (b, (w, s)) in words
+        .chunks_exact_mut(BITS as usize)
+        .zip(scales.iter_mut())
+        .enumerate()
+    {
+        values.block(b, &mut x);
+        *s = if BITS == 8 {
+            quantize_block_q8(&x, w)
+        } else {
+            quantize_block_q4(&x, w)
+        };
+    }
+}
+
+/// ggml's `quantize_row_q8_0_ref` for one block: `d = amax / 127`, `q = round(x / d)`, stored
+/// as `q + 128`, four codes per word (first lowest).
+#[inline]
+fn quantize_block_q8(x: &[f32; BLOCK], words: &mut [u32]) -> f16 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut codes = [0u8; BLOCK];
+    if id.is_finite() {
+        // |x · id| ≤ 128 (or NaN), so the vectorisable rounding below is exact.
+        for (c, v) in codes.iter_mut().zip(x) {
+            *c = round_small(v * id).wrapping_add(128) as u8;
+        }
+    } else {
+        // `d` so small that `1 / d` overflows: the plain formula (saturating casts).
+        for (c, v) in codes.iter_mut().zip(x) {
+            *c = ((v * id).round() as i32).wrapping_add(128) as u8;
+        }
+    }
+    for (w, c) in words.iter_mut().zip(codes.chunks_exact(4)) {
+        *w = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+    }
+    f16::from_f32(d)
+}
+
+/// ggml's `quantize_row_q4_0_ref` for one block: `d = max / −8` (`max` the value of largest
+/// magnitude, the first of equals), `u = min(15, trunc(x / d + 8.5))`, eight codes per word.
+#[inline]
+fn quantize_block_q4(x: &[f32; BLOCK], words: &mut [u32]) -> f16 {
+    let mut amax = 0f32;
+    let mut max = 0f32;
+    for &v in x {
+        if amax < v.abs() {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    let d = max / -8.0;
+    let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+    let mut codes = [0u32; BLOCK];
+    for (c, v) in codes.iter_mut().zip(x) {
+        *c = trunc_0_15(v * id + 8.5);
+    }
+    for (w, c) in words.iter_mut().zip(codes.chunks_exact(8)) {
+        *w = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |w, (k, &u)| w | (u << (k as u32 * 4)));
+    }
+    f16::from_f32(d)
+}
+
+/// 2^23: adding it to a float in `[0, 2^23)` rounds it to a whole number (ties to even), whose
+/// value then sits in the low mantissa bits.
+const MAGIC: f32 = 8_388_608.0;
+
+/// The whole number `r` (`0 ≤ r < 2^23`) as an integer, from its bits.
+#[inline]
+fn whole_to_i32(r: f32) -> i32 {
+    ((r + MAGIC).to_bits() - MAGIC.to_bits()) as i32
+}
+
+/// `v.round() as i32` (half away from zero, NaN → 0) for `|v| < 2^22` or NaN, without a
+/// float-to-int cast the compiler cannot vectorise (x86-64 has no vector `round` before
+/// SSE4.1, and Rust's saturating `as` is scalarised): round to nearest-even with [`MAGIC`],
+/// then move a tie that went down back up.
+#[inline]
+fn round_small(v: f32) -> i32 {
+    let a = v.abs();
+    let even = (a + MAGIC) - MAGIC;
+    let r = if a - even == 0.5 { even + 1.0 } else { even };
+    let q = if a < 4_194_304.0 { whole_to_i32(r) } else { 0 };
+    if v < 0.0 { -q } else { q }
+}
+
+/// `(w.trunc() as i32).clamp(0, 15)` (NaN → 0), vectorisable: clamp first, then floor with
+/// [`MAGIC`] (for `w ≥ 0` truncation is the floor).
+#[inline]
+fn trunc_0_15(w: f32) -> u32 {
+    let w = if w >= 0.0 { w } else { 0.0 };
+    let w = if w <= 15.0 { w } else { 15.0 };
+    let near = (w + MAGIC) - MAGIC;
+    let floor = if near > w { near - 1.0 } else { near };
+    whole_to_i32(floor) as u32
+}
+
+pub(super) fn check_sizes(n: usize, rows: usize, cols: usize, bits: u32) -> Result<(), String> {
     if bits != 8 && bits != 4 {
         return Err(format!("{bits}-bit blocks are not supported (8 or 4)"));
     }
@@ -238,5 +445,168 @@ mod tests {
             QuantizedMatrix::from_q8_0(&q8[..30], 1, 32).is_err(),
             "short"
         );
+    }
+
+    /// The quantizer as it was before it was vectorised and split over threads (one block
+    /// after the other, `round` / `trunc` and saturating casts), the reference for bit
+    /// identity. The `+ 128` wraps as the release build did.
+    fn reference(values: &[f32], bits: u32) -> (Vec<u32>, Vec<f16>) {
+        let mut codes = Vec::new();
+        let mut scales = Vec::new();
+        for block in values.chunks_exact(BLOCK) {
+            if bits == 8 {
+                let amax = block.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = amax / 127.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                scales.push(f16::from_f32(d));
+                codes.extend(
+                    block
+                        .iter()
+                        .map(|x| ((x * id).round() as i32).wrapping_add(128) as u8),
+                );
+            } else {
+                let mut amax = 0f32;
+                let mut max = 0f32;
+                for &x in block {
+                    if amax < x.abs() {
+                        amax = x.abs();
+                        max = x;
+                    }
+                }
+                let d = max / -8.0;
+                let id = if d == 0.0 { 0.0 } else { 1.0 / d };
+                scales.push(f16::from_f32(d));
+                codes.extend(
+                    block
+                        .iter()
+                        .map(|x| ((x * id + 8.5).trunc() as i32).clamp(0, 15) as u8),
+                );
+            }
+        }
+        (pack(&codes, bits), scales)
+    }
+
+    /// Values that stress the rounding: exact halves and their neighbours at every step of
+    /// a block, ±0, NaN, ±∞, subnormals, blocks all zero, all −0, tiny (so that `1 / d`
+    /// overflows) and huge, plus seeded ordinary ones.
+    fn hard_values(n: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = crate::gpu::seeded_values(11, n);
+        let specials = [
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            0.49999997,
+            -0.49999997,
+            126.5,
+            -127.5,
+            0.0,
+            -0.0,
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1e-45,
+            -3e-39,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+        ];
+        for (i, x) in v.iter_mut().enumerate() {
+            let k = i % BLOCK;
+            // Around the halves: exactly, one ulp under and over.
+            let half = (k as f32 - 16.0) * 3.0 + 0.5;
+            let near = match i % 3 {
+                0 => half,
+                1 => f32::from_bits(half.to_bits() - 1),
+                _ => f32::from_bits(half.to_bits() + 1),
+            };
+            match (i / BLOCK) % 10 {
+                // Extreme 127 (8-bit: d = 1, so x / d is x) or ±8 (4-bit: d = ∓1, so
+                // x / d + 8.5 lands on and next to whole numbers).
+                0 => *x = if k == 0 { 127.0 } else { near },
+                1 => *x = if k == 5 { 8.0 } else { near / 6.0 },
+                2 => *x = if k == 31 { -8.0 } else { near / 6.0 },
+                3 => *x = specials[i % specials.len()],
+                4 => *x = 0.0,
+                5 => *x = -0.0,
+                6 => *x *= 1e-39,
+                7 => *x *= 1e30,
+                8 => {
+                    *x = if k == 0 {
+                        0.0
+                    } else {
+                        0.49999997 * (k % 3) as f32
+                    }
+                }
+                _ => {}
+            }
+        }
+        v
+    }
+
+    #[test]
+    fn vectorised_threaded_quantization_equals_the_reference_bit_for_bit() {
+        for (rows, cols) in [(1, 32), (3, 96), (7, 160), (13, 32 * 9)] {
+            let values = hard_values(rows * cols);
+            for bits in [8, 4] {
+                let (words, scales) = reference(&values, bits);
+                let scale_bits = |s: &[f16]| s.iter().map(|s| s.to_bits()).collect::<Vec<_>>();
+                let q = QuantizedMatrix::quantize(&values, rows, cols, bits).expect("quantize");
+                assert_eq!(q.words, words, "{bits}-bit [{rows}, {cols}] codes");
+                assert_eq!(
+                    scale_bits(&q.scales),
+                    scale_bits(&scales),
+                    "{bits}-bit scales"
+                );
+                for workers in [2, 3, 5, 64] {
+                    let mut w = vec![0; words.len()];
+                    let mut s = vec![f16::ZERO; scales.len()];
+                    quantize_into(Values::F32(&values), bits, &mut w, &mut s, workers);
+                    assert_eq!(w, words, "{bits}-bit, {workers} workers");
+                    assert_eq!(scale_bits(&s), scale_bits(&scales), "{workers} workers");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn quantizing_stored_bytes_equals_quantizing_their_f32_values() {
+        let (rows, cols) = (5, 96);
+        let values = hard_values(rows * cols);
+        let stored: [(Dtype, Vec<u8>); 3] = [
+            (
+                Dtype::BF16,
+                values
+                    .iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                Dtype::F16,
+                values
+                    .iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+            ),
+            (
+                Dtype::F32,
+                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            ),
+        ];
+        for (dtype, bytes) in &stored {
+            let widened = super::super::to_f32(bytes, *dtype, "k", "f").expect("widen");
+            for bits in [8, 4] {
+                let want = QuantizedMatrix::quantize(&widened, rows, cols, bits).expect("f32");
+                let got = QuantizedMatrix::quantize_stored(bytes, *dtype, rows, cols, bits)
+                    .expect("stored");
+                assert_eq!(got.words, want.words, "{dtype:?} {bits}-bit");
+                let b = |m: &QuantizedMatrix| {
+                    m.scales.iter().map(|s| s.to_bits()).collect::<Vec<u16>>()
+                };
+                assert_eq!(b(&got), b(&want), "{dtype:?} {bits}-bit scales");
+            }
+        }
+        assert!(QuantizedMatrix::quantize_stored(&[0; 63], Dtype::BF16, 1, 32, 8).is_err());
+        assert!(QuantizedMatrix::quantize_stored(&[0; 64], Dtype::BF16, 1, 31, 8).is_err());
+        assert!(QuantizedMatrix::quantize_stored(&[0; 256], Dtype::I64, 1, 32, 8).is_err());
     }
 }
