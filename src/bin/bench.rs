@@ -204,7 +204,7 @@ commands:
                         bias,
                     ),
                     Some(bits) => Linear::from_blocks(
-                        &QuantizedMatrix::quantize(&w, n, k, bits)?,
+                        QuantizedMatrix::quantize(&w, n, k, bits)?,
                         bias,
                         &device,
                     ),

@@ -223,7 +223,7 @@ pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Re
             ))
         });
         let x = Tensor::<3>::from_data(TensorData::new(xs.clone(), pad3(&x_dims)), device);
-        (Linear::from_blocks(&q, b, device), x)
+        (Linear::from_blocks(q.clone(), b, device), x)
     };
 
     let (gpu_layer, x) = layer(gpu);

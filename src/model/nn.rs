@@ -50,20 +50,19 @@ pub struct BlockWeight {
 }
 
 impl BlockWeight {
-    /// Uploads a host matrix.
-    pub fn new(m: &QuantizedMatrix, device: &Device) -> Self {
-        let words: Vec<i32> = m.words.iter().map(|&w| w as i32).collect();
+    /// Uploads a host matrix. Its code words become the upload's `i32`s in place (the same
+    /// allocation, no second copy of the largest host buffer while loading).
+    pub fn new(m: QuantizedMatrix, device: &Device) -> Self {
+        let (rows, row_words, scale_cols) = (m.rows, m.row_words(), m.cols / BLOCK);
         let scales: Vec<f32> = m.scales.iter().map(|s| s.to_f32()).collect();
+        let words: Vec<i32> = m.words.into_iter().map(|w| w as i32).collect();
         Self {
             words: Param::initialized(
                 ParamId::new(),
-                Tensor::<2, Int>::from_data(
-                    TensorData::new(words, [m.rows, m.row_words()]),
-                    device,
-                ),
+                Tensor::<2, Int>::from_data(TensorData::new(words, [rows, row_words]), device),
             ),
             scales: Param::from_tensor(Tensor::from_data(
-                TensorData::new(scales, [m.rows, m.cols / BLOCK]),
+                TensorData::new(scales, [rows, scale_cols]),
                 device,
             )),
             bits: m.bits,
@@ -104,9 +103,10 @@ impl Linear {
         }
     }
 
-    /// A quantized layer.
+    /// A quantized layer (taking the host matrix: its words are uploaded from the same
+    /// allocation).
     pub fn from_blocks(
-        weight: &QuantizedMatrix,
+        weight: QuantizedMatrix,
         bias: Option<Param<Tensor<1>>>,
         device: &Device,
     ) -> Self {

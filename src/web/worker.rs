@@ -441,7 +441,7 @@ async fn load_model(
 ) -> Result<LoadedModel> {
     let total = cached.weight_files().iter().map(|(_, size)| size).sum();
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
-    let transformer_precision = LinearLoad {
+    let transformer_load = LinearLoad {
         precision: source.precision("transformer"),
         max_part_bytes,
     };
@@ -469,7 +469,7 @@ async fn load_model(
     };
     // Blocks of 32 values as the device holds them: the codes and one f32 scale (the layout
     // `pipeline::linear_bytes` counts), not the f16 scales of the GGUF files.
-    bytes += match transformer_precision.precision {
+    bytes += match transformer_load.precision {
         Precision::F32 => 4 * transformer_values,
         Precision::Q8 => transformer_values / 32 * 36,
         Precision::Q4 => transformer_values / 32 * 20,
@@ -495,7 +495,7 @@ async fn load_model(
                 file,
                 &configs.transformer,
                 device,
-                transformer_precision,
+                transformer_load,
             )
             .await?
         }
@@ -504,7 +504,7 @@ async fn load_model(
                 &counted,
                 "transformer",
                 device,
-                transformer_precision,
+                transformer_load,
             )
             .await?
         }

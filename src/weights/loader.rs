@@ -387,7 +387,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         };
         let linear = if parts.len() == 1 {
             match weight {
-                Loaded::Blocks(m) => Linear::from_blocks(&m, bias, &self.device),
+                Loaded::Blocks(m) => Linear::from_blocks(m, bias, &self.device),
                 Loaded::F32(values) => Linear::from_f32(self.f32_matrix(values, d_out, d_in), bias),
             }
         } else {
@@ -429,7 +429,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
                         words: m.words[start * w..end * w].to_vec(),
                         scales: m.scales[start * c..end * c].to_vec(),
                     };
-                    Linear::from_blocks(&part, None, &self.device)
+                    Linear::from_blocks(part, None, &self.device)
                 }
             };
             pieces.push(piece.weight);

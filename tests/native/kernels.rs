@@ -48,8 +48,8 @@ fn twin_check_detects_a_corrupted_weight() {
     let mut bad = q.clone();
     bad.words[3] ^= 0x0000_ff00;
     let x = Tensor::<2>::from_data(TensorData::new(seeded_values(12, m * k), [m, k]), &device);
-    let good = Linear::from_blocks(&q, None, &device).forward(x.clone());
-    let LinearWeight::Blocks(w) = &Linear::from_blocks(&bad, None, &device).weight else {
+    let good = Linear::from_blocks(q.clone(), None, &device).forward(x.clone());
+    let LinearWeight::Blocks(w) = &Linear::from_blocks(bad, None, &device).weight else {
         unreachable!()
     };
     let twin_bad = twin(x, w, None);
@@ -72,7 +72,7 @@ fn qmatmul_timing_on_wgpu() {
             TensorData::new(seeded_values(23, n), [n]),
             &device,
         ));
-        let layer = Linear::from_blocks(&q, Some(bias), &device);
+        let layer = Linear::from_blocks(q.clone(), Some(bias), &device);
         let LinearWeight::Blocks(w) = &layer.weight else {
             unreachable!()
         };

@@ -297,7 +297,7 @@ fn quantized_linear_matches_flex_on_wgpu() {
                 TensorData::new(bias.clone(), [d_out]),
                 device,
             ));
-            let linear = Linear::from_blocks(&m, Some(bias), device);
+            let linear = Linear::from_blocks(m.clone(), Some(bias), device);
             let input = Tensor::<2>::from_data(TensorData::new(x.clone(), [3, d_in]), device);
             let weight = match &linear.weight {
                 qwen_layered_web::model::nn::LinearWeight::Blocks(b) => b.dequantize(),
