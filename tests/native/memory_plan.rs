@@ -272,6 +272,10 @@ fn prompts_are_encoded_by_a_text_encoder_freed_before_the_transformer_loads() {
 /// square, 2 layers) and for its run (a 40×24 picture in the 64 bucket: 96×64): a ring of 1 of the 2
 /// blocks, the VAE tiled in 32-pixel tiles one layer at a time.
 pub const E2E_STREAMED: &str = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=4980K";
+/// The browser test's GGUF run (the transformer from `tests/fixtures/gguf`'s Q8_0 file, kept in
+/// 8-bit: 170 KiB a block): the same buffer limits and a budget that holds the rest of the model
+/// and one block, not two, at Load and for the run.
+pub const E2E_GGUF_STREAMED: &str = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=4560K";
 /// The browser test's reference run: the same buffer limits and a budget of 1 GiB: every
 /// block resident, the same VAE tiling (so the two runs must give the same layers).
 pub const E2E_RESIDENT: &str = "?gpu-max-binding=64K&gpu-max-buffer=64K&gpu-budget=1G";
@@ -289,7 +293,7 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
         max_compute_workgroup_storage_size: 32768,
         max_compute_invocations_per_workgroup: 256,
     };
-    let plan = |query: &str, size: (usize, usize)| -> MemoryPlan {
+    let plan = |query: &str, size: (usize, usize), precision: Precision| -> MemoryPlan {
         let overrides = MemoryOverrides::from_query(query).unwrap();
         let settings = MemorySettings {
             budget_bytes: overrides.budget.unwrap(),
@@ -300,12 +304,12 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
         };
         let budget = settings.budget(&device);
         let plan = configs
-            .plan(&budget, Precision::F32, Precision::F32, size, 2)
+            .plan(&budget, precision, Precision::F32, size, 2)
             .unwrap_or_else(|e| panic!("{query} {size:?}: {e}"));
         let e = plan.estimate;
         let fixed = e.transformer_other_bytes + e.vae_bytes + e.transformer_activation_bytes;
         println!(
-            "{query} {size:?}: {}; fixed {fixed}, block {}, budget {}",
+            "{query} {size:?} {precision:?}: {}; fixed {fixed}, block {}, budget {}",
             plan.describe(2),
             e.block_bytes,
             budget.device_bytes
@@ -317,7 +321,16 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
         ("load", (64, 64)),
         ("run", (dims.width as usize, dims.height as usize)),
     ] {
-        let streamed = plan(E2E_STREAMED, size);
+        // The GGUF source's 8-bit transformer: a ring of 1 with its own budget, resident with
+        // the reference run's.
+        let gguf = plan(E2E_GGUF_STREAMED, size, Precision::Q8);
+        assert_eq!(
+            gguf.transformer,
+            TransformerResidency::Streaming { ring: 1 },
+            "{what}: GGUF"
+        );
+        assert!(plan(E2E_RESIDENT, size, Precision::Q8).is_resident(), "{what}: GGUF");
+        let streamed = plan(E2E_STREAMED, size, Precision::F32);
         assert_eq!(
             streamed.transformer,
             TransformerResidency::Streaming { ring: 1 },
@@ -332,7 +345,7 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
             "{words}"
         );
         assert!(words.contains("VAE: tiled, 32×32-pixel tiles"), "{words}");
-        let resident = plan(E2E_RESIDENT, size);
+        let resident = plan(E2E_RESIDENT, size, Precision::F32);
         assert!(resident.is_resident(), "{what}");
         assert_eq!(
             (resident.vae_tiling, resident.vae_slicing),
