@@ -329,7 +329,10 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
             TransformerResidency::Streaming { ring: 1 },
             "{what}: GGUF"
         );
-        assert!(plan(E2E_RESIDENT, size, Precision::Q8).is_resident(), "{what}: GGUF");
+        assert!(
+            plan(E2E_RESIDENT, size, Precision::Q8).is_resident(),
+            "{what}: GGUF"
+        );
         let streamed = plan(E2E_STREAMED, size, Precision::F32);
         assert_eq!(
             streamed.transformer,
