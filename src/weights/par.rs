@@ -11,6 +11,25 @@ pub(super) fn worker_count(values: usize) -> usize {
     (values / MIN_VALUES_PER_WORKER).clamp(1, threads())
 }
 
+/// Runs `work` on every part: all but the last on scoped threads natively, the last on this
+/// thread; one after another on wasm.
+pub(super) fn run_parts<T: Send>(parts: Vec<T>, work: impl Fn(T) + Sync) {
+    #[cfg(not(target_arch = "wasm32"))]
+    std::thread::scope(|s| {
+        let work = &work;
+        let mut parts = parts.into_iter().peekable();
+        while let Some(part) = parts.next() {
+            if parts.peek().is_some() {
+                s.spawn(move || work(part));
+            } else {
+                work(part);
+            }
+        }
+    });
+    #[cfg(target_arch = "wasm32")]
+    parts.into_iter().for_each(work);
+}
+
 #[cfg(not(target_arch = "wasm32"))]
 fn threads() -> usize {
     static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

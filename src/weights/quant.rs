@@ -191,7 +191,6 @@ impl<'a> Values<'a> {
     }
 
     /// The values before block `at`, and the ones from it on.
-    #[cfg(not(target_arch = "wasm32"))]
     fn split_at_block(self, at: usize) -> (Self, Self) {
         match self {
             Values::F32(v) => {
@@ -238,25 +237,17 @@ pub(super) fn quantize_into(
     if workers <= 1 || per >= blocks {
         return run(values, words, scales);
     }
-    #[cfg(not(target_arch = "wasm32"))]
-    std::thread::scope(|s| {
-        let mut values = values;
-        let mut parts = words
-            .chunks_mut(per * bits as usize)
-            .zip(scales.chunks_mut(per))
-            .peekable();
-        while let Some((w, sc)) = parts.next() {
-            let (mine, rest) = values.split_at_block(sc.len());
-            values = rest;
-            if parts.peek().is_some() {
-                s.spawn(move || run(mine, w, sc));
-            } else {
-                run(mine, w, sc);
-            }
-        }
-    });
-    #[cfg(target_arch = "wasm32")]
-    run(values, words, scales);
+    let mut values = values;
+    let mut parts = Vec::with_capacity(workers);
+    for (w, sc) in words
+        .chunks_mut(per * bits as usize)
+        .zip(scales.chunks_mut(per))
+    {
+        let (mine, rest) = values.split_at_block(sc.len());
+        values = rest;
+        parts.push((mine, w, sc));
+    }
+    super::par::run_parts(parts, |(v, w, sc)| run(v, w, sc));
 }
 
 /// Quantizes every block of `values` (`BITS` words and one scale each).

@@ -320,22 +320,11 @@ pub(crate) fn widen_into_parts(bytes: &[u8], dtype: Dtype, out: &mut [f32], work
     if workers <= 1 || per >= out.len() {
         return widen_into(bytes, dtype, out);
     }
-    #[cfg(not(target_arch = "wasm32"))]
-    std::thread::scope(|s| {
-        let mut parts = out
-            .chunks_mut(per)
-            .zip(bytes.chunks(per * (dtype.bitsize() / 8)))
-            .peekable();
-        while let Some((o, b)) = parts.next() {
-            if parts.peek().is_some() {
-                s.spawn(move || widen_into(b, dtype, o));
-            } else {
-                widen_into(b, dtype, o);
-            }
-        }
-    });
-    #[cfg(target_arch = "wasm32")]
-    widen_into(bytes, dtype, out);
+    let parts = out
+        .chunks_mut(per)
+        .zip(bytes.chunks(per * (dtype.bitsize() / 8)))
+        .collect();
+    super::par::run_parts(parts, |(o, b)| widen_into(b, dtype, o));
 }
 
 /// `half::bf16::from_bits(i).to_f32()` without a branch: the bits moved up, a NaN quieted
