@@ -284,7 +284,6 @@ fn transformer_other_bytes(c: &QwenImageTransformerConfig, precision: Precision)
     bytes
 }
 
-/// The number of pieces of at most `limit` bytes that `bytes` needs.
 /// The `SplitRows` entry of a `[d_out, d_in]` linear weight in `precision` whose largest
 /// buffer is over `limit` bytes, with the parts [`TensorLoader`](crate::weights::TensorLoader)
 /// will make ([`split_rows`]); `None` when it fits; an error when one row does not.

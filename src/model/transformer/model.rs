@@ -326,7 +326,7 @@ impl QwenImageTransformer2DModel {
         self.check_block_count(self.transformer_blocks.len())?;
         let mut state = self.prepare(input, trace.as_deref_mut())?;
         for block in &self.transformer_blocks {
-            state = state.apply(block, trace.as_deref_mut());
+            state = state.apply(block, self.mlp_max_tokens, trace.as_deref_mut());
         }
         Ok(self.finish(state, trace))
     }
@@ -345,7 +345,7 @@ impl QwenImageTransformer2DModel {
         self.check_block_count(blocks.num_blocks())?;
         let mut state = self.prepare(input, None)?;
         for i in 0..self.config.num_layers {
-            state = state.apply(blocks.block(i).await?, None);
+            state = state.apply(blocks.block(i).await?, self.mlp_max_tokens, None);
         }
         Ok(self.finish(state, None))
     }
@@ -366,8 +366,8 @@ impl QwenImageTransformer2DModel {
         let (mut a, mut b) = (self.prepare(a, None)?, self.prepare(b, None)?);
         for i in 0..self.config.num_layers {
             let block = blocks.block(i).await?;
-            a = a.apply(block, None);
-            b = b.apply(block, None);
+            a = a.apply(block, self.mlp_max_tokens, None);
+            b = b.apply(block, self.mlp_max_tokens, None);
         }
         Ok((self.finish(a, None), self.finish(b, None)))
     }
@@ -428,7 +428,6 @@ impl QwenImageTransformer2DModel {
             mask: input.encoder_hidden_states_mask,
             temb,
             rope,
-            mlp_max_tokens: self.mlp_max_tokens,
         })
     }
 
@@ -454,20 +453,24 @@ struct BlockState {
     temb: Tensor<2>,
     /// RoPE tables for this sequence.
     rope: RopeDevice,
-    /// The most tokens per MLP run (the model's `mlp_max_tokens`).
-    mlp_max_tokens: Option<usize>,
 }
 
 impl BlockState {
-    /// Runs one block on both streams (by value, so the inputs can be freed or reused).
-    fn apply(self, block: &QwenImageTransformerBlock, trace: Option<&mut ForwardTrace>) -> Self {
+    /// Runs one block on both streams (by value, so the inputs can be freed or reused), its
+    /// MLPs on runs of at most `mlp_max_tokens` tokens (the model's setting).
+    fn apply(
+        self,
+        block: &QwenImageTransformerBlock,
+        mlp_max_tokens: Option<usize>,
+        trace: Option<&mut ForwardTrace>,
+    ) -> Self {
         let (txt, img) = block.forward_chunked(
             self.hidden_states,
             self.encoder_hidden_states,
             self.mask.clone(),
             &self.temb,
             &self.rope,
-            self.mlp_max_tokens,
+            mlp_max_tokens,
         );
         if let Some(t) = trace {
             t.blocks.push((txt.clone(), img.clone()));
