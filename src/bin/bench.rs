@@ -39,15 +39,24 @@ commands:
   gemm       GFLOP/s of model::nn::Linear::forward ([M, K] x [K, N] + bias), f32 and 8-/4-bit
              weights; median of --iters runs after one warm-up, each ended by a read-back
              [--device cpu|wgpu (cpu)] [--shapes MxKxN,... (the real ones, below)]
-             [--m M (override every M)] [--bits 0,8,4 (all)] [--iters N (3)]
+             [--m M (override every M)] [--bits 0,8,4 (these three)] [--iters N (3)]
+             --bits also takes burn8,burn4: Burn's own quantized tensors (quantize_dynamic,
+             blocks of 32, f32 scales) in a plain matmul, for comparison with the WGSL kernel
              real shapes at 640², 4 layers: image side M = 9600, text side M = 300,
              K = 3072 (N = 3072, 12288, 18432) and the MLP out projection K = 12288, N = 3072
   block      time one or more full-size transformer blocks (random weights, no download) and
              extrapolate to 60 blocks and 100 forwards; peak device memory where the backend
              reports it
              [--device cpu|wgpu (cpu)] [--bits 0|8|4 (4)] [--blocks B (1)] [--iters N (1)]
+             [--apply A (B): blocks applied per forward, cycling over the B loaded ones]
              [--resolution R (640)] [--layers N (4)] [--txt T (300)]
              [--tokens S (a short image sequence of S tokens instead of R², N layers)]
+  attention  the joint attention at the real size: the WGSL flash kernel against Burn's own
+             attention and the plain-Burn twin (which stores the [S, S] scores), GFLOP/s of
+             4·S²·128 per head; skips the twin where its scores would pass --max-scores-gib
+             [--device cpu|wgpu (cpu)] [--tokens S (9900: 9600 image + 300 text)]
+             [--heads H (24)] [--iters N (3)] [--which flash,burn,twin (all)]
+             [--max-scores-gib G (16)]
   cosine     one full-size block in f32, 8-bit and 4-bit on the same inputs: cosine similarity
              of the outputs (and of the updates, output - input); fails under 0.999 / 0.99
              [--device cpu|wgpu (cpu)] [--resolution R (640)] [--layers N (4)] [--txt T (300)]
@@ -71,6 +80,7 @@ commands:
         let result = match args.first().map(String::as_str) {
             Some("gemm") => gemm(rest),
             Some("block") => block(rest),
+            Some("attention") => attention(rest),
             Some("cosine") => cosine(rest),
             Some("make-file") => make_file(rest),
             Some("load") => load(rest),
@@ -162,6 +172,101 @@ commands:
 
     const REAL_SHAPES: &str = "9600x3072x3072,9600x3072x12288,9600x3072x18432,9600x12288x3072,300x3072x3072,300x3072x12288";
 
+    /// One weight layout `gemm` measures: the model's own `Linear` (f32, or 8-/4-bit blocks
+    /// through the WGSL kernel on wgpu), or Burn's own quantized tensors (`burn8`/`burn4`:
+    /// `quantize_dynamic`, symmetric, one f32 scale per 32 values) in a plain `matmul`.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum GemmWeights {
+        Model(Precision),
+        Burn(u8),
+    }
+
+    impl GemmWeights {
+        fn parse(s: &str) -> Result<Self, Fail> {
+            match s {
+                "burn8" => Ok(Self::Burn(8)),
+                "burn4" => Ok(Self::Burn(4)),
+                other => precision_of_bits(other).map(Self::Model),
+            }
+        }
+
+        fn label(self) -> &'static str {
+            match self {
+                Self::Model(p) => name(p),
+                Self::Burn(8) => "burn8",
+                Self::Burn(_) => "burn4",
+            }
+        }
+    }
+
+    /// Burn's block quantization of `w_t` (`[K, N]`): symmetric, blocks of 32 along N, f32 scales.
+    fn burn_quantized(w_t: Tensor<2>, bits: u8) -> Tensor<2> {
+        use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+        let value = if bits == 8 {
+            QuantValue::Q8S
+        } else {
+            QuantValue::Q4S
+        };
+        let scheme = QuantScheme::default()
+            .with_value(value)
+            .with_store(QuantStore::PackedU32(0))
+            .per_block([32], ScaleDtype::F32);
+        w_t.quantize_dynamic(&scheme)
+    }
+
+    /// Runs `f`, turning a panic (an unsupported kernel, a buffer over the device's limit) into
+    /// an error, so that one failing case does not end a benchmark run.
+    fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, Fail>) -> Result<T, Fail> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            Ok(r) => r,
+            Err(payload) => {
+                let msg = payload
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "(no message)".into());
+                Err(Fail(format!("{what}: panicked: {msg}"), 1))
+            }
+        }
+    }
+
+    /// Median time of `iters` runs of `f` after one warm-up, each ended by `flush`, and the
+    /// last run's output.
+    fn time_runs<const D: usize>(
+        device: &Device,
+        iters: usize,
+        mut f: impl FnMut() -> Tensor<D>,
+    ) -> Result<(Duration, Tensor<D>), Fail> {
+        let mut times = Vec::with_capacity(iters);
+        let mut last = None;
+        for i in 0..=iters {
+            let start = Instant::now();
+            let out = f();
+            flush(device, out.clone())?;
+            if i > 0 {
+                times.push(start.elapsed());
+            }
+            last = Some(out);
+        }
+        Ok((median(times), last.expect("at least one run")))
+    }
+
+    /// `‖a − b‖ / ‖b‖` over all values, read back as one number.
+    fn relative_error<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> Result<f64, Fail> {
+        let num = (a - b.clone()).powi_scalar(2).sum();
+        let den = b.powi_scalar(2).sum();
+        let read = |t: Tensor<1>| -> Result<f64, Fail> {
+            let v = t
+                .try_into_data()
+                .map_err(|e| Fail(format!("reading the error back: {e}"), 1))?
+                .convert::<f32>()
+                .try_to_vec::<f32>()
+                .map_err(|e| Fail(format!("reading the error back: {e:?}"), 1))?;
+            Ok(v[0] as f64)
+        };
+        Ok((read(num)? / read(den)?).sqrt())
+    }
+
     fn gemm(args: &[String]) -> Result<(), Fail> {
         let opts = Options::parse(
             args,
@@ -173,14 +278,15 @@ commands:
         let (device, what) = device(&opts)?;
         let iters = opts.number("--iters", 3)?.max(1);
         let m_override = opts.get("--m").map(|_| opts.number("--m", 0)).transpose()?;
-        let precisions = opts
+        let layouts = opts
             .get("--bits")
             .unwrap_or("0,8,4")
             .split(',')
-            .map(precision_of_bits)
+            .map(GemmWeights::parse)
             .collect::<Result<Vec<_>, _>>()?;
         println!("device: {what}");
-        println!("shape (MxKxN)        weights  median ms   GFLOP/s");
+        println!("shape (MxKxN)        weights  median ms   GFLOP/s  rel. error vs f32 (L2)");
+        let mut failed = 0;
         for spec in opts.get("--shapes").unwrap_or(REAL_SHAPES).split(',') {
             let dims: Vec<usize> = spec
                 .split('x')
@@ -196,39 +302,70 @@ commands:
             let scale = 1.0 / (k as f32).sqrt();
             let w: Vec<f32> = seeded_values(2, n * k).iter().map(|v| v * scale).collect();
             let bias = Tensor::<1>::from_data(TensorData::new(seeded_values(3, n), [n]), &device);
-            for &precision in &precisions {
-                let bias = Some(burn::module::Param::from_tensor(bias.clone()));
-                let linear = match precision.bits() {
-                    None => Linear::from_f32(
-                        Tensor::from_data(TensorData::new(w.clone(), [n, k]), &device),
-                        bias,
-                    ),
-                    Some(bits) => Linear::from_blocks(
-                        QuantizedMatrix::quantize(&w, n, k, bits)?,
-                        bias,
-                        &device,
-                    ),
-                };
-                flush(&device, x.clone())?;
-                let mut times = Vec::with_capacity(iters);
-                for i in 0..=iters {
-                    let start = Instant::now();
-                    flush(&device, linear.forward(x.clone()))?;
-                    if i > 0 {
-                        times.push(start.elapsed());
+            // The f32 product every layout is compared with (Burn's matmul on this device).
+            let reference = guarded("the f32 reference", || {
+                let w_t = Tensor::<2>::from_data(TensorData::new(w.clone(), [n, k]), &device);
+                let y = x.clone().matmul(w_t.transpose()) + bias.clone().unsqueeze::<2>();
+                flush(&device, y.clone())?;
+                Ok(y)
+            })
+            .ok();
+            for &layout in &layouts {
+                let label = format!("{m}x{k}x{n} {}", layout.label());
+                let timed = guarded(&label, || {
+                    let w_f32 =
+                        || Tensor::<2>::from_data(TensorData::new(w.clone(), [n, k]), &device);
+                    flush(&device, x.clone())?;
+                    match layout {
+                        GemmWeights::Model(precision) => {
+                            let bias = Some(burn::module::Param::from_tensor(bias.clone()));
+                            let linear = match precision.bits() {
+                                None => Linear::from_f32(w_f32(), bias),
+                                Some(bits) => Linear::from_blocks(
+                                    QuantizedMatrix::quantize(&w, n, k, bits)?,
+                                    bias,
+                                    &device,
+                                ),
+                            };
+                            time_runs(&device, iters, || linear.forward(x.clone()))
+                        }
+                        GemmWeights::Burn(bits) => {
+                            let w_q = burn_quantized(w_f32().transpose(), bits);
+                            let b = bias.clone().unsqueeze::<2>();
+                            time_runs(&device, iters, || x.clone().matmul(w_q.clone()) + b.clone())
+                        }
+                    }
+                });
+                match timed {
+                    Ok((t, y)) => {
+                        let gflops = 2.0 * (m * k * n) as f64 / t.as_secs_f64() / 1e9;
+                        let error = match &reference {
+                            Some(r) => guarded("the error", || relative_error(y, r.clone()))
+                                .map_or_else(|Fail(e, _)| e, |e| format!("{e:.2e}")),
+                            None => "no f32 reference".into(),
+                        };
+                        println!(
+                            "{:<20} {:>7}  {:>9.1}  {:>8.1}  {error}",
+                            format!("{m}x{k}x{n}"),
+                            layout.label(),
+                            t.as_secs_f64() * 1e3,
+                            gflops
+                        );
+                    }
+                    Err(Fail(msg, _)) => {
+                        failed += 1;
+                        println!(
+                            "{:<20} {:>7}  failed: {msg}",
+                            format!("{m}x{k}x{n}"),
+                            layout.label()
+                        );
                     }
                 }
-                let t = median(times);
-                let gflops = 2.0 * (m * k * n) as f64 / t.as_secs_f64() / 1e9;
-                println!(
-                    "{:<20} {:>7}  {:>9.1}  {:>8.1}",
-                    format!("{m}x{k}x{n}"),
-                    name(precision),
-                    t.as_secs_f64() * 1e3,
-                    gflops
-                );
                 std::io::stdout().flush().ok();
             }
+        }
+        if failed > 0 {
+            return Err(Fail(format!("{failed} case(s) failed (above)"), 1));
         }
         Ok(())
     }
@@ -255,6 +392,7 @@ commands:
                 "--device",
                 "--bits",
                 "--blocks",
+                "--apply",
                 "--iters",
                 "--resolution",
                 "--layers",
@@ -268,6 +406,7 @@ commands:
         let (device, what) = device(&opts)?;
         let precision = precision_of_bits(opts.get("--bits").unwrap_or("4"))?;
         let n_blocks = opts.number("--blocks", 1)?.max(1);
+        let applications = opts.number("--apply", n_blocks)?.max(1);
         let iters = opts.number("--iters", 1)?.max(1);
         let shape = block_shape(&opts)?;
         let (s_img, s_txt) = (shape.s_img(), shape.s_txt);
@@ -277,6 +416,12 @@ commands:
              (seeded, PyTorch default init)",
             name(precision)
         );
+        if applications != n_blocks {
+            println!(
+                "one forward applies {applications} blocks, cycling over the {n_blocks} loaded \
+                 (the same work per block; weight memory is that of {n_blocks})"
+            );
+        }
         println!("tokens: {s_img} image + {s_txt} text = {}", s_img + s_txt);
 
         let start = Instant::now();
@@ -294,7 +439,7 @@ commands:
         let mut run = |record: bool| -> Result<Duration, Fail> {
             let start = Instant::now();
             let (mut img, mut txt) = (inputs.img.clone(), inputs.txt.clone());
-            for b in &blocks {
+            for b in blocks.iter().cycle().take(applications) {
                 (txt, img) = b.forward(img, txt, None, &inputs.temb, &inputs.rope);
                 if record {
                     flush(&device, img.clone())?;
@@ -312,7 +457,9 @@ commands:
         let times = (0..iters)
             .map(|_| run(false))
             .collect::<Result<Vec<_>, _>>()?;
-        let per_block = median(times).as_secs_f64() / n_blocks as f64;
+        let forward = median(times).as_secs_f64();
+        let per_block = forward / applications as f64;
+        println!("forward of {applications} blocks: {forward:.3} s (median of {iters})");
         let flops = block_flops(s_img, s_txt);
         println!(
             "per block: {:.3} s ({:.1} GFLOP/s of {:.1} GFLOP)",
@@ -346,6 +493,90 @@ commands:
                 gib(u.bytes_reserved)
             ),
             None => println!("peak device memory: not reported by this backend"),
+        }
+        Ok(())
+    }
+
+    fn attention(args: &[String]) -> Result<(), Fail> {
+        use qwen_layered_web::bench::HEAD_DIM;
+        use qwen_layered_web::kernels::attention::{attention_reference, flash_attention};
+        let opts = Options::parse(
+            args,
+            &[
+                "--device",
+                "--tokens",
+                "--heads",
+                "--iters",
+                "--which",
+                "--max-scores-gib",
+            ],
+            &[],
+            1,
+            USAGE,
+        )?;
+        let (device, what) = device(&opts)?;
+        let s = opts.number("--tokens", 9900)?.max(1);
+        let heads = opts.number("--heads", HEADS)?.max(1);
+        let iters = opts.number("--iters", 3)?.max(1);
+        let max_scores = opts.number("--max-scores-gib", 16.0f64)?;
+        let which = opts.get("--which").unwrap_or("flash,burn,twin");
+        println!("device: {what}");
+        println!("q, k, v: [1, {heads}, {s}, {HEAD_DIM}] f32, unmasked");
+        let dims = [1, heads, s, HEAD_DIM];
+        let n = dims.iter().product();
+        let qkv = |seed: u64| {
+            Tensor::<4>::from_data(TensorData::new(seeded_values(seed, n), dims), &device)
+        };
+        let (q, k, v) = (qkv(1), qkv(2), qkv(3));
+        flush(&device, q.clone() + k.clone() + v.clone())?;
+        let flops = 4.0 * (s as f64).powi(2) * HEAD_DIM as f64 * heads as f64;
+        let scores_gib = gib((s * s * heads * 4) as u64);
+        let mut failed = 0;
+        for kind in which.split(',') {
+            let run = || -> Tensor<4> {
+                let (q, k, v) = (q.clone(), k.clone(), v.clone());
+                match kind {
+                    "flash" => {
+                        flash_attention(q, k, v).expect("flash attention takes these inputs")
+                    }
+                    "burn" => burn::tensor::module::attention(
+                        q,
+                        k,
+                        v,
+                        None,
+                        None,
+                        burn::tensor::ops::AttentionModuleOptions::default(),
+                    ),
+                    _ => attention_reference(q, k, v),
+                }
+            };
+            if !["flash", "burn", "twin"].contains(&kind) {
+                return Err(usage_error(format!(
+                    "--which {kind:?}: use flash, burn or twin"
+                )));
+            }
+            if kind == "twin" && scores_gib > max_scores {
+                println!(
+                    "{kind:<6} skipped: its [S, S] scores take {scores_gib:.1} GiB \
+                     (over --max-scores-gib {max_scores})"
+                );
+                continue;
+            }
+            match guarded(kind, || time_runs(&device, iters, run)) {
+                Ok((t, _)) => println!(
+                    "{kind:<6} {:>9.1} ms  {:>8.1} GFLOP/s",
+                    t.as_secs_f64() * 1e3,
+                    flops / t.as_secs_f64() / 1e9
+                ),
+                Err(Fail(msg, _)) => {
+                    failed += 1;
+                    println!("{kind:<6} failed: {msg}");
+                }
+            }
+            std::io::stdout().flush().ok();
+        }
+        if failed > 0 {
+            return Err(Fail(format!("{failed} case(s) failed (above)"), 1));
         }
         Ok(())
     }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU benchmark set of BENCHMARKS.md, in one run on one machine, each step under its own
+# time limit so that one slow or failing step does not cost the others:
+#
+#   scripts/gpu_bench.sh BENCH_BINARY OUT_DIR [STEP ...]
+#
+# BENCH_BINARY: an optimised `qwen-layered-bench` (cargo build --profile native --bin
+# qwen-layered-bench). Steps (all by default, in this order): env, reference, gemm, block,
+# attention, cosine. `reference` needs python3 with torch (CUDA) and diffusers==0.42.1.
+# Each step writes OUT_DIR/STEP.log; OUT_DIR/summary.log has every step's exit code and time.
+set -u
+bin=${1:?usage: scripts/gpu_bench.sh BENCH_BINARY OUT_DIR [STEP ...]}
+out=${2:?usage: scripts/gpu_bench.sh BENCH_BINARY OUT_DIR [STEP ...]}
+shift 2
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(env reference gemm block attention cosine)
+here=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$out"
+
+# step NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, its output in OUT_DIR/NAME.log.
+step() {
+    local name=$1 limit=$2 start rc
+    shift 2
+    echo "== $name (limit ${limit} s): $*" | tee -a "$out/summary.log"
+    start=$(date +%s)
+    timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+    rc=$?
+    echo "   $name: exit $rc after $(($(date +%s) - start)) s" | tee -a "$out/summary.log"
+    grep -v 'XDG_RUNTIME_DIR' "$out/$name.log" | tail -n 40
+}
+
+for s in "${steps[@]}"; do
+    case $s in
+    env) step env 20 bash -c 'nvidia-smi; nvidia-smi -q | grep -iE "driver version|product name|clocks|max clocks" | head -20; uname -a; ldconfig -p | grep -i vulkan; ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1; echo VK_DRIVER_FILES=${VK_DRIVER_FILES:-}' ;;
+    reference) step reference 120 python3 "$here/bench_reference.py" --iters 3 ;;
+    gemm) step gemm 120 "$bin" gemm --device wgpu --bits 0,8,4,burn8,burn4 --iters 3 ;;
+    block) step block 150 "$bin" block --device wgpu --bits 4 --blocks 2 --apply 60 --iters 1 ;;
+    attention) step attention 60 "$bin" attention --device wgpu --tokens 9900 --iters 3 ;;
+    cosine) step cosine 60 "$bin" cosine --device wgpu ;;
+    *) echo "unknown step $s (env, reference, gemm, block, attention, cosine)" >&2 ;;
+    esac
+done
