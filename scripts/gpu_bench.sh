@@ -6,14 +6,15 @@
 #
 # BENCH_BINARY: an optimised `qwen-layered-bench` (cargo build --profile native --bin
 # qwen-layered-bench). Steps (all by default, in this order): env, reference, gemm, block,
-# attention, cosine. `reference` needs python3 with torch (CUDA) and diffusers==0.42.1.
+# attention, cosine, load (weight-loading throughput on this machine's disk and cores).
+# `reference` needs python3 with torch (CUDA) and diffusers==0.42.1.
 # Each step writes OUT_DIR/STEP.log; OUT_DIR/summary.log has every step's exit code and time.
 set -u
 bin=${1:?usage: scripts/gpu_bench.sh BENCH_BINARY OUT_DIR [STEP ...]}
 out=${2:?usage: scripts/gpu_bench.sh BENCH_BINARY OUT_DIR [STEP ...]}
 shift 2
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(env reference gemm block attention cosine)
+[ ${#steps[@]} -gt 0 ] || steps=(env reference gemm block attention cosine load)
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 
@@ -37,6 +38,10 @@ for s in "${steps[@]}"; do
     block) step block 150 "$bin" block --device wgpu --bits 4 --blocks 2 --apply 60 --iters 1 ;;
     attention) step attention 60 "$bin" attention --device wgpu --tokens 9900 --iters 3 ;;
     cosine) step cosine 60 "$bin" cosine --device wgpu ;;
-    *) echo "unknown step $s (env, reference, gemm, block, attention, cosine)" >&2 ;;
+    load)
+        f=${TMPDIR:-/tmp}/qwen-layered-bench-2blocks.safetensors
+        step load 90 bash -c "'$bin' make-file '$f' --blocks 2 && '$bin' load '$f' --precision f32 && '$bin' load '$f' --precision q4; rc=\$?; rm -f '$f'; exit \$rc"
+        ;;
+    *) echo "unknown step $s (env, reference, gemm, block, attention, cosine, load)" >&2 ;;
     esac
 done

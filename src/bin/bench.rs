@@ -27,7 +27,8 @@ mod native {
     };
     use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, seeded_values};
-    use qwen_layered_web::model::nn::Linear;
+    use qwen_layered_web::kernels::qmatmul::{self, Tile};
+    use qwen_layered_web::model::nn::{Linear, LinearWeight};
     use qwen_layered_web::weights::{
         DEFAULT_READ_CHUNK, DirSource, Precision, QuantizedMatrix, SafetensorsFolder, TensorLoader,
         WeightSource,
@@ -41,7 +42,9 @@ commands:
              [--device cpu|wgpu (cpu)] [--shapes MxKxN,... (the real ones, below)]
              [--m M (override every M)] [--bits 0,8,4 (these three)] [--iters N (3)]
              --bits also takes burn8,burn4: Burn's own quantized tensors (quantize_dynamic,
-             blocks of 32, f32 scales) in a plain matmul, for comparison with the WGSL kernel
+             blocks of 32, f32 scales) in a plain matmul, for comparison with the WGSL kernel;
+             and q8t64,q4t64,q8t128,q4t128: the WGSL kernel in a forced tiling (8/4 let
+             model::nn::Linear pick it per shape)
              real shapes at 640², 4 layers: image side M = 9600, text side M = 300,
              K = 3072 (N = 3072, 12288, 18432) and the MLP out projection K = 12288, N = 3072
   block      time one or more full-size transformer blocks (random weights, no download) and
@@ -175,9 +178,11 @@ commands:
     /// One weight layout `gemm` measures: the model's own `Linear` (f32, or 8-/4-bit blocks
     /// through the WGSL kernel on wgpu), or Burn's own quantized tensors (`burn8`/`burn4`:
     /// `quantize_dynamic`, symmetric, one f32 scale per 32 values) in a plain `matmul`.
+    /// `q8t64` .. `q4t128`: the WGSL kernel in a forced tiling (`Linear` picks one per shape).
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum GemmWeights {
         Model(Precision),
+        Tiled(u32, Tile),
         Burn(u8),
     }
 
@@ -186,15 +191,19 @@ commands:
             match s {
                 "burn8" => Ok(Self::Burn(8)),
                 "burn4" => Ok(Self::Burn(4)),
+                "q8t64" => Ok(Self::Tiled(8, Tile::Square64)),
+                "q4t64" => Ok(Self::Tiled(4, Tile::Square64)),
+                "q8t128" => Ok(Self::Tiled(8, Tile::Wide128)),
+                "q4t128" => Ok(Self::Tiled(4, Tile::Wide128)),
                 other => precision_of_bits(other).map(Self::Model),
             }
         }
 
-        fn label(self) -> &'static str {
+        fn label(self) -> String {
             match self {
-                Self::Model(p) => name(p),
-                Self::Burn(8) => "burn8",
-                Self::Burn(_) => "burn4",
+                Self::Model(p) => name(p).into(),
+                Self::Tiled(bits, tile) => format!("q{bits}t{}", tile.size()),
+                Self::Burn(bits) => format!("burn{bits}"),
             }
         }
     }
@@ -329,6 +338,22 @@ commands:
                             };
                             time_runs(&device, iters, || linear.forward(x.clone()))
                         }
+                        GemmWeights::Tiled(bits, tile) => {
+                            let linear = Linear::from_blocks(
+                                QuantizedMatrix::quantize(&w, n, k, bits)?,
+                                None,
+                                &device,
+                            );
+                            let LinearWeight::Blocks(weight) = &linear.weight else {
+                                unreachable!("built with Linear::from_blocks")
+                            };
+                            if !qmatmul::supported(&x, weight) {
+                                return Err(Fail("the WGSL kernel needs a wgpu device".into(), 1));
+                            }
+                            time_runs(&device, iters, || {
+                                qmatmul::qmatmul_tiled(x.clone(), weight, Some(bias.clone()), tile)
+                            })
+                        }
                         GemmWeights::Burn(bits) => {
                             let w_q = burn_quantized(w_f32().transpose(), bits);
                             let b = bias.clone().unsqueeze::<2>();
@@ -439,12 +464,21 @@ commands:
         let mut run = |record: bool| -> Result<Duration, Fail> {
             let start = Instant::now();
             let (mut img, mut txt) = (inputs.img.clone(), inputs.txt.clone());
-            for b in blocks.iter().cycle().take(applications) {
+            for (i, b) in blocks.iter().cycle().take(applications).enumerate() {
                 (txt, img) = b.forward(img, txt, None, &inputs.temb, &inputs.rope);
                 if record {
                     flush(&device, img.clone())?;
                     if let Some(u) = device.memory_pool_usage() {
                         peak_in_use = peak_in_use.max(u.bytes_in_use);
+                    }
+                    // Progress, so that a run stopped early still tells the rate.
+                    if i < 3 || (i + 1) % 10 == 0 {
+                        println!(
+                            "  warm-up: {} block(s) in {:.2} s",
+                            i + 1,
+                            start.elapsed().as_secs_f64()
+                        );
+                        std::io::stdout().flush().ok();
                     }
                 }
             }

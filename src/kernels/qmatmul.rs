@@ -1,6 +1,8 @@
-//! The quantized linear layer on wgpu: `x · dequant(W)ᵀ (+ b)` in one WGSL kernel
-//! (`shaders/qmatmul.wgsl`) that dequantizes the blockwise 8-/4-bit codes of
-//! [`BlockWeight`] while staging them in workgroup memory and accumulates in f32.
+//! The quantized linear layer on wgpu: `x · dequant(W)ᵀ (+ b)` in one WGSL kernel that
+//! dequantizes the blockwise 8-/4-bit codes of [`BlockWeight`] while staging them in workgroup
+//! memory and accumulates in f32. Two tilings ([`Tile`]): `shaders/qmatmul.wgsl` (64×64 per
+//! workgroup, 4×4 per invocation) and `shaders/qmatmul_wide.wgsl` (128×128, 8×8); both fit
+//! WebGPU's default 16 KiB of workgroup memory. [`Tile::for_shape`] picks one per call.
 //!
 //! The twin is [`BlockWeight::dequantize`] followed by Burn's matmul (what `Linear::forward`
 //! does on the CPU); `tests/native/kernels.rs` and `tests/web_kernels.rs` hold the two equal.
@@ -11,11 +13,46 @@ use super::launch::{self, OutputSpec, WgslKernel};
 use crate::model::nn::BlockWeight;
 use crate::weights::BLOCK;
 
-/// The WGSL source.
+/// The WGSL source of the 64×64 tiling.
 pub const SOURCE: &str = include_str!("../../shaders/qmatmul.wgsl");
+/// The WGSL source of the 128×128 tiling.
+pub const SOURCE_WIDE: &str = include_str!("../../shaders/qmatmul_wide.wgsl");
 
-/// Rows and columns of `y` per workgroup (`TM`, `TN` in the shader).
-const TILE: usize = 64;
+/// The kernel's tiling of `y`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tile {
+    /// 64×64 per workgroup, 4×4 per invocation (`shaders/qmatmul.wgsl`): more workgroups,
+    /// for short sequences (the text side).
+    Square64,
+    /// 128×128 per workgroup, 8×8 per invocation (`shaders/qmatmul_wide.wgsl`): half the
+    /// workgroup-memory reads per FMA, for long sequences (the image side).
+    Wide128,
+}
+
+impl Tile {
+    /// Rows and columns of `y` per workgroup.
+    pub fn size(self) -> usize {
+        match self {
+            Tile::Square64 => 64,
+            Tile::Wide128 => 128,
+        }
+    }
+
+    /// The tiling for an `[M, K] · [K, N]` product: the wide one once it still gives at least
+    /// [`WIDE_MIN_WORKGROUPS`] workgroups, which keeps a large GPU busy.
+    pub fn for_shape(m: usize, n: usize) -> Tile {
+        let wide = m.div_ceil(128) * n.div_ceil(128);
+        if wide >= WIDE_MIN_WORKGROUPS {
+            Tile::Wide128
+        } else {
+            Tile::Square64
+        }
+    }
+}
+
+/// The fewest 128×128 workgroups for which [`Tile::for_shape`] picks the wide tiling: a few
+/// per multiprocessor of a large GPU (an H100 has 132).
+pub const WIDE_MIN_WORKGROUPS: usize = 512;
 
 /// Whether [`qmatmul`] can run `x · dequant(w)ᵀ`: `x` on a wgpu device, f32 activations and
 /// scales, 32-bit code words, 8 or 4 bits.
@@ -27,7 +64,8 @@ pub fn supported<const D: usize>(x: &Tensor<D>, w: &BlockWeight) -> bool {
         && matches!(w.bits, 8 | 4)
 }
 
-/// `x · dequant(w)ᵀ + bias` with the WGSL kernel (call only where [`supported`]).
+/// `x · dequant(w)ᵀ + bias` with the WGSL kernel in the tiling [`Tile::for_shape`] picks
+/// (call only where [`supported`]).
 ///
 /// - x: `[..., K]`, w: `[N, K]` (blockwise), bias: `[N]` → `[..., N]`
 ///
@@ -38,6 +76,25 @@ pub fn qmatmul<const D: usize>(
     x: Tensor<D>,
     w: &BlockWeight,
     bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let m: usize = dims[..D - 1].iter().product();
+    let n = w.scales.dims()[0];
+    qmatmul_tiled(x, w, bias, Tile::for_shape(m, n))
+}
+
+/// [`qmatmul`] in a given tiling.
+///
+/// - x: `[..., K]`, w: `[N, K]` (blockwise), bias: `[N]` → `[..., N]`
+///
+/// # Panics
+///
+/// When `K` differs from the weight's `d_in` or is not a multiple of 32.
+pub fn qmatmul_tiled<const D: usize>(
+    x: Tensor<D>,
+    w: &BlockWeight,
+    bias: Option<Tensor<1>>,
+    tile: Tile,
 ) -> Tensor<D> {
     let dims = x.dims();
     let k = dims[D - 1];
@@ -62,10 +119,15 @@ pub fn qmatmul<const D: usize>(
     // Binding 3 must be bound to a buffer of its own (no aliasing of writable bindings in
     // WebGPU); without a bias a one-element one stands in, never read.
     let bias = bias.unwrap_or_else(|| Tensor::<1>::zeros([1], &scales.device()));
-    let kernel = WgslKernel::new("qmatmul", SOURCE, "main", [16, 16, 1])
+    let (name, source) = match tile {
+        Tile::Square64 => ("qmatmul", SOURCE),
+        Tile::Wide128 => ("qmatmul_wide", SOURCE_WIDE),
+    };
+    let kernel = WgslKernel::new(name, source, "main", [16, 16, 1])
         .with_const("BITS", w.bits)
         .with_const("HAS_BIAS", has_bias as u32);
-    let grid = [n.div_ceil(TILE) as u32, m.div_ceil(TILE) as u32, 1];
+    let size = tile.size();
+    let grid = [n.div_ceil(size) as u32, m.div_ceil(size) as u32, 1];
     let mut out = launch::launch(
         kernel,
         vec![
@@ -111,32 +173,39 @@ pub struct TwinCase {
     pub bias: bool,
     /// Seed of x, W and the bias.
     pub seed: u64,
+    /// The tiling to force, or `None` to go through `Linear::forward` (which must pick the
+    /// kernel, in the tiling [`Tile::for_shape`] gives).
+    pub tile: Option<Tile>,
 }
 
 impl TwinCase {
-    /// The cases both test suites run: ragged M and N (not multiples of the 64×64 tile), one and
+    /// The cases both test suites run: ragged M and N (not multiples of either tile), one and
     /// two leading dims, K from one block to several tiles, both bit widths, with and without
-    /// bias.
+    /// bias, each tiling forced on some, and `Linear::forward`'s own pick on the rest (the last
+    /// case is long enough for it to pick the wide tiling).
     pub fn standard() -> Vec<TwinCase> {
-        let case = |lead: &[usize], k, n, bits, bias, seed| TwinCase {
+        let case = |lead: &[usize], k, n, bits, bias, seed, tile| TwinCase {
             lead: lead.to_vec(),
             k,
             n,
             bits,
             bias,
             seed,
+            tile,
         };
+        let (square, wide) = (Some(Tile::Square64), Some(Tile::Wide128));
         vec![
-            case(&[1], 32, 1, 8, false, 1),
-            case(&[1], 32, 1, 4, true, 2),
-            case(&[67], 96, 130, 8, true, 3),
-            case(&[67], 96, 130, 4, true, 4),
-            case(&[130], 256, 65, 8, false, 5),
-            case(&[130], 256, 65, 4, false, 6),
-            case(&[2, 37], 512, 200, 8, true, 7),
-            case(&[2, 37], 512, 200, 4, false, 8),
-            case(&[64], 64, 64, 8, false, 9),
-            case(&[300], 1024, 96, 4, true, 10),
+            case(&[1], 32, 1, 8, false, 1, None),
+            case(&[1], 32, 1, 4, true, 2, wide),
+            case(&[67], 96, 130, 8, true, 3, wide),
+            case(&[67], 96, 130, 4, true, 4, square),
+            case(&[130], 256, 65, 8, false, 5, square),
+            case(&[130], 256, 65, 4, false, 6, wide),
+            case(&[2, 37], 512, 200, 8, true, 7, wide),
+            case(&[2, 37], 512, 200, 4, false, 8, None),
+            case(&[64], 64, 64, 8, false, 9, None),
+            case(&[300], 1024, 96, 4, true, 10, None),
+            case(&[2, 1030], 32, 4100, 8, true, 11, None),
         ]
     }
 }
@@ -191,6 +260,7 @@ pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Re
         bits,
         bias,
         seed,
+        tile: _,
     } = case;
     let m: usize = lead.iter().product();
     let xs = seeded_values(seed, m * k);
@@ -235,7 +305,11 @@ pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Re
             "qmatmul is not supported on {gpu:?}"
         )));
     }
-    let kernel = read_f32(gpu_layer.forward(x.clone()), "qmatmul output", gpu).await?;
+    let out = match case.tile {
+        None => gpu_layer.forward(x.clone()),
+        Some(tile) => qmatmul_tiled(x.clone(), w, gpu_layer.bias.as_ref().map(|b| b.val()), tile),
+    };
+    let kernel = read_f32(out, "qmatmul output", gpu).await?;
     let twin_gpu = read_f32(
         twin(x, w, gpu_layer.bias.as_ref().map(|b| b.val())),
         "qmatmul twin output",
