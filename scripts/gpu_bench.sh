@@ -34,7 +34,7 @@ for s in "${steps[@]}"; do
     case $s in
     env) step env 20 bash -c 'nvidia-smi; nvidia-smi -q | grep -iE "driver version|product name|clocks|max clocks" | head -20; uname -a; ldconfig -p | grep -i vulkan; ls /usr/share/vulkan/icd.d /etc/vulkan/icd.d /usr/local/nvidia/share/vulkan/icd.d 2>&1; echo VK_DRIVER_FILES=${VK_DRIVER_FILES:-}' ;;
     reference) step reference 120 python3 "$here/bench_reference.py" --iters 3 ;;
-    gemm) step gemm 120 "$bin" gemm --device wgpu --bits 0,8,4,burn8,burn4 --iters 3 ;;
+    gemm) step gemm 120 "$bin" gemm --device wgpu --bits 0,8,4,q8t64,q8t128,q4t64,q4t128,burn8,burn4 --iters 3 ;;
     block) step block 150 "$bin" block --device wgpu --bits 4 --blocks 2 --apply 60 --iters 1 ;;
     attention) step attention 60 "$bin" attention --device wgpu --tokens 9900 --iters 3 ;;
     cosine) step cosine 60 "$bin" cosine --device wgpu ;;
