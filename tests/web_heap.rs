@@ -117,16 +117,14 @@ async fn a_large_checkpoint_reaches_the_gpu_through_a_small_heap() {
     }
     loader.finish().unwrap();
     // Everything is queued on the GPU; one small read proves the uploads went through.
-    let first = match &resident[0].weight {
-        qwen_layered_web::model::nn::LinearWeight::Blocks(b) => b.scales.val(),
-        _ => panic!("8-bit blocks expected"),
-    };
-    let scales = qwen_layered_web::gpu::read_f32(first.slice([0..1, 0..4]), "scales", &gpu)
+    assert_eq!(resident[0].weight.bits(), Some(8), "8-bit weights expected");
+    let first = resident[0].weight.dequantize().slice([0..1, 0..32]);
+    let values = qwen_layered_web::gpu::read_f32(first, "first weight row", &gpu)
         .await
         .unwrap();
     assert!(
-        scales.iter().all(|s| s.is_finite() && *s > 0.0),
-        "{scales:?}"
+        values.iter().all(|v| v.is_finite()) && values.iter().any(|v| *v != 0.0),
+        "{values:?}"
     );
     let load_ms = now_ms() - t1;
     let after_load = heap_bytes();

@@ -28,7 +28,7 @@ mod native {
     use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, seeded_values};
     use qwen_layered_web::kernels::qmatmul::{self, Tile};
-    use qwen_layered_web::model::nn::{Linear, LinearWeight};
+    use qwen_layered_web::model::nn::{BlockWeight, Linear};
     use qwen_layered_web::weights::{
         DEFAULT_READ_CHUNK, DirSource, Precision, QuantizedMatrix, SafetensorsFolder, TensorLoader,
         WeightSource,
@@ -339,14 +339,11 @@ commands:
                             time_runs(&device, iters, || linear.forward(x.clone()))
                         }
                         GemmWeights::Tiled(bits, tile) => {
-                            let linear = Linear::from_blocks(
+                            let blocks = BlockWeight::new(
                                 QuantizedMatrix::quantize(&w, n, k, bits)?,
-                                None,
                                 &device,
                             );
-                            let LinearWeight::Blocks(weight) = &linear.weight else {
-                                unreachable!("built with Linear::from_blocks")
-                            };
+                            let weight = &blocks;
                             if !qmatmul::supported(&x, weight) {
                                 return Err(Fail("the WGSL kernel needs a wgpu device".into(), 1));
                             }

@@ -173,16 +173,17 @@ pub struct TwinCase {
     pub bias: bool,
     /// Seed of x, W and the bias.
     pub seed: u64,
-    /// The tiling to force, or `None` to go through `Linear::forward` (which must pick the
-    /// kernel, in the tiling [`Tile::for_shape`] gives).
+    /// The WGSL kernel in this tiling, or `None` for `Linear::forward` of a layer made by
+    /// `Linear::from_blocks` (on wgpu: Burn's quantized matmul on the same values, the form
+    /// the models run; held to the same twins and tolerance).
     pub tile: Option<Tile>,
 }
 
 impl TwinCase {
     /// The cases both test suites run: ragged M and N (not multiples of either tile), one and
     /// two leading dims, K from one block to several tiles, both bit widths, with and without
-    /// bias, each tiling forced on some, and `Linear::forward`'s own pick on the rest (the last
-    /// case is long enough for it to pick the wide tiling).
+    /// bias; each WGSL tiling on some, `Linear::forward` (Burn's quantized matmul on wgpu) on
+    /// the rest.
     pub fn standard() -> Vec<TwinCase> {
         let case = |lead: &[usize], k, n, bits, bias, seed, tile| TwinCase {
             lead: lead.to_vec(),
@@ -205,7 +206,7 @@ impl TwinCase {
             case(&[2, 37], 512, 200, 4, false, 8, None),
             case(&[64], 64, 64, 8, false, 9, None),
             case(&[300], 1024, 96, 4, true, 10, None),
-            case(&[2, 1030], 32, 4100, 8, true, 11, None),
+            case(&[2, 1030], 32, 4100, 8, true, 11, wide),
         ]
     }
 }
@@ -243,9 +244,9 @@ impl TwinCheck {
     }
 }
 
-/// Runs `case` through the kernel on `gpu` (via `Linear::forward`, which must pick the kernel),
-/// the twin on `gpu` and on the CPU, and an f64 host reference; reads back asynchronously
-/// (works in the browser).
+/// Runs `case` through the kernel on `gpu` (the WGSL kernel in the case's tiling, or
+/// `Linear::forward`), the twin on `gpu` and on the CPU, and an f64 host reference; reads back
+/// asynchronously (works in the browser).
 pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Result<TwinCheck> {
     use crate::gpu::{read_f32, seeded_values};
     use crate::model::nn::Linear;
@@ -297,9 +298,8 @@ pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Re
     };
 
     let (gpu_layer, x) = layer(gpu);
-    let crate::model::nn::LinearWeight::Blocks(w) = &gpu_layer.weight else {
-        unreachable!("built with Linear::from_blocks")
-    };
+    let blocks = crate::model::nn::BlockWeight::new(q.clone(), gpu);
+    let w = &blocks;
     if !supported(&x, w) {
         return Err(crate::Error::Gpu(format!(
             "qmatmul is not supported on {gpu:?}"

@@ -25,8 +25,13 @@ pub struct Linear {
 pub enum LinearWeight {
     /// `[d_in, d_out]` (Burn's layout: the transposed checkpoint matrix).
     F32(Param<Tensor<2>>),
-    /// Blockwise-quantized `[d_out, d_in]` (the checkpoint's layout).
+    /// Blockwise-quantized `[d_out, d_in]` (the checkpoint's layout) as packed codes and scales:
+    /// the CPU's form (dequantized with plain Burn ops, [`BlockWeight::dequantize`]) and the
+    /// input of the WGSL kernel [`crate::kernels::qmatmul`].
     Blocks(BlockWeight),
+    /// The same values as Burn's own quantized tensor, run by Burn's quantized matmul: the form
+    /// on wgpu devices, where it measured 8× faster than the WGSL kernel (BENCHMARKS.md).
+    Quantized(QuantWeight),
     /// The weight split by output rows into parts that each fit one GPU buffer (the memory
     /// plan's `SplitRows`, made by [`TensorLoader::linear`] when a loader has a
     /// [`LinearLoad::max_part_bytes`](crate::weights::LinearLoad) limit): part `p` holds
@@ -47,6 +52,69 @@ pub struct BlockWeight {
     /// 8 or 4.
     #[module(skip)]
     pub bits: u32,
+}
+
+/// A blockwise-quantized `[d_out, d_in]` matrix as one Burn quantized tensor
+/// (`DType::QFloat`): symmetric 8-/4-bit values, one f32 scale per 32 consecutive values along
+/// `d_in`, the values packed into `u32` words along `d_in`, first value in the lowest bits, each
+/// in two's complement. The values are [`QuantizedMatrix`]'s exactly: its offset codes
+/// (`code − 2^(bits−1)`) are the same numbers, re-encoded by flipping each code's top bit.
+#[derive(Module, Debug)]
+pub struct QuantWeight {
+    /// `[d_out, d_in]`, quantized.
+    pub q: Param<Tensor<2>>,
+    /// 8 or 4.
+    #[module(skip)]
+    pub bits: u32,
+}
+
+impl QuantWeight {
+    /// Burn's scheme for [`QuantizedMatrix`]'s layout.
+    pub fn scheme(bits: u32) -> burn::tensor::quantization::QuantScheme {
+        use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
+        let value = if bits == 8 {
+            QuantValue::Q8S
+        } else {
+            QuantValue::Q4S
+        };
+        QuantScheme::default()
+            .with_value(value)
+            .with_store(QuantStore::PackedU32(0))
+            .per_block([BLOCK as u8], ScaleDtype::F32)
+    }
+
+    /// Uploads a host matrix: the code words (re-encoded in place), then the scales as f32, in
+    /// one byte buffer, the layout Burn reads a quantized tensor from.
+    pub fn new(m: QuantizedMatrix, device: &Device) -> Self {
+        let (rows, cols, bits) = (m.rows, m.cols, m.bits);
+        // Offset code c → two's complement of c − 2^(bits−1): flip the top bit of every code.
+        let sign_bits = match bits {
+            8 => 0x8080_8080u32,
+            _ => 0x8888_8888u32,
+        };
+        let mut bytes = Vec::with_capacity(m.words.len() * 4 + m.scales.len() * 4);
+        for w in &m.words {
+            bytes.extend_from_slice(&(w ^ sign_bits).to_le_bytes());
+        }
+        drop(m.words);
+        for s in &m.scales {
+            bytes.extend_from_slice(&s.to_f32().to_le_bytes());
+        }
+        let data = TensorData::from_bytes_vec(
+            bytes,
+            [rows, cols],
+            burn::tensor::DType::QFloat(Self::scheme(bits)),
+        );
+        Self {
+            q: Param::from_tensor(Tensor::from_data(data, device)),
+            bits,
+        }
+    }
+
+    /// The f32 values, `[d_out, d_in]`.
+    pub fn dequantize(&self) -> Tensor<2> {
+        self.q.val().dequantize()
+    }
 }
 
 impl BlockWeight {
@@ -103,15 +171,26 @@ impl Linear {
         }
     }
 
-    /// A quantized layer (taking the host matrix: its words are uploaded from the same
-    /// allocation).
+    /// A quantized layer in the form its device runs fastest: on wgpu Burn's own quantized
+    /// tensor ([`LinearWeight::Quantized`]), elsewhere packed blocks ([`LinearWeight::Blocks`]).
     pub fn from_blocks(
         weight: QuantizedMatrix,
         bias: Option<Param<Tensor<1>>>,
         device: &Device,
     ) -> Self {
+        let weight = if crate::kernels::launch::is_wgpu(device) {
+            LinearWeight::Quantized(QuantWeight::new(weight, device))
+        } else {
+            LinearWeight::Blocks(BlockWeight::new(weight, device))
+        };
+        Self { weight, bias }
+    }
+
+    /// A quantized layer as packed blocks on any device (on wgpu it runs the WGSL kernel; the
+    /// kernel tests and benchmarks use it).
+    pub fn from_block_weight(weight: BlockWeight, bias: Option<Param<Tensor<1>>>) -> Self {
         Self {
-            weight: LinearWeight::Blocks(BlockWeight::new(weight, device)),
+            weight: LinearWeight::Blocks(weight),
             bias,
         }
     }
@@ -121,9 +200,10 @@ impl Linear {
         self.weight.dims()
     }
 
-    /// `x · Wᵀ + b`. A quantized weight on a wgpu device goes through the WGSL kernel
-    /// [`crate::kernels::qmatmul`] (dequantized tile by tile inside it); elsewhere (the CPU) it is
-    /// dequantized to f32 with plain Burn ops first, the kernel's twin. A weight split by rows
+    /// `x · Wᵀ + b`. A quantized weight on a wgpu device is Burn's quantized tensor, run by Burn's
+    /// quantized matmul ([`LinearWeight::Quantized`]); packed blocks on a wgpu device go through
+    /// the WGSL kernel [`crate::kernels::qmatmul`]; elsewhere (the CPU) they are dequantized to
+    /// f32 with plain Burn ops first, the kernel's twin. A weight split by rows
     /// runs part by part and concatenates the outputs (then adds the bias).
     ///
     /// - x: `[..., d_in]` → `[..., d_out]`
@@ -145,6 +225,10 @@ impl LinearWeight {
                 let [_, w] = b.words.dims();
                 (w * 32 / b.bits as usize, d_out)
             }
+            LinearWeight::Quantized(q) => {
+                let [d_out, d_in] = q.q.dims();
+                (d_in, d_out)
+            }
             LinearWeight::Rows(parts) => {
                 let d_in = parts.first().map_or(0, |p| p.dims().0);
                 (d_in, parts.iter().map(|p| p.dims().1).sum())
@@ -162,6 +246,9 @@ impl LinearWeight {
                 crate::kernels::qmatmul::qmatmul(x, b, bias)
             }
             LinearWeight::Blocks(b) => crate::kernels::qmatmul::twin(x, b, bias),
+            LinearWeight::Quantized(q) => {
+                burn::tensor::module::linear(x, q.q.val().transpose(), bias)
+            }
             LinearWeight::Rows(parts) => {
                 let outputs = parts.iter().map(|p| p.apply(x.clone(), None)).collect();
                 let y = Tensor::cat(outputs, D - 1);
@@ -170,6 +257,29 @@ impl LinearWeight {
                     None => y,
                 }
             }
+        }
+    }
+
+    /// The f32 values, `[d_out, d_in]` (parts of a split weight concatenated): for tests and
+    /// checks, never on a forward path.
+    pub fn dequantize(&self) -> Tensor<2> {
+        match self {
+            LinearWeight::F32(w) => w.val().transpose(),
+            LinearWeight::Blocks(b) => b.dequantize(),
+            LinearWeight::Quantized(q) => q.dequantize(),
+            LinearWeight::Rows(parts) => {
+                Tensor::cat(parts.iter().map(|p| p.dequantize()).collect(), 0)
+            }
+        }
+    }
+
+    /// 8 or 4 for a quantized weight (of its first part when split), `None` for f32.
+    pub fn bits(&self) -> Option<u32> {
+        match self {
+            LinearWeight::F32(_) => None,
+            LinearWeight::Blocks(b) => Some(b.bits),
+            LinearWeight::Quantized(q) => Some(q.bits),
+            LinearWeight::Rows(parts) => parts.first().and_then(|p| p.bits()),
         }
     }
 

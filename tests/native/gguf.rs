@@ -326,6 +326,7 @@ fn linear_weights(model: &QwenImageTransformer2DModel) -> Vec<(bool, Vec<f32>)> 
     .map(|l| match &l.weight {
         LinearWeight::F32(w) => (false, read(w.val().transpose())),
         LinearWeight::Blocks(bw) => (true, read(bw.dequantize())),
+        LinearWeight::Quantized(q) => (true, read(q.dequantize())),
         LinearWeight::Rows(_) => panic!("loaded without a buffer limit, yet split"),
     })
     .collect()

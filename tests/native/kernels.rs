@@ -12,7 +12,7 @@ use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use qwen_layered_web::gpu::seeded_values;
 use qwen_layered_web::kernels::qmatmul::{TwinCase, twin, twin_check};
-use qwen_layered_web::model::nn::{Linear, LinearWeight};
+use qwen_layered_web::model::nn::{BlockWeight, Linear};
 use qwen_layered_web::weights::QuantizedMatrix;
 
 use common::gpu;
@@ -49,10 +49,7 @@ fn twin_check_detects_a_corrupted_weight() {
     bad.words[3] ^= 0x0000_ff00;
     let x = Tensor::<2>::from_data(TensorData::new(seeded_values(12, m * k), [m, k]), &device);
     let good = Linear::from_blocks(q.clone(), None, &device).forward(x.clone());
-    let LinearWeight::Blocks(w) = &Linear::from_blocks(bad, None, &device).weight else {
-        unreachable!()
-    };
-    let twin_bad = twin(x, w, None);
+    let twin_bad = twin(x, &BlockWeight::new(bad, &device), None);
     let diff: f32 = (good - twin_bad).abs().max().into_scalar();
     assert!(diff > 1e-3, "a changed code word changed nothing ({diff})");
 }
@@ -73,9 +70,8 @@ fn qmatmul_timing_on_wgpu() {
             &device,
         ));
         let layer = Linear::from_blocks(q.clone(), Some(bias), &device);
-        let LinearWeight::Blocks(w) = &layer.weight else {
-            unreachable!()
-        };
+        let blocks = BlockWeight::new(q.clone(), &device);
+        let w = &blocks;
         let time = |f: &dyn Fn(Tensor<2>) -> Tensor<2>| {
             let _ = f(x.clone()).into_data(); // warm-up: compile, autotune
             let reps = 3;
@@ -89,7 +85,7 @@ fn qmatmul_timing_on_wgpu() {
         let twin_t = time(&|x| twin(x, w, layer.bias.as_ref().map(|b| b.val())));
         let gflop = 2.0 * (m * k * n) as f64 / 1e9;
         eprintln!(
-            "qmatmul {bits}-bit M={m} K={k} N={n}: kernel {:.0} ms ({:.2} GFLOP/s), \
+            "qmatmul {bits}-bit M={m} K={k} N={n}: Linear::forward (Burn quantized matmul) {:.0} ms ({:.2} GFLOP/s), \
              twin (dequantize + Burn matmul) {:.0} ms ({:.2} GFLOP/s), incl. readback",
             kernel * 1e3,
             gflop / kernel,

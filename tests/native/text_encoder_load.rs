@@ -127,6 +127,7 @@ fn quantized_text_encoders_stay_within_the_measured_error() {
             ] {
                 match &linear.weight {
                     LinearWeight::Blocks(b) => assert_eq!(b.bits, bits),
+                    LinearWeight::Quantized(q) => assert_eq!(q.bits, bits),
                     LinearWeight::F32(_) => panic!("{precision:?}: a linear stayed f32"),
                     LinearWeight::Rows(_) => panic!("{precision:?}: split without a limit"),
                 }

@@ -299,10 +299,7 @@ fn quantized_linear_matches_flex_on_wgpu() {
             ));
             let linear = Linear::from_blocks(m.clone(), Some(bias), device);
             let input = Tensor::<2>::from_data(TensorData::new(x.clone(), [3, d_in]), device);
-            let weight = match &linear.weight {
-                qwen_layered_web::model::nn::LinearWeight::Blocks(b) => b.dequantize(),
-                _ => unreachable!("built from blocks"),
-            };
+            let weight = linear.weight.dequantize();
             (common::read(weight), common::read(linear.forward(input)))
         };
         let (w_cpu, y_cpu) = run(&cpu);

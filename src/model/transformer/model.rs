@@ -92,7 +92,7 @@ pub struct ForwardTrace {
 /// | `….attn.to_out.0` | `attn.to_out` | `nn.ModuleList([Linear, Dropout])` |
 /// | `….img_mlp.net.0.proj` / `txt_mlp.net.0.proj` | `img_mlp.proj_in` / `txt_mlp.proj_in` | `FeedForward`'s GELU wrapper |
 /// | `….img_mlp.net.2` / `txt_mlp.net.2` | `img_mlp.proj_out` / `txt_mlp.proj_out` | `nn.ModuleList` index |
-/// | `*.weight` of a Linear `[out, in]` | `Linear::weight`: `LinearWeight::F32` `[in, out]` (a transposed view) or `LinearWeight::Blocks` `[out, in]` | by the loader's `Precision` |
+/// | `*.weight` of a Linear `[out, in]` | `Linear::weight`: `LinearWeight::F32` `[in, out]` (a transposed view), or `LinearWeight::Blocks` (CPU) / `LinearWeight::Quantized` (wgpu) `[out, in]` | by the loader's `Precision` |
 ///
 /// LayerNorms have no parameters; `pos_embed` has no checkpoint tensors (computed tables).
 #[derive(Module, Debug)]
