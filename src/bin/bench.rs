@@ -457,8 +457,8 @@ commands:
         );
         println!("memory after load: {}", memory_line(&device));
 
-        let mut peak_in_use = 0u64;
-        let mut run = |record: bool| -> Result<Duration, Fail> {
+        let peak_in_use = std::cell::Cell::new(0u64);
+        let run = |record: bool| -> Result<Duration, Fail> {
             let start = Instant::now();
             let (mut img, mut txt) = (inputs.img.clone(), inputs.txt.clone());
             for (i, b) in blocks.iter().cycle().take(applications).enumerate() {
@@ -466,7 +466,7 @@ commands:
                 if record {
                     flush(&device, img.clone())?;
                     if let Some(u) = device.memory_pool_usage() {
-                        peak_in_use = peak_in_use.max(u.bytes_in_use);
+                        peak_in_use.set(peak_in_use.get().max(u.bytes_in_use));
                     }
                     // Progress, so that a run stopped early still tells the rate.
                     if i < 3 || (i + 1) % 10 == 0 {
@@ -485,6 +485,18 @@ commands:
         };
         let warm = run(true)?;
         println!("warm-up: {:.2} s", warm.as_secs_f64());
+        // Printed now too, so that a run stopped during the timed iterations still reports it.
+        println!(
+            "peak device memory during the warm-up: {}",
+            if device.memory_pool_usage().is_some() {
+                format!(
+                    "{:.2} GiB in use (largest seen after a block)",
+                    gib(peak_in_use.get())
+                )
+            } else {
+                "not reported by this backend".into()
+            }
+        );
         let times = (0..iters)
             .map(|_| run(false))
             .collect::<Result<Vec<_>, _>>()?;
@@ -520,7 +532,7 @@ commands:
             Some(u) => println!(
                 "peak device memory: {:.2} GiB in use (largest seen after a block), {:.2} GiB \
                  reserved by the pool after the run",
-                gib(peak_in_use.max(u.bytes_in_use)),
+                gib(peak_in_use.get().max(u.bytes_in_use)),
                 gib(u.bytes_reserved)
             ),
             None => println!("peak device memory: not reported by this backend"),
