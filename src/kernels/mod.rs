@@ -3,7 +3,9 @@
 //!
 //! - [`launch`]: the plumbing from Burn tensors to a precompiled WGSL launch and back.
 //! - [`attention`]: flash-style attention (online softmax) for the transformer.
-//! - [`qmatmul`]: the blockwise 8-/4-bit quantized linear layer (`shaders/qmatmul.wgsl`).
+//! - [`qmatmul`]: the blockwise 8-/4-bit quantized linear layer (`shaders/qmatmul.wgsl`,
+//!   `shaders/qmatmul_wide.wgsl`). `Linear` on wgpu runs Burn's quantized matmul instead (it
+//!   measured faster, BENCHMARKS.md); this kernel stays, twin-tested, for comparison.
 
 pub mod attention;
 pub mod launch;

@@ -30,7 +30,7 @@ pub enum LinearWeight {
     /// input of the WGSL kernel [`crate::kernels::qmatmul`].
     Blocks(BlockWeight),
     /// The same values as Burn's own quantized tensor, run by Burn's quantized matmul: the form
-    /// on wgpu devices, where it measured 8× faster than the WGSL kernel (BENCHMARKS.md).
+    /// on wgpu devices, where it measured 8–9× faster than the WGSL kernel (BENCHMARKS.md).
     Quantized(QuantWeight),
     /// The weight split by output rows into parts that each fit one GPU buffer (the memory
     /// plan's `SplitRows`, made by [`TensorLoader::linear`] when a loader has a
@@ -83,8 +83,9 @@ impl QuantWeight {
             .per_block([BLOCK as u8], ScaleDtype::F32)
     }
 
-    /// Uploads a host matrix: the code words (re-encoded in place), then the scales as f32, in
-    /// one byte buffer, the layout Burn reads a quantized tensor from.
+    /// Uploads a host matrix: its code words, re-encoded while they are copied, then its scales
+    /// as f32, in one byte buffer (Burn's layout for a quantized tensor's data). The host words
+    /// are freed before the scales are appended.
     pub fn new(m: QuantizedMatrix, device: &Device) -> Self {
         let (rows, cols, bits) = (m.rows, m.cols, m.bits);
         // Offset code c → two's complement of c − 2^(bits−1): flip the top bit of every code.
@@ -94,11 +95,11 @@ impl QuantWeight {
         };
         let mut bytes = Vec::with_capacity(m.words.len() * 4 + m.scales.len() * 4);
         for w in &m.words {
-            bytes.extend_from_slice(&(w ^ sign_bits).to_le_bytes());
+            bytes.extend_from_slice(&(w ^ sign_bits).to_ne_bytes());
         }
         drop(m.words);
         for s in &m.scales {
-            bytes.extend_from_slice(&s.to_f32().to_le_bytes());
+            bytes.extend_from_slice(&s.to_f32().to_ne_bytes());
         }
         let data = TensorData::from_bytes_vec(
             bytes,
