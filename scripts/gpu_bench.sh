@@ -39,8 +39,9 @@ for s in "${steps[@]}"; do
     attention) step attention 60 "$bin" attention --device wgpu --tokens 9900 --iters 3 ;;
     cosine) step cosine 60 "$bin" cosine --device wgpu ;;
     load)
-        f=${TMPDIR:-/tmp}/qwen-layered-bench-2blocks.safetensors
-        step load 90 bash -c "'$bin' make-file '$f' --blocks 2 && '$bin' load '$f' --precision f32 && '$bin' load '$f' --precision q4; rc=\$?; rm -f '$f'; exit \$rc"
+        d=$(mktemp -d)
+        f=$d/qwen-layered-bench-2blocks.safetensors
+        step load 90 bash -c "'$bin' make-file '$f' --blocks 2 && '$bin' load '$f' --precision f32 && '$bin' load '$f' --precision q4; rc=\$?; rm -rf '$d'; exit \$rc"
         ;;
     *) echo "unknown step $s (env, reference, gemm, block, attention, cosine, load)" >&2 ;;
     esac
