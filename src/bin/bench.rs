@@ -28,7 +28,7 @@ mod native {
     use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, seeded_values};
     use qwen_layered_web::kernels::qmatmul::{self, Tile};
-    use qwen_layered_web::model::nn::{BlockWeight, Linear};
+    use qwen_layered_web::model::nn::{BlockWeight, Linear, QuantWeight};
     use qwen_layered_web::weights::{
         DEFAULT_READ_CHUNK, DirSource, Precision, QuantizedMatrix, SafetensorsFolder, TensorLoader,
         WeightSource,
@@ -42,9 +42,9 @@ commands:
              [--device cpu|wgpu (cpu)] [--shapes MxKxN,... (the real ones, below)]
              [--m M (override every M)] [--bits 0,8,4 (these three)] [--iters N (3)]
              --bits also takes burn8,burn4: Burn's own quantized tensors (quantize_dynamic,
-             blocks of 32, f32 scales) in a plain matmul, for comparison with the WGSL kernel;
-             and q8t64,q4t64,q8t128,q4t128: the WGSL kernel in a forced tiling (8/4 let
-             model::nn::Linear pick it per shape)
+             blocks of 32 along N, f32 scales) in a plain matmul; and q8t64,q4t64,q8t128,
+             q4t128: our WGSL kernel in a forced tiling (8 and 4 are model::nn::Linear, which
+             on wgpu runs Burn's quantized matmul on our blocks, along K)
              real shapes at 640², 4 layers: image side M = 9600, text side M = 300,
              K = 3072 (N = 3072, 12288, 18432) and the MLP out projection K = 12288, N = 3072
   block      time one or more full-size transformer blocks (random weights, no download) and
@@ -175,10 +175,10 @@ commands:
 
     const REAL_SHAPES: &str = "9600x3072x3072,9600x3072x12288,9600x3072x18432,9600x12288x3072,300x3072x3072,300x3072x12288";
 
-    /// One weight layout `gemm` measures: the model's own `Linear` (f32, or 8-/4-bit blocks
-    /// through the WGSL kernel on wgpu), or Burn's own quantized tensors (`burn8`/`burn4`:
-    /// `quantize_dynamic`, symmetric, one f32 scale per 32 values) in a plain `matmul`.
-    /// `q8t64` .. `q4t128`: the WGSL kernel in a forced tiling (`Linear` picks one per shape).
+    /// One weight layout `gemm` measures: the model's own `Linear` (f32, or 8-/4-bit blocks,
+    /// on wgpu through Burn's quantized matmul), our WGSL kernel in a forced tiling
+    /// (`q8t64` .. `q4t128`), or Burn's own quantization of the matrix (`burn8`/`burn4`:
+    /// `quantize_dynamic`, blocks of 32 along N) in a plain `matmul`.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum GemmWeights {
         Model(Precision),
@@ -208,19 +208,10 @@ commands:
         }
     }
 
-    /// Burn's block quantization of `w_t` (`[K, N]`): symmetric, blocks of 32 along N, f32 scales.
+    /// Burn's block quantization of `w_t` (`[K, N]`), in the scheme of our blocks
+    /// (`QuantWeight::scheme`) but computed by Burn, so its blocks run along N.
     fn burn_quantized(w_t: Tensor<2>, bits: u8) -> Tensor<2> {
-        use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
-        let value = if bits == 8 {
-            QuantValue::Q8S
-        } else {
-            QuantValue::Q4S
-        };
-        let scheme = QuantScheme::default()
-            .with_value(value)
-            .with_store(QuantStore::PackedU32(0))
-            .per_block([32], ScaleDtype::F32);
-        w_t.quantize_dynamic(&scheme)
+        w_t.quantize_dynamic(&QuantWeight::scheme(bits as u32))
     }
 
     /// Runs `f`, turning a panic (an unsupported kernel, a buffer over the device's limit) into
