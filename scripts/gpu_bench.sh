@@ -9,6 +9,7 @@
 # attention, cosine, load (weight-loading throughput on this machine's disk and cores).
 # `reference` needs python3 with torch (CUDA) and diffusers==0.42.1.
 # Each step writes OUT_DIR/STEP.log; OUT_DIR/summary.log has every step's exit code and time.
+# Exits 1 when any step failed or ran out of time (after running the others).
 set -u
 bin=${1:?usage: scripts/gpu_bench.sh BENCH_BINARY OUT_DIR [STEP ...]}
 out=${2:?usage: scripts/gpu_bench.sh BENCH_BINARY OUT_DIR [STEP ...]}
@@ -17,6 +18,7 @@ steps=("$@")
 [ ${#steps[@]} -gt 0 ] || steps=(env reference gemm block attention cosine load)
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
+failed=0
 
 # step NAME LIMIT_S COMMAND...: runs COMMAND with a time limit, its output in OUT_DIR/NAME.log.
 step() {
@@ -26,6 +28,7 @@ step() {
     start=$(date +%s)
     timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
     rc=$?
+    [ $rc -eq 0 ] || failed=$((failed + 1))
     echo "   $name: exit $rc after $(($(date +%s) - start)) s" | tee -a "$out/summary.log"
     grep -v 'XDG_RUNTIME_DIR' "$out/$name.log" | tail -n 40
 }
@@ -43,6 +46,13 @@ for s in "${steps[@]}"; do
         f=$d/qwen-layered-bench-2blocks.safetensors
         step load 90 bash -c "'$bin' make-file '$f' --blocks 2 && '$bin' load '$f' --precision f32 && '$bin' load '$f' --precision q4; rc=\$?; rm -rf '$d'; exit \$rc"
         ;;
-    *) echo "unknown step $s (env, reference, gemm, block, attention, cosine, load)" >&2 ;;
+    *)
+        echo "unknown step $s (env, reference, gemm, block, attention, cosine, load)" >&2
+        failed=$((failed + 1))
+        ;;
     esac
 done
+if [ $failed -gt 0 ]; then
+    echo "$failed step(s) failed; see $out/summary.log" >&2
+    exit 1
+fi
