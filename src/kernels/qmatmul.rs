@@ -217,8 +217,6 @@ impl TwinCase {
 pub struct TwinCheck {
     /// The case.
     pub case: TwinCase,
-    /// Kernel vs the twin on the same (wgpu) device.
-    pub vs_twin_gpu: f32,
     /// Kernel vs the twin on the CPU (Flex).
     pub vs_twin_cpu: f32,
     /// Kernel vs the f64 reference on the host.
@@ -232,10 +230,7 @@ pub struct TwinCheck {
 impl TwinCheck {
     /// An error message when any kernel error exceeds `tol`.
     pub fn within(&self, tol: f32) -> std::result::Result<(), String> {
-        let worst = self
-            .vs_twin_gpu
-            .max(self.vs_twin_cpu)
-            .max(self.kernel_vs_f64);
+        let worst = self.vs_twin_cpu.max(self.kernel_vs_f64);
         if worst <= tol {
             Ok(())
         } else {
@@ -245,8 +240,10 @@ impl TwinCheck {
 }
 
 /// Runs `case` through the kernel on `gpu` (the WGSL kernel in the case's tiling, or
-/// `Linear::forward`), the twin on `gpu` and on the CPU, and an f64 host reference; reads back
-/// asynchronously (works in the browser).
+/// `Linear::forward`), the twin on the CPU, and an f64 host reference; reads back
+/// asynchronously (works in the browser). The twin is not also run on `gpu`: that is Burn's f32
+/// matmul, which `gpu_native` holds to the CPU backend, and on a software driver each new shape
+/// costs several kernel compilations (seconds each on lavapipe) for no extra coverage.
 pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Result<TwinCheck> {
     use crate::gpu::{read_f32, seeded_values};
     use crate::model::nn::Linear;
@@ -310,12 +307,6 @@ pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Re
         Some(tile) => qmatmul_tiled(x.clone(), w, gpu_layer.bias.as_ref().map(|b| b.val()), tile),
     };
     let kernel = read_f32(out, "qmatmul output", gpu).await?;
-    let twin_gpu = read_f32(
-        twin(x, w, gpu_layer.bias.as_ref().map(|b| b.val())),
-        "qmatmul twin output",
-        gpu,
-    )
-    .await?;
     let cpu = burn::tensor::Device::flex();
     let (cpu_layer, x) = layer(&cpu);
     let twin_cpu = read_f32(cpu_layer.forward(x), "qmatmul twin output", &cpu).await?;
@@ -348,7 +339,6 @@ pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Re
         )));
     }
     Ok(TwinCheck {
-        vs_twin_gpu: rel(&kernel, &twin_gpu),
         vs_twin_cpu: rel(&kernel, &twin_cpu),
         kernel_vs_f64: rel64(&kernel),
         twin_cpu_vs_f64: rel64(&twin_cpu),

@@ -96,20 +96,30 @@ function picture(width, height) {
 async function watching(page, selectors, action) {
   await page.evaluate((sels) => {
     const seen = Object.fromEntries(sels.map((s) => [s, []]));
+    const times = Object.fromEntries(sels.map((s) => [s, []]));
+    const t0 = performance.now();
     const record = () => {
       for (const s of sels) {
         const t = document.querySelector(s)?.textContent ?? null;
-        if (t !== null && seen[s].at(-1) !== t) seen[s].push(t);
+        if (t !== null && seen[s].at(-1) !== t) {
+          seen[s].push(t);
+          times[s].push(((performance.now() - t0) / 1000).toFixed(1));
+        }
       }
     };
     const observer = new MutationObserver(record);
     observer.observe(document.body, { subtree: true, childList: true, characterData: true, attributes: true });
-    window.__watch = { seen, observer };
+    window.__watch = { seen, times, observer };
   }, selectors);
   await action();
   return page.evaluate(() => {
     window.__watch.observer.disconnect();
-    return window.__watch.seen;
+    return { seen: window.__watch.seen, times: window.__watch.times };
+  }).then(({ seen, times }) => {
+    for (const [s, list] of Object.entries(seen)) {
+      console.log(`${s} timeline: ${list.map((t, i) => `${times[s][i]} s ${t}`).join(" | ")}`);
+    }
+    return seen;
   });
 }
 
