@@ -317,11 +317,17 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
             );
             plan
         };
-    let dims = Dimensions::for_image_any_bucket(64, 40, 24).unwrap();
-    for (what, size) in [
-        ("load", (64, 64)),
-        ("run", (dims.width as usize, dims.height as usize)),
-    ] {
+    // The plan at Load (the bucket's square) and for the run (the test picture's 40×24 at that
+    // bucket).
+    let sizes = |bucket: u32| {
+        let dims = Dimensions::for_image_any_bucket(bucket, 40, 24).unwrap();
+        let side = bucket as usize;
+        [
+            ("load", (side, side)),
+            ("run", (dims.width as usize, dims.height as usize)),
+        ]
+    };
+    for (what, size) in sizes(64) {
         let streamed = plan(E2E_STREAMED, 64, size, Precision::F32);
         assert_eq!(
             streamed.transformer,
@@ -346,15 +352,11 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
         );
     }
     // The run's picture spans more than one tile.
-    assert_eq!((dims.width, dims.height), (96, 64));
+    assert_eq!(sizes(64)[1].1, (96, 64));
     // The GGUF source's 8-bit transformer, at the 32 bucket (a 32×32 picture decoded whole, one
     // layer at a time, not in the 12 tiles above: the tiled VAE is most of a run's time on
     // SwiftShader): a ring of 1 with its own budget, resident with the reference run's.
-    let dims = Dimensions::for_image_any_bucket(32, 40, 24).unwrap();
-    for (what, size) in [
-        ("load", (32, 32)),
-        ("run", (dims.width as usize, dims.height as usize)),
-    ] {
+    for (what, size) in sizes(32) {
         let gguf = plan(E2E_GGUF_STREAMED, 32, size, Precision::Q8);
         assert_eq!(
             gguf.transformer,
