@@ -303,8 +303,8 @@ pub async fn twin_check(gpu: &burn::tensor::Device, case: TwinCase) -> crate::Re
         )));
     }
     let out = match case.tile {
-        None => gpu_layer.forward(x.clone()),
-        Some(tile) => qmatmul_tiled(x.clone(), w, gpu_layer.bias.as_ref().map(|b| b.val()), tile),
+        None => gpu_layer.forward(x),
+        Some(tile) => qmatmul_tiled(x, w, gpu_layer.bias.as_ref().map(|b| b.val()), tile),
     };
     let kernel = read_f32(out, "qmatmul output", gpu).await?;
     let cpu = burn::tensor::Device::flex();
