@@ -33,6 +33,13 @@ impl KeyLimits {
             max_compute_invocations_per_workgroup: limits.max_compute_invocations_per_workgroup,
         }
     }
+
+    /// The largest one tensor's buffer may be: `min(maxStorageBufferBindingSize,
+    /// maxBufferSize)`, bytes.
+    pub fn largest_buffer(&self) -> u64 {
+        self.max_storage_buffer_binding_size
+            .min(self.max_buffer_size)
+    }
 }
 
 /// The GPU the model runs on, as reported to the page.

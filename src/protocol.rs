@@ -187,8 +187,9 @@ impl MemoryOverrides {
     }
 }
 
-/// `65536`, `64K`, `512M`, `3G` (binary units) → bytes; `None` for anything else or 0.
-fn parse_bytes(text: &str) -> Option<u64> {
+/// `65536`, `64K`, `512M`, `3G` (binary units) → bytes; `None` for anything else or 0 (the
+/// page's URL parameters and the CLI's `--gpu-*` options).
+pub fn parse_bytes(text: &str) -> Option<u64> {
     let text = text.trim();
     let (digits, shift) = match text.char_indices().last()? {
         (i, 'K' | 'k') => (&text[..i], 10),

@@ -25,15 +25,17 @@ mod native {
     use burn::tensor::{Device, Tensor, TensorData};
     use qwen_layered_web::caption::{CaptionLanguage, CaptionOptions, Captioner};
     use qwen_layered_web::cli_args::{self, Fail, Options};
-    use qwen_layered_web::gpu::{GpuReport, matmul_self_test, read_f32};
+    use qwen_layered_web::gpu::{GpuReport, KeyLimits, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
     use qwen_layered_web::model::transformer::{
         QwenImageTransformer2DModel, QwenImageTransformerConfig,
     };
     use qwen_layered_web::pipeline::{
-        DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, Noise,
-        Progress, resize_rgba_lanczos,
+        DecomposeParams, Dimensions, FlowMatchEulerDiscreteConfig, LayeredPipeline, MemoryPlan,
+        ModelConfigs, Noise, PlannedPipeline, Progress, PromptEmbeds, default_budget_bytes,
+        resize_rgba_lanczos, show_bytes,
     };
+    use qwen_layered_web::protocol::{MemorySettings, parse_bytes};
     use qwen_layered_web::text::{
         DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, EmbeddingMode, PromptEncoder,
         QwenTokenizer, TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
@@ -56,8 +58,15 @@ commands:
              [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
              [--precision f32|q8|q4 (f32)] [--transformer-gguf F.gguf]
              [--text-precision f32|q8|q4 (f32)] [--gather-embedding]
+             [--gpu-budget B] [--gpu-max-binding B] [--gpu-max-buffer B]
              no prompt (or \"\" or \" \"): the image is captioned first, as the reference
              does, with [--zh] [--max-new-tokens N (512)] as for `caption`
+             on --device wgpu the run follows the app's memory plan for the device's
+             limits and a budget (--gpu-budget, default 4G or maxBufferSize if larger):
+             transformer resident or streamed, VAE tiled, weights over the largest buffer
+             split; --gpu-max-binding/--gpu-max-buffer force lower limits (any device);
+             B is bytes with an optional K/M/G suffix; on the CPU the run is the
+             reference's unless one of them is given
   caption    describe an image with the model's Qwen2.5-VL, as the pipeline does when the
              prompt is empty; the caption goes to stdout, tokens stream to stderr
              --model DIR --image IN.png [--max-new-tokens N (512)] [--zh]
@@ -164,8 +173,10 @@ commands:
         Ok(options)
     }
 
-    /// `--text-precision` and `--gather-embedding`: how the text encoder (and captioner) load.
-    fn text_load(opts: &Options) -> Result<TextEncoderLoad, Fail> {
+    /// `--text-precision` and `--gather-embedding`: how the text encoder (and captioner) load;
+    /// linear weights over `largest_buffer` bytes (the device's largest buffer) are split by
+    /// rows.
+    fn text_load(opts: &Options, largest_buffer: Option<u64>) -> Result<TextEncoderLoad, Fail> {
         Ok(TextEncoderLoad {
             precision: opts
                 .get("--text-precision")
@@ -177,7 +188,7 @@ commands:
             } else {
                 EmbeddingMode::Resident
             },
-            max_part_bytes: None,
+            max_part_bytes: largest_buffer,
         })
     }
 
@@ -239,16 +250,107 @@ commands:
         ))
     }
 
-    /// `--device cpu|wgpu` (default cpu).
-    fn device(opts: &Options) -> Result<Device, Fail> {
+    /// `--device cpu|wgpu` (default cpu), with the GPU's limits (`None` on the CPU, whose
+    /// buffers have no size limit of their own).
+    fn device(opts: &Options) -> Result<(Device, Option<KeyLimits>), Fail> {
         match opts.get("--device").unwrap_or("cpu") {
-            "cpu" => Ok(Device::flex()),
-            "wgpu" => Ok(Device::wgpu_options()
-                .init_with_setup()
-                .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?
-                .0),
+            "cpu" => Ok((Device::flex(), None)),
+            "wgpu" => {
+                let (device, setup) = Device::wgpu_options()
+                    .init_with_setup()
+                    .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?;
+                let limits = KeyLimits::from_wgpu(&setup.device.limits());
+                Ok((device, Some(limits)))
+            }
             other => Err(usage_error(format!("--device {other:?}: use cpu or wgpu"))),
         }
+    }
+
+    /// What a `decompose` run's memory plan is made for: the model folder's configs (the text
+    /// encoder's only when `text`: it runs), the transformer's and text encoder's precisions, the
+    /// run's working size and layer count.
+    struct PlanInputs<'a> {
+        source: &'a DirSource,
+        text: bool,
+        precision: Precision,
+        text_precision: Precision,
+        dims: &'a Dimensions,
+        params: &'a DecomposeParams,
+    }
+
+    /// The memory plan of a `decompose` run, as the browser makes it (`ModelConfigs::plan`):
+    /// on `--device wgpu` always, for the device's `limits` and the budget `--gpu-budget`
+    /// (default: the app's, [`default_budget_bytes`]); on the CPU only when `--gpu-budget`,
+    /// `--gpu-max-binding` or `--gpu-max-buffer` is given, for buffers of any size and an
+    /// unlimited budget unless they say otherwise. `None`: the reference pipeline's run,
+    /// everything resident, the VAE whole.
+    fn memory_plan(
+        opts: &Options,
+        limits: Option<&KeyLimits>,
+        inputs: PlanInputs<'_>,
+        log: &dyn Fn(&str),
+    ) -> Result<Option<MemoryPlan>, Fail> {
+        let bytes = |name: &str| -> Result<Option<u64>, Fail> {
+            opts.get(name)
+                .map(|v| {
+                    parse_bytes(v).ok_or_else(|| {
+                        usage_error(format!(
+                            "{name} {v:?} is not a positive byte count (e.g. 65536, 64K, 512M, 3G)"
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let budget = bytes("--gpu-budget")?;
+        let max_binding = bytes("--gpu-max-binding")?;
+        let max_buffer = bytes("--gpu-max-buffer")?;
+        let (device, default_budget) = match limits {
+            Some(limits) => (limits.clone(), default_budget_bytes(limits)),
+            None if budget.is_none() && max_binding.is_none() && max_buffer.is_none() => {
+                return Ok(None);
+            }
+            None => {
+                let unlimited = KeyLimits {
+                    max_buffer_size: u64::MAX,
+                    max_storage_buffer_binding_size: u64::MAX,
+                    ..KeyLimits::from_wgpu(&wgpu::Limits::default())
+                };
+                (unlimited, u64::MAX)
+            }
+        };
+        let PlanInputs {
+            source,
+            text,
+            precision,
+            text_precision,
+            dims,
+            params,
+        } = inputs;
+        let mut configs = pollster::block_on(ModelConfigs::read(source))?;
+        if !text {
+            configs.text = None;
+        }
+        let settings = MemorySettings {
+            budget_bytes: budget.unwrap_or(default_budget),
+            max_binding,
+            max_buffer,
+            resolution: params.resolution,
+            layers: params.layers,
+        };
+        let budget = settings.budget(&device);
+        let size = (dims.width as usize, dims.height as usize);
+        let plan = configs.plan(&budget, precision, text_precision, size, params.layers)?;
+        let show = |b: u64| match b {
+            u64::MAX => "no limit".to_owned(),
+            b => show_bytes(b),
+        };
+        log(&format!(
+            "memory plan for a budget of {} and buffers of at most {}: {}",
+            show(budget.device_bytes),
+            show(budget.limits.largest_buffer()),
+            plan.describe(configs.transformer.num_layers)
+        ));
+        Ok(Some(plan))
     }
 
     /// Prints the stable part of a growing caption to stderr: everything except trailing
@@ -327,7 +429,8 @@ commands:
         let image_path = PathBuf::from(opts.required("--image")?);
         let options = caption_options(&opts)?;
         let resolution = opts.number("--resolution", DecomposeParams::default().resolution)?;
-        let device = device(&opts)?;
+        let (device, limits) = device(&opts)?;
+        let largest_buffer = limits.as_ref().map(KeyLimits::largest_buffer);
         let start = Instant::now();
         let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
 
@@ -340,8 +443,8 @@ commands:
             image = resize_rgba_lanczos(&image, dims.width, dims.height)?;
         }
         let source = DirSource::new(&model);
-        let captioner =
-            pollster::block_on(Captioner::load_with(&source, &device, text_load(&opts)?))?;
+        let load = text_load(&opts, largest_buffer)?;
+        let captioner = pollster::block_on(Captioner::load_with(&source, &device, load))?;
         log(&format!("loaded the captioner of {}", model.display()));
         let text = run_caption(&captioner, &source, &image, &options, &log)?;
         println!("{text}");
@@ -382,14 +485,11 @@ commands:
         let prompt = opts.required("--prompt")?;
         let out = PathBuf::from(opts.required("--out")?);
         let max_len = opts.number("--max-sequence-length", DEFAULT_MAX_SEQUENCE_LENGTH)?;
-        let device = device(&opts)?;
+        let (device, limits) = device(&opts)?;
         let start = Instant::now();
         let source = DirSource::new(&model);
-        let encoder = pollster::block_on(PromptEncoder::load_with(
-            &source,
-            &device,
-            text_load(&opts)?,
-        ))?;
+        let load = text_load(&opts, limits.as_ref().map(KeyLimits::largest_buffer))?;
+        let encoder = pollster::block_on(PromptEncoder::load_with(&source, &device, load))?;
         eprintln!(
             "[{:7.2}s] loaded the tokenizer and text encoder of {}",
             start.elapsed().as_secs_f64(),
@@ -437,6 +537,9 @@ commands:
                 "--precision",
                 "--transformer-gguf",
                 "--text-precision",
+                "--gpu-budget",
+                "--gpu-max-binding",
+                "--gpu-max-buffer",
             ],
             &["--cfg-normalize", "--zh", "--gather-embedding"],
             0,
@@ -490,7 +593,12 @@ commands:
             (None, Some(_)) => Some(opts.number("--seed", 0u64)?),
             (Some(_), None) => None,
         };
-        let device = device(&opts)?;
+        let precision: Precision = opts
+            .get("--precision")
+            .unwrap_or("f32")
+            .parse()
+            .map_err(usage_error)?;
+        let (device, limits) = device(&opts)?;
         let start = Instant::now();
         let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
 
@@ -508,13 +616,38 @@ commands:
             dims.height
         ));
 
+        // The plan (on a GPU, or with forced limits) is made from the configs before any
+        // weight is read: a run that cannot fit is refused here.
+        let source = DirSource::new(&model);
+        let plan = memory_plan(
+            &opts,
+            limits.as_ref(),
+            PlanInputs {
+                source: &source,
+                text: caption_first || prompt_text.is_some() || negative_text.is_some(),
+                precision,
+                text_precision: text_load(&opts, None)?.precision,
+                dims: &dims,
+                params: &params,
+            },
+            &log,
+        )?;
+        let text_load = {
+            let mut load = text_load(&opts, plan.as_ref().map(|p| p.estimate.max_tensor_bytes))?;
+            if plan
+                .as_ref()
+                .is_some_and(MemoryPlan::gathers_embedding_on_host)
+            {
+                load.embedding = EmbeddingMode::Gathered;
+            }
+            load
+        };
+
         // Caption first (the pipeline's `get_image_caption` of the resized image); the
         // captioner's language model then encodes the prompts.
-        let source = DirSource::new(&model);
         let mut caption_lm = None;
         let caption = if caption_first {
-            let captioner =
-                pollster::block_on(Captioner::load_with(&source, &device, text_load(&opts)?))?;
+            let captioner = pollster::block_on(Captioner::load_with(&source, &device, text_load))?;
             log("no prompt: captioning the image first, as the reference does");
             let resized = resize_rgba_lanczos(&image, dims.width, dims.height)?;
             let text = run_caption(&captioner, &source, &resized, &caption_options, &log)?;
@@ -534,11 +667,7 @@ commands:
                     pollster::block_on(QwenTokenizer::load(&source, TOKENIZER_FOLDER))?,
                     lm,
                 )?,
-                None => pollster::block_on(PromptEncoder::load_with(
-                    &source,
-                    &device,
-                    text_load(&opts)?,
-                ))?,
+                None => pollster::block_on(PromptEncoder::load_with(&source, &device, text_load))?,
             };
             let encode = |text: Option<&str>, what: &str| -> Result<Option<Tensor<3>>, Fail> {
                 let Some(text) = text else { return Ok(None) };
@@ -556,46 +685,57 @@ commands:
         } else {
             (None, None)
         };
+        // The text encoder (or captioner) is dropped: hand its device memory back before the
+        // transformer loads.
+        device.memory_cleanup();
 
-        let precision: Precision = opts
-            .get("--precision")
-            .unwrap_or("f32")
-            .parse()
-            .map_err(usage_error)?;
-        let mut pipeline = match opts.get("--transformer-gguf") {
-            None => {
-                pollster::block_on(LayeredPipeline::load_precision(&source, &device, precision))?
+        // `DirSource` reads an absolute file name as that path: the GGUF file may be anywhere.
+        let gguf = match opts.get("--transformer-gguf") {
+            None => None,
+            Some(file) => {
+                let path = std::path::absolute(file)
+                    .map_err(|e| Fail(format!("--transformer-gguf {file}: {e}"), 1))?;
+                let config: QwenImageTransformerConfig =
+                    pollster::block_on(read_json(&source, "transformer/config.json"))?;
+                Some((path.display().to_string(), config))
             }
-            Some(gguf) => {
-                let (gguf_source, file) = file_source(Path::new(gguf));
-                let transformer = pollster::block_on(async {
-                    let config: QwenImageTransformerConfig =
-                        read_json(&source, "transformer/config.json").await?;
-                    QwenImageTransformer2DModel::load_gguf(
-                        &gguf_source,
-                        &file,
-                        &config,
+        };
+        let mut planned = match (&plan, &gguf) {
+            (Some(plan), None) => {
+                pollster::block_on(PlannedPipeline::load(&source, &device, plan, precision))?
+            }
+            (Some(plan), Some((file, config))) => pollster::block_on(PlannedPipeline::load_gguf(
+                &source, &device, plan, precision, file, config,
+            ))?,
+            (None, None) => PlannedPipeline {
+                pipeline: pollster::block_on(LayeredPipeline::load_precision(
+                    &source, &device, precision,
+                ))?,
+                stream: None,
+            },
+            (None, Some((file, config))) => {
+                let transformer = pollster::block_on(QwenImageTransformer2DModel::load_gguf(
+                    &source, file, config, &device, precision,
+                ))?;
+                PlannedPipeline {
+                    pipeline: pollster::block_on(LayeredPipeline::load_with_transformer(
+                        &source,
+                        transformer,
                         &device,
-                        precision,
-                    )
-                    .await
-                })?;
-                pollster::block_on(LayeredPipeline::load_with_transformer(
-                    &source,
-                    transformer,
-                    &device,
-                ))?
+                    ))?,
+                    stream: None,
+                }
             }
         };
         if let Some(file) = opts.get("--scheduler-config") {
             let text = std::fs::read_to_string(file)
                 .map_err(|e| Fail(format!("reading {file}: {e}"), 1))?;
-            pipeline.scheduler_config = FlowMatchEulerDiscreteConfig::from_json_str(&text)
+            planned.pipeline.scheduler_config = FlowMatchEulerDiscreteConfig::from_json_str(&text)
                 .map_err(|e| Fail(format!("scheduler config {file}: {e}"), 1))?;
         }
         log(&format!("loaded model {}", model.display()));
 
-        let joint_dim = pipeline.transformer.config.joint_attention_dim;
+        let joint_dim = planned.pipeline.transformer.config.joint_attention_dim;
         let text_dim = Some(joint_dim);
         let fits = |t: &Tensor<3>| -> Result<(), Fail> {
             match t.dims()[2] == joint_dim {
@@ -644,43 +784,40 @@ commands:
                 let want = [
                     Some(1),
                     Some(dims.noise_seq_len(params.layers)),
-                    Some(pipeline.transformer.config.in_channels),
+                    Some(planned.pipeline.transformer.config.in_channels),
                 ];
                 Noise::Packed(read_tensor3("--noise", Path::new(p), want, &device)?)
             }
             (None, None) => unreachable!("checked above: --noise or --seed"),
         };
 
-        let out = pollster::block_on(pipeline.run(
-            &image,
-            &params,
-            prompt_embeds,
+        let embeds = PromptEmbeds {
+            prompt: prompt_embeds,
             negative,
-            noise,
-            |p| {
-                match p {
-                    Progress::Prepared {
-                        width,
-                        height,
-                        layers,
-                        steps,
-                        cfg,
-                    } => log(&format!(
-                        "{layers} layers at {width}x{height}, {steps} steps, CFG {}",
-                        if cfg { "on" } else { "off" }
-                    )),
-                    Progress::Encoded => log("image encoded"),
-                    Progress::Step {
-                        step,
-                        steps,
-                        timestep,
-                    } => log(&format!("step {}/{steps} (t = {timestep:.3})", step + 1)),
-                    Progress::Decoding => log("decoding layers"),
-                    Progress::Done => log("done"),
-                }
-                ControlFlow::Continue(())
-            },
-        ))?;
+        };
+        let out = pollster::block_on(planned.run(&image, &params, embeds, noise, |p| {
+            match p {
+                Progress::Prepared {
+                    width,
+                    height,
+                    layers,
+                    steps,
+                    cfg,
+                } => log(&format!(
+                    "{layers} layers at {width}x{height}, {steps} steps, CFG {}",
+                    if cfg { "on" } else { "off" }
+                )),
+                Progress::Encoded => log("image encoded"),
+                Progress::Step {
+                    step,
+                    steps,
+                    timestep,
+                } => log(&format!("step {}/{steps} (t = {timestep:.3})", step + 1)),
+                Progress::Decoding => log("decoding layers"),
+                Progress::Done => log("done"),
+            }
+            ControlFlow::Continue(())
+        }))?;
 
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Fail(format!("creating {}: {e}", out_dir.display()), 1))?;

@@ -367,10 +367,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             req.layers, req.width, req.height, c.num_layers
         ));
     }
-    let max_tensor = budget
-        .limits
-        .max_storage_buffer_binding_size
-        .min(budget.limits.max_buffer_size);
+    let max_tensor = budget.limits.largest_buffer();
     let mut oversized = Vec::new();
     let d = c.inner_dim();
 
@@ -444,8 +441,8 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
         if text_bytes > budget.device_bytes {
             return bad(format!(
                 "the text encoder needs {} of device memory, the budget is {}",
-                show(text_bytes),
-                show(budget.device_bytes)
+                show_bytes(text_bytes),
+                show_bytes(budget.device_bytes)
             ));
         }
     }
@@ -467,13 +464,13 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             "the transformer needs at least {} of device memory ({} for one block, {} for the \
              rest of the model, the VAE and the activations at {}×{} with {} layers); the \
              budget is {}",
-            show(fixed + block),
-            show(block),
-            show(fixed),
+            show_bytes(fixed + block),
+            show_bytes(block),
+            show_bytes(fixed),
             req.width,
             req.height,
             req.layers,
-            show(budget.device_bytes)
+            show_bytes(budget.device_bytes)
         ));
     };
 
@@ -500,8 +497,8 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
                     reason: format!(
                         "the VAE decode does not fit even in {MIN_TILE}-pixel tiles one layer \
                          at a time: {} per tensor allowed, {} of device memory left",
-                        show(max_tensor),
-                        show(vae_room)
+                        show_bytes(max_tensor),
+                        show_bytes(vae_room)
                     ),
                 })?
             }
@@ -519,8 +516,8 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             req.width,
             req.height,
             req.layers,
-            show(4 * image_tokens * d as u64),
-            show(max_tensor)
+            show_bytes(4 * image_tokens * d as u64),
+            show_bytes(max_tensor)
         ));
     }
     Ok(MemoryPlan {
@@ -574,8 +571,8 @@ fn choose_tiles(
     }
 }
 
-/// Bytes as KiB/MiB/GiB for messages.
-fn show(bytes: u64) -> String {
+/// Bytes as KiB/MiB/GiB for messages (`512 KiB`, `3.50 MiB`, `4.00 GiB`).
+pub fn show_bytes(bytes: u64) -> String {
     let mib = bytes as f64 / (1u64 << 20) as f64;
     if mib < 1.0 {
         format!("{:.0} KiB", bytes as f64 / 1024.0)
@@ -663,12 +660,12 @@ impl MemoryPlan {
         let transformer = match self.transformer {
             TransformerResidency::Resident => format!(
                 "transformer: resident, all {blocks} blocks ({} each) stay loaded",
-                show(e.block_bytes)
+                show_bytes(e.block_bytes)
             ),
             TransformerResidency::Streaming { ring } => format!(
                 "transformer: streamed, a ring of {ring} of {blocks} blocks ({} each) read from \
                  the cache in turn",
-                show(e.block_bytes)
+                show_bytes(e.block_bytes)
             ),
         };
         let mut vae = match self.vae_tiling {
@@ -699,7 +696,7 @@ impl MemoryPlan {
                 .join(", ");
             parts.push(format!(
                 "over the {} buffer limit: {split}",
-                show(e.max_tensor_bytes)
+                show_bytes(e.max_tensor_bytes)
             ));
         }
         parts.join(" · ")
@@ -1093,7 +1090,7 @@ mod tests {
                 && words.ends_with(" · VAE: whole"),
             "{words}"
         );
-        assert_eq!(show(64 << 10), "64 KiB");
+        assert_eq!(show_bytes(64 << 10), "64 KiB");
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub use layered::{
 };
 pub use memory::{
     DEFAULT_BUDGET_BYTES, MemoryBudget, MemoryEstimate, MemoryPlan, ModelConfigs, OversizedTensor,
-    PlanRequest, TensorAction, TransformerResidency, default_budget_bytes, plan_memory,
+    PlanRequest, TensorAction, TransformerResidency, default_budget_bytes, plan_memory, show_bytes,
 };
 pub use phased::{PlannedPipeline, PromptEmbeds, encode_prompts_then_free};
 pub use postprocess::{

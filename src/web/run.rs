@@ -373,9 +373,7 @@ impl RunPanel {
                 phased,
                 ..
             } => {
-                let binding = limits
-                    .max_storage_buffer_binding_size
-                    .min(limits.max_buffer_size);
+                let binding = limits.largest_buffer();
                 set_line(
                     &self.plan_line,
                     &format!(

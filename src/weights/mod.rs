@@ -266,7 +266,9 @@ pub struct DirSource {
 
 #[cfg(not(target_arch = "wasm32"))]
 impl DirSource {
-    /// The folder that holds `transformer/`, `vae/`, ... (or any folder of files).
+    /// The folder that holds `transformer/`, `vae/`, ... (or any folder of files). File names
+    /// are relative to it; an absolute file name is read as that path (`Path::join`), so one
+    /// source can also serve a file kept elsewhere (the CLI's `--transformer-gguf`).
     pub fn new(root: impl Into<std::path::PathBuf>) -> Self {
         Self {
             root: root.into(),

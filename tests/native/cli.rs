@@ -1,7 +1,8 @@
 //! The `qwen-layered` binary: `decompose` on fixture cases (layers within 1/255 of the
 //! reference's `output.layers`, final latents within 1e-4), its shape errors, `decompose
-//! --prompt` (text encoded by the model's text encoder), `encode-prompt` (prompt embeddings
-//! within 1e-4 of the records) and `inspect`.
+//! --prompt` (text encoded by the model's text encoder), `decompose` under a memory plan
+//! (forced buffer limits and budgets: streamed vs resident, and a refusal), `encode-prompt`
+//! (prompt embeddings within 1e-4 of the records) and `inspect`.
 //!
 //! Run: `cargo test --test native cli:: -- --nocapture`.
 
@@ -597,4 +598,113 @@ fn decompose_runs_a_gguf_transformer_in_8_bit() {
     let bad = run(bin().args(["decompose", "--precision", "q3"]));
     assert_eq!(bad.status.code(), Some(2));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The final packed latents a `decompose` run wrote to `dir/out`.
+fn latents_in(dir: &Path) -> Vec<f32> {
+    read_f32_file(&dir.join("out/latents.safetensors"), "latents").0
+}
+
+/// `decompose` with forced buffer limits follows the app's memory plan (what `--device wgpu`
+/// does with the GPU's own limits): with 64 KiB buffers and a budget for one block of the two
+/// it streams a ring of 1, splits the modulation weights by rows, runs the MLPs in sequence
+/// chunks and tiles the VAE; with 1 GiB it keeps every block resident under the same limits.
+/// The two runs give the same latents and layers; a budget that cannot hold one block is
+/// refused before any weight is read, with the numbers.
+#[test]
+fn decompose_follows_a_memory_plan_under_forced_limits() {
+    use qwen_layered_web::gpu::KeyLimits;
+    use qwen_layered_web::pipeline::{MemoryBudget, ModelConfigs};
+    use qwen_layered_web::weights::Precision;
+
+    let case = "a_lin_cfgnorm_l3_s3_64";
+    let limits = ["--gpu-max-binding", "64K", "--gpu-max-buffer", "64K"];
+    // The budget for the rest of the model and 1.5 blocks, from the plan the CLI makes (text
+    // embeddings given: no text encoder in the plan; 64×64, 3 layers, f32).
+    let mut configs = pollster::block_on(ModelConfigs::read(&common::model_source())).unwrap();
+    configs.text = None;
+    let budget = |device_bytes| MemoryBudget {
+        limits: KeyLimits {
+            max_buffer_size: 64 << 10,
+            max_storage_buffer_binding_size: 64 << 10,
+            ..KeyLimits::from_wgpu(&wgpu::Limits::default())
+        },
+        device_bytes,
+    };
+    let plan = |b| configs.plan(&budget(b), Precision::F32, Precision::F32, (64, 64), 3);
+    let e = plan(1 << 30).unwrap().estimate;
+    let fixed = e.transformer_other_bytes + e.vae_bytes + e.transformer_activation_bytes;
+    let one_and_a_half = fixed + e.block_bytes * 3 / 2;
+    assert!(!plan(one_and_a_half).unwrap().is_resident());
+
+    let decompose = |name: &str, budget: String| {
+        let dir = scratch(name);
+        let (_, mut args) = decompose_args(case, &dir);
+        args.extend(limits.map(String::from));
+        args.extend(["--gpu-budget".into(), budget]);
+        let out = run(bin().args(&args));
+        assert!(out.status.success(), "{name}: decompose failed");
+        (dir, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (streamed, log) = decompose("plan-streamed", one_and_a_half.to_string());
+    for want in [
+        "memory plan for a budget of",
+        "buffers of at most 64 KiB",
+        "transformer: streamed, a ring of 1 of 2 blocks",
+        "VAE: tiled, 32×32-pixel tiles every 24×24 pixels",
+        "in 2 row pieces",
+        "transformer MLP hidden activation in",
+        "step 3/3",
+    ] {
+        assert!(log.contains(want), "streamed run: {want:?} not in\n{log}");
+    }
+    let (resident, log) = decompose("plan-resident", "1G".into());
+    for want in [
+        "transformer: resident, all 2 blocks",
+        "VAE: tiled, 32×32-pixel tiles every 24×24 pixels",
+    ] {
+        assert!(log.contains(want), "resident run: {want:?} not in\n{log}");
+    }
+
+    let (a, b) = (latents_in(&streamed), latents_in(&resident));
+    let shape = [a.len()];
+    assert_close("streamed vs resident latents", &a, &b, &shape, 1e-6);
+    for k in 0..3 {
+        let layer = |dir: &Path| {
+            image::open(dir.join(format!("out/layer_{k}.png")))
+                .unwrap_or_else(|e| panic!("layer_{k}.png: {e}"))
+                .to_rgba8()
+        };
+        let (a, b) = (layer(&streamed), layer(&resident));
+        assert_eq!(a.dimensions(), (64, 64), "layer {k}");
+        let worst = a.iter().zip(b.iter()).map(|(x, y)| x.abs_diff(*y)).max();
+        assert!(worst <= Some(1), "layer {k}: differs by {worst:?}/255");
+    }
+
+    // A budget under the rest of the model and one block: refused from the configs alone.
+    let dir = scratch("plan-refused");
+    let (_, mut args) = decompose_args(case, &dir);
+    args.extend(limits.map(String::from));
+    args.extend(["--gpu-budget".into(), (fixed / 2).to_string()]);
+    let out = run(bin().args(&args));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the transformer needs at least") && log.contains("the budget is"),
+        "{log}"
+    );
+    assert!(!log.contains("loaded model"), "{log}");
+    assert!(!dir.join("out").exists(), "nothing written");
+    // A byte count that is not one is a usage error naming the option.
+    let without_budget = &args[..args.len() - 2];
+    let out = run(bin().args(without_budget).args(["--gpu-budget", "64X"]));
+    assert_eq!(out.status.code(), Some(2));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("--gpu-budget \"64X\" is not a positive byte count"),
+        "{log}"
+    );
+    for dir in [streamed, resident, dir] {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
