@@ -32,6 +32,13 @@ if [ ${#packages[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}"
 fi
+# GIMP, the second independent reader of the PSD export (tests/gimp_check.py runs its
+# gimp-console in batch mode); without its recommended extras (help, plug-in sets, fonts).
+if $for_tests && ! command -v gimp-console >/dev/null; then
+  say "apt: gimp (--no-install-recommends)"
+  [ ${#packages[@]} -gt 0 ] || as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gimp
+fi
 
 if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
   say "rustup target add wasm32-unknown-unknown"

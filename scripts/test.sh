@@ -21,10 +21,11 @@ step() { printf '\n== %s (t=%ss)\n' "$*" "$((SECONDS - started))"; }
 step "native tests: cargo test"
 cargo test --all-targets
 
-step "exports read back by an independent reader: psd-tools (tests/export_check.py)"
+step "exports read back by independent readers: psd-tools (tests/export_check.py), GIMP (tests/gimp_check.py)"
 rm -rf target/export-check
 cargo test --test export export_check_files
 .venv-export/bin/python tests/export_check.py target/export-check
+.venv-export/bin/python tests/gimp_check.py target/export-check
 
 step "browser unit tests: wasm-pack test --headless --chrome"
 # tests/web_download.rs downloads from the mock Hugging Face host at 127.0.0.1:18090 (its CDN on
