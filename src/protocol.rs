@@ -101,6 +101,43 @@ pub struct DecomposeRequest {
     /// Most tokens the caption may have (the pipeline's `max_new_tokens`, 512).
     #[serde(default = "default_max_caption_tokens")]
     pub max_caption_tokens: usize,
+    /// For tests: a GPU fault the worker causes once the first denoising step is done (the
+    /// page's `?gpu-fault=` URL parameter, [`GpuFault::from_query`]).
+    #[serde(default)]
+    pub gpu_fault: Option<GpuFault>,
+}
+
+/// A real GPU fault caused on purpose in the middle of a run, so that tests can prove what a
+/// visitor sees when it happens by itself: the run ends with a clear message and the editor's
+/// document is untouched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GpuFault {
+    /// `gpu-fault=error`: an invalid GPU call (a buffer over `maxBufferSize`), which the device
+    /// reports as an uncaptured error, as it reports running out of memory.
+    Error,
+    /// `gpu-fault=lose-device`: the device is destroyed (`GPUDevice.destroy()`), which loses
+    /// it as a driver reset or a removed GPU does.
+    LoseDevice,
+}
+
+impl GpuFault {
+    /// The `gpu-fault` parameter of `location.search` (`?a=1&gpu-fault=error`), if any; an
+    /// unknown value is an error naming the known ones.
+    pub fn from_query(query: &str) -> Result<Option<Self>, String> {
+        let value = query
+            .trim_start_matches('?')
+            .split('&')
+            .find_map(|pair| pair.strip_prefix("gpu-fault="));
+        match value {
+            None => Ok(None),
+            Some("error") => Ok(Some(Self::Error)),
+            Some("lose-device") => Ok(Some(Self::LoseDevice)),
+            Some(other) => Err(format!(
+                "the URL parameter gpu-fault={other} is not one of: error, lose-device"
+            )),
+        }
+    }
 }
 
 fn default_max_caption_tokens() -> usize {
@@ -464,7 +501,37 @@ mod tests {
             seed: 9,
             prompt: "a cat".into(),
             max_caption_tokens: 16,
+            gpu_fault: None,
         }
+    }
+
+    #[test]
+    fn the_gpu_fault_parameter_names_one_of_two_faults() {
+        assert_eq!(GpuFault::from_query("?gpu-budget=1G"), Ok(None));
+        assert_eq!(GpuFault::from_query(""), Ok(None));
+        assert_eq!(
+            GpuFault::from_query("?a=1&gpu-fault=error"),
+            Ok(Some(GpuFault::Error))
+        );
+        assert_eq!(
+            GpuFault::from_query("gpu-fault=lose-device"),
+            Ok(Some(GpuFault::LoseDevice))
+        );
+        let err = GpuFault::from_query("?gpu-fault=oom").unwrap_err();
+        assert!(
+            err.contains("gpu-fault=oom") && err.contains("lose-device"),
+            "{err}"
+        );
+        // Requests from a page without the parameter still parse.
+        let json = serde_json::to_value(request()).unwrap();
+        let mut without = json.clone();
+        without.as_object_mut().unwrap().remove("gpuFault");
+        let back: DecomposeRequest = serde_json::from_value(without).unwrap();
+        assert_eq!(back.gpu_fault, None);
+        let mut with = json;
+        with["gpuFault"] = "loseDevice".into();
+        let back: DecomposeRequest = serde_json::from_value(with).unwrap();
+        assert_eq!(back.gpu_fault, Some(GpuFault::LoseDevice));
     }
 
     #[test]

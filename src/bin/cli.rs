@@ -62,7 +62,8 @@ commands:
              no prompt (or \"\" or \" \"): the image is captioned first, as the reference
              does, with [--zh] [--max-new-tokens N (512)] as for `caption`
              on --device wgpu the run follows the app's memory plan for the device's
-             limits and a budget (--gpu-budget, default 4G or maxBufferSize if larger):
+             limits and a budget (--gpu-budget, default 4G or maxBufferSize if larger;
+             give a large GPU's memory here, drivers may report a larger maxBufferSize):
              transformer resident or streamed, VAE tiled, weights over the largest buffer
              split; --gpu-max-binding/--gpu-max-buffer force lower limits (any device);
              B is bytes with an optional K/M/G suffix; on the CPU the run is the

@@ -32,8 +32,8 @@ use crate::editor::{LayerId, NewLayer};
 use crate::gpu::KeyLimits;
 use crate::pipeline::default_budget_bytes;
 use crate::protocol::{
-    CacheState, DecomposeRequest, FromWorker, MemoryOverrides, MemorySettings, ModelRegistry,
-    ModelSource, Rgba, RunPhase, ToWorker,
+    CacheState, DecomposeRequest, FromWorker, GpuFault, MemoryOverrides, MemorySettings,
+    ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
 };
 
 /// What a run decomposes, and so where its layers go.
@@ -994,6 +994,7 @@ impl RunPanel {
             prompt: input("set-prompt")?.value(),
             max_caption_tokens: whole("set-caption-tokens", "Caption tokens", 1.0, 2048.0)?
                 as usize,
+            gpu_fault: GpuFault::from_query(&url_query())?,
             image: Rgba {
                 width: image.width(),
                 height: image.height(),
@@ -1098,10 +1099,15 @@ fn set_line(element: &Element, text: &str, error: bool) {
 /// The URL's forced limits and budget (`?gpu-budget=…&gpu-max-binding=…`), read at each Load
 /// (so a test can change them with `history.replaceState` and load again in the same worker).
 fn url_overrides() -> Result<MemoryOverrides, String> {
-    let query = web_sys::window()
+    MemoryOverrides::from_query(&url_query())
+}
+
+/// `location.search` (the test and debugging parameters; `gpu-fault` is read at each
+/// Decompose, the memory ones at each Load).
+fn url_query() -> String {
+    web_sys::window()
         .and_then(|w| w.location().search().ok())
-        .unwrap_or_default();
-    MemoryOverrides::from_query(&query)
+        .unwrap_or_default()
 }
 
 /// Bytes in binary units: `4.00 GiB` (as the budget field takes them), `4.86 MiB`, `64 KiB`.

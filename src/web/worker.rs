@@ -34,7 +34,10 @@
 //! with per-step progress and cancel, drops the ring before the VAE decode, and frees it all;
 //! [`FromWorker::RunLoading`] says which phase is loading. An uncaptured GPU error (out of
 //! memory) is recorded instead of panicking; the task in flight stops at its next step and
-//! fails with it, and the model is unloaded (the page's editor is untouched).
+//! fails with it, and the model is unloaded (the page's editor is untouched). A lost device
+//! (cubecl poisons it in its device-lost callback) fails the run's next read; the run says so
+//! and asks for an Export and a reload. For tests, a request may carry a [`GpuFault`] that the
+//! worker causes for real after the first denoising step ([`cause_gpu_fault`]).
 
 use std::cell::{Cell, RefCell};
 use std::ops::ControlFlow;
@@ -60,7 +63,7 @@ use crate::pipeline::{
     Progress, PromptEmbeds, encode_prompts_then_free, layers_at_size, resize_rgba_lanczos,
 };
 use crate::protocol::{
-    DecomposeRequest, FromWorker, MemorySettings, ModelSource, Rgba, RunPhase, ToWorker,
+    DecomposeRequest, FromWorker, GpuFault, MemorySettings, ModelSource, Rgba, RunPhase, ToWorker,
 };
 use crate::text::{
     DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
@@ -74,6 +77,8 @@ use crate::weights::{
 thread_local! {
     /// The Burn device once acquired. Burn's runtime can be initialised only once per worker.
     static DEVICE: RefCell<Option<Device>> = const { RefCell::new(None) };
+    /// The wgpu device under it (for [`cause_gpu_fault`]).
+    static WGPU_DEVICE: RefCell<Option<wgpu::Device>> = const { RefCell::new(None) };
     /// The device's limits (from the probe), for memory plans.
     static LIMITS: RefCell<Option<KeyLimits>> = const { RefCell::new(None) };
     /// The loaded model; a run holds its own `Rc`, so unloading during a run frees it after.
@@ -631,9 +636,11 @@ async fn decompose(request: DecomposeRequest) {
         device.memory_cleanup();
     }
     // An uncaptured GPU error (out of memory) makes the result garbage even when the run got
-    // to its end: report it instead, and free the model (the device itself stays usable).
+    // to its end: report it instead, and free the model (the device itself stays usable). A
+    // lost device is reported as such, whatever else was recorded.
+    let lost = matches!(&result, Err(err) if is_device_lost(&err.to_string()));
     let result = match gpu_error() {
-        Some(gpu) => Err(Error::Input {
+        Some(gpu) if !lost => Err(Error::Input {
             model: "GPU",
             reason: gpu_error_advice(&gpu),
         }),
@@ -691,6 +698,34 @@ fn gpu_error_advice(error: &str) -> String {
     )
 }
 
+/// Causes `fault` on the worker's device, for tests ([`GpuFault`], the page's `?gpu-fault=`):
+/// the device reports it as it would report the real thing, and the run in flight has to
+/// handle it as it would the real thing.
+fn cause_gpu_fault(fault: GpuFault) {
+    let Some(device) = WGPU_DEVICE.with(|d| d.borrow().clone()) else {
+        return;
+    };
+    web_sys::console::warn_1(
+        &format!("causing a GPU fault on purpose (gpu-fault): {fault:?}").into(),
+    );
+    match fault {
+        GpuFault::Error => {
+            // Over the device's limit: a validation error, reported (asynchronously) to the
+            // uncaptured-error handler, the way an out-of-memory error is.
+            let over = device.limits().max_buffer_size.saturating_add(4) & !3;
+            drop(device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gpu-fault: a buffer over maxBufferSize"),
+                size: over,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            }));
+        }
+        // The device is lost; cubecl's device-lost callback poisons it, and every later read
+        // fails with the reason.
+        GpuFault::LoseDevice => device.destroy(),
+    }
+}
+
 /// The break of every step callback: a cancel, or a GPU error recorded meanwhile.
 fn stop_requested() -> ControlFlow<()> {
     if CANCEL.get() || gpu_error().is_some() {
@@ -718,6 +753,7 @@ async fn run(
         seed,
         prompt,
         max_caption_tokens,
+        gpu_fault,
     } = request;
     let bad = |reason: String| Error::Input {
         model: "decompose request",
@@ -741,6 +777,7 @@ async fn run(
         prompt: &prompt,
         max_caption_tokens,
         start,
+        gpu_fault: Cell::new(gpu_fault),
     };
 
     // The run's own plan (its working size and layer count): a resident model whose plan now
@@ -817,6 +854,8 @@ struct Run<'a> {
     prompt: &'a str,
     max_caption_tokens: usize,
     start: f64,
+    /// Caused once, after the first denoising step (tests).
+    gpu_fault: Cell<Option<GpuFault>>,
 }
 
 impl Run<'_> {
@@ -833,7 +872,12 @@ impl Run<'_> {
     fn on_step(&self, p: Progress) -> ControlFlow<()> {
         match p {
             Progress::Encoded => self.progress(RunPhase::Denoising, 0),
-            Progress::Step { step, .. } => self.progress(RunPhase::Denoising, step + 1),
+            Progress::Step { step, .. } => {
+                self.progress(RunPhase::Denoising, step + 1);
+                if let Some(fault) = self.gpu_fault.take() {
+                    cause_gpu_fault(fault);
+                }
+            }
             Progress::Decoding => self.progress(RunPhase::Decoding, self.params.steps),
             Progress::Prepared { .. } | Progress::Done => {}
         }
@@ -1052,6 +1096,7 @@ async fn probe_gpu() {
         }
     };
     DEVICE.with(|d| *d.borrow_mut() = Some(device.clone()));
+    WGPU_DEVICE.with(|d| *d.borrow_mut() = Some(setup.device.clone()));
     let report = report(&facts, &setup);
     LIMITS.with(|l| *l.borrow_mut() = Some(report.limits.clone()));
     post(&FromWorker::Gpu { report });

@@ -177,9 +177,10 @@ async function shownLayers(page) {
   }));
 }
 
-// One page for both (a model load and the kernel compilation cost about a minute on SwiftShader):
-// a long run is cancelled midway, then a short one goes through on the same loaded model.
-test("Cancel stops a run between steps; Decompose then shows N layers", { timeout: SLOW }, async () => {
+// One page for all (a model load and the kernel compilation cost about a minute on SwiftShader):
+// a long run is cancelled midway, then a short one goes through on the same loaded model, then
+// a GPU error and a lost device each end a run.
+test("Cancel stops a run between steps; Decompose then shows N layers; a GPU error or a lost device ends a run with a message and the document intact", { timeout: SLOW }, async () => {
   const { browser, page, logs, wait } = await openApp();
   try {
     await loadTiny(page, wait);
@@ -233,6 +234,37 @@ test("Cancel stops a run between steps; Decompose then shows N layers", { timeou
     assert.ok(!(await page.isDisabled("#decompose")), "ready for another run");
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
     await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
+
+    // Issue 6: a GPU error, then a lost device, in the middle of a run, caused for real by the
+    // worker after the first denoising step (`?gpu-fault=`, read at each Decompose). Each run
+    // ends with a message that says what happened and what to do, the model is unloaded, and
+    // the editor's document is as it was.
+    const doc = await shownLayers(page);
+    const faultyRun = async (fault) => {
+      await page.evaluate((f) => history.replaceState(null, "", `?gpu-fault=${f}`), fault);
+      await page.fill("#set-steps", "3");
+      await page.click("#decompose");
+      await wait("body[data-run=done], body[data-run=failed]", 240_000);
+      const text = await page.textContent("#run-status");
+      assert.equal(await page.getAttribute("body", "data-run"), "failed", `${fault}: ${text}\n${logs.join("\n")}`);
+      await wait("body[data-model=none]");
+      assert.deepEqual(await shownLayers(page), doc, `${fault}: the document is untouched`);
+      return text;
+    };
+    status = await faultyRun("error");
+    assert.match(status, /the GPU reported an error \(.+\)\. The model was unloaded; the editor and its layers are untouched\. Lower the GPU memory budget/, status);
+    // The device survives an error: the model loads again on it.
+    await page.click("#load-model");
+    await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", await page.textContent("#model-status"));
+    status = await faultyRun("lose-device");
+    assert.match(status, /^Decomposing failed: the GPU device was lost \(.+\)\. The editor and its layers are untouched: save them \(Export\), then reload the page/, status);
+    // Saving works without the GPU: the PSD export is written on the CPU.
+    const [psd] = await Promise.all([page.waitForEvent("download"), page.click("#export-psd")]);
+    const saved = await readFile(await psd.path());
+    assert.equal(saved.subarray(0, 4).toString("latin1"), "8BPS", "a PSD file");
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+    await page.screenshot({ path: `${artifacts}/14-device-lost.png` });
   } finally {
     await browser.close();
   }
