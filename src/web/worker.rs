@@ -644,7 +644,7 @@ async fn decompose(request: DecomposeRequest) {
             model: "GPU",
             reason: gpu_error_advice(&gpu),
         }),
-        None => result,
+        _ => result,
     };
     match result {
         Ok((layers, caption)) => post(&FromWorker::Layers {
