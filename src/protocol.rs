@@ -391,6 +391,12 @@ pub enum FromWorker {
     },
     /// The model was freed.
     Unloaded,
+    /// The GPU device is lost (a driver reset, a removed GPU): nothing more can run in this
+    /// worker; the page keeps its document and asks for an Export and a reload.
+    DeviceLost {
+        /// What the device said.
+        reason: String,
+    },
     /// What the cache holds of a source (after a query, a download or a deletion).
     ModelState {
         /// `ModelSource::id`.

@@ -209,6 +209,17 @@ impl Ui {
                 self.add_gpu_line(&message, true);
                 self.set_status(&message, Tone::Error);
             }
+            FromWorker::DeviceLost { reason } => {
+                self.run.gpu_lost();
+                self.set_gpu_lines(
+                    &[format!(
+                        "The GPU device was lost ({reason}). Save your work (Export), then \
+                         reload the page to get a new device."
+                    )],
+                    true,
+                );
+                self.set_body_flag("data-gpu", "lost");
+            }
             other => web_sys::console::warn_1(&format!("unhandled: {other:?}").into()),
         }
     }

@@ -215,6 +215,13 @@ impl RunPanel {
         *self.worker.borrow_mut() = Some(worker);
     }
 
+    /// The worker's WebGPU device is lost: nothing can load or run any more (a reload gets a
+    /// new device); downloads, the cache and the editor go on.
+    pub fn gpu_lost(&self) {
+        self.gpu_ready.set(false);
+        self.update_buttons();
+    }
+
     /// The worker has a WebGPU device with these limits.
     pub fn gpu_ready(&self, limits: &KeyLimits) {
         self.gpu_ready.set(true);

@@ -655,7 +655,7 @@ async fn decompose(request: DecomposeRequest) {
         Err(Error::Cancelled { at }) => post(&FromWorker::Cancelled { at }),
         Err(err) => {
             let gpu = gpu_error().is_some();
-            let text = err.to_string();
+            let text = one_line(&err.to_string());
             let lost = is_device_lost(&text);
             let message = if lost {
                 format!(
@@ -672,8 +672,16 @@ async fn decompose(request: DecomposeRequest) {
                 free_model();
                 post(&FromWorker::Unloaded);
             }
+            if lost {
+                post(&FromWorker::DeviceLost { reason: text });
+            }
         }
     }
+}
+
+/// `text` on one line: a driver's messages span several (Dawn adds a "While calling …" line).
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Whether an error's text says the device is gone (cubecl poisons a lost device: every later
@@ -1109,7 +1117,7 @@ async fn probe_gpu() {
     setup
         .device
         .on_uncaptured_error(Arc::new(|error: wgpu::Error| {
-            let text = error.to_string();
+            let text = one_line(&error.to_string());
             web_sys::console::error_1(&format!("uncaptured GPU error: {text}").into());
             if let Ok(mut slot) = GPU_ERROR.lock()
                 && slot.is_none()
