@@ -290,9 +290,41 @@ pub async fn read_f32<const D: usize>(
         .map_err(|e| readback(format!("{e:?}")))
 }
 
+/// The driver's own words in the error of a read on a lost device, for a message: Burn and
+/// cubecl wrap them as `… failed: The device is poisoned Caused by: … Caused by: Destroyed:
+/// Device was destroyed. Backtrace: …`; this keeps `Destroyed: Device was destroyed` (the
+/// text after the last `Caused by:`, without the backtrace and the final full stop), or the
+/// whole text when it has no such part.
+pub fn lost_device_reason(text: &str) -> String {
+    let last = text.rsplit("Caused by:").next().unwrap_or(text);
+    let reason = last.split("Backtrace:").next().unwrap_or(last);
+    let reason = reason.split_whitespace().collect::<Vec<_>>().join(" ");
+    let reason = reason.trim_end_matches('.');
+    if reason.is_empty() {
+        text.trim().to_owned()
+    } else {
+        reason.to_owned()
+    }
+}
+
 #[cfg(all(test, not(target_arch = "wasm32")))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lost_device_reason_keeps_the_drivers_words() {
+        let read = "reading back denoising step probe from Device<Cube(Wgpu(WgpuDevice { kind: \
+                    DefaultDevice, backend: Auto }))> failed: The device is poisoned Caused by: \
+                    The device is poisoned Caused by: Destroyed: Device was destroyed. \
+                    Backtrace: No backtrace available";
+        assert_eq!(lost_device_reason(read), "Destroyed: Device was destroyed");
+        assert_eq!(
+            lost_device_reason("the device was lost\nCaused by:\n  Unknown: GPU reset\n"),
+            "Unknown: GPU reset"
+        );
+        assert_eq!(lost_device_reason("device lost"), "device lost");
+        assert_eq!(lost_device_reason(" Caused by: "), "Caused by:");
+    }
 
     #[test]
     fn seeded_values_are_deterministic_and_in_range() {

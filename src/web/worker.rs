@@ -55,7 +55,7 @@ use super::models::{self, CachedModel};
 use super::{js_error_text, pixel_buffers};
 use crate::caption::{CaptionLanguage, CaptionOptions, Captioner};
 use crate::error::{Error, Result};
-use crate::gpu::{FeatureState, GpuReport, KeyLimits, matmul_self_test};
+use crate::gpu::{FeatureState, GpuReport, KeyLimits, lost_device_reason, matmul_self_test};
 use crate::model::text_encoder;
 use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::pipeline::{
@@ -659,9 +659,10 @@ async fn decompose(request: DecomposeRequest) {
             let lost = is_device_lost(&text);
             let message = if lost {
                 format!(
-                    "Decomposing failed: the GPU device was lost ({text}). The editor and its \
+                    "Decomposing failed: the GPU device was lost ({}). The editor and its \
                      layers are untouched: save them (Export), then reload the page to get a \
-                     new GPU device."
+                     new GPU device.",
+                    lost_device_reason(&text)
                 )
             } else {
                 format!("Decomposing failed: {text}")
@@ -673,7 +674,9 @@ async fn decompose(request: DecomposeRequest) {
                 post(&FromWorker::Unloaded);
             }
             if lost {
-                post(&FromWorker::DeviceLost { reason: text });
+                post(&FromWorker::DeviceLost {
+                    reason: lost_device_reason(&text),
+                });
             }
         }
     }

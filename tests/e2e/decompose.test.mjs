@@ -259,11 +259,11 @@ test("Cancel stops a run between steps; Decompose then shows N layers; a GPU err
     await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded", await page.textContent("#model-status"));
     status = await faultyRun("lose-device");
-    assert.match(status, /^Decomposing failed: the GPU device was lost \(.+\)\. The editor and its layers are untouched: save them \(Export\), then reload the page/s, status);
+    assert.match(status, /^Decomposing failed: the GPU device was lost \(Destroyed: [^()]+\)\. The editor and its layers are untouched: save them \(Export\), then reload the page/, status);
     console.log(`after a lost device: ${status}`);
     // The page knows the device is gone: nothing can load or run until a reload.
     await wait("body[data-gpu=lost]");
-    assert.match(await page.textContent("#gpu-info"), /The GPU device was lost .*reload the page/);
+    assert.match(await page.textContent("#gpu-info"), /^The GPU device was lost \(Destroyed: [^()]+\)\. Save your work \(Export\), then reload the page/);
     assert.ok(await page.isDisabled("#load-model"), "no load on a lost device");
     assert.ok(await page.isDisabled("#decompose"), "no run on a lost device");
     await page.locator("#run-status").scrollIntoViewIfNeeded();
