@@ -305,6 +305,25 @@ commands:
         let budget = bytes("--gpu-budget")?;
         let max_binding = bytes("--gpu-max-binding")?;
         let max_buffer = bytes("--gpu-max-buffer")?;
+        // Forced limits steer the plan only; above the GPU's own they would fail on the GPU.
+        if let Some(limits) = limits {
+            for (name, forced, own) in [
+                (
+                    "--gpu-max-binding",
+                    max_binding,
+                    limits.max_storage_buffer_binding_size,
+                ),
+                ("--gpu-max-buffer", max_buffer, limits.max_buffer_size),
+            ] {
+                if let Some(forced) = forced.filter(|&forced| forced > own) {
+                    return Err(usage_error(format!(
+                        "{name} {} is over this GPU's own limit of {}: it can only lower it",
+                        show_bytes(forced),
+                        show_bytes(own)
+                    )));
+                }
+            }
+        }
         let (device, default_budget) = match limits {
             Some(limits) => (limits.clone(), default_budget_bytes(limits)),
             None if budget.is_none() && max_binding.is_none() && max_buffer.is_none() => {
@@ -620,6 +639,7 @@ commands:
         // The plan (on a GPU, or with forced limits) is made from the configs before any
         // weight is read: a run that cannot fit is refused here.
         let source = DirSource::new(&model);
+        let mut text_load = text_load(&opts, None)?;
         let plan = memory_plan(
             &opts,
             limits.as_ref(),
@@ -627,22 +647,22 @@ commands:
                 source: &source,
                 text: caption_first || prompt_text.is_some() || negative_text.is_some(),
                 precision,
-                text_precision: text_load(&opts, None)?.precision,
+                text_precision: text_load.precision,
                 dims: &dims,
                 params: &params,
             },
             &log,
         )?;
-        let text_load = {
-            let mut load = text_load(&opts, plan.as_ref().map(|p| p.estimate.max_tensor_bytes))?;
-            if plan
-                .as_ref()
-                .is_some_and(MemoryPlan::gathers_embedding_on_host)
-            {
-                load.embedding = EmbeddingMode::Gathered;
+        // Under a plan the text encoder loads as the page loads it (weights split over the
+        // largest buffer, the embedding gathered when it does not fit one); `--gather-embedding`
+        // still gathers it in any case.
+        if let Some(plan) = &plan {
+            let planned = plan.text_encoder_load(text_load.precision);
+            text_load.max_part_bytes = planned.max_part_bytes;
+            if planned.embedding == EmbeddingMode::Gathered {
+                text_load.embedding = EmbeddingMode::Gathered;
             }
-            load
-        };
+        }
 
         // Caption first (the pipeline's `get_image_caption` of the resized image); the
         // captioner's language model then encodes the prompts.

@@ -708,3 +708,22 @@ fn decompose_follows_a_memory_plan_under_forced_limits() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// On a GPU the forced limits can only lower the device's own: a larger one is refused as a
+/// misuse before any weight is read (lavapipe here: maxBufferSize 2 GiB).
+#[test]
+fn decompose_refuses_a_forced_limit_over_the_gpus_own() {
+    let dir = scratch("plan-over-limit");
+    let (_, mut args) = decompose_args("a_lin_cfgnorm_l3_s3_64", &dir);
+    args.extend(["--device", "wgpu", "--gpu-max-buffer", "1024G"].map(String::from));
+    let out = run(bin().args(&args));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{log}");
+    assert!(
+        log.contains("--gpu-max-buffer 1024.00 GiB is over this GPU's own limit of")
+            && log.contains("it can only lower it"),
+        "{log}"
+    );
+    assert!(!dir.join("out").exists(), "nothing written");
+    let _ = std::fs::remove_dir_all(dir);
+}
