@@ -327,13 +327,27 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
             ("run", (dims.width as usize, dims.height as usize)),
         ]
     };
+    // A query that streams a ring of 1, and the reference run's (resident) with the same VAE
+    // plan; returns the streamed plan.
+    let streamed_beside_resident =
+        |query: &str, bucket: u32, size, precision, what: &str| -> MemoryPlan {
+            let streamed = plan(query, bucket, size, precision);
+            assert_eq!(
+                streamed.transformer,
+                TransformerResidency::Streaming { ring: 1 },
+                "{what}"
+            );
+            let resident = plan(E2E_RESIDENT, bucket, size, precision);
+            assert!(resident.is_resident(), "{what}");
+            assert_eq!(
+                (resident.vae_tiling, resident.vae_slicing),
+                (streamed.vae_tiling, streamed.vae_slicing),
+                "{what}: the reference run decodes alike"
+            );
+            streamed
+        };
     for (what, size) in sizes(64) {
-        let streamed = plan(E2E_STREAMED, 64, size, Precision::F32);
-        assert_eq!(
-            streamed.transformer,
-            TransformerResidency::Streaming { ring: 1 },
-            "{what}"
-        );
+        let streamed = streamed_beside_resident(E2E_STREAMED, 64, size, Precision::F32, what);
         let tiling = streamed.vae_tiling.expect("tiled");
         assert_eq!((tiling.min_width, tiling.stride_width), (32, 24), "{what}");
         assert!(streamed.vae_slicing, "{what}");
@@ -343,13 +357,6 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
             "{words}"
         );
         assert!(words.contains("VAE: tiled, 32×32-pixel tiles"), "{words}");
-        let resident = plan(E2E_RESIDENT, 64, size, Precision::F32);
-        assert!(resident.is_resident(), "{what}");
-        assert_eq!(
-            (resident.vae_tiling, resident.vae_slicing),
-            (streamed.vae_tiling, streamed.vae_slicing),
-            "{what}: the reference run tiles alike"
-        );
     }
     // The run's picture spans more than one tile.
     assert_eq!(sizes(64)[1].1, (96, 64));
@@ -357,19 +364,8 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
     // layer at a time, not in the 12 tiles above: the tiled VAE is most of a run's time on
     // SwiftShader): a ring of 1 with its own budget, resident with the reference run's.
     for (what, size) in sizes(32) {
-        let gguf = plan(E2E_GGUF_STREAMED, 32, size, Precision::Q8);
-        assert_eq!(
-            gguf.transformer,
-            TransformerResidency::Streaming { ring: 1 },
-            "{what}: GGUF"
-        );
-        let resident = plan(E2E_RESIDENT, 32, size, Precision::Q8);
-        assert!(resident.is_resident(), "{what}: GGUF");
-        assert_eq!(
-            (resident.vae_tiling, resident.vae_slicing),
-            (gguf.vae_tiling, gguf.vae_slicing),
-            "{what}: GGUF: the reference run decodes alike"
-        );
+        let what = format!("{what}: GGUF");
+        streamed_beside_resident(E2E_GGUF_STREAMED, 32, size, Precision::Q8, &what);
     }
     // Without the forced limits the default budget keeps the tiny model resident and whole.
     let plan = configs
