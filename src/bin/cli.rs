@@ -88,6 +88,11 @@ commands:
              of a .safetensors file, a *.safetensors.index.json, a model folder, a pipeline
              folder, or a .gguf file (also its metadata, ggml types and byte sizes); with
              --tensor, print the first K values of one tensor as f32 (row-major), one a line
+  quantize   store a model folder's transformer with its linear weights already 8-/4-bit, as
+             one GGUF file (Q8_0/Q4_0 blocks, the rest as stored): what the page keeps after
+             a first load; decompose --transformer-gguf F.gguf --precision q4|q8 then loads
+             exactly the model it would quantize at load, without reading bf16 again
+             --model DIR --precision q8|q4 --out F.gguf [--component C (transformer)]
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
              and check a 256x256x256 matmul on it against the CPU backend
   fetch      REPO: download a model repository (owner/name) into a local cache folder,
@@ -111,6 +116,7 @@ commands:
             Some("encode-prompt") => encode_prompt(&args[1..]),
             Some("inspect") => inspect(&args[1..]),
             Some("fetch") => fetch(&args[1..]),
+            Some("quantize") => quantize(&args[1..]),
             Some("help" | "--help" | "-h") | None => {
                 println!("{USAGE}");
                 Ok(())
@@ -1050,6 +1056,93 @@ commands:
                 1,
             ));
         }
+        Ok(())
+    }
+
+    /// `quantize`: the transformer's stored quantized copy, written to `OUT.part` and renamed
+    /// to `OUT` only once complete.
+    fn quantize(args: &[String]) -> Result<(), Fail> {
+        use std::io::Write;
+        let opts = Options::parse(
+            args,
+            &["--model", "--precision", "--out", "--component"],
+            &[],
+            0,
+            USAGE,
+        )?;
+        let model = PathBuf::from(opts.required("--model")?);
+        let out = PathBuf::from(opts.required("--out")?);
+        let precision: Precision = opts.required("--precision")?.parse().map_err(usage_error)?;
+        if precision == Precision::F32 {
+            return Err(usage_error("--precision must be q8 or q4"));
+        }
+        let component = opts.get("--component").unwrap_or("transformer");
+        if component != "transformer" {
+            return Err(usage_error(format!(
+                "--component {component:?}: only the transformer is stored quantized"
+            )));
+        }
+        let source = DirSource::new(&model);
+        let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
+        let origin = model.display().to_string();
+        let layout =
+            QwenImageTransformer2DModel::stored_quantized_layout(&folder, precision, &origin)?;
+        let (tensors, quantized) = layout.counts();
+        eprintln!(
+            "{component}: {tensors} tensors, {quantized} linear weights to {precision:?}; \
+             {} stored → {}",
+            show_bytes(layout.source_bytes()),
+            show_bytes(layout.size())
+        );
+        let part = PathBuf::from(format!("{}.part", out.display()));
+        let io = |e: std::io::Error, p: &Path| Fail(format!("{}: {e}", p.display()), 1);
+        let file = std::fs::File::create(&part).map_err(|e| io(e, &part))?;
+        let mut writer = std::io::BufWriter::with_capacity(8 << 20, file);
+        let start = Instant::now();
+        let mut last = Instant::now();
+        let result = pollster::block_on(qwen_layered_web::weights::write_quantized(
+            &source,
+            &layout,
+            None,
+            |bytes| {
+                writer.write_all(bytes).map_err(|e| qwen_layered_web::Error::Source {
+                    file: part.display().to_string(),
+                    reason: e.to_string(),
+                })
+            },
+            |done, total| {
+                if last.elapsed().as_secs_f64() >= 1.0 || done == total {
+                    last = Instant::now();
+                    eprintln!("  {} of {}", show_bytes(done), show_bytes(total));
+                }
+            },
+        ))
+        .and_then(|hash| {
+            writer
+                .into_inner()
+                .map_err(|e| e.into_error())
+                .and_then(|f| f.sync_all())
+                .map_err(|e| qwen_layered_web::Error::Source {
+                    file: part.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+            Ok(hash)
+        });
+        let hash = match result {
+            Ok(hash) => hash,
+            Err(err) => {
+                let _ = std::fs::remove_file(&part);
+                return Err(err.into());
+            }
+        };
+        std::fs::rename(&part, &out).map_err(|e| io(e, &out))?;
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        eprintln!(
+            "wrote {} ({}) in {:.1} s, sha256 {hex}",
+            out.display(),
+            show_bytes(layout.size()),
+            start.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 

@@ -19,10 +19,13 @@
 //!   weights for benchmarks and precision checks without a download);
 //! - [`TableRows`] reads single rows of a table on demand (the text encoder's token embedding
 //!   gathered from storage instead of uploaded whole) and keeps the rows it has read;
+//! - [`QuantizedLayout`] and [`write_quantized`] write a checkpoint as a GGUF file with its
+//!   linear weights quantized (the stored form of a model quantized on first load);
 //! - [`Precision`] chooses how linear weights are kept: f32, or 8-/4-bit blocks
 //!   ([`QuantizedMatrix`]) quantized at load time or repacked from GGUF `Q8_0`/`Q4_0`.
 
 pub mod gguf;
+mod gguf_write;
 pub mod http;
 mod loader;
 mod par;
@@ -32,6 +35,7 @@ mod safetensors;
 pub mod synthetic;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
+pub use gguf_write::{QuantizedLayout, STORED_FORMAT, write_quantized};
 pub use loader::{
     DEFAULT_READ_CHUNK, LinearLoad, Precision, TensorLoader, split_rows, weight_row_bytes,
 };

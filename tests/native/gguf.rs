@@ -16,9 +16,10 @@ use qwen_layered_web::model::transformer::{
 };
 use qwen_layered_web::weights::gguf::dequantize;
 use qwen_layered_web::weights::{
-    DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision, WeightSource,
-    read_json,
+    DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision, STORED_FORMAT,
+    SafetensorsFolder, WeightSource, read_json, write_quantized,
 };
+use sha2::Digest;
 use safetensors::SafeTensors;
 
 fn gguf_dir() -> DirSource {
@@ -460,4 +461,145 @@ fn long_headers_are_read_in_growing_prefixes() {
         .expect_err("truncated")
         .to_string();
     assert!(err.contains("past the end"), "{err}");
+}
+
+/// The tiny transformer's stored quantized copy (`QuantizedLayout` + `write_quantized`) in
+/// `precision`, written with `read_chunk`: the file's bytes and its returned SHA-256.
+fn stored_copy(precision: Precision, read_chunk: Option<u64>) -> (Vec<u8>, [u8; 32]) {
+    let src = model_dir();
+    let folder = pollster::block_on(SafetensorsFolder::open(&src, "model/transformer"))
+        .expect("fixture transformer");
+    let layout =
+        QwenImageTransformer2DModel::stored_quantized_layout(&folder, precision, "test/tiny@1")
+            .expect("layout");
+    let mut bytes = Vec::new();
+    let mut seen = Vec::new();
+    let hash = pollster::block_on(write_quantized(
+        &src,
+        &layout,
+        read_chunk,
+        |b| {
+            bytes.extend_from_slice(b);
+            Ok(())
+        },
+        |done, total| seen.push((done, total)),
+    ))
+    .expect("written");
+    assert_eq!(bytes.len() as u64, layout.size(), "the layout's size");
+    assert_eq!(seen.len(), layout.counts().0, "one progress call per tensor");
+    assert_eq!(seen.last(), Some(&(layout.size(), layout.size())));
+    (bytes, hash)
+}
+
+#[test]
+fn a_stored_quantized_transformer_loads_as_the_one_quantized_at_load() {
+    for (precision, ty, pyfile) in [
+        (Precision::Q8, GgmlType::Q8_0, "transformer-Q8_0.gguf"),
+        (Precision::Q4, GgmlType::Q4_0, "transformer-Q4_0.gguf"),
+    ] {
+        let (bytes, hash) = stored_copy(precision, None);
+        let digest: [u8; 32] = sha2::Sha256::digest(&bytes).into();
+        assert_eq!(hash, digest, "{precision:?}: returned hash");
+        // Read in steps of one row (or a few bytes) instead of 8 MiB: the same file.
+        assert_eq!(stored_copy(precision, Some(64)).1, hash, "chunking");
+
+        let mut src = MemorySource::new();
+        src.insert("stored.gguf", bytes.clone());
+        let g = pollster::block_on(GgufFile::open(&src, "stored.gguf")).expect("our reader");
+        assert_eq!((g.version(), g.alignment()), (3, 32));
+        assert_eq!(g.architecture(), Some("qwen_image"));
+        let file_type = if precision == Precision::Q8 { 7 } else { 2 };
+        assert_eq!(g.meta("general.file_type"), Some(&MetaValue::U32(file_type)));
+        assert_eq!(
+            g.meta("qwen_layered.format"),
+            Some(&MetaValue::U32(STORED_FORMAT))
+        );
+        assert_eq!(
+            g.meta("qwen_layered.origin"),
+            Some(&MetaValue::String("test/tiny@1".into()))
+        );
+        let st = pollster::block_on(SafetensorsFolder::open(&model_dir(), "model/transformer"))
+            .expect("fixture");
+        assert_eq!(g.tensors().len(), st.len());
+        let mut quantized = 0;
+        for t in g.tensors() {
+            let e = st.get(&t.name).expect("same keys");
+            assert_eq!(t.shape, e.shape, "{}", t.name);
+            assert_eq!(t.offset % 32, 0, "{} aligned", t.name);
+            let linear = QwenImageTransformer2DModel::is_linear_weight(&t.name, &t.shape)
+                && t.shape[1] % 32 == 0;
+            if linear {
+                assert_eq!(t.ggml_type, ty, "{}", t.name);
+                quantized += 1;
+            } else {
+                // Kept as stored, byte for byte.
+                assert_eq!(t.ggml_type, GgmlType::BF16, "{}", t.name);
+                let stored =
+                    pollster::block_on(model_dir().read(&e.file, e.offset, e.len)).expect("read");
+                let ours = &bytes[t.offset as usize..(t.offset + t.len) as usize];
+                assert_eq!(ours, &stored[..], "{}", t.name);
+            }
+        }
+        assert!(quantized >= 20, "{quantized} quantized tensors");
+
+        // Independent check of the block bytes: gguf-py 0.19.0's quantizer (ggml's reference
+        // rounding) wrote the same blocks for every tensor both files quantize.
+        let py = open(pyfile);
+        let py_bytes = std::fs::read(fixtures_dir().join("gguf").join(pyfile)).expect("fixture");
+        let mut compared = 0;
+        for t in g.tensors().iter().filter(|t| t.ggml_type == ty) {
+            let Some(p) = py.get(&t.name).filter(|p| p.ggml_type == ty) else {
+                continue;
+            };
+            assert_eq!(
+                &bytes[t.offset as usize..(t.offset + t.len) as usize],
+                &py_bytes[p.offset as usize..(p.offset + p.len) as usize],
+                "{}: our {ty:?} blocks vs gguf-py's",
+                t.name
+            );
+            compared += 1;
+        }
+        assert!(compared >= 20, "{compared} tensors compared with gguf-py");
+
+        // Loaded in the same precision: exactly the model quantized at load.
+        let from_store = pollster::block_on(QwenImageTransformer2DModel::load_gguf(
+            &src,
+            "stored.gguf",
+            &config(),
+            &cpu(),
+            precision,
+        ))
+        .expect("the stored copy loads");
+        let at_load = load_st(precision);
+        let (a, b) = (linear_weights(&from_store), linear_weights(&at_load));
+        assert!(a.iter().all(|w| w.0), "{precision:?}: quantized layers");
+        assert_eq!(a, b, "{precision:?}: linear weights");
+        let (out_store, _) = run(&from_store);
+        let (out_load, _) = run(&at_load);
+        let diff = out_store
+            .iter()
+            .zip(&out_load)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            out_store.len() == out_load.len() && diff == 0.0,
+            "{precision:?}: transformer outputs differ by up to {diff:e}"
+        );
+        eprintln!(
+            "{precision:?}: stored copy {} bytes ({} tensors, {quantized} quantized, {compared} \
+             equal to gguf-py's); output identical to quantizing at load",
+            bytes.len(),
+            g.tensors().len()
+        );
+    }
+}
+
+#[test]
+fn a_stored_quantized_copy_needs_a_quantized_precision() {
+    let folder = pollster::block_on(SafetensorsFolder::open(&model_dir(), "model/transformer"))
+        .expect("fixture");
+    let err = QwenImageTransformer2DModel::stored_quantized_layout(&folder, Precision::F32, "x")
+        .expect_err("f32")
+        .to_string();
+    assert!(err.contains("q8 or q4"), "{err}");
 }

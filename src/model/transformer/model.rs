@@ -12,7 +12,10 @@ use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, Rop
 use super::streaming::BlockProvider;
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
-use crate::weights::{GgufFile, LinearLoad, Precision, TensorLoader, WeightSource, open_component};
+use crate::weights::{
+    GgufFile, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder, TensorLoader,
+    WeightSource, open_component,
+};
 
 /// diffusers `AdaLayerNormContinuous(D, D, elementwise_affine=False, eps=1e-6)`:
 /// `LN(x) · (1 + scale) + shift` with `[scale, shift] = linear(silu(temb))` (scale first).
@@ -168,6 +171,35 @@ impl QwenImageTransformer2DModel {
         let model = Self::load_with(config, &mut loader).await?;
         loader.finish()?;
         Ok(model)
+    }
+
+    /// Whether the checkpoint tensor `key` of `shape` is the weight of a `torch.nn.Linear`
+    /// (loaded with [`TensorLoader::linear`], so kept in the loader's precision): every 2-D
+    /// `*.weight` of this model but the `addition_t_embedding` table (an `nn.Embedding`).
+    pub fn is_linear_weight(key: &str, shape: &[usize]) -> bool {
+        shape.len() == 2
+            && key.ends_with(".weight")
+            && !key.ends_with("addition_t_embedding.weight")
+    }
+
+    /// The GGUF file that stores `folder`'s checkpoint (bf16/f16/f32 safetensors) with its
+    /// linear weights already in `precision` (`Q8`/`Q4`): the layout to write with
+    /// [`write_quantized`](crate::weights::write_quantized). Loading that file with
+    /// [`load_gguf`](Self::load_gguf) in the same precision gives exactly the model
+    /// [`load_precision`](Self::load_precision) quantizes from the checkpoint.
+    /// `origin` (e.g. `repo@commit`) is recorded as `qwen_layered.origin`.
+    pub fn stored_quantized_layout(
+        folder: &SafetensorsFolder,
+        precision: Precision,
+        origin: &str,
+    ) -> Result<QuantizedLayout> {
+        QuantizedLayout::new(
+            folder,
+            precision,
+            "qwen_image",
+            Self::is_linear_weight,
+            &[("qwen_layered.origin", MetaValue::String(origin.to_owned()))],
+        )
     }
 
     /// Builds the model from `config`, taking its tensors from `l` (keys at the root).

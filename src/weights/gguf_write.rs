@@ -1,0 +1,378 @@
+//! A component's safetensors checkpoint written out as one GGUF v3 file with its linear
+//! weights already quantized: the form in which a model quantized on first load is **stored**
+//! (issue #5: the official bf16 transformer is quantized once, in the browser or by
+//! `qwen-layered quantize`, and later loads and every streamed block read take the 4-bit
+//! bytes instead of reading bf16 and quantizing again).
+//!
+//! - Linear weights (as the model says: a predicate over key and shape) whose inner dimension
+//!   is a multiple of [`BLOCK`] become GGUF `Q8_0` or `Q4_0`, quantized exactly as
+//!   [`TensorLoader`](super::TensorLoader) quantizes at load time, so loading the file with the
+//!   same precision repacks the very same blocks (`QuantizedMatrix::from_q8_0`/`from_q4_0`):
+//!   the model on the device is bit-for-bit the one quantized at load.
+//! - Every other tensor keeps its stored type (BF16, F16 or F32), bytes copied unchanged.
+//!
+//! The layout (header, tensor infos, offsets) is computed from the safetensors headers alone
+//! ([`QuantizedLayout::new`]), so the file's size is known before a byte is converted, and
+//! [`write_quantized`] then streams: it reads about `read_chunk` stored bytes of whole rows,
+//! quantizes them, hands the encoded bytes to the sink and reuses its buffers, so the host holds
+//! a few chunks, never a tensor (a 3072 × 12288 bf16 weight is 75 MB stored). The sink sees the
+//! file's bytes in order from offset 0; the SHA-256 of all of them is returned.
+//!
+//! GGUF layout as in [`super::gguf`]: magic, version 3, tensor and metadata counts, metadata,
+//! tensor infos (dims innermost first, offsets relative to the data section), padding to the
+//! alignment (32, the default, not written), data, each tensor's start aligned.
+
+use half::f16;
+use safetensors::Dtype;
+use sha2::{Digest, Sha256};
+
+use super::gguf::{DEFAULT_ALIGNMENT, GgmlType, MetaValue};
+use super::par::worker_count;
+use super::quant::{BLOCK, Values, quantize_into};
+use super::{DEFAULT_READ_CHUNK, Precision, SafetensorsFolder, WeightSource};
+use crate::error::{Error, Result};
+
+/// Version of the stored form written by [`write_quantized`] (key `qwen_layered.format`).
+/// Raise it whenever the bytes written for the same checkpoint would change, so stores made by
+/// an older build are not taken for current ones (they are named with it, see the worker).
+pub const STORED_FORMAT: u32 = 1;
+
+/// One tensor of the file to write.
+#[derive(Debug, Clone)]
+struct Planned {
+    key: String,
+    shape: Vec<usize>,
+    /// The GGUF type written.
+    out: GgmlType,
+    /// Where the stored tensor is.
+    file: String,
+    dtype: Dtype,
+    src_offset: u64,
+    src_len: u64,
+    /// Absolute offset of the written data, and its length.
+    offset: u64,
+    len: u64,
+}
+
+/// The whole file to write, planned from a checkpoint's headers.
+#[derive(Debug, Clone)]
+pub struct QuantizedLayout {
+    /// Everything before the first tensor's data (padded to the alignment).
+    header: Vec<u8>,
+    tensors: Vec<Planned>,
+    size: u64,
+    quantized: usize,
+    source_bytes: u64,
+    /// 8 or 4.
+    bits: u32,
+}
+
+/// The GGUF code of the types this writer emits.
+fn type_code(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::F32 => 0,
+        GgmlType::F16 => 1,
+        GgmlType::Q4_0 => 2,
+        GgmlType::Q8_0 => 8,
+        GgmlType::BF16 => 30,
+        other => unreachable!("the writer never emits {other:?}"),
+    }
+}
+
+/// llama.cpp's `general.file_type` for a file of mostly `Q8_0` (7) or `Q4_0` (2) weights.
+fn file_type(bits: u32) -> u32 {
+    if bits == 8 { 7 } else { 2 }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_le_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// One metadata value: its type code and little-endian bytes (arrays are not written).
+fn put_value(out: &mut Vec<u8>, key: &str, value: &MetaValue) -> Result<()> {
+    let (code, bytes): (u32, Vec<u8>) = match value {
+        MetaValue::U8(v) => (0, vec![*v]),
+        MetaValue::I8(v) => (1, v.to_le_bytes().to_vec()),
+        MetaValue::U16(v) => (2, v.to_le_bytes().to_vec()),
+        MetaValue::I16(v) => (3, v.to_le_bytes().to_vec()),
+        MetaValue::U32(v) => (4, v.to_le_bytes().to_vec()),
+        MetaValue::I32(v) => (5, v.to_le_bytes().to_vec()),
+        MetaValue::F32(v) => (6, v.to_le_bytes().to_vec()),
+        MetaValue::Bool(v) => (7, vec![u8::from(*v)]),
+        MetaValue::String(s) => {
+            let mut b = Vec::new();
+            put_str(&mut b, s);
+            (8, b)
+        }
+        MetaValue::U64(v) => (10, v.to_le_bytes().to_vec()),
+        MetaValue::I64(v) => (11, v.to_le_bytes().to_vec()),
+        MetaValue::F64(v) => (12, v.to_le_bytes().to_vec()),
+        MetaValue::Array(_) => {
+            return Err(Error::Weights {
+                key: key.to_owned(),
+                file: "(GGUF writer)".into(),
+                reason: "array metadata values are not written".into(),
+            });
+        }
+    };
+    put_str(out, key);
+    out.extend(code.to_le_bytes());
+    out.extend(bytes);
+    Ok(())
+}
+
+fn align(n: u64) -> u64 {
+    n.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
+}
+
+impl QuantizedLayout {
+    /// Plans `folder`'s tensors (all of them, in stored order) with the linear weights
+    /// (`is_linear(key, shape)`, 2-D `[d_out, d_in]` with `d_in` a multiple of 32) in
+    /// `precision` (`Q8` or `Q4`), and `metadata` after the standard keys
+    /// (`general.architecture` = `architecture`, `general.quantization_version` = 2,
+    /// `general.file_type`, `qwen_layered.format` = [`STORED_FORMAT`]).
+    pub fn new(
+        folder: &SafetensorsFolder,
+        precision: Precision,
+        architecture: &str,
+        is_linear: impl Fn(&str, &[usize]) -> bool,
+        metadata: &[(&str, MetaValue)],
+    ) -> Result<Self> {
+        let bits = precision.bits().ok_or_else(|| Error::Weights {
+            key: String::new(),
+            file: folder.folder().to_owned(),
+            reason: "a stored quantized copy needs precision q8 or q4, not f32".into(),
+        })?;
+        let quant = if bits == 8 {
+            GgmlType::Q8_0
+        } else {
+            GgmlType::Q4_0
+        };
+        let mut entries: Vec<_> = folder
+            .keys()
+            .filter_map(|k| Some((k, folder.get(k)?)))
+            .collect();
+        entries.sort_by(|(_, a), (_, b)| (&a.file, a.offset).cmp(&(&b.file, b.offset)));
+        let mut tensors = Vec::with_capacity(entries.len());
+        let (mut data, mut quantized, mut source_bytes) = (0u64, 0, 0);
+        for (key, e) in entries {
+            let bad = |reason: String| Error::Weights {
+                key: key.to_owned(),
+                file: e.file.clone(),
+                reason,
+            };
+            let stored = match e.dtype {
+                Dtype::F32 => GgmlType::F32,
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
+                other => return Err(bad(format!("dtype {other:?} has no GGUF twin here"))),
+            };
+            if e.shape.len() > super::gguf::MAX_DIMS {
+                return Err(bad(format!("{} dimensions (GGUF holds 4)", e.shape.len())));
+            }
+            let n: usize = e.shape.iter().product();
+            if e.len != (n * (e.dtype.bitsize() / 8)) as u64 {
+                return Err(bad(format!("{} bytes for shape {:?}", e.len, e.shape)));
+            }
+            let linear = e.shape.len() == 2
+                && e.shape[1] % BLOCK == 0
+                && e.shape[0] > 0
+                && is_linear(key, &e.shape);
+            let out = if linear { quant } else { stored };
+            quantized += usize::from(linear);
+            let len = out.bytes_for(n as u64).expect("whole blocks");
+            tensors.push(Planned {
+                key: key.to_owned(),
+                shape: e.shape.clone(),
+                out,
+                file: e.file.clone(),
+                dtype: e.dtype,
+                src_offset: e.offset,
+                src_len: e.len,
+                offset: data,
+                len,
+            });
+            data = align(data + len);
+            source_bytes += e.len;
+        }
+        let mut meta: Vec<(&str, MetaValue)> = vec![
+            ("general.architecture", MetaValue::String(architecture.into())),
+            ("general.quantization_version", MetaValue::U32(2)),
+            ("general.file_type", MetaValue::U32(file_type(bits))),
+            ("qwen_layered.format", MetaValue::U32(STORED_FORMAT)),
+        ];
+        meta.extend(metadata.iter().cloned());
+        let mut header = b"GGUF".to_vec();
+        header.extend(3u32.to_le_bytes());
+        header.extend((tensors.len() as u64).to_le_bytes());
+        header.extend((meta.len() as u64).to_le_bytes());
+        for (key, value) in &meta {
+            put_value(&mut header, key, value)?;
+        }
+        for t in &tensors {
+            put_str(&mut header, &t.key);
+            header.extend((t.shape.len() as u32).to_le_bytes());
+            for &d in t.shape.iter().rev() {
+                header.extend((d as u64).to_le_bytes());
+            }
+            header.extend(type_code(t.out).to_le_bytes());
+            header.extend(t.offset.to_le_bytes());
+        }
+        header.resize(align(header.len() as u64) as usize, 0);
+        let start = header.len() as u64;
+        for t in &mut tensors {
+            t.offset += start;
+        }
+        let size = tensors.last().map_or(start, |t| t.offset + t.len);
+        Ok(Self {
+            header,
+            tensors,
+            size,
+            quantized,
+            source_bytes,
+            bits,
+        })
+    }
+
+    /// The size of the file in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of tensors, and how many of them are quantized.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.tensors.len(), self.quantized)
+    }
+
+    /// Stored bytes read to write the file (every tensor once).
+    pub fn source_bytes(&self) -> u64 {
+        self.source_bytes
+    }
+}
+
+/// GGUF `Q8_0` blocks (`f16 d`, then the 32 `i8` codes) of quantized `words`/`scales`
+/// (8-bit codes `q + 128`, four per little-endian word), appended to `out`.
+fn encode_q8_0(words: &[u32], scales: &[f16], out: &mut Vec<u8>) {
+    for (block, d) in words.chunks_exact(8).zip(scales) {
+        out.extend(d.to_le_bytes());
+        for w in block {
+            out.extend(w.to_le_bytes().map(|u| u ^ 0x80));
+        }
+    }
+}
+
+/// GGUF `Q4_0` blocks (`f16 d`, then 16 bytes: value `j` in the low nibble of byte `j`,
+/// value `j + 16` in its high nibble) of quantized 4-bit `words`/`scales` (eight codes per
+/// word, value `k` in bits `4k..`), appended to `out`.
+fn encode_q4_0(words: &[u32], scales: &[f16], out: &mut Vec<u8>) {
+    for (block, d) in words.chunks_exact(4).zip(scales) {
+        out.extend(d.to_le_bytes());
+        let code = |j: usize| (block[j / 8] >> (4 * (j % 8))) as u8 & 0xF;
+        out.extend((0..16).map(|j| code(j) | code(j + 16) << 4));
+    }
+}
+
+/// Writes `layout` (made from `folder` of `source`) to `sink`, which receives the file's bytes
+/// in order from offset 0; `progress(bytes_written, size)` is called after each tensor.
+/// Returns the SHA-256 of the file. Reads about `read_chunk` stored bytes at a time
+/// ([`DEFAULT_READ_CHUNK`] when `None`); a sink error stops the writing and is returned.
+pub async fn write_quantized<S: WeightSource>(
+    source: &S,
+    layout: &QuantizedLayout,
+    read_chunk: Option<u64>,
+    mut sink: impl FnMut(&[u8]) -> Result<()>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<[u8; 32]> {
+    let bits = layout.bits;
+    let chunk = read_chunk.unwrap_or(DEFAULT_READ_CHUNK).max(1);
+    let mut hash = Sha256::new();
+    let mut put = |bytes: &[u8], hash: &mut Sha256| -> Result<()> {
+        hash.update(bytes);
+        sink(bytes)
+    };
+    put(&layout.header, &mut hash)?;
+    let mut written = layout.header.len() as u64;
+    let (mut buf, mut out) = (Vec::<u8>::new(), Vec::<u8>::new());
+    let (mut words, mut scales) = (Vec::<u32>::new(), Vec::<f16>::new());
+    for t in &layout.tensors {
+        if t.offset > written {
+            put(&vec![0; (t.offset - written) as usize], &mut hash)?;
+            written = t.offset;
+        }
+        let quantize = matches!(t.out, GgmlType::Q8_0 | GgmlType::Q4_0);
+        // Whole rows per read when quantizing (blocks run along rows), any bytes otherwise.
+        let unit = if quantize {
+            t.src_len / t.shape[0] as u64
+        } else {
+            1
+        };
+        let step = (chunk / unit).max(1) * unit;
+        let mut at = 0;
+        while at < t.src_len {
+            let n = step.min(t.src_len - at) as usize;
+            buf.resize(n, 0);
+            source
+                .read_into(&t.file, t.src_offset + at, &mut buf)
+                .await?;
+            if quantize {
+                let values = n / (t.dtype.bitsize() / 8);
+                let blocks = values / BLOCK;
+                words.resize(blocks * bits as usize, 0);
+                scales.resize(blocks, f16::ZERO);
+                let stored = Values::stored(&buf, t.dtype).map_err(|reason| Error::Weights {
+                    key: t.key.clone(),
+                    file: t.file.clone(),
+                    reason,
+                })?;
+                quantize_into(stored, bits, &mut words, &mut scales, worker_count(values));
+                out.clear();
+                match bits {
+                    8 => encode_q8_0(&words, &scales, &mut out),
+                    _ => encode_q4_0(&words, &scales, &mut out),
+                }
+                put(&out, &mut hash)?;
+                written += out.len() as u64;
+            } else {
+                put(&buf, &mut hash)?;
+                written += n as u64;
+            }
+            at += n as u64;
+        }
+        if written != t.offset + t.len {
+            return Err(Error::Weights {
+                key: t.key.clone(),
+                file: t.file.clone(),
+                reason: format!(
+                    "wrote {} bytes where the layout has {} (a writer bug)",
+                    written - t.offset,
+                    t.len
+                ),
+            });
+        }
+        progress(written, layout.size);
+    }
+    Ok(hash.finalize().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::weights::QuantizedMatrix;
+
+    #[test]
+    fn block_encodings_are_the_inverse_of_the_repacking() {
+        let values: Vec<f32> = (0..4 * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        for bits in [8, 4] {
+            let m = QuantizedMatrix::quantize(&values, 4, 64, bits).expect("quantize");
+            let mut bytes = Vec::new();
+            if bits == 8 {
+                encode_q8_0(&m.words, &m.scales, &mut bytes);
+                assert_eq!(QuantizedMatrix::from_q8_0(&bytes, 4, 64).expect("q8"), m);
+            } else {
+                encode_q4_0(&m.words, &m.scales, &mut bytes);
+                assert_eq!(QuantizedMatrix::from_q4_0(&bytes, 4, 64).expect("q4"), m);
+            }
+        }
+    }
+}
