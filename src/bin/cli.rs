@@ -92,7 +92,7 @@ commands:
              one GGUF file (Q8_0/Q4_0 blocks, the rest as stored): what the page keeps after
              a first load; decompose --transformer-gguf F.gguf --precision q4|q8 then loads
              exactly the model it would quantize at load, without reading bf16 again
-             --model DIR --precision q8|q4 --out F.gguf [--component C (transformer)]
+             --model DIR --precision q8|q4 --out F.gguf
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
              and check a 256x256x256 matmul on it against the CPU backend
   fetch      REPO: download a model repository (owner/name) into a local cache folder,
@@ -1063,25 +1063,14 @@ commands:
     /// to `OUT` only once complete.
     fn quantize(args: &[String]) -> Result<(), Fail> {
         use std::io::Write;
-        let opts = Options::parse(
-            args,
-            &["--model", "--precision", "--out", "--component"],
-            &[],
-            0,
-            USAGE,
-        )?;
+        let opts = Options::parse(args, &["--model", "--precision", "--out"], &[], 0, USAGE)?;
         let model = PathBuf::from(opts.required("--model")?);
         let out = PathBuf::from(opts.required("--out")?);
         let precision: Precision = opts.required("--precision")?.parse().map_err(usage_error)?;
         if precision == Precision::F32 {
             return Err(usage_error("--precision must be q8 or q4"));
         }
-        let component = opts.get("--component").unwrap_or("transformer");
-        if component != "transformer" {
-            return Err(usage_error(format!(
-                "--component {component:?}: only the transformer is stored quantized"
-            )));
-        }
+        let component = "transformer";
         let source = DirSource::new(&model);
         let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
         let origin = model.display().to_string();
@@ -1105,10 +1094,12 @@ commands:
             &layout,
             None,
             |bytes| {
-                writer.write_all(bytes).map_err(|e| qwen_layered_web::Error::Source {
-                    file: part.display().to_string(),
-                    reason: e.to_string(),
-                })
+                writer
+                    .write_all(bytes)
+                    .map_err(|e| qwen_layered_web::Error::Source {
+                        file: part.display().to_string(),
+                        reason: e.to_string(),
+                    })
             },
             |done, total| {
                 if last.elapsed().as_secs_f64() >= 1.0 || done == total {

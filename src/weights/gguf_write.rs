@@ -197,7 +197,10 @@ impl QuantizedLayout {
             source_bytes += e.len;
         }
         let mut meta: Vec<(&str, MetaValue)> = vec![
-            ("general.architecture", MetaValue::String(architecture.into())),
+            (
+                "general.architecture",
+                MetaValue::String(architecture.into()),
+            ),
             ("general.quantization_version", MetaValue::U32(2)),
             ("general.file_type", MetaValue::U32(file_type(bits))),
             ("qwen_layered.format", MetaValue::U32(STORED_FORMAT)),
@@ -362,7 +365,9 @@ mod tests {
 
     #[test]
     fn block_encodings_are_the_inverse_of_the_repacking() {
-        let values: Vec<f32> = (0..4 * 64).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let values: Vec<f32> = (0..4 * 64)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         for bits in [8, 4] {
             let m = QuantizedMatrix::quantize(&values, 4, 64, bits).expect("quantize");
             let mut bytes = Vec::new();

@@ -2,7 +2,8 @@
 //! reference's `output.layers`, final latents within 1e-4), its shape errors, `decompose
 //! --prompt` (text encoded by the model's text encoder), `decompose` under a memory plan
 //! (forced buffer limits and budgets: streamed vs resident, and a refusal), `encode-prompt`
-//! (prompt embeddings within 1e-4 of the records) and `inspect`.
+//! (prompt embeddings within 1e-4 of the records), `inspect`, and `quantize` (the stored 4-bit
+//! transformer gives the latents of quantizing at load).
 //!
 //! Run: `cargo test --test native cli:: -- --nocapture`.
 
@@ -597,6 +598,86 @@ fn decompose_runs_a_gguf_transformer_in_8_bit() {
     }
     let bad = run(bin().args(["decompose", "--precision", "q3"]));
     assert_eq!(bad.status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `quantize --precision q4` stores the transformer with 4-bit linear weights as one GGUF
+/// file (written as `OUT.part`, renamed when complete), and `decompose --transformer-gguf OUT
+/// --precision q4` then gives exactly the latents of `decompose --precision q4`, which
+/// quantizes the bf16 checkpoint at load.
+#[test]
+fn quantize_stores_the_transformer_that_decompose_would_quantize() {
+    let case = "a_lin_cfgnorm_l3_s3_64";
+    let dir = scratch("quantize");
+    let stored = dir.join("transformer-q4.gguf");
+    let model = fixtures_dir().join("model").display().to_string();
+    let out = run(bin().args([
+        "quantize",
+        "--model",
+        &model,
+        "--precision",
+        "q4",
+        "--out",
+        &stored.display().to_string(),
+    ]));
+    assert!(out.status.success(), "quantize failed");
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("78 tensors, 34 linear weights to Q4") && log.contains("sha256 "),
+        "{log}"
+    );
+    assert!(stored.is_file() && !dir.join("transformer-q4.gguf.part").exists());
+    let (_, base) = decompose_args(case, &dir);
+    let run_with = |extra: &[&str], out_dir: &str| {
+        let mut args = base.clone();
+        let at = args.iter().position(|a| a == "--out").expect("--out") + 1;
+        args[at] = dir.join(out_dir).display().to_string();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let out = run(bin().args(&args));
+        assert!(out.status.success(), "decompose {extra:?} failed");
+        read_f32_file(&dir.join(out_dir).join("latents.safetensors"), "latents").0
+    };
+    let at_load = run_with(&["--precision", "q4"], "at-load");
+    let from_store = run_with(
+        &[
+            "--precision",
+            "q4",
+            "--transformer-gguf",
+            &stored.display().to_string(),
+        ],
+        "stored",
+    );
+    assert_eq!(at_load.len(), from_store.len());
+    assert!(
+        at_load == from_store,
+        "latents differ (max {:e})",
+        at_load
+            .iter()
+            .zip(&from_store)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    );
+    let bad = run(bin().args([
+        "quantize",
+        "--model",
+        &model,
+        "--precision",
+        "f32",
+        "--out",
+        "x",
+    ]));
+    assert_eq!(bad.status.code(), Some(2), "f32 is a usage error");
+    let missing = run(bin().args([
+        "quantize",
+        "--model",
+        &dir.join("nothing").display().to_string(),
+        "--precision",
+        "q8",
+        "--out",
+        &dir.join("never.gguf").display().to_string(),
+    ]));
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(!dir.join("never.gguf").exists() && !dir.join("never.gguf.part").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
 

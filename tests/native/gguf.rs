@@ -19,8 +19,8 @@ use qwen_layered_web::weights::{
     DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision, STORED_FORMAT,
     SafetensorsFolder, WeightSource, read_json, write_quantized,
 };
-use sha2::Digest;
 use safetensors::SafeTensors;
+use sha2::Digest;
 
 fn gguf_dir() -> DirSource {
     DirSource::new(fixtures_dir().join("gguf"))
@@ -486,7 +486,11 @@ fn stored_copy(precision: Precision, read_chunk: Option<u64>) -> (Vec<u8>, [u8; 
     ))
     .expect("written");
     assert_eq!(bytes.len() as u64, layout.size(), "the layout's size");
-    assert_eq!(seen.len(), layout.counts().0, "one progress call per tensor");
+    assert_eq!(
+        seen.len(),
+        layout.counts().0,
+        "one progress call per tensor"
+    );
     assert_eq!(seen.last(), Some(&(layout.size(), layout.size())));
     (bytes, hash)
 }
@@ -509,7 +513,10 @@ fn a_stored_quantized_transformer_loads_as_the_one_quantized_at_load() {
         assert_eq!((g.version(), g.alignment()), (3, 32));
         assert_eq!(g.architecture(), Some("qwen_image"));
         let file_type = if precision == Precision::Q8 { 7 } else { 2 };
-        assert_eq!(g.meta("general.file_type"), Some(&MetaValue::U32(file_type)));
+        assert_eq!(
+            g.meta("general.file_type"),
+            Some(&MetaValue::U32(file_type))
+        );
         assert_eq!(
             g.meta("qwen_layered.format"),
             Some(&MetaValue::U32(STORED_FORMAT))
