@@ -383,6 +383,10 @@ pub enum FromWorker {
         phased: bool,
         /// Wall time of the load, ms.
         millis: f64,
+        /// One more sentence about the load for the page (e.g. that the transformer was
+        /// quantized and stored in this browser, or read from that stored copy).
+        #[serde(default)]
+        note: Option<String>,
     },
     /// Loading failed; no model is loaded.
     LoadFailed {
@@ -639,6 +643,7 @@ mod tests {
                 captioner: true,
                 phased: true,
                 millis: 1.5,
+                note: Some("stored".into()),
             },
             FromWorker::RunLoading {
                 component: "transformer".into(),

@@ -1093,7 +1093,7 @@ commands:
             &source,
             &layout,
             None,
-            |bytes| {
+            async |bytes: &[u8]| {
                 writer
                     .write_all(bytes)
                     .map_err(|e| qwen_layered_web::Error::Source {

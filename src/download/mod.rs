@@ -7,8 +7,11 @@
 //! - [`engine`]: Range requests in chunks, retries, resume, verification, commit;
 //! - [`verify`]: sha256 (LFS) and git-blob-sha1 (regular files), incremental;
 //! - [`retry`]: options, backoff, `Retry-After`, status classes;
-//! - [`progress`]: bytes, rate, ETA.
+//! - [`progress`]: bytes, rate, ETA;
+//! - [`derived`]: files made from a revision and kept beside it (the stored quantized
+//!   transformer), committed the same way.
 
+pub mod derived;
 pub mod engine;
 mod error;
 pub mod plan;

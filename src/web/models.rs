@@ -18,13 +18,15 @@ use super::opfs::{
     MODELS_DIR, OpfsSource, OpfsStore, check_quota, read_record, remove_record, storage_status,
     write_record,
 };
+use crate::download::derived::store_quantized;
 use crate::download::{
-    DResult, DownloadError, DownloadOptions, DownloadPlan, Progress, Session, Store, discover,
-    download_plan, remaining_bytes,
+    Check, DResult, DownloadError, DownloadOptions, DownloadPlan, FilePlan, Progress, Session,
+    Store, discover, download_plan, remaining_bytes,
 };
 use crate::error::{Error, Result};
+use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::protocol::{CacheState, ModelSource};
-use crate::weights::WeightSource;
+use crate::weights::{Precision, STORED_FORMAT, SafetensorsFolder, WeightSource};
 
 /// The OPFS folder of the per-source records.
 pub const SOURCES_DIR: &str = "model-sources";
@@ -188,7 +190,8 @@ pub async fn download(
     Ok(fetched)
 }
 
-/// Removes the source's files (and partial downloads) from the cache, and its record.
+/// Removes the source's files (and partial downloads) from the cache, the stored quantized
+/// copies made from them, and its record.
 pub async fn delete(source: &ModelSource) -> DResult<()> {
     let (plans, _) = plans(source, true).await?;
     let store = OpfsStore::open().await?;
@@ -196,8 +199,143 @@ pub async fn delete(source: &ModelSource) -> DResult<()> {
         for file in &plan.files {
             store.discard(plan, file).await?;
         }
+        for precision in [Precision::Q8, Precision::Q4] {
+            let Some(path) = stored_transformer_path(precision) else {
+                continue;
+            };
+            if let Some(file) = store.committed_file(plan, &path).await? {
+                store.discard(plan, &file).await?;
+            } else {
+                // A copy cut short (a closed tab) has no record: remove its bytes too.
+                let partial = FilePlan {
+                    path,
+                    size: 0,
+                    check: Check::Sha256("0".repeat(64)),
+                    url: String::new(),
+                };
+                store.discard(plan, &partial).await?;
+            }
+        }
     }
     remove_record(SOURCES_DIR, &record_name(&source.id)).await
+}
+
+/// Where the stored quantized copy of a revision's transformer lives, beside its checkpoint
+/// (`None` for f32, which is not stored). The format version in the name keeps a copy written
+/// by a build with another [`STORED_FORMAT`] from being taken for a current one.
+pub fn stored_transformer_path(precision: Precision) -> Option<String> {
+    let ty = match precision {
+        Precision::F32 => return None,
+        Precision::Q8 => "q8_0",
+        Precision::Q4 => "q4_0",
+    };
+    Some(format!(
+        "transformer/qwen-layered-v{STORED_FORMAT}-{ty}.gguf"
+    ))
+}
+
+/// What [`use_stored_quantized`] did for a load.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoredCopy {
+    /// Not applicable: the transformer loads in f32, or comes from a GGUF file.
+    NotUsed,
+    /// The copy stored by an earlier load is read.
+    Reused {
+        /// Its size.
+        bytes: u64,
+    },
+    /// The copy was written by this load (and is read).
+    Made {
+        /// Its size.
+        bytes: u64,
+        /// How long writing it took.
+        millis: f64,
+    },
+    /// It could not be stored (the reason); the transformer is quantized at load instead.
+    NotStored(String),
+}
+
+impl StoredCopy {
+    /// A sentence for the page's model status, if there is something to say.
+    pub fn note(&self, precision: Precision) -> Option<String> {
+        let bits = precision.bits().unwrap_or(32);
+        let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        match self {
+            StoredCopy::NotUsed => None,
+            StoredCopy::Reused { bytes } => Some(format!(
+                "The transformer was read from its {bits}-bit copy stored in this browser ({}).",
+                mb(*bytes)
+            )),
+            StoredCopy::Made { bytes, millis } => Some(format!(
+                "The transformer was quantized to {bits} bits and stored in this browser ({}, \
+                 {:.1} s): later loads read that copy.",
+                mb(*bytes),
+                millis / 1000.0
+            )),
+            StoredCopy::NotStored(reason) => Some(format!(
+                "The {bits}-bit transformer could not be stored in this browser ({reason}); it \
+                 was quantized while loading and will be again next time."
+            )),
+        }
+    }
+}
+
+/// For a source whose transformer is a safetensors checkpoint kept 8-/4-bit: points `cached`
+/// at the stored quantized copy of it ([`stored_transformer_path`]), writing that copy first
+/// when this revision has none (quota checked first; `progress(bytes_written, size)` while
+/// writing; committed only once complete). Loading it gives exactly the model that quantizing
+/// the checkpoint at load gives, from about a quarter (4-bit) of the bytes, with no
+/// quantization work, at every later load and at every streamed block read. When the copy
+/// cannot be stored (no room, a storage error), nothing is left of it and the transformer is
+/// quantized at load as before: [`StoredCopy::NotStored`] says why.
+pub async fn use_stored_quantized(
+    cached: &mut CachedModel,
+    source: &ModelSource,
+    progress: &dyn Fn(u64, u64),
+) -> Result<StoredCopy> {
+    let precision = source.precision("transformer");
+    let Some(path) = stored_transformer_path(precision).filter(|_| cached.gguf.is_none()) else {
+        return Ok(StoredCopy::NotUsed);
+    };
+    let Some(i) = cached.parts.iter().position(|p| {
+        p.files()
+            .iter()
+            .any(|f| f.path.starts_with("transformer/") && f.path.ends_with(".safetensors"))
+    }) else {
+        return Ok(StoredCopy::NotUsed);
+    };
+    let store = OpfsStore::open().await?;
+    let plan = cached.parts[i].plan().clone();
+    if let Some(file) = store.committed_file(&plan, &path).await? {
+        let bytes = file.size;
+        cached.parts[i].add_file(file);
+        cached.gguf = Some(path);
+        return Ok(StoredCopy::Reused { bytes });
+    }
+    let folder = SafetensorsFolder::open(&*cached, "transformer").await?;
+    let origin = format!("{}@{}", plan.repo, plan.revision);
+    let layout = QwenImageTransformer2DModel::stored_quantized_layout(&folder, precision, &origin)?;
+    let start = js_sys::Date::now();
+    let stored = async {
+        check_quota(layout.size(), &storage_status().await?)?;
+        let file = store_quantized(&store, &plan, &path, &*cached, &layout, |done, total| {
+            progress(done, total)
+        })
+        .await?;
+        Ok::<_, Error>(file)
+    }
+    .await;
+    match stored {
+        Ok(file) => {
+            cached.parts[i].add_file(file);
+            cached.gguf = Some(path);
+            Ok(StoredCopy::Made {
+                bytes: layout.size(),
+                millis: js_sys::Date::now() - start,
+            })
+        }
+        Err(err) => Ok(StoredCopy::NotStored(err.to_string())),
+    }
 }
 
 /// A source's verified files in OPFS, across its repositories (each path is served by the
@@ -249,12 +387,15 @@ impl CachedModel {
             })
     }
 
-    /// `(path, bytes)` of every weight file (`.safetensors`, `.gguf`), for load progress.
+    /// `(path, bytes)` of every weight file a load reads (`.safetensors`, `.gguf`; not the
+    /// transformer's safetensors when it loads from a GGUF file), for load progress.
     pub fn weight_files(&self) -> Vec<(String, u64)> {
+        let skipped = |path: &str| self.gguf.is_some() && path.starts_with("transformer/");
         self.parts
             .iter()
             .flat_map(|p| p.files())
             .filter(|f| f.path.ends_with(".safetensors") || f.path.ends_with(".gguf"))
+            .filter(|f| !(skipped(&f.path) && f.path.ends_with(".safetensors")))
             .map(|f| (f.path.clone(), f.size))
             .collect()
     }

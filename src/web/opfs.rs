@@ -248,6 +248,33 @@ impl OpfsStore {
         Ok((dir, name.to_owned()))
     }
 
+    /// The committed file `path` of `plan`'s revision as its commit record describes it (size
+    /// and hash; no URL), when the record exists and the stored bytes have its size: for files
+    /// made in the browser rather than listed by the hub (the stored quantized transformer).
+    pub async fn committed_file(
+        &self,
+        plan: &DownloadPlan,
+        path: &str,
+    ) -> DResult<Option<FilePlan>> {
+        let Ok((dir, name)) = self.locate(plan, path, false).await else {
+            return Ok(None);
+        };
+        let err = |e: JsValue| storage_err(path, &e);
+        let bytes = read_small(&dir, &format!("{name}{RECORD_SUFFIX}"))
+            .await
+            .map_err(err)?;
+        let Some(state) = bytes.and_then(|b| serde_json::from_slice::<FileState>(&b).ok()) else {
+            return Ok(None);
+        };
+        let on_disk = file_size(&dir, &name).await.map_err(err)?;
+        Ok((on_disk == Some(state.size)).then(|| FilePlan {
+            path: path.to_owned(),
+            size: state.size,
+            check: state.check,
+            url: String::new(),
+        }))
+    }
+
     async fn record(
         &self,
         plan: &DownloadPlan,
@@ -720,6 +747,19 @@ impl OpfsSource {
     /// The committed files this source serves (all of the plan's, once downloaded).
     pub fn files(&self) -> &[FilePlan] {
         &self.plan.files
+    }
+
+    /// The revision's plan (repository, commit, files).
+    pub fn plan(&self) -> &DownloadPlan {
+        &self.plan
+    }
+
+    /// Serves `file` too: a committed file of this revision that the hub does not list (one
+    /// made in the browser, from [`OpfsStore::committed_file`] or
+    /// [`store_quantized`](crate::download::derived::store_quantized)).
+    pub fn add_file(&mut self, file: FilePlan) {
+        self.plan.files.retain(|f| f.path != file.path);
+        self.plan.files.push(file);
     }
 
     fn entry(&self, file: &str) -> Result<&FilePlan> {

@@ -433,23 +433,25 @@ impl RunPanel {
                 captioner,
                 phased,
                 millis,
+                note: load_note,
             } => {
                 self.captioner.set(captioner);
                 self.busy.set(false);
                 self.load_progress.set_hidden(true);
                 let label = self.label_of(&id);
-                self.set_model_status(
-                    &if phased {
-                        format!(
-                            "Ready: {label}, loaded in phases for each run as its memory plan \
-                             says (configs read in {:.1} s).",
-                            millis / 1000.0
-                        )
-                    } else {
-                        format!("Loaded {label} in {:.1} s.", millis / 1000.0)
-                    },
-                    false,
-                );
+                let mut status = if phased {
+                    format!(
+                        "Ready: {label}, loaded in phases for each run as its memory plan \
+                         says (configs read in {:.1} s).",
+                        millis / 1000.0
+                    )
+                } else {
+                    format!("Loaded {label} in {:.1} s.", millis / 1000.0)
+                };
+                if let Some(extra) = load_note {
+                    status = format!("{status} {extra}");
+                }
+                self.set_model_status(&status, false);
                 let note = if text_encoder && captioner {
                     "Open an image and press Decompose. Leave the prompt empty to have the model \
                      describe the picture first, or describe it yourself. Select a layer and \

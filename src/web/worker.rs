@@ -368,7 +368,7 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>) {
         None => result,
     };
     match result {
-        Ok(model) => {
+        Ok((model, note)) => {
             let (captioner, phased) = match &model {
                 Model::Resident(m) => (m.captioner.is_some(), false),
                 Model::Phased(p) => (p.captioner, true),
@@ -380,6 +380,7 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>) {
                 captioner,
                 phased,
                 millis: js_sys::Date::now() - start,
+                note,
             });
         }
         Err(err) => {
@@ -394,13 +395,39 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>) {
 
 /// Reads the configs, plans (when the page sent memory settings; the plan is posted before
 /// any weight is read), and loads everything resident, or nothing but the configs when the
-/// plan streams the transformer (each run then loads its phases).
+/// plan streams the transformer (each run then loads its phases). A transformer kept 8-/4-bit
+/// is read from its stored quantized copy, made first on the first load
+/// ([`models::use_stored_quantized`]); the returned sentence says which, for the page.
 async fn load_planned(
     source: &ModelSource,
     memory: Option<MemorySettings>,
     device: &Device,
+) -> Result<(Model, Option<String>)> {
+    let mut cached = CachedModel::open(source).await?;
+    let precision = source.precision("transformer");
+    let storing = format!(
+        "transformer, quantizing it to {} bits and storing that (first load only)",
+        precision.bits().unwrap_or(32)
+    );
+    let stored = models::use_stored_quantized(&mut cached, source, &|done, total| {
+        post(&FromWorker::LoadProgress {
+            component: storing.clone(),
+            bytes_read: done,
+            bytes_total: Some(total),
+        })
+    })
+    .await?;
+    let note = stored.note(precision);
+    Ok((load_cached(cached, source, memory, device).await?, note))
+}
+
+/// [`load_planned`] once the cached source is final.
+async fn load_cached(
+    cached: CachedModel,
+    source: &ModelSource,
+    memory: Option<MemorySettings>,
+    device: &Device,
 ) -> Result<Model> {
-    let cached = CachedModel::open(source).await?;
     let configs = ModelConfigs::read(&cached).await?;
     let planned = match &memory {
         Some(m) => {

@@ -284,23 +284,22 @@ pub async fn write_quantized<S: WeightSource>(
     source: &S,
     layout: &QuantizedLayout,
     read_chunk: Option<u64>,
-    mut sink: impl FnMut(&[u8]) -> Result<()>,
+    mut sink: impl AsyncFnMut(&[u8]) -> Result<()>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<[u8; 32]> {
     let bits = layout.bits;
     let chunk = read_chunk.unwrap_or(DEFAULT_READ_CHUNK).max(1);
     let mut hash = Sha256::new();
-    let mut put = |bytes: &[u8], hash: &mut Sha256| -> Result<()> {
-        hash.update(bytes);
-        sink(bytes)
-    };
-    put(&layout.header, &mut hash)?;
+    hash.update(&layout.header);
+    sink(&layout.header).await?;
     let mut written = layout.header.len() as u64;
     let (mut buf, mut out) = (Vec::<u8>::new(), Vec::<u8>::new());
     let (mut words, mut scales) = (Vec::<u32>::new(), Vec::<f16>::new());
     for t in &layout.tensors {
         if t.offset > written {
-            put(&vec![0; (t.offset - written) as usize], &mut hash)?;
+            let pad = vec![0; (t.offset - written) as usize];
+            hash.update(&pad);
+            sink(&pad).await?;
             written = t.offset;
         }
         let quantize = matches!(t.out, GgmlType::Q8_0 | GgmlType::Q4_0);
@@ -334,10 +333,12 @@ pub async fn write_quantized<S: WeightSource>(
                     8 => encode_q8_0(&words, &scales, &mut out),
                     _ => encode_q4_0(&words, &scales, &mut out),
                 }
-                put(&out, &mut hash)?;
+                hash.update(&out);
+                sink(&out).await?;
                 written += out.len() as u64;
             } else {
-                put(&buf, &mut hash)?;
+                hash.update(&buf);
+                sink(&buf).await?;
                 written += n as u64;
             }
             at += n as u64;

@@ -478,7 +478,7 @@ fn stored_copy(precision: Precision, read_chunk: Option<u64>) -> (Vec<u8>, [u8; 
         &src,
         &layout,
         read_chunk,
-        |b| {
+        async |b: &[u8]| {
             bytes.extend_from_slice(b);
             Ok(())
         },
@@ -609,4 +609,105 @@ fn a_stored_quantized_copy_needs_a_quantized_precision() {
         .expect_err("f32")
         .to_string();
     assert!(err.contains("q8 or q4"), "{err}");
+}
+
+/// A source that fails every read after the first `ok` ones (a storage error mid-copy).
+struct FailingAfter<S> {
+    inner: S,
+    ok: std::cell::Cell<usize>,
+}
+
+impl<S: WeightSource> WeightSource for FailingAfter<S> {
+    async fn exists(&self, file: &str) -> qwen_layered_web::Result<bool> {
+        self.inner.exists(file).await
+    }
+
+    async fn size(&self, file: &str) -> qwen_layered_web::Result<u64> {
+        self.inner.size(file).await
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> qwen_layered_web::Result<Vec<u8>> {
+        if self.ok.get() == 0 {
+            return Err(qwen_layered_web::Error::Source {
+                file: file.to_owned(),
+                reason: "simulated read failure".into(),
+            });
+        }
+        self.ok.set(self.ok.get() - 1);
+        self.inner.read(file, offset, len).await
+    }
+}
+
+/// `download::derived::store_quantized` writes the stored copy through a download store's
+/// partial-file protocol: committed only once complete, with the SHA-256 of its bytes (the
+/// bytes `write_quantized` makes); a failure mid-copy leaves nothing behind.
+#[test]
+fn the_stored_copy_is_committed_only_when_complete() {
+    use qwen_layered_web::download::derived::store_quantized;
+    use qwen_layered_web::download::native::DirStore;
+    use qwen_layered_web::download::{Check, DownloadPlan, Store};
+
+    let root = std::env::temp_dir().join(format!("qlw-stored-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let store = DirStore::new(&root);
+    let plan = DownloadPlan {
+        repo: "test/tiny".into(),
+        revision: "0123456789abcdef0123456789abcdef01234567".into(),
+        files: Vec::new(),
+    };
+    let src = model_dir();
+    let folder =
+        pollster::block_on(SafetensorsFolder::open(&src, "model/transformer")).expect("fixture");
+    let layout =
+        QwenImageTransformer2DModel::stored_quantized_layout(&folder, Precision::Q4, "test/tiny@1")
+            .expect("layout");
+    let path = "transformer/stored-q4_0.gguf";
+    let on_disk = store.model_dir(&plan).join("transformer/stored-q4_0.gguf");
+    let leftovers = || {
+        std::fs::read_dir(on_disk.parent().expect("folder"))
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+
+    let failing = FailingAfter {
+        inner: model_dir(),
+        ok: std::cell::Cell::new(5),
+    };
+    let err = pollster::block_on(store_quantized(
+        &store,
+        &plan,
+        path,
+        &failing,
+        &layout,
+        |_, _| {},
+    ))
+    .expect_err("the source fails")
+    .to_string();
+    assert!(err.contains("simulated read failure"), "{err}");
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+
+    let file = pollster::block_on(store_quantized(
+        &store,
+        &plan,
+        path,
+        &src,
+        &layout,
+        |_, _| {},
+    ))
+    .expect("stored");
+    let (bytes, hash) = stored_copy(Precision::Q4, None);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(file.check, Check::Sha256(hex));
+    assert_eq!(file.size, bytes.len() as u64);
+    assert_eq!(std::fs::read(&on_disk).expect("committed file"), bytes);
+    assert!(pollster::block_on(store.is_committed(&plan, &file)).expect("store"));
+    assert_eq!(
+        leftovers(),
+        vec![std::ffi::OsString::from("stored-q4_0.gguf")]
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }
