@@ -27,6 +27,7 @@ mod native {
     use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, KeyLimits, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
+    use qwen_layered_web::model::text_encoder;
     use qwen_layered_web::model::transformer::{
         QwenImageTransformer2DModel, QwenImageTransformerConfig,
     };
@@ -41,7 +42,8 @@ mod native {
         QwenTokenizer, TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
     };
     use qwen_layered_web::weights::{
-        DirSource, GgufFile, Precision, SafetensorsFolder, WeightSource, read_json, to_f32,
+        DirSource, GgufFile, Precision, SafetensorsFolder, WeightSource, read_json,
+        stored_copy_path, to_f32,
     };
     use safetensors::{Dtype, SafeTensors};
 
@@ -93,6 +95,9 @@ commands:
              a first load; decompose --transformer-gguf F.gguf --precision q4|q8 then loads
              exactly the model it would quantize at load, without reading bf16 again
              --model DIR --precision q8|q4 --out F.gguf
+             --component text_encoder: the text encoder's linear weights only, written
+             beside its checkpoint (DIR/text_encoder/qwen-layered-v<format>-q4_0.gguf),
+             where every command with --text-precision q4 (or q8) finds and reads it
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
              and check a 256x256x256 matmul on it against the CPU backend
   fetch      REPO: download a model repository (owner/name) into a local cache folder,
@@ -183,13 +188,22 @@ commands:
     /// `--text-precision` and `--gather-embedding`: how the text encoder (and captioner) load;
     /// linear weights over `largest_buffer` bytes (the device's largest buffer) are split by
     /// rows.
+    /// Says so when the model folder has a stored quantized copy of the text encoder for that
+    /// precision (`quantize --component text_encoder`), which the loaders then read.
     fn text_load(opts: &Options, largest_buffer: Option<u64>) -> Result<TextEncoderLoad, Fail> {
+        let precision: Precision = opts
+            .get("--text-precision")
+            .unwrap_or("f32")
+            .parse()
+            .map_err(usage_error)?;
+        let beside = stored_copy_path("text_encoder", precision);
+        if let (Some(model), Some(copy)) = (opts.get("--model"), beside) {
+            if Path::new(model).join(&copy).is_file() {
+                eprintln!("text encoder: linear weights from the stored copy {model}/{copy}");
+            }
+        }
         Ok(TextEncoderLoad {
-            precision: opts
-                .get("--text-precision")
-                .unwrap_or("f32")
-                .parse()
-                .map_err(usage_error)?,
+            precision,
             embedding: if opts.flag("--gather-embedding") {
                 EmbeddingMode::Gathered
             } else {
@@ -1063,19 +1077,47 @@ commands:
     /// to `OUT` only once complete.
     fn quantize(args: &[String]) -> Result<(), Fail> {
         use std::io::Write;
-        let opts = Options::parse(args, &["--model", "--precision", "--out"], &[], 0, USAGE)?;
+        let opts = Options::parse(
+            args,
+            &["--model", "--precision", "--out", "--component"],
+            &[],
+            0,
+            USAGE,
+        )?;
         let model = PathBuf::from(opts.required("--model")?);
-        let out = PathBuf::from(opts.required("--out")?);
         let precision: Precision = opts.required("--precision")?.parse().map_err(usage_error)?;
-        if precision == Precision::F32 {
+        let component = opts.get("--component").unwrap_or("transformer");
+        let Some(beside) = stored_copy_path(component, precision) else {
             return Err(usage_error("--precision must be q8 or q4"));
-        }
-        let component = "transformer";
+        };
         let source = DirSource::new(&model);
-        let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
         let origin = model.display().to_string();
-        let layout =
-            QwenImageTransformer2DModel::stored_quantized_layout(&folder, precision, &origin)?;
+        let (layout, out) = match component {
+            "transformer" => {
+                let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
+                let out = PathBuf::from(opts.required("--out")?);
+                let layout = QwenImageTransformer2DModel::stored_quantized_layout(
+                    &folder, precision, &origin,
+                )?;
+                (layout, out)
+            }
+            "text_encoder" => {
+                if opts.get("--out").is_some() {
+                    return Err(usage_error(
+                        "--out: the text encoder's copy is read beside its checkpoint, at \
+                         text_encoder/qwen-layered-v…-q4_0.gguf (or q8_0) in the model folder",
+                    ));
+                }
+                let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
+                let layout = text_encoder::stored_quantized_layout(&folder, precision, &origin)?;
+                (layout, model.join(&beside))
+            }
+            other => {
+                return Err(usage_error(format!(
+                    "--component {other:?}: transformer or text_encoder"
+                )));
+            }
+        };
         let (tensors, quantized) = layout.counts();
         eprintln!(
             "{component}: {tensors} tensors, {quantized} linear weights to {precision:?}; \

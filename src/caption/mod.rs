@@ -31,11 +31,11 @@ pub use template::CaptionLanguage;
 
 use crate::error::{Error, Result};
 use crate::model::text_encoder::{
-    QwenLanguageModel, QwenTextConfig, RopePositions, TEXT_ENCODER_FOLDER,
+    self, QwenLanguageModel, QwenTextConfig, RopePositions, TEXT_ENCODER_FOLDER,
 };
 use crate::model::vision::{VisionConfig, VisionTower};
 use crate::text::{PromptEncoder, QwenTokenizer, TOKENIZER_FOLDER, TextEncoderLoad};
-use crate::weights::{SafetensorsFolder, TensorLoader, WeightSource, read_json};
+use crate::weights::{SafetensorsFolder, WeightSource, open_stored_copy, read_json};
 
 /// The pipeline's `max_new_tokens` for captions.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
@@ -170,7 +170,9 @@ impl Captioner {
         // lm_head) take their tensors, and `finish` refuses anything left over.
         let folder = SafetensorsFolder::open(source, TEXT_ENCODER_FOLDER).await?;
         let text_cfg = QwenTextConfig::from_json(&cfg, cfg_file)?;
-        let mut l = TensorLoader::new(source, &folder, device).with_precision(options.precision);
+        let stored = open_stored_copy(source, TEXT_ENCODER_FOLDER, options.precision).await?;
+        let mut l = text_encoder::loader(source, &folder, stored.as_ref(), device)?
+            .with_precision(options.precision);
         let vision = VisionTower::load(&mut l, "visual.", vision_cfg).await?;
         let lm =
             QwenLanguageModel::load_with(&text_cfg, &folder, &mut l, options.options(true)).await?;

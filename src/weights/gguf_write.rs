@@ -26,7 +26,7 @@ use half::f16;
 use safetensors::Dtype;
 use sha2::{Digest, Sha256};
 
-use super::gguf::{DEFAULT_ALIGNMENT, GgmlType, MetaValue};
+use super::gguf::{DEFAULT_ALIGNMENT, GgmlType, GgufFile, MetaValue};
 use super::par::worker_count;
 use super::quant::{BLOCK, Values, quantize_into};
 use super::{DEFAULT_READ_CHUNK, Precision, SafetensorsFolder, WeightSource};
@@ -126,18 +126,72 @@ fn align(n: u64) -> u64 {
     n.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
 }
 
+/// Where the stored quantized copy of the checkpoint in `folder` lives, beside it, for
+/// `precision` (`None` for f32, which is not stored): `{folder}/qwen-layered-v{STORED_FORMAT}-
+/// q4_0.gguf` (or `q8_0`). The format version in the name keeps a copy written by a build with
+/// another [`STORED_FORMAT`] from being taken for a current one.
+pub fn stored_copy_path(folder: &str, precision: Precision) -> Option<String> {
+    let ty = match precision {
+        Precision::F32 => return None,
+        Precision::Q8 => "q8_0",
+        Precision::Q4 => "q4_0",
+    };
+    Some(format!("{folder}/qwen-layered-v{STORED_FORMAT}-{ty}.gguf"))
+}
+
+/// The stored quantized copy of `folder`'s checkpoint for `precision`
+/// ([`stored_copy_path`]), when `source` has one.
+pub async fn open_stored_copy<S: WeightSource>(
+    source: &S,
+    folder: &str,
+    precision: Precision,
+) -> Result<Option<GgufFile>> {
+    let Some(path) = stored_copy_path(folder, precision) else {
+        return Ok(None);
+    };
+    if !source.exists(&path).await? {
+        return Ok(None);
+    }
+    Ok(Some(GgufFile::open(source, &path).await?))
+}
+
 impl QuantizedLayout {
     /// Plans `folder`'s tensors (all of them, in stored order) with the linear weights
     /// (`is_linear(key, shape)`, 2-D `[d_out, d_in]` with `d_in` a multiple of 32) in
     /// `precision` (`Q8` or `Q4`), and `metadata` after the standard keys
     /// (`general.architecture` = `architecture`, `general.quantization_version` = 2,
-    /// `general.file_type`, `qwen_layered.format` = [`STORED_FORMAT`]).
+    /// `general.file_type`, `qwen_layered.format` = [`STORED_FORMAT`]). The file stands alone
+    /// (e.g. `decompose --transformer-gguf`).
     pub fn new(
         folder: &SafetensorsFolder,
         precision: Precision,
         architecture: &str,
         is_linear: impl Fn(&str, &[usize]) -> bool,
         metadata: &[(&str, MetaValue)],
+    ) -> Result<Self> {
+        Self::build(folder, precision, architecture, is_linear, metadata, true)
+    }
+
+    /// [`new`](Self::new) with only the quantized linear weights: a copy read beside its
+    /// checkpoint ([`TensorLoader::with_stored_copy`](super::TensorLoader::with_stored_copy)),
+    /// which serves everything else (a text encoder's 1 GB token embedding is not copied).
+    pub fn linear_only(
+        folder: &SafetensorsFolder,
+        precision: Precision,
+        architecture: &str,
+        is_linear: impl Fn(&str, &[usize]) -> bool,
+        metadata: &[(&str, MetaValue)],
+    ) -> Result<Self> {
+        Self::build(folder, precision, architecture, is_linear, metadata, false)
+    }
+
+    fn build(
+        folder: &SafetensorsFolder,
+        precision: Precision,
+        architecture: &str,
+        is_linear: impl Fn(&str, &[usize]) -> bool,
+        metadata: &[(&str, MetaValue)],
+        all: bool,
     ) -> Result<Self> {
         let bits = precision.bits().ok_or_else(|| Error::Weights {
             key: String::new(),
@@ -162,6 +216,13 @@ impl QuantizedLayout {
                 file: e.file.clone(),
                 reason,
             };
+            let linear = e.shape.len() == 2
+                && e.shape[1] % BLOCK == 0
+                && e.shape[0] > 0
+                && is_linear(key, &e.shape);
+            if !linear && !all {
+                continue;
+            }
             let stored = match e.dtype {
                 Dtype::F32 => GgmlType::F32,
                 Dtype::F16 => GgmlType::F16,
@@ -175,10 +236,6 @@ impl QuantizedLayout {
             if e.len != (n * (e.dtype.bitsize() / 8)) as u64 {
                 return Err(bad(format!("{} bytes for shape {:?}", e.len, e.shape)));
             }
-            let linear = e.shape.len() == 2
-                && e.shape[1] % BLOCK == 0
-                && e.shape[0] > 0
-                && is_linear(key, &e.shape);
             let out = if linear { quant } else { stored };
             quantized += usize::from(linear);
             let len = out.bytes_for(n as u64).expect("whole blocks");

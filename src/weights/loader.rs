@@ -144,6 +144,9 @@ pub(super) fn decode_values(
 enum Index<'a> {
     Safetensors(&'a SafetensorsFolder),
     Gguf(&'a GgufFile),
+    /// A safetensors checkpoint whose tensors are read from a stored quantized copy (a GGUF
+    /// file of some of them, [`super::write_quantized`]) where it has them.
+    Stored(&'a SafetensorsFolder, &'a GgufFile),
 }
 
 /// How a stored tensor is encoded.
@@ -185,6 +188,10 @@ impl<'a> Index<'a> {
                 len: t.len,
                 encoding: Encoding::Gguf(t.ggml_type),
             }),
+            Index::Stored(f, g) => match Index::Gguf(g).get(key) {
+                Some(stored) => Some(stored),
+                None => Index::Safetensors(f).get(key),
+            },
         }
     }
 
@@ -192,12 +199,14 @@ impl<'a> Index<'a> {
         match self {
             Index::Safetensors(f) => f.files().join(", "),
             Index::Gguf(g) => g.file().to_owned(),
+            Index::Stored(f, g) => format!("{}, {}", f.files().join(", "), g.file()),
         }
     }
 
     fn keys(&self) -> Vec<&'a str> {
         match *self {
-            Index::Safetensors(f) => f.keys().collect(),
+            // The copy holds a subset of the checkpoint's keys (checked when it is attached).
+            Index::Safetensors(f) | Index::Stored(f, _) => f.keys().collect(),
             Index::Gguf(g) => g.tensors().iter().map(|t| t.name.as_str()).collect(),
         }
     }
@@ -236,6 +245,45 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// diffusion models are the diffusers keys) from `source` onto `device` (f32 precision).
     pub fn gguf(source: &'a S, file: &'a GgufFile, device: &Device) -> Self {
         Self::with_index(source, Index::Gguf(file), device)
+    }
+
+    /// A loader reading `folder`'s tensors, each from the stored quantized copy `stored` when
+    /// the copy has it ([`super::write_quantized`]: its linear weights already `Q8_0`/`Q4_0`,
+    /// taken without loss when the loader's precision is the copy's), else from `folder`. An
+    /// error when the copy holds a tensor the checkpoint does not have, or with another shape
+    /// (a copy of another checkpoint).
+    pub fn with_stored_copy(
+        source: &'a S,
+        folder: &'a SafetensorsFolder,
+        stored: &'a GgufFile,
+        device: &Device,
+    ) -> Result<Self> {
+        for t in stored.tensors() {
+            match folder.get(&t.name) {
+                Some(e) if e.shape == t.shape => {}
+                found => {
+                    return Err(Error::Weights {
+                        key: t.name.clone(),
+                        file: stored.file().to_owned(),
+                        reason: match found {
+                            None => format!(
+                                "in the stored copy but not in the checkpoint ({})",
+                                folder.files().join(", ")
+                            ),
+                            Some(e) => format!(
+                                "stored copy shape {:?}, checkpoint shape {:?}",
+                                t.shape, e.shape
+                            ),
+                        },
+                    });
+                }
+            }
+        }
+        Ok(Self::with_index(
+            source,
+            Index::Stored(folder, stored),
+            device,
+        ))
     }
 
     fn with_index(source: &'a S, index: Index<'a>, device: &Device) -> Self {

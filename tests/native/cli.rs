@@ -681,6 +681,83 @@ fn quantize_stores_the_transformer_that_decompose_would_quantize() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `quantize --component text_encoder --precision q4` writes the text encoder's 4-bit linear
+/// weights beside its checkpoint, and `encode-prompt --text-precision q4` then reads them
+/// (and says so) and writes exactly the embeddings it writes when quantizing at load.
+#[test]
+fn quantize_stores_the_text_encoder_beside_its_checkpoint() {
+    let dir = scratch("quantize-te");
+    let model = dir.join("model");
+    for sub in ["tokenizer", "text_encoder"] {
+        let to = model.join(sub);
+        std::fs::create_dir_all(&to).expect("folder");
+        for e in std::fs::read_dir(fixtures_dir().join("model").join(sub)).expect("fixture") {
+            let e = e.expect("entry");
+            std::fs::copy(e.path(), to.join(e.file_name())).expect("copy");
+        }
+    }
+    let m = model.display().to_string();
+    let encode = |out: &str| {
+        let path = dir.join(out);
+        let o = run(bin().args([
+            "encode-prompt",
+            "--model",
+            &m,
+            "--prompt",
+            "a red apple",
+            "--text-precision",
+            "q4",
+            "--out",
+            &path.display().to_string(),
+        ]));
+        assert!(o.status.success(), "encode-prompt failed");
+        (
+            read_f32_file(&path, "prompt_embeds").0,
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (at_load, log) = encode("at-load.safetensors");
+    assert!(!log.contains("stored copy"), "{log}");
+    let with_out = run(bin().args([
+        "quantize",
+        "--model",
+        &m,
+        "--component",
+        "text_encoder",
+        "--precision",
+        "q4",
+        "--out",
+        "x",
+    ]));
+    assert_eq!(
+        with_out.status.code(),
+        Some(2),
+        "--out is refused for the text encoder"
+    );
+    let q = run(bin().args([
+        "quantize",
+        "--model",
+        &m,
+        "--component",
+        "text_encoder",
+        "--precision",
+        "q4",
+    ]));
+    assert!(q.status.success(), "quantize failed");
+    let copy = model.join("text_encoder/qwen-layered-v1-q4_0.gguf");
+    assert!(copy.is_file(), "the copy beside the checkpoint");
+    let (from_copy, log) = encode("from-copy.safetensors");
+    assert!(
+        log.contains("text encoder: linear weights from the stored copy"),
+        "{log}"
+    );
+    assert!(
+        !at_load.is_empty() && from_copy == at_load,
+        "embeddings differ"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The final packed latents a `decompose` run wrote to `dir/out`.
 fn latents_in(dir: &Path) -> Vec<f32> {
     read_f32_file(&dir.join("out/latents.safetensors"), "latents").0

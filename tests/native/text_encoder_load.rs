@@ -366,3 +366,148 @@ fn the_size_estimate_from_the_headers_is_what_loading_puts_on_the_device() {
         4 * 288 * 64
     );
 }
+
+/// The fixture model with one more file: a stored quantized copy at `path`.
+struct WithCopy {
+    base: qwen_layered_web::weights::DirSource,
+    path: String,
+    bytes: Vec<u8>,
+}
+
+impl WeightSource for WithCopy {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        Ok(file == self.path || self.base.exists(file).await?)
+    }
+    async fn size(&self, file: &str) -> Result<u64> {
+        match file == self.path {
+            true => Ok(self.bytes.len() as u64),
+            false => self.base.size(file).await,
+        }
+    }
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if file != self.path {
+            return self.base.read(file, offset, len).await;
+        }
+        let (start, end) = (offset as usize, (offset + len) as usize);
+        Ok(self.bytes[start..end.min(self.bytes.len())].to_vec())
+    }
+}
+
+/// Bytes of the checkpoint file read since the log was last taken.
+fn checkpoint_bytes<S>(source: &Logged<S>) -> u64 {
+    source
+        .take()
+        .iter()
+        .filter(|r| r.0 == WEIGHTS)
+        .map(|r| r.2)
+        .sum()
+}
+
+/// A stored quantized copy of the text encoder's linear weights (what the page writes on the
+/// first load, `qwen-layered quantize --component text_encoder` natively) is found beside the
+/// checkpoint and read instead of it: the prompt encoder and the captioner (vision tower,
+/// language model, `lm_head`) then hold exactly the layers quantized at load, while reading a
+/// fraction of the checkpoint's bytes.
+#[test]
+fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
+    use qwen_layered_web::caption::{CaptionOptions, Captioner};
+    use qwen_layered_web::model::text_encoder::stored_quantized_layout;
+    use qwen_layered_web::weights::{GgmlType, GgufFile, stored_copy_path, write_quantized};
+
+    let base = model_source();
+    let folder =
+        pollster::block_on(SafetensorsFolder::open(&base, "text_encoder")).expect("headers");
+    let image = image::open(common::fixtures_dir().join("caption/en_48x40/input.png"))
+        .expect("picture")
+        .to_rgba8();
+    let caption_opts = CaptionOptions {
+        max_new_tokens: 4,
+        ..CaptionOptions::default()
+    };
+    for (precision, ty) in [
+        (Precision::Q8, GgmlType::Q8_0),
+        (Precision::Q4, GgmlType::Q4_0),
+    ] {
+        let layout = stored_quantized_layout(&folder, precision, "test/tiny@1").expect("layout");
+        let mut bytes = Vec::new();
+        pollster::block_on(write_quantized(
+            &base,
+            &layout,
+            None,
+            async |b: &[u8]| {
+                bytes.extend_from_slice(b);
+                Ok(())
+            },
+            |_, _| {},
+        ))
+        .expect("written");
+        let path = stored_copy_path("text_encoder", precision).expect("path");
+        let with_copy = Logged {
+            inner: WithCopy {
+                base: model_source(),
+                path: path.clone(),
+                bytes,
+            },
+            reads: RefCell::new(Vec::new()),
+        };
+        let g = pollster::block_on(GgufFile::open(&with_copy, &path)).expect("copy");
+        let (tensors, quantized) = layout.counts();
+        assert_eq!(
+            (tensors, g.tensors().len()),
+            (quantized, quantized),
+            "only linear weights"
+        );
+        assert!(quantized >= 20, "{quantized}");
+        assert!(
+            g.tensors()
+                .iter()
+                .all(|t| t.ggml_type == ty && !t.name.contains("embed"))
+        );
+        with_copy.take();
+
+        let plain = Logged {
+            inner: model_source(),
+            reads: RefCell::new(Vec::new()),
+        };
+        let from_copy = encoder(&with_copy, TextEncoderLoad::gathered(precision));
+        let at_load = encoder(&plain, TextEncoderLoad::gathered(precision));
+        let (copy_read, plain_read) = (checkpoint_bytes(&with_copy), checkpoint_bytes(&plain));
+        eprintln!(
+            "{precision:?}: the prompt encoder read {copy_read} bytes of the checkpoint with the \
+             copy, {plain_read} without"
+        );
+        assert!(copy_read * 4 < plain_read, "{copy_read} vs {plain_read}");
+        for (_, _, text, max_len) in prompts().into_iter().take(3) {
+            let a = pollster::block_on(from_copy.encode_from(&with_copy, &text, max_len));
+            let b = pollster::block_on(at_load.encode_from(&plain, &text, max_len));
+            assert_eq!(
+                read(a.expect("copy")),
+                read(b.expect("at load")),
+                "{precision:?} {text:?}"
+            );
+        }
+
+        let options = TextEncoderLoad::gathered(precision);
+        let cap_copy = pollster::block_on(Captioner::load_with(&with_copy, &cpu(), options))
+            .expect("captioner from the copy");
+        let cap_load = pollster::block_on(Captioner::load_with(&plain, &cpu(), options))
+            .expect("captioner quantized at load");
+        let (copy_read, plain_read) = (checkpoint_bytes(&with_copy), checkpoint_bytes(&plain));
+        assert!(copy_read * 4 < plain_read, "{copy_read} vs {plain_read}");
+        let go = std::ops::ControlFlow::Continue;
+        let copy_ids = pollster::block_on(cap_copy.caption_from(
+            &with_copy,
+            &image,
+            &caption_opts,
+            |_| go(()),
+        ))
+        .expect("caption")
+        .ids;
+        let load_ids =
+            pollster::block_on(cap_load.caption_from(&plain, &image, &caption_opts, |_| go(())))
+                .expect("caption")
+                .ids;
+        assert_eq!(copy_ids, load_ids, "{precision:?}: caption tokens");
+        assert_eq!(copy_ids.len(), 4);
+    }
+}

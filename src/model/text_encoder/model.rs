@@ -12,7 +12,8 @@ use super::rope::{RopePositions, TextRope};
 use crate::error::{Error, Result};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::weights::{
-    LinearLoad, Precision, SafetensorsFolder, TableRows, TensorLoader, WeightSource, open_component,
+    GgufFile, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder, TableRows,
+    TensorLoader, WeightSource, open_component, open_stored_copy,
 };
 
 /// Where the token embedding `[vocab, D]` is kept.
@@ -328,10 +329,12 @@ impl QwenLanguageModel {
         let (json, config_file, weights) =
             open_component::<serde_json::Value>(source, folder).await?;
         let config = QwenTextConfig::from_json(&json, &config_file)?;
-        let mut l = TensorLoader::new(source, &weights, device).with_linear_load(LinearLoad {
-            precision: options.precision,
-            max_part_bytes: options.max_part_bytes,
-        });
+        let stored = open_stored_copy(source, folder, options.precision).await?;
+        let mut l =
+            loader(source, &weights, stored.as_ref(), device)?.with_linear_load(LinearLoad {
+                precision: options.precision,
+                max_part_bytes: options.max_part_bytes,
+            });
         let me = Self::load_with(&config, &weights, &mut l, options).await?;
         let skipped: Vec<(String, Vec<usize>)> = weights
             .keys()
@@ -469,6 +472,48 @@ impl QwenLanguageModel {
     }
 }
 
+/// A loader over the `text_encoder/` checkpoint `weights`, reading the linear weights from its
+/// stored quantized copy when there is one for the precision being loaded (`stored`, from
+/// [`open_stored_copy`]).
+pub fn loader<'a, S: WeightSource>(
+    source: &'a S,
+    weights: &'a SafetensorsFolder,
+    stored: Option<&'a GgufFile>,
+    device: &Device,
+) -> Result<TensorLoader<'a, S>> {
+    match stored {
+        Some(copy) => TensorLoader::with_stored_copy(source, weights, copy, device),
+        None => Ok(TensorLoader::new(source, weights, device)),
+    }
+}
+
+/// Whether the `text_encoder/` checkpoint tensor `key` of `shape` is the weight of a
+/// `torch.nn.Linear` (kept in the loader's precision): every 2-D `*.weight` but the token
+/// embedding table (the vision tower's patch convolution is 5-D).
+pub fn is_linear_weight(key: &str, shape: &[usize]) -> bool {
+    shape.len() == 2 && key.ends_with(".weight") && !key.ends_with(".embed_tokens.weight")
+}
+
+/// The stored quantized copy of a `text_encoder/` checkpoint (`weights`) with its linear
+/// layers (language model, `lm_head`, vision tower) in `precision` (`Q8`/`Q4`): only those
+/// weights, read beside the checkpoint ([`crate::weights::stored_copy_path`]; everything else,
+/// the token embedding too, still comes from the checkpoint). Loading with it gives exactly the
+/// layers quantized at load. `origin` (e.g. `repo@commit`) is recorded as
+/// `qwen_layered.origin`.
+pub fn stored_quantized_layout(
+    weights: &SafetensorsFolder,
+    precision: Precision,
+    origin: &str,
+) -> Result<QuantizedLayout> {
+    QuantizedLayout::linear_only(
+        weights,
+        precision,
+        "qwen2_5_vl",
+        is_linear_weight,
+        &[("qwen_layered.origin", MetaValue::String(origin.to_owned()))],
+    )
+}
+
 /// Bytes the tensors of `weights` (a `text_encoder/` checkpoint) take on the device when they
 /// are loaded with `options`, from the headers alone (for a size check before loading):
 ///
@@ -496,7 +541,7 @@ pub fn device_bytes(weights: &SafetensorsFolder, options: LoadOptions, vision: b
             }
             continue;
         }
-        let linear = entry.shape.len() == 2 && key.ends_with(".weight");
+        let linear = is_linear_weight(key, &entry.shape);
         total += match options.precision.bits() {
             Some(bits) if linear && entry.shape[1].is_multiple_of(crate::weights::BLOCK) => {
                 values * u64::from(bits) / 8 + 4 * (values / crate::weights::BLOCK as u64)
