@@ -197,10 +197,10 @@ commands:
             .parse()
             .map_err(usage_error)?;
         let beside = stored_copy_path("text_encoder", precision);
-        if let (Some(model), Some(copy)) = (opts.get("--model"), beside) {
-            if Path::new(model).join(&copy).is_file() {
-                eprintln!("text encoder: linear weights from the stored copy {model}/{copy}");
-            }
+        if let (Some(model), Some(copy)) = (opts.get("--model"), beside)
+            && Path::new(model).join(&copy).is_file()
+        {
+            eprintln!("text encoder: linear weights from the stored copy {model}/{copy}");
         }
         Ok(TextEncoderLoad {
             precision,
