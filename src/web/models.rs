@@ -24,9 +24,10 @@ use crate::download::{
     Store, discover, download_plan, remaining_bytes,
 };
 use crate::error::{Error, Result};
+use crate::model::text_encoder;
 use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::protocol::{CacheState, ModelSource};
-use crate::weights::{Precision, STORED_FORMAT, SafetensorsFolder, WeightSource};
+use crate::weights::{GgufFile, Precision, SafetensorsFolder, WeightSource, stored_copy_path};
 
 /// The OPFS folder of the per-source records.
 pub const SOURCES_DIR: &str = "model-sources";
@@ -199,45 +200,27 @@ pub async fn delete(source: &ModelSource) -> DResult<()> {
         for file in &plan.files {
             store.discard(plan, file).await?;
         }
-        for precision in [Precision::Q8, Precision::Q4] {
-            let Some(path) = stored_transformer_path(precision) else {
-                continue;
+        let copies = STORED_COMPONENTS.iter().flat_map(|(component, _)| {
+            [Precision::Q8, Precision::Q4].map(|p| stored_copy_path(component, p))
+        });
+        for path in copies.flatten() {
+            // Committed or cut short (a closed tab), every trace of it goes (by path).
+            let copy = FilePlan {
+                path,
+                size: 0,
+                check: Check::Sha256("0".repeat(64)),
+                url: String::new(),
             };
-            if let Some(file) = store.committed_file(plan, &path).await? {
-                store.discard(plan, &file).await?;
-            } else {
-                // A copy cut short (a closed tab) has no record: remove its bytes too.
-                let partial = FilePlan {
-                    path,
-                    size: 0,
-                    check: Check::Sha256("0".repeat(64)),
-                    url: String::new(),
-                };
-                store.discard(plan, &partial).await?;
-            }
+            store.discard(plan, &copy).await?;
         }
     }
     remove_record(SOURCES_DIR, &record_name(&source.id)).await
 }
 
-/// Where the stored quantized copy of a revision's transformer lives, beside its checkpoint
-/// (`None` for f32, which is not stored). The format version in the name keeps a copy written
-/// by a build with another [`STORED_FORMAT`] from being taken for a current one.
-pub fn stored_transformer_path(precision: Precision) -> Option<String> {
-    let ty = match precision {
-        Precision::F32 => return None,
-        Precision::Q8 => "q8_0",
-        Precision::Q4 => "q4_0",
-    };
-    Some(format!(
-        "transformer/qwen-layered-v{STORED_FORMAT}-{ty}.gguf"
-    ))
-}
-
-/// What [`use_stored_quantized`] did for a load.
+/// What [`use_stored_copies`] did for one component of a load.
 #[derive(Debug, Clone, PartialEq)]
 pub enum StoredCopy {
-    /// Not applicable: the transformer loads in f32, or comes from a GGUF file.
+    /// Not applicable: the component loads in f32, or comes from a GGUF file.
     NotUsed,
     /// The copy stored by an earlier load is read.
     Reused {
@@ -251,91 +234,139 @@ pub enum StoredCopy {
         /// How long writing it took.
         millis: f64,
     },
-    /// It could not be stored (the reason); the transformer is quantized at load instead.
+    /// It could not be stored (the reason); the component is quantized at load instead.
     NotStored(String),
 }
 
 impl StoredCopy {
-    /// A sentence for the page's model status, if there is something to say.
-    pub fn note(&self, precision: Precision) -> Option<String> {
+    /// A sentence for the page's model status about `what` ("The transformer"), if there is
+    /// something to say.
+    pub fn note(&self, what: &str, precision: Precision) -> Option<String> {
         let bits = precision.bits().unwrap_or(32);
         let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
         match self {
             StoredCopy::NotUsed => None,
             StoredCopy::Reused { bytes } => Some(format!(
-                "The transformer was read from its {bits}-bit copy stored in this browser ({}).",
+                "{what} was read from its {bits}-bit copy stored in this browser ({}).",
                 mb(*bytes)
             )),
             StoredCopy::Made { bytes, millis } => Some(format!(
-                "The transformer was quantized to {bits} bits and stored in this browser ({}, \
-                 {:.1} s): later loads read that copy.",
+                "{what} was quantized to {bits} bits and stored in this browser ({}, {:.1} s): \
+                 later loads read that copy.",
                 mb(*bytes),
                 millis / 1000.0
             )),
             StoredCopy::NotStored(reason) => Some(format!(
-                "The {bits}-bit transformer could not be stored in this browser ({reason}); it \
-                 was quantized while loading and will be again next time."
+                "{what} could not be stored {bits}-bit in this browser ({reason}); it was \
+                 quantized while loading and will be again next time."
             )),
         }
     }
 }
 
-/// For a source whose transformer is a safetensors checkpoint kept 8-/4-bit: points `cached`
-/// at the stored quantized copy of it ([`stored_transformer_path`]), writing that copy first
-/// when this revision has none (quota checked first; `progress(bytes_written, size)` while
-/// writing; committed only once complete). Loading it gives exactly the model that quantizing
-/// the checkpoint at load gives, from about a quarter (4-bit) of the bytes, with no
-/// quantization work, at every later load and at every streamed block read. When the copy
-/// cannot be stored (no room, a storage error), nothing is left of it and the transformer is
-/// quantized at load as before: [`StoredCopy::NotStored`] says why.
-pub async fn use_stored_quantized(
+/// The components stored quantized, with their sentence subject.
+const STORED_COMPONENTS: [(&str, &str); 2] = [
+    ("transformer", "The transformer"),
+    ("text_encoder", "The text encoder"),
+];
+
+/// For each component whose safetensors checkpoint is kept 8-/4-bit (the transformer, the text
+/// encoder): makes `cached` read its stored quantized copy ([`stored_copy_path`], beside the
+/// checkpoint), writing that copy first when this revision has none (quota checked first;
+/// `progress(component, bytes_written, size)` while writing; committed only once complete).
+/// The transformer's copy is a whole GGUF file it then loads from (`cached.gguf`); the text
+/// encoder's holds its linear weights only and its loaders find it beside the checkpoint.
+/// Loading with a copy gives exactly the layers quantizing at load gives, from about a quarter
+/// (4-bit) of the bytes and with no quantization work: at every later load, every run of a
+/// phased model, and every block a streamed transformer re-reads. When a copy cannot be stored
+/// (no room, a storage error), nothing is left of it and that component is quantized at load
+/// as before. Returns the page's sentences about what happened.
+pub async fn use_stored_copies(
     cached: &mut CachedModel,
     source: &ModelSource,
+    progress: &dyn Fn(&str, u64, u64),
+) -> Result<Option<String>> {
+    let mut notes = Vec::new();
+    for (component, what) in STORED_COMPONENTS {
+        let precision = source.precision(component);
+        let report = |d, t| progress(component, d, t);
+        let done = stored_copy(cached, component, precision, &report).await?;
+        notes.extend(done.note(what, precision));
+    }
+    Ok((!notes.is_empty()).then(|| notes.join(" ")))
+}
+
+/// [`use_stored_copies`] for one component.
+async fn stored_copy(
+    cached: &mut CachedModel,
+    component: &str,
+    precision: Precision,
     progress: &dyn Fn(u64, u64),
 ) -> Result<StoredCopy> {
-    let precision = source.precision("transformer");
-    let Some(path) = stored_transformer_path(precision).filter(|_| cached.gguf.is_none()) else {
+    let transformer = component == "transformer";
+    let Some(path) = stored_copy_path(component, precision) else {
         return Ok(StoredCopy::NotUsed);
     };
+    let prefix = format!("{component}/");
     let Some(i) = cached.parts.iter().position(|p| {
         p.files()
             .iter()
-            .any(|f| f.path.starts_with("transformer/") && f.path.ends_with(".safetensors"))
+            .any(|f| f.path.starts_with(&prefix) && f.path.ends_with(".safetensors"))
     }) else {
         return Ok(StoredCopy::NotUsed);
     };
+    if transformer && cached.gguf.is_some() {
+        return Ok(StoredCopy::NotUsed);
+    }
     let store = OpfsStore::open().await?;
     let plan = cached.parts[i].plan().clone();
-    if let Some(file) = store.committed_file(&plan, &path).await? {
-        let bytes = file.size;
-        cached.parts[i].add_file(file);
-        cached.gguf = Some(path);
-        return Ok(StoredCopy::Reused { bytes });
-    }
-    let folder = SafetensorsFolder::open(&*cached, "transformer").await?;
-    let origin = format!("{}@{}", plan.repo, plan.revision);
-    let layout = QwenImageTransformer2DModel::stored_quantized_layout(&folder, precision, &origin)?;
-    let start = js_sys::Date::now();
-    let stored = async {
-        check_quota(layout.size(), &storage_status().await?)?;
-        let file = store_quantized(&store, &plan, &path, &*cached, &layout, |done, total| {
-            progress(done, total)
-        })
-        .await?;
-        Ok::<_, Error>(file)
-    }
-    .await;
-    match stored {
-        Ok(file) => {
-            cached.parts[i].add_file(file);
-            cached.gguf = Some(path);
-            Ok(StoredCopy::Made {
-                bytes: layout.size(),
-                millis: js_sys::Date::now() - start,
-            })
+    let folder = SafetensorsFolder::open(&*cached, component).await?;
+    let made = match store.committed_file(&plan, &path).await? {
+        Some(file) => Ok((file, None)),
+        None => {
+            let origin = format!("{}@{}", plan.repo, plan.revision);
+            let layout = match transformer {
+                true => QwenImageTransformer2DModel::stored_quantized_layout(
+                    &folder, precision, &origin,
+                ),
+                false => text_encoder::stored_quantized_layout(&folder, precision, &origin),
+            }?;
+            let start = js_sys::Date::now();
+            let stored = async {
+                check_quota(layout.size(), &storage_status().await?)?;
+                store_quantized(&store, &plan, &path, &*cached, &layout, |d, t| {
+                    progress(d, t)
+                })
+                .await
+            };
+            stored
+                .await
+                .map(|file| (file, Some(js_sys::Date::now() - start)))
         }
-        Err(err) => Ok(StoredCopy::NotStored(err.to_string())),
+    };
+    let (file, millis) = match made {
+        Ok(done) => done,
+        Err(err) => return Ok(StoredCopy::NotStored(err.to_string())),
+    };
+    let bytes = file.size;
+    cached.parts[i].add_file(file);
+    if transformer {
+        cached.gguf = Some(path);
+    } else {
+        // The checkpoint bytes its linear weights take are not read any more.
+        let copy = GgufFile::open(&*cached, &path).await?;
+        let replaced: u64 = copy
+            .tensors()
+            .iter()
+            .filter_map(|t| folder.get(&t.name))
+            .map(|e| e.len)
+            .sum();
+        cached.replaced.push((prefix, replaced));
     }
+    Ok(match millis {
+        Some(millis) => StoredCopy::Made { bytes, millis },
+        None => StoredCopy::Reused { bytes },
+    })
 }
 
 /// A source's verified files in OPFS, across its repositories (each path is served by the
@@ -344,6 +375,9 @@ pub struct CachedModel {
     parts: Vec<OpfsSource>,
     /// The transformer's GGUF file, when it comes from one.
     pub gguf: Option<String>,
+    /// Checkpoint bytes not read because a stored quantized copy serves them, by folder prefix
+    /// (`text_encoder/`), for load progress.
+    replaced: Vec<(String, u64)>,
 }
 
 impl CachedModel {
@@ -374,7 +408,11 @@ impl CachedModel {
         for plan in plans {
             parts.push(OpfsSource::open(MODELS_DIR, plan).await?);
         }
-        Ok(Self { parts, gguf })
+        Ok(Self {
+            parts,
+            gguf,
+            replaced: Vec::new(),
+        })
     }
 
     fn part(&self, file: &str) -> Result<&OpfsSource> {
@@ -387,17 +425,32 @@ impl CachedModel {
             })
     }
 
-    /// `(path, bytes)` of every weight file a load reads (`.safetensors`, `.gguf`; not the
-    /// transformer's safetensors when it loads from a GGUF file), for load progress.
-    pub fn weight_files(&self) -> Vec<(String, u64)> {
-        let skipped = |path: &str| self.gguf.is_some() && path.starts_with("transformer/");
-        self.parts
+    /// Bytes of the weight files (`.safetensors`, `.gguf`) under the folder prefixes
+    /// `prefixes` (all of them: `&[""]`) that a load reads, for load progress: not the
+    /// transformer's safetensors when it loads from a GGUF file, nor the checkpoint bytes a
+    /// stored quantized copy serves instead.
+    pub fn load_bytes(&self, prefixes: &[&str]) -> u64 {
+        let wanted = |path: &str| prefixes.iter().any(|p| path.starts_with(p));
+        let skipped = |path: &str| {
+            self.gguf.is_some()
+                && path.starts_with("transformer/")
+                && path.ends_with(".safetensors")
+        };
+        let files: u64 = self
+            .parts
             .iter()
             .flat_map(|p| p.files())
             .filter(|f| f.path.ends_with(".safetensors") || f.path.ends_with(".gguf"))
-            .filter(|f| !(skipped(&f.path) && f.path.ends_with(".safetensors")))
-            .map(|f| (f.path.clone(), f.size))
-            .collect()
+            .filter(|f| wanted(&f.path) && !skipped(&f.path))
+            .map(|f| f.size)
+            .sum();
+        let replaced: u64 = self
+            .replaced
+            .iter()
+            .filter(|(prefix, _)| wanted(prefix))
+            .map(|(_, bytes)| bytes)
+            .sum();
+        files.saturating_sub(replaced)
     }
 }
 

@@ -397,27 +397,26 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>) {
 /// any weight is read), and loads everything resident, or nothing but the configs when the
 /// plan streams the transformer (each run then loads its phases). A transformer kept 8-/4-bit
 /// is read from its stored quantized copy, made first on the first load
-/// ([`models::use_stored_quantized`]); the returned sentence says which, for the page.
+/// ([`models::use_stored_copies`], the text encoder's too); the returned sentences say what
+/// happened, for the page.
 async fn load_planned(
     source: &ModelSource,
     memory: Option<MemorySettings>,
     device: &Device,
 ) -> Result<(Model, Option<String>)> {
     let mut cached = CachedModel::open(source).await?;
-    let precision = source.precision("transformer");
-    let storing = format!(
-        "transformer, quantizing it to {} bits and storing that (first load only)",
-        precision.bits().unwrap_or(32)
-    );
-    let stored = models::use_stored_quantized(&mut cached, source, &|done, total| {
+    let note = models::use_stored_copies(&mut cached, source, &|component, done, total| {
+        let bits = source.precision(component).bits().unwrap_or(32);
         post(&FromWorker::LoadProgress {
-            component: storing.clone(),
+            component: format!(
+                "{}, quantizing it to {bits} bits and storing that (first load only)",
+                component.replace('_', " ")
+            ),
             bytes_read: done,
             bytes_total: Some(total),
         })
     })
     .await?;
-    let note = stored.note(precision);
     Ok((load_cached(cached, source, memory, device).await?, note))
 }
 
@@ -471,7 +470,7 @@ async fn load_model(
     memory: Option<MemorySettings>,
     max_part_bytes: Option<u64>,
 ) -> Result<LoadedModel> {
-    let total = cached.weight_files().iter().map(|(_, size)| size).sum();
+    let total = cached.load_bytes(&[""]);
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
     let transformer_load = LinearLoad {
         precision: source.precision("transformer"),
@@ -975,15 +974,7 @@ impl Run<'_> {
         plan: &MemoryPlan,
         device: &Device,
     ) -> Result<(Vec<RgbaImage>, Option<String>)> {
-        let sizes = |prefixes: &[&str]| -> u64 {
-            model
-                .cached
-                .weight_files()
-                .iter()
-                .filter(|(path, _)| prefixes.iter().any(|p| path.starts_with(p)))
-                .map(|(_, size)| size)
-                .sum()
-        };
+        let sizes = |prefixes: &[&str]| model.cached.load_bytes(prefixes);
         let cached = &model.cached;
         let text = Counted::new(cached, sizes(&["text_encoder/"]), Report::Run(self.start));
         // The token embedding stays in storage; only a prompt's rows are read.

@@ -35,9 +35,10 @@ before(async () => {
   const registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
   const tiny = registry.models.find((m) => m.id === TINY_ID);
   tiny.host = hf.url;
-  // The transformer kept 4-bit, as the real entries do: the first load quantizes it and
-  // stores that copy in OPFS beside the checkpoint; later loads read the copy.
-  tiny.components.find((c) => c.name === "transformer").precision = "q4";
+  // The transformer and the text encoder kept 4-bit, as the real entries do: the first load
+  // quantizes them and stores those copies in OPFS beside the checkpoints; later loads read
+  // the copies.
+  for (const c of tiny.components.filter((c) => ["transformer", "text_encoder"].includes(c.name))) c.precision = "q4";
   // What the tiny entry's patterns select: every file of the fixture folder.
   const listing = await (await fetch(`${hf.url}/api/models/${TINY}/tree/main?recursive=true`)).json();
   totalBytes = listing.filter((e) => e.type === "file" && !e.path.startsWith(".") && e.path.includes("/"))
@@ -175,12 +176,16 @@ test("download with progress, reload mid-way and resume, then offline: load from
     await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded",
       `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
-    // The first load quantized the transformer and stored it, committed, beside the checkpoint.
-    assert.match(await page.textContent("#model-status"),
-      /The transformer was quantized to 4 bits and stored in this browser \([\d.]+ MB, [\d.]+ s\): later loads read that copy\.$/);
-    const stored = (await opfsFiles(page)).filter(([p]) => p.includes("/transformer/qwen-layered-v"));
-    assert.deepEqual(stored.map(([p]) => p.replace(/^[0-9a-f]{40}\//, "")).sort(),
-      ["transformer/qwen-layered-v1-q4_0.gguf", "transformer/qwen-layered-v1-q4_0.gguf.ok.json"], JSON.stringify(stored));
+    // The first load quantized both and stored them, committed, beside their checkpoints.
+    for (const what of ["transformer", "text encoder"]) {
+      assert.match(await page.textContent("#model-status"),
+        new RegExp(`The ${what} was quantized to 4 bits and stored in this browser \\([\\d.]+ MB, [\\d.]+ s\\): later loads read that copy\\.`));
+    }
+    const stored = (await opfsFiles(page)).filter(([p]) => p.includes("/qwen-layered-v"));
+    assert.deepEqual(stored.map(([p]) => p.replace(/^[0-9a-f]{40}\//, "")).sort(), [
+      "text_encoder/qwen-layered-v1-q4_0.gguf", "text_encoder/qwen-layered-v1-q4_0.gguf.ok.json",
+      "transformer/qwen-layered-v1-q4_0.gguf", "transformer/qwen-layered-v1-q4_0.gguf.ok.json",
+    ], JSON.stringify(stored));
     // A second load (after a reload, still offline) reads that copy instead of making it again.
     await page.reload();
     await openTiny();
@@ -188,7 +193,7 @@ test("download with progress, reload mid-way and resume, then offline: load from
     await page.click("#load-model");
     await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.match(await page.textContent("#model-status"),
-      /The transformer was read from its 4-bit copy stored in this browser \([\d.]+ MB\)\.$/,
+      /The transformer was read from its 4-bit copy stored in this browser \([\d.]+ MB\)\. The text encoder was read from its 4-bit copy stored in this browser \([\d.]+ MB\)\.$/,
       logs.join("\n"));
     await page.setInputFiles("#file-input", { name: "offline.png", mimeType: "image/png", buffer: picture(36, 20) });
     await page.waitForFunction(() => !document.getElementById("decompose").disabled);
