@@ -33,8 +33,9 @@ use super::{DEFAULT_READ_CHUNK, Precision, SafetensorsFolder, WeightSource};
 use crate::error::{Error, Result};
 
 /// Version of the stored form written by [`write_quantized`] (key `qwen_layered.format`).
-/// Raise it whenever the bytes written for the same checkpoint would change, so stores made by
-/// an older build are not taken for current ones (they are named with it, see the worker).
+/// Raise it whenever the bytes written for the same checkpoint would change, so copies made by
+/// an older build are not taken for current ones (they are named with it:
+/// [`stored_copy_path`]).
 pub const STORED_FORMAT: u32 = 1;
 
 /// One tensor of the file to write.

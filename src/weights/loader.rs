@@ -188,11 +188,27 @@ impl<'a> Index<'a> {
                 len: t.len,
                 encoding: Encoding::Gguf(t.ggml_type),
             }),
-            Index::Stored(f, g) => match Index::Gguf(g).get(key) {
-                Some(stored) => Some(stored),
-                None => Index::Safetensors(f).get(key),
-            },
+            // Only through `get_linear` at the copy's precision.
+            Index::Stored(f, _) => Index::Safetensors(f).get(key),
         }
+    }
+
+    /// The entry of the linear weight `key` loaded as `bits` blocks (`None`: f32): from a
+    /// stored copy when it holds the key in exactly those blocks (`Q8_0` for 8, `Q4_0` for 4),
+    /// else as [`get`](Self::get) (the checkpoint, quantized at load if need be), so a copy
+    /// is never dequantized or requantized.
+    fn get_linear(&self, key: &str, bits: Option<u32>) -> Option<Stored<'a>> {
+        if let Index::Stored(_, g) = *self {
+            let want = match bits {
+                Some(8) => Some(GgmlType::Q8_0),
+                Some(4) => Some(GgmlType::Q4_0),
+                _ => None,
+            };
+            if let Some(t) = g.get(key).filter(|t| Some(t.ggml_type) == want) {
+                return Index::Gguf(g).get(&t.name);
+            }
+        }
+        self.get(key)
     }
 
     fn files(&self) -> String {
@@ -344,6 +360,11 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// Checks `key`'s shape and marks it taken (its bytes are not read).
     fn mark_taken(&mut self, key: &str, shape: &[usize]) -> Result<Stored<'a>> {
         let entry = self.checked_entry(key, shape)?;
+        self.take_entry(key, entry)
+    }
+
+    /// Marks `key` taken with the entry found for it.
+    fn take_entry(&mut self, key: &str, entry: Stored<'a>) -> Result<Stored<'a>> {
         if !self.taken.insert(key.to_owned()) {
             return Err(Error::Weights {
                 key: key.to_owned(),
@@ -404,8 +425,11 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         bias: bool,
     ) -> Result<Linear> {
         let key = format!("{prefix}.weight");
-        let entry = self.mark_taken(&key, &[d_out, d_in])?;
         let bits = self.precision.bits().filter(|_| d_in.is_multiple_of(BLOCK));
+        // The checkpoint's entry (shape checked), or the stored copy's blocks for `bits`.
+        let checked = self.checked_entry(&key, &[d_out, d_in])?;
+        let found = self.index.get_linear(&key, bits).unwrap_or(checked);
+        let entry = self.take_entry(&key, found)?;
         let weight = match (bits, entry.encoding) {
             (None, _) => Loaded::F32(self.read_values(&key, &entry).await?),
             (Some(8), Encoding::Gguf(GgmlType::Q8_0)) => {

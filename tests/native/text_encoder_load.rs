@@ -509,5 +509,29 @@ fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
                 .ids;
         assert_eq!(copy_ids, load_ids, "{precision:?}: caption tokens");
         assert_eq!(copy_ids.len(), 4);
+
+        // A copy whose blocks are not the precision being loaded (here: found under the other
+        // precision's name) is never dequantized or requantized: the checkpoint is read and
+        // quantized at load, as without it.
+        let other = match precision {
+            Precision::Q8 => Precision::Q4,
+            _ => Precision::Q8,
+        };
+        let with_copy = Logged {
+            inner: WithCopy {
+                path: stored_copy_path("text_encoder", other).expect("path"),
+                ..with_copy.inner
+            },
+            reads: RefCell::new(Vec::new()),
+        };
+        plain.take();
+        let copy_other = encoder(&with_copy, TextEncoderLoad::gathered(other));
+        let plain_other = encoder(&plain, TextEncoderLoad::gathered(other));
+        let (copy_read, plain_read) = (checkpoint_bytes(&with_copy), checkpoint_bytes(&plain));
+        assert_eq!(copy_read, plain_read, "{other:?} with a {precision:?} copy");
+        let (_, _, text, max_len) = prompts().remove(0);
+        let a = pollster::block_on(copy_other.encode_from(&with_copy, &text, max_len));
+        let b = pollster::block_on(plain_other.encode_from(&plain, &text, max_len));
+        assert_eq!(read(a.expect("other")), read(b.expect("other")));
     }
 }
