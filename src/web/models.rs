@@ -332,16 +332,20 @@ async fn stored_copy(
                 false => text_encoder::stored_quantized_layout(&folder, precision, &origin),
             }?;
             let start = js_sys::Date::now();
-            let stored = async {
-                check_quota(layout.size(), &storage_status().await?)?;
-                store_quantized(&store, &plan, &path, &*cached, &layout, |d, t| {
-                    progress(d, t)
-                })
-                .await
-            };
-            stored
-                .await
-                .map(|file| (file, Some(js_sys::Date::now() - start)))
+            let status = storage_status().await?;
+            if check_quota(layout.size(), &status).is_err() {
+                let free = status.quota.saturating_sub(status.usage);
+                return Ok(StoredCopy::NotStored(format!(
+                    "not enough browser storage: the copy needs {:.1} MB, {:.1} MB are free",
+                    layout.size() as f64 / 1e6,
+                    free as f64 / 1e6
+                )));
+            }
+            store_quantized(&store, &plan, &path, &*cached, &layout, |d, t| {
+                progress(d, t)
+            })
+            .await
+            .map(|file| (file, Some(js_sys::Date::now() - start)))
         }
     };
     let (file, millis) = match made {

@@ -268,3 +268,52 @@ test("a download the storage quota cannot hold is refused up front with the numb
     await hub.close();
   }
 });
+
+test("a stored 4-bit copy that the storage cannot hold is not kept: the model loads, quantized at load, and says so", { timeout: SLOW }, async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
+  const registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
+  const tiny = registry.models.find((m) => m.id === TINY_ID);
+  tiny.host = hub.url;
+  for (const c of tiny.components.filter((c) => ["transformer", "text_encoder"].includes(c.name))) c.precision = "q4";
+  const app = await serveStatic(dist, { "/models.json": JSON.stringify(registry) });
+  const logs = [];
+  try {
+    // Room for the download, then none: once this context has stored 2 MB more than at its
+    // first estimate() (the download), only 10 kB are left (the copies need more).
+    await ctx.addInitScript(() => {
+      const real = StorageManager.prototype.estimate;
+      let first;
+      StorageManager.prototype.estimate = async function () {
+        const e = await real.call(this);
+        first ??= e.usage;
+        return e.usage > first + 2_000_000 ? { ...e, quota: e.usage + 10_000 } : e;
+      };
+    });
+    const page = await ctx.newPage();
+    page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
+    await page.goto(app.url);
+    await page.waitForSelector("body[data-gpu=ready]", { timeout: 120_000 });
+    await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
+    await page.selectOption("#model-source", TINY_ID);
+    await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
+    await page.click("#download-model");
+    await page.waitForSelector("body[data-download=done], body[data-download=failed]", { timeout: 120_000 });
+    assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
+    await page.click("#load-model");
+    await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
+    const status = await page.textContent("#model-status");
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${status}\n${logs.join("\n")}`);
+    for (const what of ["transformer", "text encoder"]) {
+      assert.match(status, new RegExp(`The ${what} could not be stored 4-bit in this browser \\(.*not enough browser storage.*\\); it was quantized while loading and will be again next time\\.`), status);
+    }
+    const copies = (await opfsFiles(page)).filter(([p]) => p.includes("/qwen-layered-v"));
+    assert.deepEqual(copies, [], "nothing of the copies is left");
+    await page.screenshot({ path: `${artifacts}/26-copy-not-stored.png` });
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+  } finally {
+    await ctx.close();
+    await app.close();
+    await hub.close();
+  }
+});
