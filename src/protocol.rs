@@ -224,6 +224,19 @@ impl MemoryOverrides {
     }
 }
 
+/// The test parameter `storage-free` of the page's URL query (`?storage-free=10K`): bytes of
+/// free storage the worker is to assume at most when it stores quantized copies.
+pub fn storage_free_from_query(query: &str) -> Result<Option<u64>, String> {
+    for pair in query.trim_start_matches('?').split('&') {
+        if let Some(("storage-free", value)) = pair.split_once('=') {
+            return parse_bytes(value).map(Some).ok_or_else(|| {
+                format!("the URL parameter storage-free={value} is not a positive byte count")
+            });
+        }
+    }
+    Ok(None)
+}
+
 /// `65536`, `64K`, `512M`, `3G` (binary units) → bytes; `None` for anything else or 0 (the
 /// page's URL parameters and the CLI's `--gpu-*` options).
 pub fn parse_bytes(text: &str) -> Option<u64> {
@@ -272,6 +285,11 @@ pub enum ToWorker {
         /// What the memory plan may use; `None`: everything resident, as before plans.
         #[serde(default)]
         memory: Option<MemorySettings>,
+        /// Test parameter `?storage-free=BYTES` ([`storage_free_from_query`]): the most free
+        /// storage the worker counts on when it stores quantized copies (a browser's storage
+        /// cannot be filled on demand). `None`: what `navigator.storage.estimate()` says.
+        #[serde(default)]
+        storage_free: Option<u64>,
     },
     /// Decompose a picture with the loaded model.
     Decompose(DecomposeRequest),
@@ -516,6 +534,17 @@ mod tests {
     }
 
     #[test]
+    fn the_storage_free_parameter_is_a_byte_count() {
+        assert_eq!(storage_free_from_query("?gpu-budget=1G"), Ok(None));
+        assert_eq!(
+            storage_free_from_query("?a=1&storage-free=10K"),
+            Ok(Some(10 << 10))
+        );
+        let err = storage_free_from_query("storage-free=lots").unwrap_err();
+        assert!(err.contains("storage-free=lots"), "{err}");
+    }
+
+    #[test]
     fn the_gpu_fault_parameter_names_one_of_two_faults() {
         assert_eq!(GpuFault::from_query("?gpu-budget=1G"), Ok(None));
         assert_eq!(GpuFault::from_query(""), Ok(None));
@@ -615,6 +644,7 @@ mod tests {
                     resolution: 64,
                     layers: 3,
                 }),
+                storage_free: Some(10 << 10),
             },
             ToWorker::Decompose(request()),
             ToWorker::Cancel,

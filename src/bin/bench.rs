@@ -30,8 +30,8 @@ mod native {
     use qwen_layered_web::kernels::qmatmul::{self, Tile};
     use qwen_layered_web::model::nn::{BlockWeight, Linear, QuantWeight};
     use qwen_layered_web::weights::{
-        DEFAULT_READ_CHUNK, DirSource, Precision, QuantizedMatrix, SafetensorsFolder, TensorLoader,
-        WeightSource,
+        DEFAULT_READ_CHUNK, DirSource, GgufFile, Precision, QuantizedLayout, QuantizedMatrix,
+        SafetensorsFolder, TensorLoader, WeightSource, write_quantized,
     };
 
     const USAGE: &str = "usage: qwen-layered-bench <command> [options]
@@ -71,6 +71,9 @@ commands:
              with a raw sequential read of the same file in the loader's read steps (8 MiB into
              one reused buffer); warm: the file in the page cache (read once first), cold:
              evicted from it (posix_fadvise DONTNEED) before each timed run
+             [--stored]: first write the stored quantized copy of its linear weights
+             (PATH.stored-q4_0.gguf, as the page keeps after a first load; timed), then load
+             through it (the rest from PATH) against a raw read of the copy
   help       print this text";
 
     fn usage_error(msg: impl Into<String>) -> Fail {
@@ -741,7 +744,7 @@ commands:
     }
 
     fn load(args: &[String]) -> Result<(), Fail> {
-        let opts = Options::parse(args, &["--precision", "--cache"], &[], 1, USAGE)?;
+        let opts = Options::parse(args, &["--precision", "--cache"], &["--stored"], 1, USAGE)?;
         let path = Path::new(opts.one_positional("PATH")?);
         let precision: Precision = opts
             .get("--precision")
@@ -769,18 +772,32 @@ commands:
             DEFAULT_READ_CHUNK >> 20
         );
         let device = Device::flex();
+        let stored = match opts.flag("--stored") {
+            true => Some(write_stored(&source, dir, &file, precision)?),
+            false => None,
+        };
+        // The timed raw read: the file, or (with --stored) the copy, which the load reads
+        // instead of the linear weights.
+        let raw_path = match &stored {
+            Some(copy) => dir.join(copy),
+            None => path.to_path_buf(),
+        };
+        let size = std::fs::metadata(&raw_path)?.len();
         for &cold in caches {
             let cache = if cold { "cold" } else { "warm" };
             let prepare = || {
-                if cold {
-                    evict(path)
-                } else {
-                    read_raw(path).map(|_| ())
+                for p in [path, raw_path.as_path()] {
+                    if cold {
+                        evict(p)?
+                    } else {
+                        read_raw(p)?;
+                    }
                 }
+                Ok::<(), Fail>(())
             };
             prepare()?;
             let start = Instant::now();
-            let read = read_raw(path)?;
+            let read = read_raw(&raw_path)?;
             let raw = start.elapsed().as_secs_f64();
             println!(
                 "{cache}: raw sequential read: {raw:.2} s, {:.2} GB/s",
@@ -788,14 +805,25 @@ commands:
             );
             prepare()?;
             let start = Instant::now();
-            let loaded = pollster::block_on(load_all(&source, &file, &device, precision))?;
+            let loaded = pollster::block_on(load_all(
+                &source,
+                &file,
+                stored.as_deref(),
+                &device,
+                precision,
+            ))?;
             let t = start.elapsed().as_secs_f64();
             let tensors = loaded.0.len() + loaded.1.len();
             drop(loaded); // freeing the model is not part of loading it
             println!(
-                "{cache}: loader ({}, {tensors} tensors to the CPU device): {t:.2} s, {:.2} GB/s \
-                 = {:.0} % of the raw read (goal >= 70 %)",
+                "{cache}: loader ({}{}, {tensors} tensors to the CPU device): {t:.2} s, {:.2} \
+                 GB/s = {:.0} % of the raw read (goal >= 70 %)",
                 name(precision),
+                if stored.is_some() {
+                    ", from the stored copy"
+                } else {
+                    ""
+                },
                 size as f64 / t / 1e9,
                 100.0 * raw / t
             );
@@ -803,17 +831,74 @@ commands:
         Ok(())
     }
 
+    /// Writes the stored quantized copy of `file`'s linear weights (every 2-D `*.weight`, as
+    /// [`load_all`] takes them) in `precision` beside it, timed; its file name.
+    fn write_stored(
+        source: &DirSource,
+        dir: &Path,
+        file: &str,
+        precision: Precision,
+    ) -> Result<String, Fail> {
+        let folder = pollster::block_on(SafetensorsFolder::open_files(
+            source,
+            "",
+            &[file.to_owned()],
+        ))?;
+        let is_linear = |key: &str, shape: &[usize]| shape.len() == 2 && key.ends_with(".weight");
+        let layout = QuantizedLayout::linear_only(&folder, precision, "bench", is_linear, &[])?;
+        let copy = format!("{file}.stored-{}_0.gguf", name(precision));
+        let path = dir.join(&copy);
+        let mut out = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&path)?);
+        let start = Instant::now();
+        pollster::block_on(write_quantized(
+            source,
+            &layout,
+            None,
+            async |bytes: &[u8]| {
+                out.write_all(bytes)
+                    .map_err(|e| qwen_layered_web::Error::Source {
+                        file: copy.clone(),
+                        reason: e.to_string(),
+                    })
+            },
+            |_, _| {},
+        ))?;
+        out.into_inner()
+            .map_err(|e| e.into_error())
+            .and_then(|f| f.sync_all())?;
+        let t = start.elapsed().as_secs_f64();
+        println!(
+            "stored copy {copy}: {} linear weights, {:.2} GB read → {:.2} GB written in {t:.2} s \
+             ({:.2} GB/s of the bf16 read)",
+            layout.counts().1,
+            layout.source_bytes() as f64 / 1e9,
+            layout.size() as f64 / 1e9,
+            layout.source_bytes() as f64 / t / 1e9
+        );
+        Ok(copy)
+    }
+
     /// Loads every tensor of `file` as the models do (2-D `*.weight` as linear layers with
-    /// their bias, anything else as a plain tensor); what was loaded.
+    /// their bias, anything else as a plain tensor), the linear weights from the stored copy
+    /// `stored` when given; what was loaded.
     async fn load_all(
         source: &DirSource,
         file: &str,
+        stored: Option<&str>,
         device: &Device,
         precision: Precision,
     ) -> Result<(Vec<Linear>, Vec<Tensor<1>>), Fail> {
         let folder = SafetensorsFolder::open_files(source, "", &[file.to_owned()]).await?;
         let keys: Vec<String> = folder.keys().map(str::to_owned).collect();
-        let mut loader = TensorLoader::new(source, &folder, device).with_precision(precision);
+        let copy = match stored {
+            Some(name) => Some(GgufFile::open(source, name).await?),
+            None => None,
+        };
+        let loader = match &copy {
+            Some(copy) => TensorLoader::with_stored_copy(source, &folder, copy, device)?,
+            None => TensorLoader::new(source, &folder, device),
+        };
+        let mut loader = loader.with_precision(precision);
         let mut kept: Vec<Tensor<1>> = Vec::new();
         let mut linears: Vec<Linear> = Vec::new();
         for key in &keys {

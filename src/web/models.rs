@@ -280,17 +280,19 @@ const STORED_COMPONENTS: [(&str, &str); 2] = [
 /// (4-bit) of the bytes and with no quantization work: at every later load, every run of a
 /// phased model, and every block a streamed transformer re-reads. When a copy cannot be stored
 /// (no room, a storage error), nothing is left of it and that component is quantized at load
-/// as before. Returns the page's sentences about what happened.
+/// as before. `storage_free` (the test parameter `?storage-free=`) caps the free storage
+/// counted on. Returns the page's sentences about what happened.
 pub async fn use_stored_copies(
     cached: &mut CachedModel,
     source: &ModelSource,
+    storage_free: Option<u64>,
     progress: &dyn Fn(&str, u64, u64),
 ) -> Result<Option<String>> {
     let mut notes = Vec::new();
     for (component, what) in STORED_COMPONENTS {
         let precision = source.precision(component);
         let report = |d, t| progress(component, d, t);
-        let done = stored_copy(cached, component, precision, &report).await?;
+        let done = stored_copy(cached, component, precision, storage_free, &report).await?;
         notes.extend(done.note(what, precision));
     }
     Ok((!notes.is_empty()).then(|| notes.join(" ")))
@@ -301,6 +303,7 @@ async fn stored_copy(
     cached: &mut CachedModel,
     component: &str,
     precision: Precision,
+    storage_free: Option<u64>,
     progress: &dyn Fn(u64, u64),
 ) -> Result<StoredCopy> {
     let transformer = component == "transformer";
@@ -332,7 +335,11 @@ async fn stored_copy(
                 false => text_encoder::stored_quantized_layout(&folder, precision, &origin),
             }?;
             let start = js_sys::Date::now();
-            let status = storage_status().await?;
+            let mut status = storage_status().await?;
+            if let Some(free) = storage_free {
+                // The test parameter: no more room than this.
+                status.quota = status.quota.min(status.usage.saturating_add(free));
+            }
             if check_quota(layout.size(), &status).is_err() {
                 let free = status.quota.saturating_sub(status.usage);
                 return Ok(StoredCopy::NotStored(format!(

@@ -33,7 +33,7 @@ use crate::gpu::KeyLimits;
 use crate::pipeline::default_budget_bytes;
 use crate::protocol::{
     CacheState, DecomposeRequest, FromWorker, GpuFault, MemoryOverrides, MemorySettings,
-    ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker,
+    ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker, storage_free_from_query,
 };
 
 /// What a run decomposes, and so where its layers go.
@@ -895,9 +895,14 @@ impl RunPanel {
             Ok(memory) => memory,
             Err(err) => return self.set_model_status(&format!("Not loading: {err}"), true),
         };
+        let storage_free = match storage_free_from_query(&url_query()) {
+            Ok(free) => free,
+            Err(err) => return self.set_model_status(&format!("Not loading: {err}"), true),
+        };
         match self.send(&ToWorker::LoadModel {
             source: model.clone(),
             memory: Some(memory),
+            storage_free,
         }) {
             Ok(()) => {
                 self.busy.set(true);

@@ -235,7 +235,11 @@ fn post(message: &FromWorker) {
 async fn handle(message: ToWorker) {
     match message {
         ToWorker::ProbeGpu => probe_gpu().await,
-        ToWorker::LoadModel { source, memory } => load(source, memory).await,
+        ToWorker::LoadModel {
+            source,
+            memory,
+            storage_free,
+        } => load(source, memory, storage_free).await,
         ToWorker::Decompose(request) => decompose(request).await,
         ToWorker::Cancel => {
             if BUSY.get() == Some(Task::Running) {
@@ -343,7 +347,7 @@ fn free_model() {
 
 // ---- loading ------------------------------------------------------------------------------
 
-async fn load(source: ModelSource, memory: Option<MemorySettings>) {
+async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free: Option<u64>) {
     if let Some(task) = BUSY.get() {
         return post(&FromWorker::LoadFailed {
             message: format!("the worker is busy ({task:?}); wait or cancel first"),
@@ -358,7 +362,7 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>) {
     free_model();
     clear_gpu_error();
     let start = js_sys::Date::now();
-    let result = load_planned(&source, memory, &device).await;
+    let result = load_planned(&source, memory, storage_free, &device).await;
     BUSY.set(None);
     let result = match gpu_error() {
         Some(gpu) => Err(Error::Input {
@@ -402,10 +406,11 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>) {
 async fn load_planned(
     source: &ModelSource,
     memory: Option<MemorySettings>,
+    storage_free: Option<u64>,
     device: &Device,
 ) -> Result<(Model, Option<String>)> {
     let mut cached = CachedModel::open(source).await?;
-    let note = models::use_stored_copies(&mut cached, source, &|component, done, total| {
+    let report = |component: &str, done, total| {
         let bits = source.precision(component).bits().unwrap_or(32);
         post(&FromWorker::LoadProgress {
             component: format!(
@@ -415,8 +420,8 @@ async fn load_planned(
             bytes_read: done,
             bytes_total: Some(total),
         })
-    })
-    .await?;
+    };
+    let note = models::use_stored_copies(&mut cached, source, storage_free, &report).await?;
     Ok((load_cached(cached, source, memory, device).await?, note))
 }
 
