@@ -30,8 +30,8 @@ mod native {
     use qwen_layered_web::kernels::qmatmul::{self, Tile};
     use qwen_layered_web::model::nn::{BlockWeight, Linear, QuantWeight};
     use qwen_layered_web::weights::{
-        DEFAULT_READ_CHUNK, DirSource, GgufFile, Precision, QuantizedLayout, QuantizedMatrix,
-        SafetensorsFolder, TensorLoader, WeightSource, write_quantized,
+        CopyContents, DEFAULT_READ_CHUNK, DirSource, GgufFile, Precision, QuantizedLayout,
+        QuantizedMatrix, SafetensorsFolder, TensorLoader, WeightSource, write_quantized,
     };
 
     const USAGE: &str = "usage: qwen-layered-bench <command> [options]
@@ -845,7 +845,8 @@ commands:
             &[file.to_owned()],
         ))?;
         let is_linear = |key: &str, shape: &[usize]| shape.len() == 2 && key.ends_with(".weight");
-        let layout = QuantizedLayout::linear_only(&folder, precision, "bench", is_linear, &[])?;
+        let only = CopyContents::LinearOnly;
+        let layout = QuantizedLayout::new(&folder, precision, only, "bench", is_linear, &[])?;
         let copy = format!("{file}.stored-{}_0.gguf", name(precision));
         let path = dir.join(&copy);
         let mut out = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&path)?);

@@ -156,44 +156,34 @@ pub async fn open_stored_copy<S: WeightSource>(
     Ok(Some(GgufFile::open(source, &path).await?))
 }
 
+/// What a stored copy holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CopyContents {
+    /// Every tensor of the checkpoint: the file stands alone (e.g. `decompose
+    /// --transformer-gguf`).
+    Whole,
+    /// The quantized linear weights only: a copy read beside its checkpoint
+    /// ([`TensorLoader::with_stored_copy`](super::TensorLoader::with_stored_copy)), which
+    /// serves everything else (a text encoder's 1 GB token embedding is not copied).
+    LinearOnly,
+}
+
 impl QuantizedLayout {
-    /// Plans `folder`'s tensors (all of them, in stored order) with the linear weights
-    /// (`is_linear(key, shape)`, 2-D `[d_out, d_in]` with `d_in` a multiple of 32) in
-    /// `precision` (`Q8` or `Q4`), and `metadata` after the standard keys
-    /// (`general.architecture` = `architecture`, `general.quantization_version` = 2,
-    /// `general.file_type`, `qwen_layered.format` = [`STORED_FORMAT`]). The file stands alone
-    /// (e.g. `decompose --transformer-gguf`).
+    /// Plans `folder`'s tensors (in stored order; all of them or the linear weights only, as
+    /// `contents` says) with the linear weights (`is_linear(key, shape)`, 2-D `[d_out, d_in]`
+    /// with `d_in` a multiple of 32) in `precision` (`Q8` or `Q4`), and `metadata` after the
+    /// standard keys (`general.architecture` = `architecture`,
+    /// `general.quantization_version` = 2, `general.file_type`, `qwen_layered.format` =
+    /// [`STORED_FORMAT`]).
     pub fn new(
         folder: &SafetensorsFolder,
         precision: Precision,
+        contents: CopyContents,
         architecture: &str,
         is_linear: impl Fn(&str, &[usize]) -> bool,
         metadata: &[(&str, MetaValue)],
     ) -> Result<Self> {
-        Self::build(folder, precision, architecture, is_linear, metadata, true)
-    }
-
-    /// [`new`](Self::new) with only the quantized linear weights: a copy read beside its
-    /// checkpoint ([`TensorLoader::with_stored_copy`](super::TensorLoader::with_stored_copy)),
-    /// which serves everything else (a text encoder's 1 GB token embedding is not copied).
-    pub fn linear_only(
-        folder: &SafetensorsFolder,
-        precision: Precision,
-        architecture: &str,
-        is_linear: impl Fn(&str, &[usize]) -> bool,
-        metadata: &[(&str, MetaValue)],
-    ) -> Result<Self> {
-        Self::build(folder, precision, architecture, is_linear, metadata, false)
-    }
-
-    fn build(
-        folder: &SafetensorsFolder,
-        precision: Precision,
-        architecture: &str,
-        is_linear: impl Fn(&str, &[usize]) -> bool,
-        metadata: &[(&str, MetaValue)],
-        all: bool,
-    ) -> Result<Self> {
+        let all = contents == CopyContents::Whole;
         let bits = precision.bits().ok_or_else(|| Error::Weights {
             key: String::new(),
             file: folder.folder().to_owned(),

@@ -718,31 +718,25 @@ fn quantize_stores_the_text_encoder_beside_its_checkpoint() {
     };
     let (at_load, log) = encode("at-load.safetensors");
     assert!(!log.contains("stored copy"), "{log}");
-    let with_out = run(bin().args([
-        "quantize",
-        "--model",
-        &m,
-        "--component",
-        "text_encoder",
-        "--precision",
-        "q4",
-        "--out",
-        "x",
-    ]));
+    let quantize = |extra: &[&str]| {
+        let mut args = vec![
+            "quantize",
+            "--model",
+            &m,
+            "--component",
+            "text_encoder",
+            "--precision",
+            "q4",
+        ];
+        args.extend(extra);
+        run(bin().args(args))
+    };
     assert_eq!(
-        with_out.status.code(),
+        quantize(&["--out", "x"]).status.code(),
         Some(2),
         "--out is refused for the text encoder"
     );
-    let q = run(bin().args([
-        "quantize",
-        "--model",
-        &m,
-        "--component",
-        "text_encoder",
-        "--precision",
-        "q4",
-    ]));
+    let q = quantize(&[]);
     assert!(q.status.success(), "quantize failed");
     let copy = model.join("text_encoder/qwen-layered-v1-q4_0.gguf");
     assert!(copy.is_file(), "the copy beside the checkpoint");

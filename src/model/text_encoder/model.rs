@@ -12,8 +12,8 @@ use super::rope::{RopePositions, TextRope};
 use crate::error::{Error, Result};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::weights::{
-    GgufFile, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder, TableRows,
-    TensorLoader, WeightSource, open_component, open_stored_copy,
+    CopyContents, GgufFile, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder,
+    TableRows, TensorLoader, WeightSource, open_component, open_stored_copy,
 };
 
 /// Where the token embedding `[vocab, D]` is kept.
@@ -505,9 +505,10 @@ pub fn stored_quantized_layout(
     precision: Precision,
     origin: &str,
 ) -> Result<QuantizedLayout> {
-    QuantizedLayout::linear_only(
+    QuantizedLayout::new(
         weights,
         precision,
+        CopyContents::LinearOnly,
         "qwen2_5_vl",
         is_linear_weight,
         &[("qwen_layered.origin", MetaValue::String(origin.to_owned()))],
