@@ -95,17 +95,23 @@ impl QuantizedMatrix {
                 n_blocks * 34
             ));
         }
-        let mut codes = Vec::with_capacity(rows * cols);
+        // A word is 4 codes `q + 128`: the block's `i8` bytes as a little-endian `u32` with
+        // the sign bit of each byte flipped.
+        let mut words = Vec::with_capacity(n_blocks * 8);
         let mut scales = Vec::with_capacity(n_blocks);
         for b in bytes.chunks_exact(34) {
             scales.push(f16::from_le_bytes([b[0], b[1]]));
-            codes.extend(b[2..].iter().map(|&q| q ^ 0x80)); // i8 → q + 128
+            words.extend(
+                b[2..]
+                    .chunks_exact(4)
+                    .map(|q| u32::from_le_bytes([q[0], q[1], q[2], q[3]]) ^ 0x8080_8080),
+            );
         }
         Ok(Self {
             bits: 8,
             rows,
             cols,
-            words: pack(&codes, 8),
+            words,
             scales,
         })
     }
@@ -122,18 +128,27 @@ impl QuantizedMatrix {
                 n_blocks * 18
             ));
         }
-        let mut codes = Vec::with_capacity(rows * cols);
+        // Values 0..8 and 8..16 are the low nibbles of bytes 0..8 and 8..16, values 16..24
+        // and 24..32 their high nibbles: four words, each eight nibbles gathered from the
+        // bytes of one little-endian `u64`.
+        let mut words = Vec::with_capacity(n_blocks * 4);
         let mut scales = Vec::with_capacity(n_blocks);
         for b in bytes.chunks_exact(18) {
             scales.push(f16::from_le_bytes([b[0], b[1]]));
-            codes.extend(b[2..].iter().map(|q| q & 0xF));
-            codes.extend(b[2..].iter().map(|q| q >> 4));
+            let lo = u64::from_le_bytes(b[2..10].try_into().expect("8 bytes"));
+            let hi = u64::from_le_bytes(b[10..18].try_into().expect("8 bytes"));
+            words.extend([
+                gather_nibbles(lo),
+                gather_nibbles(hi),
+                gather_nibbles(lo >> 4),
+                gather_nibbles(hi >> 4),
+            ]);
         }
         Ok(Self {
             bits: 4,
             rows,
             cols,
-            words: pack(&codes, 4),
+            words,
             scales,
         })
     }
@@ -369,6 +384,18 @@ pub(super) fn check_sizes(n: usize, rows: usize, cols: usize, bits: u32) -> Resu
 }
 
 /// Packs `bits`-bit codes, `32 / bits` per little-endian word, first code lowest.
+/// The low nibble of each byte of `x`, byte `i`'s in bits `4i..4i + 4` of the result.
+#[inline]
+fn gather_nibbles(x: u64) -> u32 {
+    let mut t = x & 0x0F0F_0F0F_0F0F_0F0F;
+    t = (t | (t >> 4)) & 0x00FF_00FF_00FF_00FF;
+    t = (t | (t >> 8)) & 0x0000_FFFF_0000_FFFF;
+    t = (t | (t >> 16)) & 0x0000_0000_FFFF_FFFF;
+    t as u32
+}
+
+/// Codes packed into words the plain way (the tests' oracle).
+#[cfg(test)]
 fn pack(codes: &[u8], bits: u32) -> Vec<u32> {
     let per_word = 32 / bits as usize;
     codes
@@ -384,6 +411,41 @@ fn pack(codes: &[u8], bits: u32) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The word-at-a-time repacking of `Q8_0`/`Q4_0` blocks equals unpacking every code and
+    /// packing them again, on blocks of every byte value.
+    #[test]
+    fn gguf_blocks_repack_as_code_by_code() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut byte = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        };
+        let (rows, cols) = (3, 96);
+        let blocks = rows * cols / BLOCK;
+        let q8: Vec<u8> = (0..blocks * 34).map(|_| byte()).collect();
+        let q4: Vec<u8> = (0..blocks * 18).map(|_| byte()).collect();
+        let m8 = QuantizedMatrix::from_q8_0(&q8, rows, cols).expect("q8");
+        let m4 = QuantizedMatrix::from_q4_0(&q4, rows, cols).expect("q4");
+        let (mut c8, mut c4) = (Vec::new(), Vec::new());
+        for b in q8.chunks_exact(34) {
+            c8.extend(b[2..].iter().map(|&q| q ^ 0x80));
+        }
+        for b in q4.chunks_exact(18) {
+            c4.extend(b[2..].iter().map(|q| q & 0xF));
+            c4.extend(b[2..].iter().map(|q| q >> 4));
+        }
+        assert_eq!(m8.words, pack(&c8, 8));
+        assert_eq!(m4.words, pack(&c4, 4));
+        // Bit patterns: random scales include NaNs.
+        let bits = |s: &[f16]| s.iter().map(|d| d.to_bits()).collect::<Vec<_>>();
+        let scale = |b: &[u8]| u16::from_le_bytes([b[0], b[1]]);
+        let want8: Vec<u16> = q8.chunks_exact(34).map(scale).collect();
+        let want4: Vec<u16> = q4.chunks_exact(18).map(scale).collect();
+        assert_eq!((bits(&m8.scales), bits(&m4.scales)), (want8, want4));
+    }
 
     #[test]
     fn round_trips_within_a_step_and_repacks_gguf_blocks_exactly() {
