@@ -35,7 +35,8 @@ use crate::error::{Error, Result};
 /// Version of the stored form written by [`write_quantized`] (key `qwen_layered.format`).
 /// Raise it whenever the bytes written for the same checkpoint would change, so copies made by
 /// an older build are not taken for current ones (they are named with it:
-/// [`stored_copy_path`]).
+/// [`stored_copy_path`]); the page's Delete (`web::models::delete`) must then remove the older
+/// names too.
 pub const STORED_FORMAT: u32 = 1;
 
 /// One tensor of the file to write.
