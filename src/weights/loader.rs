@@ -144,8 +144,9 @@ pub(super) fn decode_values(
 enum Index<'a> {
     Safetensors(&'a SafetensorsFolder),
     Gguf(&'a GgufFile),
-    /// A safetensors checkpoint whose tensors are read from a stored quantized copy (a GGUF
-    /// file of some of them, [`super::write_quantized`]) where it has them.
+    /// A safetensors checkpoint whose linear weights are read from a stored quantized copy (a
+    /// GGUF file of some of them, [`super::write_quantized`]) when it has them in the blocks
+    /// being loaded; every other tensor from the checkpoint.
     Stored(&'a SafetensorsFolder, &'a GgufFile),
 }
 
@@ -263,11 +264,11 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         Self::with_index(source, Index::Gguf(file), device)
     }
 
-    /// A loader reading `folder`'s tensors, each from the stored quantized copy `stored` when
-    /// the copy has it ([`super::write_quantized`]: its linear weights already `Q8_0`/`Q4_0`,
-    /// taken without loss when the loader's precision is the copy's), else from `folder`. An
-    /// error when the copy holds a tensor the checkpoint does not have, or with another shape
-    /// (a copy of another checkpoint).
+    /// A loader reading `folder`'s tensors, its linear weights from the stored quantized copy
+    /// `stored` ([`super::write_quantized`]: already `Q8_0`/`Q4_0`) when the copy holds them in
+    /// the blocks of the precision being loaded (taken without loss), everything else from
+    /// `folder`. An error when the copy holds a tensor the checkpoint does not have, or with
+    /// another shape (a copy of another checkpoint).
     pub fn with_stored_copy(
         source: &'a S,
         folder: &'a SafetensorsFolder,
