@@ -7,7 +7,7 @@
 //! commit record of the browser's store, the rename of the native one) only once every byte is
 //! written; any failure discards it, so a half-written copy is never served as complete.
 
-use super::{Check, DownloadPlan, FilePlan, PartFile, Store};
+use super::{Check, DResult, DownloadPlan, FilePlan, PartFile, Store};
 use crate::error::Result;
 use crate::weights::{QuantizedLayout, WeightSource, write_quantized};
 
@@ -24,14 +24,7 @@ pub async fn store_quantized<St: Store, S: WeightSource>(
     layout: &QuantizedLayout,
     progress: impl FnMut(u64, u64),
 ) -> Result<FilePlan> {
-    // The hash is not known before the bytes are; a partial copy is never resumed (no
-    // checkpoint is written), so this placeholder never matches a stored resume point.
-    let mut file = FilePlan {
-        path: path.to_owned(),
-        size: layout.size(),
-        check: Check::Sha256("0".repeat(64)),
-        url: String::new(),
-    };
+    let mut file = unhashed(path, layout.size());
     let (mut part, _) = store.open_part(plan, &file).await?;
     let mut offset = 0u64;
     let written = write_quantized(
@@ -60,4 +53,25 @@ pub async fn store_quantized<St: Store, S: WeightSource>(
         return Err(err.into());
     }
     Ok(file)
+}
+
+/// A plan for the derived file `path` before its hash is known. A partial copy is never
+/// resumed (no checkpoint is written), so its placeholder hash never matches a resume point.
+fn unhashed(path: &str, size: u64) -> FilePlan {
+    FilePlan {
+        path: path.to_owned(),
+        size,
+        check: Check::Sha256("0".repeat(64)),
+        url: String::new(),
+    }
+}
+
+/// Removes every trace of the derived file `path` of `plan`'s revision from `store`: the file
+/// if committed, or what a copy cut short left (its partial bytes). Missing is fine.
+pub async fn discard_derived<St: Store>(
+    store: &St,
+    plan: &DownloadPlan,
+    path: &str,
+) -> DResult<()> {
+    store.discard(plan, &unhashed(path, 0)).await
 }

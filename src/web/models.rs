@@ -18,10 +18,10 @@ use super::opfs::{
     MODELS_DIR, OpfsSource, OpfsStore, check_quota, read_record, remove_record, storage_status,
     write_record,
 };
-use crate::download::derived::store_quantized;
+use crate::download::derived::{discard_derived, store_quantized};
 use crate::download::{
-    Check, DResult, DownloadError, DownloadOptions, DownloadPlan, FilePlan, Progress, Session,
-    Store, discover, download_plan, remaining_bytes,
+    DResult, DownloadError, DownloadOptions, DownloadPlan, Progress, Session, Store, discover,
+    download_plan, remaining_bytes,
 };
 use crate::error::{Error, Result};
 use crate::model::text_encoder;
@@ -204,14 +204,8 @@ pub async fn delete(source: &ModelSource) -> DResult<()> {
             [Precision::Q8, Precision::Q4].map(|p| stored_copy_path(component, p))
         });
         for path in copies.flatten() {
-            // Committed or cut short (a closed tab), every trace of it goes (by path).
-            let copy = FilePlan {
-                path,
-                size: 0,
-                check: Check::Sha256("0".repeat(64)),
-                url: String::new(),
-            };
-            store.discard(plan, &copy).await?;
+            // Committed or cut short (a closed tab), every trace of it goes.
+            discard_derived(&store, plan, &path).await?;
         }
     }
     remove_record(SOURCES_DIR, &record_name(&source.id)).await

@@ -643,7 +643,7 @@ impl<S: WeightSource> WeightSource for FailingAfter<S> {
 /// bytes `write_quantized` makes); a failure mid-copy leaves nothing behind.
 #[test]
 fn the_stored_copy_is_committed_only_when_complete() {
-    use qwen_layered_web::download::derived::store_quantized;
+    use qwen_layered_web::download::derived::{discard_derived, store_quantized};
     use qwen_layered_web::download::native::DirStore;
     use qwen_layered_web::download::{Check, DownloadPlan, Store};
 
@@ -709,5 +709,8 @@ fn the_stored_copy_is_committed_only_when_complete() {
         leftovers(),
         vec![std::ffi::OsString::from("stored-q4_0.gguf")]
     );
+    // Delete's way: by path alone, whatever its hash.
+    pollster::block_on(discard_derived(&store, &plan, path)).expect("discarded");
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
     let _ = std::fs::remove_dir_all(&root);
 }
