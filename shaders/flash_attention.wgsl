@@ -2,10 +2,11 @@
 // tile with an online softmax (running max and sum in f32), so the [S_q, S_kv] score matrix is
 // never stored. Non-causal, no mask (the transformer's joint text+image attention).
 //
-// `const HEAD_DIM: u32 = <Dh>u;` is prepended by src/kernels/attention.rs (through
-// kernels::launch), one pipeline per head size (a multiple of 4, at most 128). Bindings follow
-// kernels::launch: inputs q, k, v, then the output, then params. launch binds the inputs
-// contiguous; the kernel itself reads any strides given in params.
+// `const HEAD_DIM: u32 = <Dh>u;` and `const BC: u32 = <keys per tile>u;` are prepended by
+// src/kernels/attention.rs (through kernels::launch), one pipeline per (head size, tile): Dh a
+// multiple of 4, at most 128; BC 8 within WebGPU's default 16 KiB of workgroup memory, 16 where
+// the device grants 24 KiB. Bindings follow kernels::launch: inputs q, k, v, then the output,
+// then params. launch binds the inputs contiguous, so every tensor is read as row-major vec4s.
 //
 // Work split: one workgroup = BR query rows of one (batch, head); T threads per row, each thread
 // owning every T-th vec4 of the head dimension (vec4 index c = t + T·i). Partial q·k dot
@@ -13,12 +14,11 @@
 // runs the same online-softmax update on the same full scores, so m and l agree without
 // further communication.
 //
-// Workgroup memory at HEAD_DIM = 128: k_tile + v_tile 2·BC·128·4 B = 8 KiB, part_sums
-// BR·BC·T·4 B = 4 KiB; 12 KiB in all (WebGPU's default limit is 16 KiB).
+// Workgroup memory at HEAD_DIM = 128: k_tile + v_tile 2·BC·128·4 B, part_sums BR·BC·T·4 B:
+// 12 KiB at BC = 8 (WebGPU's default limit is 16 KiB), 24 KiB at BC = 16.
 
 const T: u32 = 4u;                    // threads per query row
 const BR: u32 = 32u;                  // query rows per workgroup
-const BC: u32 = 8u;                   // keys per tile
 const WG: u32 = 128u;                 // BR * T threads
 const D4: u32 = HEAD_DIM / 4u;        // vec4s per head row
 const DV: u32 = (D4 + T - 1u) / T;    // vec4s held per thread
@@ -26,10 +26,6 @@ const DV: u32 = (D4 + T - 1u) / T;    // vec4s held per thread
 struct Params {
     // batch B, heads H, query length S_q, key/value length S_kv
     dims: vec4<u32>,
-    // element strides of q, k, v over (batch, head, seq, dim); any layout (views included)
-    q_strides: vec4<u32>,
-    k_strides: vec4<u32>,
-    v_strides: vec4<u32>,
     // x: softmax scale (usually 1/sqrt(Dh)); y, z, w unused
     scale: vec4<f32>,
 }
@@ -38,15 +34,15 @@ struct Params {
 // shared wgpu buffers, and one buffer bound read-only and read-write in the same dispatch is a
 // usage conflict. (So uniformity comes from workgroupUniformLoad, not from read-only storage.)
 
-// q: [B, H, S_q, Dh] f32, strided by params.q_strides
-@group(0) @binding(0) var<storage, read_write> q: array<f32>;
-// k: [B, H, S_kv, Dh] f32, strided by params.k_strides
-@group(0) @binding(1) var<storage, read_write> k: array<f32>;
-// v: [B, H, S_kv, Dh] f32, strided by params.v_strides
-@group(0) @binding(2) var<storage, read_write> v: array<f32>;
-// out: [B, H, S_q, Dh] f32, contiguous
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-// params: Params (80 bytes)
+// q: [B, H, S_q, Dh] f32, contiguous, as vec4s
+@group(0) @binding(0) var<storage, read_write> q: array<vec4<f32>>;
+// k: [B, H, S_kv, Dh] f32, contiguous, as vec4s
+@group(0) @binding(1) var<storage, read_write> k: array<vec4<f32>>;
+// v: [B, H, S_kv, Dh] f32, contiguous, as vec4s
+@group(0) @binding(2) var<storage, read_write> v: array<vec4<f32>>;
+// out: [B, H, S_q, Dh] f32, contiguous, as vec4s
+@group(0) @binding(3) var<storage, read_write> out: array<vec4<f32>>;
+// params: Params (32 bytes)
 @group(0) @binding(4) var<storage, read_write> params: Params;
 
 // k_tile, v_tile: [BC, D4] vec4 rows of the current key tile (zeros past S_kv)
@@ -57,13 +53,6 @@ var<workgroup> part_sums: array<f32, BR * BC * T>;
 // number of key tiles, shared so the tile loop (which holds barriers) is workgroup-uniform
 var<workgroup> tile_count: u32;
 
-fn load4(src_is_k: bool, base: u32, stride: u32) -> vec4<f32> {
-    if (src_is_k) {
-        return vec4<f32>(k[base], k[base + stride], k[base + 2u * stride], k[base + 3u * stride]);
-    }
-    return vec4<f32>(v[base], v[base + stride], v[base + 2u * stride], v[base + 3u * stride]);
-}
-
 // Grid: (ceil(S_q / BR), H, B).
 @compute @workgroup_size(128)
 fn flash_attention(
@@ -73,9 +62,6 @@ fn flash_attention(
     let heads = params.dims.y;
     let seq_q = params.dims.z;
     let seq_kv = params.dims.w;
-    let qs = params.q_strides;
-    let ks = params.k_strides;
-    let vs = params.v_strides;
     let scale = params.scale.x;
 
     let row = lid / T;
@@ -88,13 +74,12 @@ fn flash_attention(
     // This thread's slice of the (pre-scaled) query row.
     var qreg: array<vec4<f32>, DV>;
     var acc: array<vec4<f32>, DV>;
-    let q_row = b * qs.x + h * qs.y + min(qi, seq_q - 1u) * qs.z;
+    let q_row = ((b * heads + h) * seq_q + min(qi, seq_q - 1u)) * D4;
     for (var i = 0u; i < DV; i++) {
         let c = t + T * i;
         var x = vec4<f32>(0.0);
         if (c < D4 && row_ok) {
-            let base = q_row + 4u * c * qs.w;
-            x = vec4<f32>(q[base], q[base + qs.w], q[base + 2u * qs.w], q[base + 3u * qs.w]);
+            x = q[q_row + c];
         }
         qreg[i] = x * scale;
         acc[i] = vec4<f32>(0.0);
@@ -102,8 +87,7 @@ fn flash_attention(
 
     var m = -3.0e38; // running max of the scores seen so far
     var l = 0.0;     // running sum of exp(score - m)
-    let k_head = b * ks.x + h * ks.y;
-    let v_head = b * vs.x + h * vs.y;
+    let kv_head = (b * heads + h) * seq_kv * D4;
     if (lid == 0u) {
         tile_count = (seq_kv + BC - 1u) / BC;
     }
@@ -120,8 +104,8 @@ fn flash_attention(
             var kx = vec4<f32>(0.0);
             var vx = vec4<f32>(0.0);
             if (key < seq_kv) {
-                kx = load4(true, k_head + key * ks.z + 4u * c * ks.w, ks.w);
-                vx = load4(false, v_head + key * vs.z + 4u * c * vs.w, vs.w);
+                kx = k[kv_head + key * D4 + c];
+                vx = v[kv_head + key * D4 + c];
             }
             k_tile[e] = kx;
             v_tile[e] = vx;
@@ -146,7 +130,10 @@ fn flash_attention(
         var m_tile = m;
         for (var j = 0u; j < BC; j++) {
             let p = (row * BC + j) * T;
-            let s = part_sums[p] + part_sums[p + 1u] + part_sums[p + 2u] + part_sums[p + 3u];
+            var s = 0.0;
+            for (var u = 0u; u < T; u++) {
+                s += part_sums[p + u];
+            }
             sc[j] = s;
             if (key0 + j < seq_kv) {
                 m_tile = max(m_tile, s);
@@ -175,17 +162,12 @@ fn flash_attention(
     }
 
     if (row_ok) {
-        let o_row = ((b * heads + h) * seq_q + qi) * HEAD_DIM;
+        let o_row = ((b * heads + h) * seq_q + qi) * D4;
         let inv_l = 1.0 / l;
         for (var i = 0u; i < DV; i++) {
             let c = t + T * i;
             if (c < D4) {
-                let o = acc[i] * inv_l;
-                let base = o_row + 4u * c;
-                out[base] = o.x;
-                out[base + 1u] = o.y;
-                out[base + 2u] = o.z;
-                out[base + 3u] = o.w;
+                out[o_row + c] = acc[i] * inv_l;
             }
         }
     }

@@ -28,7 +28,10 @@ mod native {
     use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, seeded_values};
     use qwen_layered_web::kernels::qmatmul::{self, Tile};
-    use qwen_layered_web::model::nn::{BlockWeight, Linear, QuantWeight};
+    use qwen_layered_web::model::nn::{
+        BlockWeight, Linear, QuantWeight, QuantizedMatmul, quantized_matmul, set_quantized_matmul,
+    };
+    use qwen_layered_web::model::transformer::{BlockLimits, QwenImageTransformerBlock};
     use qwen_layered_web::weights::{
         CopyContents, DEFAULT_READ_CHUNK, DirSource, GgufFile, Precision, QuantizedLayout,
         QuantizedMatrix, SafetensorsFolder, TensorLoader, WeightSource, write_quantized,
@@ -43,8 +46,11 @@ commands:
              [--m M (override every M)] [--bits 0,8,4 (these three)] [--iters N (3)]
              --bits also takes burn8,burn4: Burn's own quantized tensors (quantize_dynamic,
              blocks of 32 along N, f32 scales) in a plain matmul; and q8t64,q4t64,q8t128,
-             q4t128: our WGSL kernel in a forced tiling (8 and 4 are model::nn::Linear, which
-             on wgpu runs Burn's quantized matmul on our blocks, along K)
+             q4t128: our WGSL kernel in a forced tiling (8 and 4 are model::nn::Linear, on
+             wgpu in the default QuantizedMatmul of each: fused at 8 bits, dequantized at 4);
+             8fused,4fused,8deq,4deq: Linear in that QuantizedMatmul (fused: Burn's quantized
+             matmul on our blocks; deq: dequantized to f32 per call, then Burn's f32 matmul);
+             f16: the f32 operands cast to f16 (shader-f16), Burn's matmul in f16
              real shapes at 640², 4 layers: image side M = 9600, text side M = 300,
              K = 3072 (N = 3072, 12288, 18432) and the MLP out projection K = 12288, N = 3072
   block      time one or more full-size transformer blocks (random weights, no download) and
@@ -54,12 +60,21 @@ commands:
              [--apply A (B): blocks applied per forward, cycling over the B loaded ones]
              [--resolution R (640)] [--layers N (4)] [--txt T (300)]
              [--tokens S (a short image sequence of S tokens instead of R², N layers)]
+             [--qmatmul fused|deq (the default of --bits): how quantized weights multiply]
+             [--scores-mib M (1024): the attention in runs of query rows holding at most M MiB
+             of scores, as the memory plan sets it; 0: the flash kernel]
+             [--profile: after the timed forwards, one block with the device awaited after
+             each stage (model::profile marks), time per stage]
   attention  the joint attention at the real size: the WGSL flash kernel against Burn's own
              attention and the plain-Burn twin (which stores the [S, S] scores), GFLOP/s of
              4·S²·128 per head; skips the twin where its scores would pass --max-scores-gib
              [--device cpu|wgpu (cpu)] [--tokens S (9900: 9600 image + 300 text)]
-             [--heads H (24)] [--iters N (3)] [--which flash,burn,twin (all)]
+             [--heads H (24)] [--iters N (3)]
+             [--which flash,burn,twin,chunked (all; flash16: the kernel at 16 keys per
+             tile instead of 8, where the device grants 24 KiB of workgroup memory)]
              [--max-scores-gib G (4: many GPUs cap one buffer near there)]
+             chunked: kernels::attention::chunked_attention, Burn's matmul + softmax over runs
+             of query rows whose scores fit [--chunk-mib M (1024)]
   cosine     one full-size block in f32, 8-bit and 4-bit on the same inputs: cosine similarity
              of the outputs (and of the updates, output - input); fails under 0.999 / 0.99
              [--device cpu|wgpu (cpu)] [--resolution R (640)] [--layers N (4)] [--txt T (300)]
@@ -185,8 +200,11 @@ commands:
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
     enum GemmWeights {
         Model(Precision),
+        /// `Linear` with its weight of `bits` multiplied this way.
+        ModelWith(u32, QuantizedMatmul),
         Tiled(u32, Tile),
         Burn(u8),
+        F16,
     }
 
     impl GemmWeights {
@@ -198,6 +216,11 @@ commands:
                 "q4t64" => Ok(Self::Tiled(4, Tile::Square64)),
                 "q8t128" => Ok(Self::Tiled(8, Tile::Wide128)),
                 "q4t128" => Ok(Self::Tiled(4, Tile::Wide128)),
+                "8fused" => Ok(Self::ModelWith(8, QuantizedMatmul::Fused)),
+                "4fused" => Ok(Self::ModelWith(4, QuantizedMatmul::Fused)),
+                "8deq" => Ok(Self::ModelWith(8, QuantizedMatmul::Dequantize)),
+                "4deq" => Ok(Self::ModelWith(4, QuantizedMatmul::Dequantize)),
+                "f16" => Ok(Self::F16),
                 other => precision_of_bits(other).map(Self::Model),
             }
         }
@@ -205,6 +228,9 @@ commands:
         fn label(self) -> String {
             match self {
                 Self::Model(p) => name(p).into(),
+                Self::ModelWith(bits, QuantizedMatmul::Fused) => format!("{bits}fused"),
+                Self::ModelWith(bits, QuantizedMatmul::Dequantize) => format!("{bits}deq"),
+                Self::F16 => "f16".into(),
                 Self::Tiled(bits, tile) => format!("q{bits}t{}", tile.size()),
                 Self::Burn(bits) => format!("burn{bits}"),
             }
@@ -335,6 +361,29 @@ commands:
                             };
                             time_runs(&device, iters, || linear.forward(x.clone()))
                         }
+                        GemmWeights::ModelWith(bits, how) => {
+                            let bias = Some(burn::module::Param::from_tensor(bias.clone()));
+                            let before = quantized_matmul(bits);
+                            set_quantized_matmul(bits, how);
+                            let linear = QuantizedMatrix::quantize(&w, n, k, bits)
+                                .map(|m| Linear::from_blocks(m, bias, &device))
+                                .map_err(|e| Fail(e, 1));
+                            let timed = linear.and_then(|linear| {
+                                time_runs(&device, iters, || linear.forward(x.clone()))
+                            });
+                            set_quantized_matmul(bits, before);
+                            timed
+                        }
+                        GemmWeights::F16 => {
+                            let half = burn::tensor::FloatDType::F16;
+                            let w_h = w_f32().transpose().cast(half);
+                            let x_h = x.clone().cast(half);
+                            let b_h = bias.clone().unsqueeze::<2>().cast(half);
+                            time_runs(&device, iters, || {
+                                x_h.clone().matmul(w_h.clone()) + b_h.clone()
+                            })
+                            .map(|(t, y)| (t, y.cast(burn::tensor::FloatDType::F32)))
+                        }
                         GemmWeights::Tiled(bits, tile) => {
                             let blocks = BlockWeight::new(
                                 QuantizedMatrix::quantize(&w, n, k, bits)?,
@@ -417,16 +466,39 @@ commands:
                 "--layers",
                 "--txt",
                 "--tokens",
+                "--qmatmul",
+                "--scores-mib",
             ],
-            &[],
+            &["--profile"],
             1,
             USAGE,
         )?;
         let (device, what) = device(&opts)?;
         let precision = precision_of_bits(opts.get("--bits").unwrap_or("4"))?;
+        if let Some(bits) = precision.bits() {
+            match opts.get("--qmatmul") {
+                None => {}
+                Some("fused") => set_quantized_matmul(bits, QuantizedMatmul::Fused),
+                Some("deq") => set_quantized_matmul(bits, QuantizedMatmul::Dequantize),
+                Some(other) => {
+                    return Err(usage_error(format!(
+                        "--qmatmul {other:?}: use fused or deq"
+                    )));
+                }
+            }
+            println!(
+                "quantized weights on wgpu: {:?} (model::nn::QuantizedMatmul)",
+                quantized_matmul(bits)
+            );
+        }
         let n_blocks = opts.number("--blocks", 1)?.max(1);
         let applications = opts.number("--apply", n_blocks)?.max(1);
         let iters = opts.number("--iters", 1)?.max(1);
+        let scores_mib = opts.number("--scores-mib", 1024usize)?;
+        let limits = BlockLimits {
+            mlp_max_tokens: None,
+            attention_scores_bytes: (scores_mib > 0).then_some(scores_mib << 20),
+        };
         let shape = block_shape(&opts)?;
         let (s_img, s_txt) = (shape.s_img(), shape.s_txt);
         println!("device: {what}");
@@ -442,6 +514,13 @@ commands:
             );
         }
         println!("tokens: {s_img} image + {s_txt} text = {}", s_img + s_txt);
+        println!(
+            "attention: {}",
+            match limits.attention_scores_bytes {
+                Some(b) => format!("runs of query rows within {} MiB of scores", b >> 20),
+                None => "the flash kernel".into(),
+            }
+        );
 
         let start = Instant::now();
         let source = blocks_source(n_blocks, HEADS, 1)?;
@@ -459,7 +538,7 @@ commands:
             let start = Instant::now();
             let (mut img, mut txt) = (inputs.img.clone(), inputs.txt.clone());
             for (i, b) in blocks.iter().cycle().take(applications).enumerate() {
-                (txt, img) = b.forward(img, txt, None, &inputs.temb, &inputs.rope);
+                (txt, img) = b.forward_chunked(img, txt, None, &inputs.temb, &inputs.rope, limits);
                 if record {
                     flush(&device, img.clone())?;
                     if let Some(u) = device.memory_pool_usage() {
@@ -534,12 +613,83 @@ commands:
             ),
             None => println!("peak device memory: not reported by this backend"),
         }
+        if opts.flag("--profile") {
+            profile_block(&device, &blocks[0], &inputs, limits)?;
+        }
+        Ok(())
+    }
+
+    /// One block application with the device awaited at each `model::profile::mark`: the time
+    /// of every stage, then their sum against the same block unprofiled.
+    fn profile_block(
+        device: &Device,
+        block: &QwenImageTransformerBlock,
+        inputs: &BlockInputs,
+        limits: BlockLimits,
+    ) -> Result<(), Fail> {
+        use qwen_layered_web::model::profile;
+        use std::sync::{Arc, Mutex};
+        let apply = || {
+            let (img, txt) = (inputs.img.clone(), inputs.txt.clone());
+            block.forward_chunked(img, txt, None, &inputs.temb, &inputs.rope, limits)
+        };
+        // Unprofiled, for comparison (warm: the kernels are compiled and tuned by now).
+        let start = Instant::now();
+        let (txt, img) = apply();
+        flush(device, img)?;
+        flush(device, txt)?;
+        let plain = start.elapsed();
+
+        let stages: Arc<Mutex<Vec<(&'static str, Duration)>>> = Arc::default();
+        let last = Arc::new(Mutex::new(Instant::now()));
+        {
+            let (stages, last, device) = (stages.clone(), last.clone(), device.clone());
+            profile::set_hook(Some(Box::new(move |stage| {
+                let _ = device.sync();
+                let now = Instant::now();
+                if let (Ok(mut last), Ok(mut stages)) = (last.lock(), stages.lock()) {
+                    stages.push((stage, now - *last));
+                    *last = now;
+                }
+            })));
+        }
+        device
+            .sync()
+            .map_err(|e| Fail(format!("device sync: {e:?}"), 1))?;
+        *last.lock().expect("not poisoned") = Instant::now();
+        let start = Instant::now();
+        let result = guarded("the profiled block", || {
+            let (txt, img) = apply();
+            flush(device, img)?;
+            flush(device, txt)
+        });
+        let profiled = start.elapsed();
+        profile::set_hook(None);
+        result?;
+        let stages = stages.lock().expect("not poisoned");
+        println!("profile of one block (device awaited after each stage):");
+        let total: f64 = stages.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        for (stage, d) in stages.iter() {
+            println!(
+                "  {stage:<36} {:>8.1} ms  {:>5.1} %",
+                d.as_secs_f64() * 1e3,
+                100.0 * d.as_secs_f64() / total.max(1e-12)
+            );
+        }
+        println!(
+            "  sum of stages {:.1} ms; profiled block {:.1} ms; the same block unprofiled {:.1} ms",
+            total * 1e3,
+            profiled.as_secs_f64() * 1e3,
+            plain.as_secs_f64() * 1e3
+        );
         Ok(())
     }
 
     fn attention(args: &[String]) -> Result<(), Fail> {
         use qwen_layered_web::bench::HEAD_DIM;
-        use qwen_layered_web::kernels::attention::{attention_reference, flash_attention};
+        use qwen_layered_web::kernels::attention::{
+            attention_reference, chunked_attention, flash_attention, flash_attention_tiled,
+        };
         let opts = Options::parse(
             args,
             &[
@@ -549,6 +699,7 @@ commands:
                 "--iters",
                 "--which",
                 "--max-scores-gib",
+                "--chunk-mib",
             ],
             &[],
             1,
@@ -559,18 +710,19 @@ commands:
         let heads = opts.number("--heads", HEADS)?.max(1);
         let iters = opts.number("--iters", 3)?.max(1);
         let max_scores = opts.number("--max-scores-gib", 4.0f64)?;
+        let chunk_bytes = opts.number("--chunk-mib", 1024usize)?.max(1) << 20;
         let which: Vec<&str> = opts
             .get("--which")
-            .unwrap_or("flash,burn,twin")
+            .unwrap_or("flash,burn,twin,chunked")
             .split(',')
             .collect();
         // Checked before anything runs, so that a typo costs no timing run.
         if let Some(bad) = which
             .iter()
-            .find(|k| !["flash", "burn", "twin"].contains(k))
+            .find(|k| !["flash", "flash16", "burn", "twin", "chunked"].contains(k))
         {
             return Err(usage_error(format!(
-                "--which {bad:?}: use flash, burn or twin"
+                "--which {bad:?}: use flash, flash16, burn, twin or chunked"
             )));
         }
         println!("device: {what}");
@@ -585,6 +737,7 @@ commands:
         let flops = 4.0 * (s as f64).powi(2) * HEAD_DIM as f64 * heads as f64;
         let scores_gib = gib((s * s * heads * 4) as u64);
         let mut failed = 0;
+        let mut first: Option<(&str, Tensor<4>)> = None;
         for kind in which {
             let run = || -> Tensor<4> {
                 let (q, k, v) = (q.clone(), k.clone(), v.clone());
@@ -592,6 +745,8 @@ commands:
                     "flash" => {
                         flash_attention(q, k, v).expect("flash attention takes these inputs")
                     }
+                    "flash16" => flash_attention_tiled(q, k, v, 16)
+                        .expect("flash attention takes these inputs at this tiling"),
                     "burn" => burn::tensor::module::attention(
                         q,
                         k,
@@ -600,25 +755,37 @@ commands:
                         None,
                         burn::tensor::ops::AttentionModuleOptions::default(),
                     ),
+                    "chunked" => chunked_attention(q, k, v, chunk_bytes),
                     _ => attention_reference(q, k, v),
                 }
             };
             if kind == "twin" && scores_gib > max_scores {
                 println!(
-                    "{kind:<6} skipped: its [S, S] scores take {scores_gib:.1} GiB \
+                    "{kind:<7} skipped: its [S, S] scores take {scores_gib:.1} GiB \
                      (over --max-scores-gib {max_scores})"
                 );
                 continue;
             }
             match guarded(kind, || time_runs(&device, iters, run)) {
-                Ok((t, _)) => println!(
-                    "{kind:<6} {:>9.1} ms  {:>8.1} GFLOP/s",
-                    t.as_secs_f64() * 1e3,
-                    flops / t.as_secs_f64() / 1e9
-                ),
+                Ok((t, out)) => {
+                    // Each output against the first kind's, so that a fast wrong one shows.
+                    let error = match &first {
+                        Some((name, r)) => guarded("the error", || relative_error(out, r.clone()))
+                            .map_or_else(|Fail(e, _)| e, |e| format!("{e:.2e} vs {name}")),
+                        None => {
+                            first = Some((kind, out));
+                            String::new()
+                        }
+                    };
+                    println!(
+                        "{kind:<7} {:>9.1} ms  {:>8.1} GFLOP/s  {error}",
+                        t.as_secs_f64() * 1e3,
+                        flops / t.as_secs_f64() / 1e9
+                    )
+                }
                 Err(Fail(msg, _)) => {
                     failed += 1;
-                    println!("{kind:<6} failed: {msg}");
+                    println!("{kind:<7} failed: {msg}");
                 }
             }
             std::io::stdout().flush().ok();

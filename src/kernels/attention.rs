@@ -20,6 +20,8 @@ use crate::error::{Error, Result};
 const SOURCE: &str = include_str!("../../shaders/flash_attention.wgsl");
 /// Query rows per workgroup (`BR` in the shader).
 const ROWS_PER_WORKGROUP: usize = 32;
+/// Threads per query row (`T` in the shader).
+const THREADS_PER_ROW: usize = 4;
 /// Largest head size the kernel's workgroup memory is sized for.
 pub const MAX_HEAD_DIM: usize = 128;
 
@@ -32,6 +34,54 @@ pub fn attention_reference(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Tensor<4
         .matmul(k.swap_dims(2, 3))
         .mul_scalar(1.0 / (head_dim as f64).sqrt()); // [B, H, S_q, S_kv]
     softmax(scores, 3).matmul(v)
+}
+
+/// [`attention_reference`] over runs of query rows, so that the scores held at once
+/// (`[B, H, rows, S_kv]` f32) stay within `max_scores_bytes`: Burn's matmul and softmax, no
+/// custom kernel, and never the whole `[S_q, S_kv]` matrix (unless it fits the limit). Each
+/// run's rows are independent, so the result is the reference's row for row.
+///
+/// - q: `[B, H, S_q, Dh]`, k, v: `[B, H, S_kv, Dh]` -> `[B, H, S_q, Dh]`
+pub fn chunked_attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    max_scores_bytes: usize,
+) -> Tensor<4> {
+    let [b, h, s_q, _] = q.dims();
+    let s_kv = k.dims()[2];
+    let row_bytes = (b * h * s_kv * 4).max(1);
+    let rows = (max_scores_bytes / row_bytes).clamp(1, s_q.max(1));
+    if rows >= s_q {
+        return attention_reference(q, k, v);
+    }
+    let runs = (0..s_q)
+        .step_by(rows)
+        .map(|start| {
+            let q_run = q.clone().narrow(2, start, rows.min(s_q - start));
+            attention_reference(q_run, k.clone(), v.clone())
+        })
+        .collect();
+    Tensor::cat(runs, 2)
+}
+
+/// Non-causal, unmasked attention within a bound on the scores held at once: on wgpu,
+/// [`chunked_attention`] when `max_scores_bytes` is given (Burn's matmul and softmax, 3.7×
+/// faster than the flash kernel at the real size on an H200 with 1 GiB runs; BENCHMARKS.md),
+/// else [`attention`] (the flash kernel, no scores stored). On the CPU, Burn's attention either
+/// way.
+///
+/// - q: `[B, H, S_q, Dh]`, k, v: `[B, H, S_kv, Dh]` -> `[B, H, S_q, Dh]`
+pub fn attention_within(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    max_scores_bytes: Option<usize>,
+) -> Tensor<4> {
+    match max_scores_bytes {
+        Some(bytes) if is_wgpu(&q.device()) => chunked_attention(q, k, v, bytes),
+        _ => attention(q, k, v),
+    }
 }
 
 /// Non-causal, unmasked attention: the WGSL kernel where [`kernel_supports`] says so, else
@@ -70,6 +120,30 @@ pub fn kernel_supports(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
 ///
 /// - q: `[B, H, S_q, Dh]`, k, v: `[B, H, S_kv, Dh]` (any strides) -> `[B, H, S_q, Dh]` contiguous
 pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tensor<4>> {
+    flash_attention_tiled(q, k, v, DEFAULT_KEYS_PER_TILE)
+}
+
+/// Keys per tile of [`flash_attention`]: 8 (12 KiB of workgroup memory at `Dh` = 128, within
+/// WebGPU's default 16 KiB). 16 keys (24 KiB) ran 2.3× slower on an H200 (BENCHMARKS.md).
+pub const DEFAULT_KEYS_PER_TILE: u32 = 8;
+
+/// Workgroup memory of the kernel at `keys` per tile: the key and value tiles, the partial
+/// sums, the shared tile count.
+pub fn workgroup_bytes(head_dim: usize, keys: u32) -> usize {
+    let keys = keys as usize;
+    2 * keys * head_dim * 4 + ROWS_PER_WORKGROUP * keys * THREADS_PER_ROW * 4 + 4
+}
+
+/// [`flash_attention`] with `keys_per_tile` keys per tile (8 or 16). Errs where the device does
+/// not grant its workgroup memory ([`workgroup_bytes`]).
+///
+/// - q: `[B, H, S_q, Dh]`, k, v: `[B, H, S_kv, Dh]` (any strides) -> `[B, H, S_q, Dh]` contiguous
+pub fn flash_attention_tiled(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    keys_per_tile: u32,
+) -> Result<Tensor<4>> {
     if !kernel_supports(&q, &k, &v) {
         return Err(Error::Gpu(format!(
             "flash attention: unsupported inputs q {:?} {:?}, k {:?} {:?}, v {:?} {:?} on {:?} \
@@ -90,20 +164,27 @@ pub fn flash_attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>) -> Result<Tenso
             .map_err(|_| Error::Gpu(format!("flash attention: {what} = {x} exceeds u32")))
     };
     as_u32(b * h * s_q.max(s_kv) * dh, "elements of q/k/v/out")?;
-    // `launch` binds the inputs contiguous, so the strides are the row-major ones.
-    let strides = |s: usize| [h * s * dh, s * dh, dh, 1].map(|x| x as u32);
+    let keys = keys_per_tile;
+    let granted = super::launch::wgpu_client(&q.device())
+        .map_or(0, |c| c.properties().hardware.max_shared_memory_size);
+    if ![8, 16].contains(&keys) || workgroup_bytes(dh, keys) > granted {
+        return Err(Error::Gpu(format!(
+            "flash attention: {keys} keys per tile need {} bytes of workgroup memory at head \
+             size {dh}; the device grants {granted} (and the kernel takes 8 or 16)",
+            workgroup_bytes(dh, keys)
+        )));
+    }
 
-    // Params, as laid out in the shader (5 × vec4, 80 bytes).
+    // Params, as laid out in the shader (2 × vec4, 32 bytes); `launch` binds the inputs
+    // contiguous, which is the layout the kernel reads.
     let scale = 1.0 / (dh as f32).sqrt();
-    let mut params = vec![0u32; 20];
+    let mut params = vec![0u32; 8];
     params[..4].copy_from_slice(&[b as u32, h as u32, s_q as u32, s_kv as u32]);
-    params[4..8].copy_from_slice(&strides(s_q));
-    params[8..12].copy_from_slice(&strides(s_kv));
-    params[12..16].copy_from_slice(&strides(s_kv));
-    params[16] = scale.to_bits();
+    params[4] = scale.to_bits();
 
     let kernel = WgslKernel::new("flash_attention", SOURCE, "flash_attention", [128, 1, 1])
-        .with_const("HEAD_DIM", dh as u32);
+        .with_const("HEAD_DIM", dh as u32)
+        .with_const("BC", keys);
     let grid = [
         as_u32(s_q.div_ceil(ROWS_PER_WORKGROUP), "workgroups along S_q")?,
         h as u32,

@@ -3,6 +3,7 @@
 //! browser code. Weights come through [`crate::weights`].
 
 pub mod nn;
+pub mod profile;
 pub mod text_encoder;
 pub mod transformer;
 pub mod vae;

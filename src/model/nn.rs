@@ -29,14 +29,16 @@ pub enum LinearWeight {
     /// the CPU's form (dequantized with plain Burn ops, [`BlockWeight::dequantize`]) and the
     /// input of the WGSL kernel [`crate::kernels::qmatmul`].
     Blocks(BlockWeight),
-    /// The same values as Burn's own quantized tensor, run by Burn's quantized matmul: the form
-    /// on wgpu devices, where it measured 8–9× faster than the WGSL kernel (BENCHMARKS.md).
+    /// The same values as Burn's own quantized tensor: the form on wgpu devices, multiplied as
+    /// [`quantized_matmul`] says (Burn's quantized matmul, measured 8–9× faster than the WGSL
+    /// kernel, or dequantized to f32 per call; BENCHMARKS.md).
     Quantized(QuantWeight),
     /// The weight split by output rows into parts that each fit one GPU buffer (the memory
     /// plan's `SplitRows`, made by [`TensorLoader::linear`] when a loader has a
-    /// [`LinearLoad::max_part_bytes`](crate::weights::LinearLoad) limit): part `p` holds
-    /// consecutive rows `[r_p, r_{p+1})` of `[d_out, d_in]` as an `F32` or `Blocks` weight, and
-    /// the layer's output is the parts' outputs concatenated along the last axis.
+    /// [`LinearLoad::max_part_bytes`](crate::weights::LinearLoad) limit, and by
+    /// [`Linear::from_blocks`] for dequantized 4-bit weights): part `p` holds consecutive rows
+    /// `[r_p, r_{p+1})` of `[d_out, d_in]` as an `F32`, `Blocks` or `Quantized` weight, and the
+    /// layer's output is the parts' outputs concatenated along the last axis.
     Rows(Vec<LinearWeight>),
 }
 
@@ -66,6 +68,52 @@ pub struct QuantWeight {
     /// 8 or 4.
     #[module(skip)]
     pub bits: u32,
+}
+
+/// How a [`LinearWeight::Quantized`] weight is multiplied on wgpu.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuantizedMatmul {
+    /// Burn's quantized matmul reads the packed values (no temporary; the form measured as fast
+    /// as f32 at 8 bits on the H200).
+    Fused,
+    /// The weight is dequantized to a temporary f32 matrix (Burn's `dequantize`, at most
+    /// [`DEQUANTIZE_MAX_BYTES`]) that Burn's f32 matmul then reads: for 4 bits, where Burn's
+    /// quantized matmul measured half the f32 speed, and a tenth at `K = 12288` (BENCHMARKS.md).
+    /// Inputs of fewer than [`DEQUANTIZE_MIN_ROWS`] rows (the modulation's `temb`) stay fused.
+    Dequantize,
+}
+
+/// The largest temporary f32 weight [`QuantizedMatmul::Dequantize`] makes: 128 MiB, WebGPU's
+/// default `maxStorageBufferBindingSize`. Larger weights are held as row parts
+/// ([`Linear::from_blocks`]).
+pub const DEQUANTIZE_MAX_BYTES: usize = 128 << 20;
+/// Inputs with fewer rows (tokens × batch) than this multiply a quantized weight fused: for a
+/// few rows, writing and reading the f32 weight costs more than the product.
+pub const DEQUANTIZE_MIN_ROWS: usize = 16;
+
+/// [`QuantizedMatmul`] per precision, as `u8`s: 8-bit at index 0, 4-bit at index 1.
+static QUANTIZED_MATMUL: [std::sync::atomic::AtomicU8; 2] = [
+    std::sync::atomic::AtomicU8::new(QuantizedMatmul::Fused as u8),
+    std::sync::atomic::AtomicU8::new(QuantizedMatmul::Dequantize as u8),
+];
+
+fn policy_slot(bits: u32) -> &'static std::sync::atomic::AtomicU8 {
+    &QUANTIZED_MATMUL[usize::from(bits != 8)]
+}
+
+/// How quantized weights of `bits` (8 or 4) are multiplied on wgpu: by default fused at 8 bits,
+/// dequantized at 4 ([`QuantizedMatmul`]).
+pub fn quantized_matmul(bits: u32) -> QuantizedMatmul {
+    match policy_slot(bits).load(std::sync::atomic::Ordering::Relaxed) {
+        x if x == QuantizedMatmul::Dequantize as u8 => QuantizedMatmul::Dequantize,
+        _ => QuantizedMatmul::Fused,
+    }
+}
+
+/// Sets [`quantized_matmul`] for `bits` in this process (benchmarks compare the two). Layers
+/// built afterwards take it into account for their parts; it applies to every forward.
+pub fn set_quantized_matmul(bits: u32, how: QuantizedMatmul) {
+    policy_slot(bits).store(how as u8, std::sync::atomic::Ordering::Relaxed);
 }
 
 impl QuantWeight {
@@ -115,6 +163,30 @@ impl QuantWeight {
     /// The f32 values, `[d_out, d_in]`.
     pub fn dequantize(&self) -> Tensor<2> {
         self.q.val().dequantize()
+    }
+
+    /// `x · Wᵀ (+ bias)` the way `how` says. [`QuantizedMatmul::Dequantize`] falls back to fused
+    /// for inputs of fewer than [`DEQUANTIZE_MIN_ROWS`] rows and for weights whose f32 values
+    /// exceed [`DEQUANTIZE_MAX_BYTES`].
+    ///
+    /// - x: `[..., d_in]`, bias: `[d_out]` → `[..., d_out]`
+    pub fn linear<const D: usize>(
+        &self,
+        x: Tensor<D>,
+        bias: Option<Tensor<1>>,
+        how: QuantizedMatmul,
+    ) -> Tensor<D> {
+        let [d_out, d_in] = self.q.dims();
+        let rows = x.shape().num_elements() / d_in.max(1);
+        let dequantize = how == QuantizedMatmul::Dequantize
+            && rows >= DEQUANTIZE_MIN_ROWS
+            && d_out * d_in * 4 <= DEQUANTIZE_MAX_BYTES;
+        let w = match dequantize {
+            // [d_out, d_in] f32, a temporary freed after the matmul
+            true => self.dequantize(),
+            false => self.q.val(),
+        };
+        burn::tensor::module::linear(x, w.transpose(), bias)
     }
 }
 
@@ -174,15 +246,42 @@ impl Linear {
 
     /// A quantized layer in the form its device runs fastest: on wgpu Burn's own quantized
     /// tensor ([`LinearWeight::Quantized`]), elsewhere packed blocks ([`LinearWeight::Blocks`]).
+    ///
+    /// On wgpu, when [`quantized_matmul`] dequantizes this precision and the weight's f32
+    /// values would exceed [`DEQUANTIZE_MAX_BYTES`], the weight is held as row parts
+    /// ([`LinearWeight::Rows`]) of at most that size each, so that no temporary f32 weight is
+    /// larger than one WebGPU binding is guaranteed to be.
     pub fn from_blocks(
         weight: QuantizedMatrix,
         bias: Option<Param<Tensor<1>>>,
         device: &Device,
     ) -> Self {
-        let weight = if crate::kernels::launch::is_wgpu(device) {
+        if !crate::kernels::launch::is_wgpu(device) {
+            return Self {
+                weight: LinearWeight::Blocks(BlockWeight::new(weight, device)),
+                bias,
+            };
+        }
+        // Row parts whose f32 values fit DEQUANTIZE_MAX_BYTES each (one part when fused).
+        let parts = match quantized_matmul(weight.bits) {
+            QuantizedMatmul::Dequantize => crate::weights::split_rows(
+                weight.rows,
+                4 * weight.cols as u64,
+                DEQUANTIZE_MAX_BYTES as u64,
+            )
+            .unwrap_or_else(|_| vec![weight.rows]),
+            QuantizedMatmul::Fused => vec![weight.rows],
+        };
+        let weight = if parts.len() == 1 {
             LinearWeight::Quantized(QuantWeight::new(weight, device))
         } else {
-            LinearWeight::Blocks(BlockWeight::new(weight, device))
+            LinearWeight::Rows(
+                weight
+                    .into_row_parts(&parts)
+                    .into_iter()
+                    .map(|part| LinearWeight::Quantized(QuantWeight::new(part, device)))
+                    .collect(),
+            )
         };
         Self { weight, bias }
     }
@@ -201,8 +300,8 @@ impl Linear {
         self.weight.dims()
     }
 
-    /// `x · Wᵀ + b`. A quantized weight on a wgpu device is Burn's quantized tensor, run by Burn's
-    /// quantized matmul ([`LinearWeight::Quantized`]); packed blocks on a wgpu device go through
+    /// `x · Wᵀ + b`. A quantized weight on a wgpu device is Burn's quantized tensor, multiplied as
+    /// [`quantized_matmul`] says ([`LinearWeight::Quantized`]); packed blocks on a wgpu device go through
     /// the WGSL kernel [`crate::kernels::qmatmul`]; elsewhere (the CPU) they are dequantized to
     /// f32 with plain Burn ops first, the kernel's twin. A weight split by rows
     /// runs part by part and concatenates the outputs (then adds the bias).
@@ -247,9 +346,7 @@ impl LinearWeight {
                 crate::kernels::qmatmul::qmatmul(x, b, bias)
             }
             LinearWeight::Blocks(b) => crate::kernels::qmatmul::twin(x, b, bias),
-            LinearWeight::Quantized(q) => {
-                burn::tensor::module::linear(x, q.q.val().transpose(), bias)
-            }
+            LinearWeight::Quantized(q) => q.linear(x, bias, quantized_matmul(q.bits)),
             LinearWeight::Rows(parts) => {
                 let outputs = parts.iter().map(|p| p.apply(x.clone(), None)).collect();
                 let y = Tensor::cat(outputs, D - 1);
@@ -373,8 +470,11 @@ impl FeedForward {
 
     /// - x: `[B, S, dim]` → `[B, S, dim]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        self.proj_out
-            .forward(gelu_approximate(self.proj_in.forward(x)))
+        let hidden = self.proj_in.forward(x);
+        crate::model::profile::mark("mlp proj_in");
+        let hidden = gelu_approximate(hidden);
+        crate::model::profile::mark("gelu");
+        self.proj_out.forward(hidden)
     }
 
     /// [`forward`](Self::forward) on runs of at most `max_tokens` consecutive tokens, one after

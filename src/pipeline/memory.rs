@@ -195,6 +195,13 @@ pub struct MemoryEstimate {
     /// The most tokens one MLP run may take: its `[S, 4·D]` f32 hidden activation must fit one
     /// buffer.
     pub mlp_max_tokens: u64,
+    /// The most bytes of attention scores one block holds at once (runs of query rows,
+    /// `kernels::attention::chunked_attention`): what the budget leaves after the weights and
+    /// activations, over [`ATTENTION_TEMPORARIES`], within one buffer and
+    /// [`ATTENTION_SCORES_MAX`]. 0: too little room for [`ATTENTION_MIN_ROWS`] rows, so the
+    /// flash-attention kernel runs (no scores stored).
+    #[serde(default)]
+    pub attention_scores_bytes: u64,
 }
 
 /// The decision.
@@ -215,6 +222,15 @@ pub struct MemoryPlan {
 
 /// Activations in a VAE working set per peak tensor (input, output and a residual in flight).
 const VAE_WORKING_FACTOR: u64 = 3;
+
+/// Score-sized tensors the chunked attention holds at once: the scores, their exponentials and
+/// the normalised probabilities.
+pub const ATTENTION_TEMPORARIES: u64 = 3;
+/// The largest run of attention scores planned: 1 GiB, the size measured 3.7× faster than the
+/// flash kernel on an H200 (256 MiB: 1.9×).
+pub const ATTENTION_SCORES_MAX: u64 = 1 << 30;
+/// Fewest query rows per run worth chunking the attention for; below, the flash kernel runs.
+pub const ATTENTION_MIN_ROWS: u64 = 256;
 /// Smallest VAE tile side tried, in pixels (4 latent pixels).
 const MIN_TILE: usize = 32;
 /// The largest working area the VAE decodes in one piece without being asked to tile: the
@@ -474,6 +490,22 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
         ));
     };
 
+    // Attention scores: the room the blocks leave, for runs of query rows (the flash kernel
+    // where that is under ATTENTION_MIN_ROWS rows).
+    let resident_blocks = match transformer {
+        TransformerResidency::Resident => c.num_layers,
+        TransformerResidency::Streaming { ring } => ring,
+    };
+    let left = room.saturating_sub(block * resident_blocks as u64);
+    let scores_row = 4 * c.num_attention_heads as u64 * s;
+    let scores = (left / ATTENTION_TEMPORARIES)
+        .min(max_tensor)
+        .min(ATTENTION_SCORES_MAX);
+    let attention_scores_bytes = match scores >= ATTENTION_MIN_ROWS * scores_row {
+        true => scores,
+        false => 0,
+    };
+
     // VAE decode phase: a streaming transformer's blocks are dropped first; resident ones stay.
     let held = match transformer {
         TransformerResidency::Resident => other + block * c.num_layers as u64,
@@ -535,6 +567,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             max_tensor_bytes: max_tensor,
             max_tokens,
             mlp_max_tokens: per_chunk,
+            attention_scores_bytes,
         },
     })
 }
@@ -618,10 +651,13 @@ impl MemoryPlan {
     /// Sets everything this plan decides at run time on a loaded pipeline: the VAE's tiling and
     /// slicing ([`apply_vae`](Self::apply_vae)), the transformer MLPs' sequence chunks
     /// (runs of at most [`MemoryEstimate::mlp_max_tokens`]; [`mlp_chunks`](Self::mlp_chunks) of
-    /// them at the planned length) and the most tokens a forward may carry.
+    /// them at the planned length), the attention's scores per run
+    /// ([`MemoryEstimate::attention_scores_bytes`]) and the most tokens a forward may carry.
     pub fn apply(&self, pipeline: &mut super::LayeredPipeline) {
         self.apply_vae(pipeline);
         pipeline.transformer.mlp_max_tokens = Some(self.estimate.mlp_max_tokens as usize);
+        pipeline.transformer.attention_scores_bytes = (self.estimate.attention_scores_bytes > 0)
+            .then_some(self.estimate.attention_scores_bytes as usize);
         pipeline.transformer.max_tokens = Some(self.estimate.max_tokens as usize);
     }
 
@@ -653,7 +689,7 @@ impl MemoryPlan {
     }
 
     /// The plan in words for the page, e.g. `transformer: streamed, a ring of 1 of 2 blocks
-    /// (…) · VAE: tiled, 32-pixel tiles every 24 pixels, one layer at a time · split: …`.
+    /// (…) · attention: runs of up to 1.00 GiB of scores · VAE: tiled, 32-pixel tiles every 24 pixels, one layer at a time · split: …`.
     /// `blocks` is the transformer's `num_layers`.
     pub fn describe(&self, blocks: usize) -> String {
         let e = &self.estimate;
@@ -678,7 +714,11 @@ impl MemoryPlan {
         if self.vae_slicing {
             vae.push_str(", one layer at a time");
         }
-        let mut parts = vec![transformer, vae];
+        let attention = match e.attention_scores_bytes {
+            0 => "attention: the flash kernel (no room for runs of scores)".to_owned(),
+            bytes => format!("attention: runs of up to {} of scores", show_bytes(bytes)),
+        };
+        let mut parts = vec![transformer, attention, vae];
         if !self.oversized.is_empty() {
             let split = self
                 .oversized
@@ -1031,6 +1071,58 @@ mod tests {
         let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 1024)).unwrap();
         assert_eq!(plan.vae_tiling, Some(VaeTiling::default()));
         assert_eq!(plan.transformer, TransformerResidency::Resident);
+    }
+
+    /// The attention's runs of scores take the room the resident blocks leave (a third of it:
+    /// scores, exponentials, probabilities), at most one buffer and 1 GiB; under 256 query
+    /// rows' worth the flash kernel runs.
+    #[test]
+    fn the_attention_scores_take_the_room_left_after_the_blocks() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let req = request(&t, &v, Some(&x), Precision::Q4, 640);
+        let plan_with = |binding: u64, device_bytes: u64| {
+            let budget = MemoryBudget {
+                limits: limits(binding, 16 * GIB),
+                device_bytes,
+            };
+            plan_memory(&budget, &req).unwrap()
+        };
+        let ample = plan_with(4 * GIB, 72 * GIB);
+        assert_eq!(ample.estimate.attention_scores_bytes, ATTENTION_SCORES_MAX);
+        assert!(
+            ample
+                .describe(60)
+                .contains(" · attention: runs of up to 1.00 GiB of scores · "),
+            "{}",
+            ample.describe(60)
+        );
+        // Within one buffer.
+        let small_buffers = plan_with(512 * MIB, 72 * GIB);
+        assert_eq!(small_buffers.estimate.attention_scores_bytes, 512 * MIB);
+        // Just enough for the resident blocks and the activations, plus what is said here.
+        let e = &ample.estimate;
+        let resident = e.transformer_other_bytes
+            + e.vae_bytes
+            + e.transformer_activation_bytes
+            + 60 * e.block_bytes;
+        let room_for = |extra: u64| plan_with(4 * GIB, resident + extra);
+        assert_eq!(
+            room_for(3 * 600 * MIB).estimate.attention_scores_bytes,
+            600 * MIB
+        );
+        // 256 rows of 24 heads × 9900 keys are 232 MiB of scores; a third of 600 MiB is less.
+        let tight = room_for(600 * MIB);
+        assert!(tight.is_resident());
+        assert_eq!(tight.estimate.attention_scores_bytes, 0);
+        assert!(
+            tight
+                .describe(60)
+                .contains(" · attention: the flash kernel (no room")
+        );
+        // A streamed transformer's ring takes the room: the flash kernel.
+        let streamed = plan_with(128 * MIB, 6 * GIB);
+        assert!(!streamed.is_resident());
+        assert_eq!(streamed.estimate.attention_scores_bytes, 0);
     }
 
     #[test]

@@ -484,30 +484,25 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
         d_in: usize,
         bias: Option<Param<Tensor<1>>>,
     ) -> Linear {
-        let mut start = 0;
-        let mut pieces = Vec::with_capacity(parts.len());
-        for &rows in parts {
-            let end = start + rows;
-            let piece = match &weight {
-                Loaded::F32(values) => Linear::from_f32(
-                    self.f32_matrix(values[start * d_in..end * d_in].to_vec(), rows, d_in),
-                    None,
-                ),
-                Loaded::Blocks(m) => {
-                    let (w, c) = (m.row_words(), m.cols / BLOCK);
-                    let part = QuantizedMatrix {
-                        bits: m.bits,
-                        rows,
-                        cols: m.cols,
-                        words: m.words[start * w..end * w].to_vec(),
-                        scales: m.scales[start * c..end * c].to_vec(),
-                    };
-                    Linear::from_blocks(part, None, &self.device)
-                }
-            };
-            pieces.push(piece.weight);
-            start = end;
-        }
+        let pieces = match weight {
+            Loaded::F32(values) => {
+                let mut start = 0;
+                parts
+                    .iter()
+                    .map(|&rows| {
+                        let end = start + rows;
+                        let part = values[start * d_in..end * d_in].to_vec();
+                        start = end;
+                        Linear::from_f32(self.f32_matrix(part, rows, d_in), None).weight
+                    })
+                    .collect()
+            }
+            Loaded::Blocks(m) => m
+                .into_row_parts(parts)
+                .into_iter()
+                .map(|part| Linear::from_blocks(part, None, &self.device).weight)
+                .collect(),
+        };
         Linear {
             weight: LinearWeight::Rows(pieces),
             bias,

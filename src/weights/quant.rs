@@ -46,6 +46,29 @@ impl QuantizedMatrix {
         self.cols * self.bits as usize / 32
     }
 
+    /// The matrix cut into consecutive row ranges of `parts[p]` rows each (they must sum to
+    /// `rows`), each with its own words and scales.
+    pub fn into_row_parts(self, parts: &[usize]) -> Vec<QuantizedMatrix> {
+        debug_assert_eq!(parts.iter().sum::<usize>(), self.rows);
+        let (w, c) = (self.row_words(), self.cols / BLOCK);
+        let mut start = 0;
+        parts
+            .iter()
+            .map(|&rows| {
+                let end = start + rows;
+                let part = QuantizedMatrix {
+                    bits: self.bits,
+                    rows,
+                    cols: self.cols,
+                    words: self.words[start * w..end * w].to_vec(),
+                    scales: self.scales[start * c..end * c].to_vec(),
+                };
+                start = end;
+                part
+            })
+            .collect()
+    }
+
     /// Quantizes row-major `values` `[rows, cols]` to `bits` (8 or 4); an error if `cols` is
     /// not a multiple of [`BLOCK`], the sizes disagree, or `bits` is neither. Natively the
     /// blocks are split over the CPU's threads (the result does not depend on it).

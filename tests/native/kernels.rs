@@ -12,7 +12,7 @@ use burn::module::Param;
 use burn::tensor::{Tensor, TensorData};
 use qwen_layered_web::gpu::seeded_values;
 use qwen_layered_web::kernels::qmatmul::{TwinCase, twin, twin_check};
-use qwen_layered_web::model::nn::{BlockWeight, Linear};
+use qwen_layered_web::model::nn::{BlockWeight, Linear, QuantWeight, QuantizedMatmul};
 use qwen_layered_web::weights::QuantizedMatrix;
 
 use common::gpu;
@@ -32,6 +32,45 @@ fn qmatmul_matches_its_twins_on_wgpu() {
             check.case, check.vs_twin_cpu, check.kernel_vs_f64, check.twin_cpu_vs_f64
         );
         check.within(TOL).unwrap_or_else(|msg| panic!("{msg}"));
+    }
+}
+
+/// Both ways a quantized weight is multiplied on wgpu (Burn's quantized matmul, and Burn's
+/// `dequantize` then its f32 matmul) give the twin's product, at 8 and 4 bits, for inputs above
+/// and below `DEQUANTIZE_MIN_ROWS` (which stay fused), with and without a bias.
+#[test]
+fn fused_and_dequantized_quantized_matmuls_match_the_twin_on_wgpu() {
+    let Some(device) = gpu() else { return };
+    let (k, n) = (96, 70);
+    for (bits, rows, seed) in [(8, 37, 31), (4, 37, 32), (4, 3, 33), (8, 1, 34)] {
+        let q = QuantizedMatrix::quantize(&seeded_values(seed, n * k), n, k, bits).unwrap();
+        let x = Tensor::<2>::from_data(
+            TensorData::new(seeded_values(seed + 100, rows * k), [rows, k]),
+            &device,
+        );
+        let bias = (rows > 2).then(|| {
+            Tensor::<1>::from_data(TensorData::new(seeded_values(seed + 200, n), [n]), &device)
+        });
+        let twin_y = twin(
+            x.clone(),
+            &BlockWeight::new(q.clone(), &device),
+            bias.clone(),
+        );
+        let scale: f32 = twin_y.clone().abs().max().into_scalar();
+        let weight = QuantWeight::new(q, &device);
+        for how in [QuantizedMatmul::Fused, QuantizedMatmul::Dequantize] {
+            let y = weight.linear(x.clone(), bias.clone(), how);
+            assert_eq!(y.dims(), [rows, n]);
+            let diff: f32 = (y - twin_y.clone()).abs().max().into_scalar();
+            eprintln!(
+                "{bits}-bit, {rows} rows, {how:?}: max |y - twin| / max |twin| = {:.2e}",
+                diff / scale
+            );
+            assert!(
+                diff <= 1e-5 * scale,
+                "{bits}-bit, {rows} rows, {how:?}: {diff} of {scale}"
+            );
+        }
     }
 }
 

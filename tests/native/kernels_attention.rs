@@ -17,7 +17,8 @@ use std::time::Instant;
 use burn::tensor::{Device, Tensor, TensorData};
 use qwen_layered_web::gpu::seeded_values;
 use qwen_layered_web::kernels::attention::{
-    attention, attention_reference, flash_attention, kernel_supports,
+    attention, attention_reference, chunked_attention, flash_attention, flash_attention_tiled,
+    kernel_supports, workgroup_bytes,
 };
 use qwen_layered_web::model::transformer::apply_rotary_emb;
 
@@ -164,6 +165,13 @@ fn check(cases: &[Case], same_device: impl Fn(usize) -> bool) {
             e_cpu <= TOL,
             "{what}: kernel vs CPU twin {e_cpu:.2e} > {TOL:.0e}"
         );
+        // Both key tilings (lavapipe grants the 24 KiB of 16 keys per tile).
+        for keys in [8, 16] {
+            let tiled = flash_attention_tiled(q.clone(), k.clone(), v.clone(), keys)
+                .expect("lavapipe grants the workgroup memory of both tilings");
+            let e = rel_err(&what, &common::read(tiled), &on_cpu);
+            assert!(e <= TOL, "{what}: {keys} keys per tile vs CPU twin {e:.2e}");
+        }
 
         if same_device(i) {
             let t0 = Instant::now();
@@ -201,6 +209,32 @@ fn flash_attention_matches_the_wgpu_twin_at_every_shape() {
     check(&all, |_| true);
 }
 
+/// The query-chunked plain-Burn attention equals the twin for runs of 1, 10 and all rows (on the
+/// CPU: the same ops on fewer rows at a time).
+#[test]
+fn chunked_attention_equals_the_twin() {
+    let cpu = common::cpu();
+    let c = Case {
+        q: [2, 2, 37, 16],
+        s_kv: 45,
+        q_amp: 2.0,
+        views: true,
+    };
+    let [q, k, v] = inputs(&c, 40, &cpu);
+    let twin = common::read(attention_reference(q.clone(), k.clone(), v.clone()));
+    let row_bytes = 2 * 2 * 45 * 4; // B · H · S_kv f32 scores per query row
+    for rows in [1, 10, 37, 100] {
+        let got = common::read(chunked_attention(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            rows * row_bytes,
+        ));
+        let e = rel_err("chunked", &got, &twin);
+        assert!(e <= 1e-6, "runs of {rows} rows: {e:.2e}");
+    }
+}
+
 #[test]
 fn unsupported_inputs_are_refused_with_the_reason() {
     let cpu = common::cpu();
@@ -218,6 +252,11 @@ fn unsupported_inputs_are_refused_with_the_reason() {
     assert!(e <= 1e-6, "CPU attention vs twin {e:.2e}");
 
     let Some(device) = gpu() else { return };
+    // A tiling the kernel has no pipeline for, or over the device's workgroup memory.
+    let [q, k, v] = [0, 1, 2].map(|s| seeded(s, [1, 1, 5, 128], 1.0, &device));
+    let err = flash_attention_tiled(q, k, v, 12).unwrap_err().to_string();
+    assert!(err.contains("12 keys per tile"), "{err}");
+    assert_eq!(workgroup_bytes(128, 8), 12 * 1024 + 4);
     // Head size 130 (> 128) and 30 (not a multiple of 4) stay with Burn.
     for d in [130, 30] {
         let [q, k, v] = [0, 1, 2].map(|s| seeded(s, [1, 1, 5, d], 1.0, &device));

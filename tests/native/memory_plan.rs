@@ -153,6 +153,12 @@ fn a_forced_low_limit_plan_streams_tiles_and_matches_the_normal_run() {
     assert!(plan.mlp_chunks() > 1, "{}", plan.mlp_chunks());
     assert_eq!(plan.estimate.mlp_max_tokens, 64);
     assert_eq!(planned.pipeline.transformer.mlp_max_tokens, Some(64));
+    // The attention's runs of scores as planned (none when the ring takes the room).
+    let scores = plan.estimate.attention_scores_bytes as usize;
+    assert_eq!(
+        planned.pipeline.transformer.attention_scores_bytes,
+        (scores > 0).then_some(scores)
+    );
     // Weights over 64 KiB are stored in parts of rows, as the plan says (the streamed blocks
     // are loaded the same way; the ring is empty after the run, so a resident copy is read).
     let split = pollster::block_on(QwenImageTransformer2DModel::load_precision(

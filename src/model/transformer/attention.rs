@@ -13,6 +13,7 @@ use super::embeddings::{RopeDevice, apply_rotary_emb};
 use crate::error::Result;
 use crate::kernels;
 use crate::model::nn::RmsNorm;
+use crate::model::profile::mark;
 use crate::weights::{TensorLoader, WeightSource};
 
 /// QK-normalised joint attention over `[text, image]` tokens.
@@ -90,6 +91,8 @@ impl QwenDoubleStreamAttention {
     /// - txt_mask: `[B, S_txt]`, true = a real token (diffusers `encoder_hidden_states_mask`);
     ///   `None` = no padding (no mask at all, as diffusers does)
     /// - rope: tables for `S_img` and `S_txt` tokens
+    /// - max_scores_bytes: the unmasked attention's bound on scores held at once
+    ///   ([`kernels::attention::attention_within`]; `None`: the flash kernel on wgpu)
     /// - returns (img_out `[B, S_img, D]`, txt_out `[B, S_txt, D]`)
     pub fn forward(
         &self,
@@ -97,6 +100,7 @@ impl QwenDoubleStreamAttention {
         txt: Tensor<3>,
         txt_mask: Option<Tensor<2, Bool>>,
         rope: &RopeDevice,
+        max_scores_bytes: Option<usize>,
     ) -> (Tensor<3>, Tensor<3>) {
         let [b, s_img, d] = img.dims();
         let s_txt = txt.dims()[1];
@@ -111,11 +115,13 @@ impl QwenDoubleStreamAttention {
             .norm_added_k
             .forward(self.heads(&self.add_k_proj, txt.clone()));
         let txt_v = self.heads(&self.add_v_proj, txt);
+        mark("q, k, v projections + rms norms");
 
         let img_q = apply_rotary_emb(img_q, &rope.img.0, &rope.img.1);
         let img_k = apply_rotary_emb(img_k, &rope.img.0, &rope.img.1);
         let txt_q = apply_rotary_emb(txt_q, &rope.txt.0, &rope.txt.1);
         let txt_k = apply_rotary_emb(txt_k, &rope.txt.0, &rope.txt.1);
+        mark("rope");
 
         // Order: [text, image]; to [B, H, S, Dh] for attention.
         let joint = |t: Tensor<4>, i: Tensor<4>| Tensor::cat(vec![t, i], 1).swap_dims(1, 2);
@@ -124,18 +130,22 @@ impl QwenDoubleStreamAttention {
             joint(txt_k, img_k),
             joint(txt_v, img_v),
         );
+        mark("joint [text, image] layout");
 
         let s = s_txt + s_img;
-        // Unmasked (the pipeline's case): the flash-attention WGSL kernel on wgpu, Burn's
-        // attention elsewhere. Padded text keeps Burn's masked attention.
+        // Unmasked (the pipeline's case): on wgpu query runs within `max_scores_bytes` or the
+        // flash-attention WGSL kernel, Burn's attention elsewhere. Padded text keeps Burn's
+        // masked attention.
         let out = match txt_mask {
-            None => kernels::attention::attention(q, k, v),
+            None => kernels::attention::attention_within(q, k, v, max_scores_bytes),
             Some(valid) => self.masked_attention(q, k, v, valid, s_img),
         }; // [B, H, S, Dh]
+        mark("attention");
         let out = out.swap_dims(1, 2).reshape([b, s, d]); // [B, S, D]
 
         let txt_out = self.to_add_out.forward(out.clone().narrow(1, 0, s_txt));
         let img_out = self.to_out.forward(out.narrow(1, s_txt, s_img));
+        mark("output projections");
         (img_out, txt_out)
     }
 

@@ -10,6 +10,7 @@ use super::attention::QwenDoubleStreamAttention;
 use super::embeddings::RopeDevice;
 use crate::error::Result;
 use crate::model::nn::{FeedForward, layer_norm, modulate, silu_linear};
+use crate::model::profile::mark;
 use crate::weights::{TensorLoader, WeightSource};
 
 /// LayerNorm eps of the four block norms (`img_norm1/2`, `txt_norm1/2`, no affine).
@@ -32,6 +33,19 @@ pub struct QwenImageTransformerBlock {
     pub img_mlp: FeedForward,
     /// Text MLP.
     pub txt_mlp: FeedForward,
+}
+
+/// Bounds a block keeps its largest temporaries within (the memory plan's run-time settings,
+/// [`QwenImageTransformer2DModel`](super::QwenImageTransformer2DModel)'s fields).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BlockLimits {
+    /// Both MLPs run on runs of at most this many tokens ([`FeedForward::forward_chunked`], the
+    /// plan's `ChunkSequence`); `None`: the whole sequence at once.
+    pub mlp_max_tokens: Option<usize>,
+    /// The unmasked attention holds at most this many bytes of scores at once, in runs of
+    /// query rows ([`crate::kernels::attention::attention_within`]); `None`: the flash kernel
+    /// on wgpu, which holds none.
+    pub attention_scores_bytes: Option<usize>,
 }
 
 /// The 6 modulation vectors `[shift1, scale1, gate1, shift2, scale2, gate2]`, each `[B, D]`.
@@ -85,12 +99,13 @@ impl QwenImageTransformerBlock {
             txt_mask,
             temb,
             rope,
-            None,
+            BlockLimits::default(),
         )
     }
 
-    /// [`forward`](Self::forward) with both MLPs run on runs of at most `mlp_max_tokens` tokens
-    /// of their sequence ([`FeedForward::forward_chunked`], the memory plan's `ChunkSequence`).
+    /// [`forward`](Self::forward) within `limits`: both MLPs on runs of at most
+    /// `mlp_max_tokens` tokens of their sequence ([`FeedForward::forward_chunked`], the memory
+    /// plan's `ChunkSequence`), the attention's scores within `attention_scores_bytes`.
     pub fn forward_chunked(
         &self,
         hidden_states: Tensor<3>,
@@ -98,12 +113,14 @@ impl QwenImageTransformerBlock {
         txt_mask: Option<Tensor<2, Bool>>,
         temb: &Tensor<2>,
         rope: &RopeDevice,
-        mlp_max_tokens: Option<usize>,
+        limits: BlockLimits,
     ) -> (Tensor<3>, Tensor<3>) {
+        let mlp_max_tokens = limits.mlp_max_tokens;
         let [i_shift1, i_scale1, i_gate1, i_shift2, i_scale2, i_gate2] =
             chunk6(silu_linear(&self.img_mod, temb.clone()));
         let [t_shift1, t_scale1, t_gate1, t_shift2, t_scale2, t_gate2] =
             chunk6(silu_linear(&self.txt_mod, temb.clone()));
+        mark("modulation vectors");
         let gate = |g: Tensor<2>| g.unsqueeze_dim::<3>(1); // [B, 1, D]
 
         let img_mod1 = modulate(
@@ -116,24 +133,36 @@ impl QwenImageTransformerBlock {
             t_shift1,
             t_scale1,
         );
-        let (img_attn, txt_attn) = self.attn.forward(img_mod1, txt_mod1, txt_mask, rope);
+        mark("norm1 + modulate");
+        let (img_attn, txt_attn) = self.attn.forward(
+            img_mod1,
+            txt_mod1,
+            txt_mask,
+            rope,
+            limits.attention_scores_bytes,
+        );
         let hidden_states = hidden_states + gate(i_gate1) * img_attn;
         let encoder_hidden_states = encoder_hidden_states + gate(t_gate1) * txt_attn;
+        mark("attention residual");
 
         let img_mod2 = modulate(
             layer_norm(hidden_states.clone(), NORM_EPS),
             i_shift2,
             i_scale2,
         );
+        mark("norm2 + modulate (image)");
         let hidden_states =
             hidden_states + gate(i_gate2) * self.img_mlp.forward_chunked(img_mod2, mlp_max_tokens);
+        mark("mlp proj_out + residual (image)");
         let txt_mod2 = modulate(
             layer_norm(encoder_hidden_states.clone(), NORM_EPS),
             t_shift2,
             t_scale2,
         );
+        mark("norm2 + modulate (text)");
         let encoder_hidden_states = encoder_hidden_states
             + gate(t_gate2) * self.txt_mlp.forward_chunked(txt_mod2, mlp_max_tokens);
+        mark("mlp proj_out + residual (text)");
         (encoder_hidden_states, hidden_states)
     }
 }

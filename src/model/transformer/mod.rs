@@ -13,7 +13,7 @@ mod model;
 mod streaming;
 
 pub use attention::QwenDoubleStreamAttention;
-pub use block::QwenImageTransformerBlock;
+pub use block::{BlockLimits, QwenImageTransformerBlock};
 pub use config::QwenImageTransformerConfig;
 pub use embeddings::{
     ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice, RopeTables, TIMESTEP_PROJ_DIM,

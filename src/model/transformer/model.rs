@@ -6,7 +6,7 @@ use crate::model::nn::Linear;
 use burn::module::Module;
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use super::block::QwenImageTransformerBlock;
+use super::block::{BlockLimits, QwenImageTransformerBlock};
 use super::config::QwenImageTransformerConfig;
 use super::embeddings::{ImgShape, QwenEmbedRope, QwenTimestepProjEmbeddings, RopeDevice};
 use super::streaming::BlockProvider;
@@ -125,6 +125,11 @@ pub struct QwenImageTransformer2DModel {
     /// `MemoryPlan::apply`): a longer sequence runs in chunks. `None`: all at once.
     #[module(skip)]
     pub mlp_max_tokens: Option<usize>,
+    /// The most bytes of attention scores a block holds at once, on wgpu, in runs of query
+    /// rows (the memory plan's `attention_scores_bytes`; see `MemoryPlan::apply`). `None`: the
+    /// flash-attention kernel, which stores no scores (slower; BENCHMARKS.md).
+    #[module(skip)]
+    pub attention_scores_bytes: Option<usize>,
     /// The most tokens (image and text) one forward may carry, when a device's largest buffer
     /// limits the `[B, S, D]` token stream (the memory plan's `max_tokens`); a longer input is
     /// an error naming both numbers. `None`: no limit.
@@ -276,6 +281,7 @@ impl QwenImageTransformer2DModel {
             },
             config: config.clone(),
             mlp_max_tokens: None,
+            attention_scores_bytes: None,
             max_tokens: None,
         })
     }
@@ -359,7 +365,7 @@ impl QwenImageTransformer2DModel {
         self.check_block_count(self.transformer_blocks.len())?;
         let mut state = self.prepare(input, trace.as_deref_mut())?;
         for block in &self.transformer_blocks {
-            state = state.apply(block, self.mlp_max_tokens, trace.as_deref_mut());
+            state = state.apply(block, self.block_limits(), trace.as_deref_mut());
         }
         Ok(self.finish(state, trace))
     }
@@ -378,7 +384,7 @@ impl QwenImageTransformer2DModel {
         self.check_block_count(blocks.num_blocks())?;
         let mut state = self.prepare(input, None)?;
         for i in 0..self.config.num_layers {
-            state = state.apply(blocks.block(i).await?, self.mlp_max_tokens, None);
+            state = state.apply(blocks.block(i).await?, self.block_limits(), None);
         }
         Ok(self.finish(state, None))
     }
@@ -399,10 +405,18 @@ impl QwenImageTransformer2DModel {
         let (mut a, mut b) = (self.prepare(a, None)?, self.prepare(b, None)?);
         for i in 0..self.config.num_layers {
             let block = blocks.block(i).await?;
-            a = a.apply(block, self.mlp_max_tokens, None);
-            b = b.apply(block, self.mlp_max_tokens, None);
+            a = a.apply(block, self.block_limits(), None);
+            b = b.apply(block, self.block_limits(), None);
         }
         Ok((self.finish(a, None), self.finish(b, None)))
+    }
+
+    /// The bounds every block runs within (this model's run-time settings).
+    pub fn block_limits(&self) -> BlockLimits {
+        BlockLimits {
+            mlp_max_tokens: self.mlp_max_tokens,
+            attention_scores_bytes: self.attention_scores_bytes,
+        }
     }
 
     fn check_block_count(&self, have: usize) -> Result<()> {
@@ -489,12 +503,12 @@ struct BlockState {
 }
 
 impl BlockState {
-    /// Runs one block on both streams (by value, so the inputs can be freed or reused), its
-    /// MLPs on runs of at most `mlp_max_tokens` tokens (the model's setting).
+    /// Runs one block on both streams (by value, so the inputs can be freed or reused) within
+    /// `limits` (the model's settings).
     fn apply(
         self,
         block: &QwenImageTransformerBlock,
-        mlp_max_tokens: Option<usize>,
+        limits: BlockLimits,
         trace: Option<&mut ForwardTrace>,
     ) -> Self {
         let (txt, img) = block.forward_chunked(
@@ -503,7 +517,7 @@ impl BlockState {
             self.mask.clone(),
             &self.temb,
             &self.rope,
-            mlp_max_tokens,
+            limits,
         );
         if let Some(t) = trace {
             t.blocks.push((txt.clone(), img.clone()));
