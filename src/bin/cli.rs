@@ -20,6 +20,7 @@ mod native {
     use std::ops::ControlFlow;
     use std::path::{Path, PathBuf};
     use std::process::ExitCode;
+    use std::sync::{Arc, Mutex, OnceLock};
     use std::time::Instant;
 
     use burn::tensor::{Device, Tensor, TensorData};
@@ -70,6 +71,9 @@ commands:
              split; --gpu-max-binding/--gpu-max-buffer force lower limits (any device);
              B is bytes with an optional K/M/G suffix; on the CPU the run is the
              reference's unless one of them is given
+             a GPU error during the run (out of memory, say) ends it with that error and
+             exit 1, writing nothing; [--gpu-fault error] causes one after the first step
+             (a buffer over maxBufferSize), for tests, as the page's ?gpu-fault=error
   caption    describe an image with the model's Qwen2.5-VL, as the pipeline does when the
              prompt is empty; the caption goes to stdout, tokens stream to stderr
              --model DIR --image IN.png [--max-new-tokens N (512)] [--zh]
@@ -128,7 +132,73 @@ commands:
             }
             Some(other) => Err(usage_error(format!("unknown command {other:?}"))),
         };
-        cli_args::exit_code(result)
+        // A recorded GPU error explains whatever else went wrong, and taints a success.
+        cli_args::exit_code(check_gpu().and(result))
+    }
+
+    /// The first uncaptured GPU error of this run (out of memory, a validation error) and the
+    /// wgpu device, recorded by the handler [`watch_gpu_errors`] installs in place of cubecl's,
+    /// which panics (the worker does the same): commands stop at their next check with it.
+    static GPU_ERROR: Mutex<Option<String>> = Mutex::new(None);
+    static WGPU_DEVICE: OnceLock<wgpu::Device> = OnceLock::new();
+
+    /// Records uncaptured errors of `wgpu_device` into [`GPU_ERROR`], after a first operation
+    /// on `device` (the runtime installs its own handler when its stream starts).
+    fn watch_gpu_errors(device: &Device, wgpu_device: &wgpu::Device) -> Result<(), Fail> {
+        let first = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), device);
+        first
+            .try_into_data()
+            .map_err(|e| Fail(format!("a first read from the GPU failed: {e}"), 1))?;
+        wgpu_device.on_uncaptured_error(Arc::new(|error: wgpu::Error| {
+            let text = error
+                .to_string()
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ");
+            eprintln!("GPU error: {text}");
+            if let Ok(mut slot) = GPU_ERROR.lock()
+                && slot.is_none()
+            {
+                *slot = Some(text);
+            }
+        }));
+        let _ = WGPU_DEVICE.set(wgpu_device.clone());
+        Ok(())
+    }
+
+    /// Whether a GPU error has been recorded.
+    fn gpu_failed() -> bool {
+        GPU_ERROR.lock().map_or(true, |e| e.is_some())
+    }
+
+    /// The recorded GPU error as the command's failure, if any.
+    fn check_gpu() -> Result<(), Fail> {
+        match GPU_ERROR.lock().ok().and_then(|e| e.clone()) {
+            Some(error) => Err(Fail(
+                format!(
+                    "the GPU reported an error, so the run stopped and wrote nothing: {error}\n\
+                     (out of memory: give a smaller --gpu-budget, --precision q4 or a smaller \
+                     --resolution)"
+                ),
+                1,
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Causes an uncaptured GPU error on purpose (`--gpu-fault error`, for tests): a buffer
+    /// one step over the device's `maxBufferSize`, as the page's `?gpu-fault=error` does.
+    fn cause_gpu_fault() {
+        if let Some(device) = WGPU_DEVICE.get() {
+            eprintln!("causing a GPU error on purpose (--gpu-fault error)");
+            let size = device.limits().max_buffer_size.saturating_add(4) & !3;
+            let _ = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gpu-fault: a buffer over maxBufferSize"),
+                size,
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+        }
     }
 
     fn gpu() -> ExitCode {
@@ -280,6 +350,7 @@ commands:
                 let (device, setup) = Device::wgpu_options()
                     .init_with_setup()
                     .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?;
+                watch_gpu_errors(&device, &setup.device)?;
                 let limits = KeyLimits::from_wgpu(&setup.device.limits());
                 Ok((device, Some(limits)))
             }
@@ -500,6 +571,8 @@ commands:
     ) -> Result<(), Fail> {
         let shape = tensor.dims().to_vec();
         let values = pollster::block_on(read_f32(tensor, name, device))?;
+        // Values computed after a GPU error cannot be trusted: no file.
+        check_gpu()?;
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         let view = safetensors::tensor::TensorView::new(Dtype::F32, shape, &bytes)?;
         safetensors::serialize_to_file([(name, view)], None, path)
@@ -580,6 +653,7 @@ commands:
                 "--gpu-budget",
                 "--gpu-max-binding",
                 "--gpu-max-buffer",
+                "--gpu-fault",
             ],
             &["--cfg-normalize", "--zh", "--gather-embedding"],
             0,
@@ -638,6 +712,15 @@ commands:
             .unwrap_or("f32")
             .parse()
             .map_err(usage_error)?;
+        let gpu_fault = match opts.get("--gpu-fault") {
+            None => false,
+            Some("error") if opts.get("--device") == Some("wgpu") => true,
+            Some(other) => {
+                return Err(usage_error(format!(
+                    "--gpu-fault {other:?}: the only fault is \"error\", with --device wgpu"
+                )));
+            }
+        };
         let (device, limits) = device(&opts)?;
         let start = Instant::now();
         let log = |msg: &str| eprintln!("[{:7.2}s] {msg}", start.elapsed().as_secs_f64());
@@ -853,12 +936,22 @@ commands:
                     step,
                     steps,
                     timestep,
-                } => log(&format!("step {}/{steps} (t = {timestep:.3})", step + 1)),
+                } => {
+                    log(&format!("step {}/{steps} (t = {timestep:.3})", step + 1));
+                    if gpu_fault && step == 0 {
+                        cause_gpu_fault();
+                    }
+                }
                 Progress::Decoding => log("decoding layers"),
                 Progress::Done => log("done"),
             }
-            ControlFlow::Continue(())
+            // A GPU error makes the rest of the run garbage: stop at the next report.
+            match gpu_failed() {
+                true => ControlFlow::Break(()),
+                false => ControlFlow::Continue(()),
+            }
         }))?;
+        check_gpu()?;
 
         std::fs::create_dir_all(&out_dir)
             .map_err(|e| Fail(format!("creating {}: {e}", out_dir.display()), 1))?;

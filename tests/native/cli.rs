@@ -861,6 +861,37 @@ fn decompose_follows_a_memory_plan_under_forced_limits() {
     }
 }
 
+/// A GPU error during a run (caused on purpose after the first step with `--gpu-fault error`: a
+/// buffer over maxBufferSize, as the page's test does) ends the run with that error and exit
+/// 1 before the next step: no panic, no layers written.
+#[test]
+fn decompose_stops_with_the_gpu_error_and_writes_nothing() {
+    let dir = scratch("gpu-fault");
+    let (_, mut args) = decompose_args("a_lin_cfgnorm_l3_s3_64", &dir);
+    args.extend(["--device", "wgpu", "--gpu-fault", "error"].map(String::from));
+    let out = run(bin().args(&args));
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{log}");
+    assert!(
+        log.contains("the GPU reported an error, so the run stopped and wrote nothing:"),
+        "{log}"
+    );
+    assert!(
+        log.contains("step 1/3") && !log.contains("decoding layers"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+    assert!(
+        !dir.join("out").join("layer_0.png").exists(),
+        "nothing written"
+    );
+    // The fault needs a GPU.
+    let (_, mut args) = decompose_args("a_lin_cfgnorm_l3_s3_64", &dir);
+    args.extend(["--gpu-fault", "error"].map(String::from));
+    assert_eq!(run(bin().args(&args)).status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// On a GPU the forced limits can only lower the device's own: a larger one is refused as a
 /// misuse before any weight is read (lavapipe here: maxBufferSize 2 GiB).
 #[test]
