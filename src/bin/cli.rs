@@ -176,9 +176,9 @@ commands:
         match GPU_ERROR.lock().ok().and_then(|e| e.clone()) {
             Some(error) => Err(Fail(
                 format!(
-                    "the GPU reported an error, so the run stopped and wrote nothing: {error}\n\
-                     (out of memory: give a smaller --gpu-budget, --precision q4 or a smaller \
-                     --resolution)"
+                    "the GPU reported an error; the run stopped there and wrote no file: \
+                     {error}\n(if it ran out of memory: a smaller --resolution, q4 weights, or \
+                     for decompose a smaller --gpu-budget)"
                 ),
                 1,
             )),

@@ -873,7 +873,7 @@ fn decompose_stops_with_the_gpu_error_and_writes_nothing() {
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{log}");
     assert!(
-        log.contains("the GPU reported an error, so the run stopped and wrote nothing:"),
+        log.contains("the GPU reported an error; the run stopped there and wrote no file:"),
         "{log}"
     );
     assert!(
