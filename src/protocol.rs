@@ -6,7 +6,7 @@
 //! `ArrayBuffer`s instead of cloning them (see [`Rgba`]).
 //!
 //! A session: `ProbeGpu` → `Gpu` + `SelfTest`; `LoadModel` → `MemoryPlan`, `LoadProgress`… →
-//! `ModelLoaded` (or `LoadFailed`); a phased model's runs post `MemoryPlan` and `RunLoading`
+//! `ModelLoaded` (or `LoadFailed`, or `LoadCancelled` after `Cancel`); a phased model's runs post `MemoryPlan` and `RunLoading`
 //! for each phase's load; `Decompose` → `RunProgress`… (with an empty prompt first `RunProgress`
 //! `captioning` and `CaptionProgress` per generated token) → `Layers` (or `Cancelled` after
 //! `Cancel`, or `RunFailed`); `Unload` → `Unloaded`.
@@ -293,7 +293,9 @@ pub enum ToWorker {
     },
     /// Decompose a picture with the loaded model.
     Decompose(DecomposeRequest),
-    /// Stop the running decomposition after its current step.
+    /// Stop the task in flight: a decomposition after its current step (or at its next weight
+    /// read, while a phase of it loads), a load at its next weight read (a stored copy being
+    /// made is discarded).
     Cancel,
     /// Free the loaded model.
     Unload,
@@ -405,6 +407,12 @@ pub enum FromWorker {
         /// quantized and stored in this browser, or read from that stored copy).
         #[serde(default)]
         note: Option<String>,
+    },
+    /// The load stopped after a `Cancel`; no model is loaded, and no stored copy was left
+    /// half-made.
+    LoadCancelled {
+        /// Where it stopped, e.g. "before reading transformer/x.safetensors".
+        at: String,
     },
     /// Loading failed; no model is loaded.
     LoadFailed {
@@ -683,6 +691,9 @@ mod tests {
             },
             FromWorker::LoadFailed {
                 message: "x".into(),
+            },
+            FromWorker::LoadCancelled {
+                at: "before reading vae/x.safetensors".into(),
             },
             FromWorker::Unloaded,
             FromWorker::RunProgress {

@@ -27,7 +27,9 @@ use crate::error::{Error, Result};
 use crate::model::text_encoder;
 use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::protocol::{CacheState, ModelSource};
-use crate::weights::{GgufFile, Precision, SafetensorsFolder, WeightSource, stored_copy_path};
+use crate::weights::{
+    Cancellable, GgufFile, Precision, SafetensorsFolder, WeightSource, stored_copy_path,
+};
 
 /// The OPFS folder of the per-source records.
 pub const SOURCES_DIR: &str = "model-sources";
@@ -275,18 +277,21 @@ const STORED_COMPONENTS: [(&str, &str); 2] = [
 /// phased model, and every block a streamed transformer re-reads. When a copy cannot be stored
 /// (no room, a storage error), nothing is left of it and that component is quantized at load
 /// as before. `storage_free` (the test parameter `?storage-free=`) caps the free storage
-/// counted on. Returns the page's sentences about what happened.
+/// counted on. Once `stop()` says so (the page's Cancel), the copy being written stops at its
+/// next read, is discarded, and the error is [`Error::Cancelled`]. Returns the page's
+/// sentences about what happened.
 pub async fn use_stored_copies(
     cached: &mut CachedModel,
     source: &ModelSource,
     storage_free: Option<u64>,
     progress: &dyn Fn(&str, u64, u64),
+    stop: &dyn Fn() -> bool,
 ) -> Result<Option<String>> {
     let mut notes = Vec::new();
     for (component, what) in STORED_COMPONENTS {
         let precision = source.precision(component);
         let report = |d, t| progress(component, d, t);
-        let done = stored_copy(cached, component, precision, storage_free, &report).await?;
+        let done = stored_copy(cached, component, precision, storage_free, &report, stop).await?;
         notes.extend(done.note(what, precision));
     }
     Ok((!notes.is_empty()).then(|| notes.join(" ")))
@@ -299,6 +304,7 @@ async fn stored_copy(
     precision: Precision,
     storage_free: Option<u64>,
     progress: &dyn Fn(u64, u64),
+    stop: &dyn Fn() -> bool,
 ) -> Result<StoredCopy> {
     let transformer = component == "transformer";
     let Some(path) = stored_copy_path(component, precision) else {
@@ -342,7 +348,8 @@ async fn stored_copy(
                     free as f64 / 1e6
                 )));
             }
-            store_quantized(&store, &plan, &path, &*cached, &layout, |d, t| {
+            let source = Cancellable::new(&*cached, stop);
+            store_quantized(&store, &plan, &path, &source, &layout, |d, t| {
                 progress(d, t)
             })
             .await
@@ -351,6 +358,8 @@ async fn stored_copy(
     };
     let (file, millis) = match made {
         Ok(done) => done,
+        // Cancelled: the partial copy is already discarded, and the load stops here.
+        Err(err @ Error::Cancelled { .. }) => return Err(err),
         Err(err) => return Ok(StoredCopy::NotStored(err.to_string())),
     };
     let bytes = file.size;

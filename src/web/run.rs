@@ -1,7 +1,7 @@
 //! The page's model controls (in `#settings`): pick a model source from `models.json`, see its
 //! size and what the browser's cache holds of it, download it (progress, rate, ETA, Cancel,
 //! resume after a reload, refused up front when storage is short), delete it, load it from the
-//! verified cache with progress, decompose the open picture (or the selected layer: "Decompose
+//! verified cache with progress and Cancel, decompose the open picture (or the selected layer: "Decompose
 //! layer") with per-step progress, elapsed time, ETA and Cancel, and hand the layers to the page
 //! ([`show_layers`], or [`super::editor_ui::replace_layer`] in place of the layer).
 //!
@@ -12,7 +12,7 @@
 //! State flags on `<body>` for tests and styles: `data-models` (`ready` / `failed`),
 //! `data-cache` (`unknown` / `none` / `partial` / `cached`, for the chosen source),
 //! `data-download` (`running` / `done` / `cancelled` / `failed`), `data-model` (`loading` /
-//! `loaded` / `failed` / `none`), `data-run` (`running` / `done` / `cancelled` / `failed`).
+//! `loaded` / `cancelled` / `failed` / `none`), `data-run` (`running` / `done` / `cancelled` / `failed`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -62,6 +62,7 @@ pub struct RunPanel {
     download_progress: HtmlProgressElement,
     download_status: Element,
     load_button: HtmlButtonElement,
+    cancel_load_button: HtmlButtonElement,
     load_progress: HtmlProgressElement,
     model_status: Element,
     budget_input: HtmlInputElement,
@@ -96,6 +97,8 @@ pub struct RunPanel {
     downloading: RefCell<Option<String>>,
     loaded: RefCell<Option<String>>,
     busy: Cell<bool>,
+    /// A load is in flight (`busy` too).
+    loading: Cell<bool>,
     /// When the run started and when denoising started (`performance`-free: `Date.now()`).
     run_started: Cell<f64>,
     denoise_started: Cell<Option<(f64, usize)>>,
@@ -119,6 +122,7 @@ impl RunPanel {
             download_progress: by_id("download-progress")?.dyn_into()?,
             download_status: by_id("download-status")?,
             load_button: by_id("load-model")?.dyn_into()?,
+            cancel_load_button: by_id("cancel-load")?.dyn_into()?,
             load_progress: by_id("load-progress")?.dyn_into()?,
             model_status: by_id("model-status")?,
             budget_input: by_id("set-memory-budget")?.dyn_into()?,
@@ -146,6 +150,7 @@ impl RunPanel {
             downloading: RefCell::new(None),
             loaded: RefCell::new(None),
             busy: Cell::new(false),
+            loading: Cell::new(false),
             run_started: Cell::new(0.0),
             denoise_started: Cell::new(None),
         });
@@ -154,6 +159,11 @@ impl RunPanel {
         EventListener::new(&panel.model_select, "change", move |_| this.model_chosen()).forget();
         let this = panel.clone();
         EventListener::new(&panel.load_button, "click", move |_| this.load()).forget();
+        let this = panel.clone();
+        EventListener::new(&panel.cancel_load_button, "click", move |_| {
+            this.cancel_load()
+        })
+        .forget();
         let this = panel.clone();
         EventListener::new(&panel.budget_input, "change", move |_| {
             storage_set(BUDGET_KEY, &this.budget_input.value());
@@ -436,8 +446,7 @@ impl RunPanel {
                 note: load_note,
             } => {
                 self.captioner.set(captioner);
-                self.busy.set(false);
-                self.load_progress.set_hidden(true);
+                self.load_ended();
                 let label = self.label_of(&id);
                 let mut status = if phased {
                     format!(
@@ -468,9 +477,20 @@ impl RunPanel {
                 self.flag("data-model", "loaded");
                 self.update_buttons();
             }
+            FromWorker::LoadCancelled { at } => {
+                self.load_ended();
+                self.set_model_status(
+                    &format!(
+                        "Loading cancelled ({at}): no model is loaded. Nothing half-made was \
+                         kept; Load starts again."
+                    ),
+                    false,
+                );
+                self.flag("data-model", "cancelled");
+                self.update_buttons();
+            }
             FromWorker::LoadFailed { message } => {
-                self.busy.set(false);
-                self.load_progress.set_hidden(true);
+                self.load_ended();
                 *self.loaded.borrow_mut() = None;
                 self.set_model_status(&message, true);
                 self.flag("data-model", "failed");
@@ -562,9 +582,9 @@ impl RunPanel {
             FromWorker::Error { message } => {
                 // The worker may be gone (a crash posts this too): nothing is in flight now.
                 if self.busy.get() {
-                    let loading = self.run_started.get() == 0.0;
+                    let loading = self.loading.get();
+                    self.load_ended();
                     self.run_ended();
-                    self.load_progress.set_hidden(true);
                     if loading {
                         self.set_model_status(&message, true);
                         self.flag("data-model", "failed");
@@ -655,6 +675,7 @@ impl RunPanel {
             .set_disabled(!self.worker_ready.get() || this_downloading || !stored);
         self.load_button
             .set_disabled(!worker || busy || this_downloading || !complete);
+        self.cancel_load_button.set_hidden(!self.loading.get());
         self.decompose_button.set_disabled(
             !worker || busy || self.loaded.borrow().is_none() || self.image.borrow().is_none(),
         );
@@ -906,6 +927,8 @@ impl RunPanel {
         }) {
             Ok(()) => {
                 self.busy.set(true);
+                self.loading.set(true);
+                self.cancel_load_button.set_disabled(false);
                 *self.loaded.borrow_mut() = None;
                 self.load_progress.set_value(0.0);
                 self.load_progress.set_hidden(false);
@@ -1074,6 +1097,27 @@ impl RunPanel {
         self.run_progress.set_max(steps.max(1) as f64);
         self.run_progress.set_value(step as f64);
         self.set_run_status(&text, false);
+    }
+
+    /// Asks the worker to stop the load in flight (at its next weight read).
+    fn cancel_load(&self) {
+        if !self.loading.get() {
+            return;
+        }
+        match self.send(&ToWorker::Cancel) {
+            Ok(()) => {
+                self.cancel_load_button.set_disabled(true);
+                self.set_model_status("Cancelling the load…", false);
+            }
+            Err(err) => self.set_model_status(&format!("Could not cancel: {err}"), true),
+        }
+    }
+
+    /// A load is over (loaded, failed, cancelled): its progress and Cancel go away.
+    fn load_ended(&self) {
+        self.loading.set(false);
+        self.busy.set(false);
+        self.load_progress.set_hidden(true);
     }
 
     fn run_ended(&self) {

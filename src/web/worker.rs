@@ -8,7 +8,10 @@
 //!
 //! One task at a time: a load or a run. A run awaits a readback after every caption token and
 //! every denoising step, so a [`ToWorker::Cancel`] arriving meanwhile is seen before the next
-//! one starts. Loading a model frees the previous one first; the model loads from the verified
+//! one starts. Weight reads are cancellable too ([`Counted`], [`Cancellable`]): a load (or a
+//! phase of a run loading its weights, or a streamed ring reading blocks) stops at its next
+//! read, and a stored copy being made is discarded; the load ends with
+//! [`FromWorker::LoadCancelled`], the run with [`FromWorker::Cancelled`]. Loading a model frees the previous one first; the model loads from the verified
 //! OPFS cache ([`super::models::CachedModel`]) once the source has been downloaded. A download
 //! (at most one) runs beside the other tasks; [`ToWorker::CancelDownload`] stops it between
 //! chunks.
@@ -70,8 +73,8 @@ use crate::text::{
     TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
 };
 use crate::weights::{
-    BROWSER_F32_WEIGHT_BUDGET, GgufFile, LinearLoad, Precision, SafetensorsFolder, WeightSource,
-    check_f32_footprint,
+    BROWSER_F32_WEIGHT_BUDGET, Cancellable, GgufFile, LinearLoad, Precision, SafetensorsFolder,
+    WeightSource, check_f32_footprint,
 };
 
 thread_local! {
@@ -85,7 +88,7 @@ thread_local! {
     static MODEL: RefCell<Option<Model>> = const { RefCell::new(None) };
     /// What the worker is doing.
     static BUSY: Cell<Option<Task>> = const { Cell::new(None) };
-    /// Set by `Cancel`, read between steps.
+    /// Set by `Cancel`, read between steps and before every weight read.
     static CANCEL: Cell<bool> = const { Cell::new(false) };
     /// The id of the source being downloaded.
     static DOWNLOADING: RefCell<Option<String>> = const { RefCell::new(None) };
@@ -242,7 +245,7 @@ async fn handle(message: ToWorker) {
         } => load(source, memory, storage_free).await,
         ToWorker::Decompose(request) => decompose(request).await,
         ToWorker::Cancel => {
-            if BUSY.get() == Some(Task::Running) {
+            if BUSY.get().is_some() {
                 CANCEL.set(true);
             }
         }
@@ -359,11 +362,13 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free:
         });
     };
     BUSY.set(Some(Task::Loading));
+    CANCEL.set(false);
     free_model();
     clear_gpu_error();
     let start = js_sys::Date::now();
     let result = load_planned(&source, memory, storage_free, &device).await;
     BUSY.set(None);
+    CANCEL.set(false);
     let result = match gpu_error() {
         Some(gpu) => Err(Error::Input {
             model: "GPU",
@@ -386,6 +391,10 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free:
                 millis: js_sys::Date::now() - start,
                 note,
             });
+        }
+        Err(Error::Cancelled { at }) => {
+            device.memory_cleanup();
+            post(&FromWorker::LoadCancelled { at });
         }
         Err(err) => {
             clear_gpu_error();
@@ -421,7 +430,14 @@ async fn load_planned(
             bytes_total: Some(total),
         })
     };
-    let note = models::use_stored_copies(&mut cached, source, storage_free, &report).await?;
+    let note = models::use_stored_copies(
+        &mut cached,
+        source,
+        storage_free,
+        &report,
+        &cancel_requested,
+    )
+    .await?;
     Ok((load_cached(cached, source, memory, device).await?, note))
 }
 
@@ -567,8 +583,14 @@ enum Report {
     Run(f64),
 }
 
+/// Whether the task in flight was asked to stop ([`ToWorker::Cancel`]).
+fn cancel_requested() -> bool {
+    CANCEL.get()
+}
+
 /// A source that counts the bytes read through it and reports them (at most every 100 ms,
-/// and not while `quiet`: a block stream reading during the denoising loop).
+/// and not while `quiet`: a block stream reading during the denoising loop). Its reads stop
+/// with [`Error::Cancelled`] once a cancel is requested ([`Cancellable`]).
 struct Counted<'a, S> {
     inner: &'a S,
     read: Cell<u64>,
@@ -623,7 +645,9 @@ impl<S: WeightSource> WeightSource for Counted<'_, S> {
     }
 
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        let bytes = self.inner.read(file, offset, len).await?;
+        let bytes = Cancellable::new(self.inner, &cancel_requested)
+            .read(file, offset, len)
+            .await?;
         if file.ends_with(".safetensors") || file.ends_with(".gguf") {
             self.read.set(self.read.get() + bytes.len() as u64);
             let component = match file.split('/').next().unwrap_or(file) {

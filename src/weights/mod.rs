@@ -21,6 +21,7 @@
 //!   gathered from storage instead of uploaded whole) and keeps the rows it has read;
 //! - [`QuantizedLayout`] and [`write_quantized`] write a checkpoint as a GGUF file with its
 //!   linear weights quantized (the stored form of a model quantized on first load);
+//! - [`Cancellable`] stops any of these at its next read once the caller says so (Cancel);
 //! - [`Precision`] chooses how linear weights are kept: f32, or 8-/4-bit blocks
 //!   ([`QuantizedMatrix`]) quantized at load time or repacked from GGUF `Q8_0`/`Q4_0`.
 
@@ -132,6 +133,51 @@ impl<S: WeightSource + ?Sized> WeightSource for std::rc::Rc<S> {
 
     async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         (**self).read_into(file, offset, buf).await
+    }
+}
+
+/// A source whose reads fail with [`Error::Cancelled`] once `stop()` says so: a long load, or
+/// the writing of a stored copy, stops at its next read instead of at its end. The error says
+/// which file was about to be read. `exists` and `size` are not stopped (they read headers at
+/// most, and a caller that asks them is about to read anyway).
+pub struct Cancellable<'a, S: ?Sized> {
+    inner: &'a S,
+    stop: &'a dyn Fn() -> bool,
+}
+
+impl<'a, S: WeightSource + ?Sized> Cancellable<'a, S> {
+    /// `inner`, stopped once `stop()` returns true.
+    pub fn new(inner: &'a S, stop: &'a dyn Fn() -> bool) -> Self {
+        Self { inner, stop }
+    }
+
+    fn check(&self, file: &str) -> Result<()> {
+        match (self.stop)() {
+            true => Err(Error::Cancelled {
+                at: format!("before reading {file}"),
+            }),
+            false => Ok(()),
+        }
+    }
+}
+
+impl<S: WeightSource + ?Sized> WeightSource for Cancellable<'_, S> {
+    async fn exists(&self, file: &str) -> Result<bool> {
+        self.inner.exists(file).await
+    }
+
+    async fn size(&self, file: &str) -> Result<u64> {
+        self.inner.size(file).await
+    }
+
+    async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
+        self.check(file)?;
+        self.inner.read(file, offset, len).await
+    }
+
+    async fn read_into(&self, file: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(file)?;
+        self.inner.read_into(file, offset, buf).await
     }
 }
 

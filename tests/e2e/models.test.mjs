@@ -269,7 +269,11 @@ test("a download the storage quota cannot hold is refused up front with the numb
   }
 });
 
-test("a stored 4-bit copy that the storage cannot hold is not kept: the model loads, quantized at load, and says so", { timeout: SLOW }, async () => {
+/**
+ * A fresh profile on its own mock hub, with the tiny entry kept 4-bit (transformer and text
+ * encoder), downloaded: `body(page, logs)` then goes on from there (`query` is the page URL's).
+ */
+async function withDownloadedQ4(query, body) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
   const registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
@@ -281,9 +285,7 @@ test("a stored 4-bit copy that the storage cannot hold is not kept: the model lo
   try {
     const page = await ctx.newPage();
     page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
-    // The test parameter: the worker counts on 10 KiB of free storage at most when it stores
-    // the copies (they need more; a browser's storage cannot be filled on demand).
-    await page.goto(`${app.url}?storage-free=10K`);
+    await page.goto(`${app.url}${query}`);
     await page.waitForSelector("body[data-gpu=ready]", { timeout: 120_000 });
     await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
     await page.selectOption("#model-source", TINY_ID);
@@ -291,6 +293,23 @@ test("a stored 4-bit copy that the storage cannot hold is not kept: the model lo
     await page.click("#download-model");
     await page.waitForSelector("body[data-download=done], body[data-download=failed]", { timeout: 120_000 });
     assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
+    await page.waitForSelector("#load-model:not([disabled])", { timeout: 60_000 });
+    await body(page, logs);
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+  } finally {
+    await ctx.close();
+    await app.close();
+    await hub.close();
+  }
+}
+
+/** The stored copies' files (and commit records) in OPFS. */
+const storedCopies = async (page) => (await opfsFiles(page)).filter(([p]) => p.includes("/qwen-layered-v"));
+
+test("a stored 4-bit copy that the storage cannot hold is not kept: the model loads, quantized at load, and says so", { timeout: SLOW }, async () => {
+  // The test parameter: the worker counts on 10 KiB of free storage at most when it stores
+  // the copies (they need more; a browser's storage cannot be filled on demand).
+  await withDownloadedQ4("?storage-free=10K", async (page, logs) => {
     await page.click("#load-model");
     await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
     const status = await page.textContent("#model-status");
@@ -298,13 +317,42 @@ test("a stored 4-bit copy that the storage cannot hold is not kept: the model lo
     for (const what of ["transformer", "text encoder"]) {
       assert.match(status, new RegExp(`The ${what} could not be stored 4-bit in this browser \\(.*not enough browser storage.*\\); it was quantized while loading and will be again next time\\.`), status);
     }
-    const copies = (await opfsFiles(page)).filter(([p]) => p.includes("/qwen-layered-v"));
-    assert.deepEqual(copies, [], "nothing of the copies is left");
+    assert.deepEqual(await storedCopies(page), [], "nothing of the copies is left");
     await page.screenshot({ path: `${artifacts}/26-copy-not-stored.png` });
-    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
-  } finally {
-    await ctx.close();
-    await app.close();
-    await hub.close();
-  }
+  });
+});
+
+test("Cancel stops a first load while it stores the 4-bit copy: nothing half-made is kept, and the next load makes it", { timeout: SLOW }, async () => {
+  await withDownloadedQ4("", async (page, logs) => {
+    // Load, and Cancel as soon as the button shows (the worker gets both messages in order; the
+    // load reads headers and plans before it writes the first copy's first byte).
+    const shown = await page.evaluate(() => {
+      document.getElementById("load-model").click();
+      const cancel = document.getElementById("cancel-load");
+      const visible = !cancel.hidden && !cancel.disabled;
+      cancel.click();
+      return visible;
+    });
+    assert.ok(shown, "Cancel loading shows while the model loads");
+    await page.waitForSelector("body[data-model=cancelled], body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
+    const status = await page.textContent("#model-status");
+    assert.equal(await page.getAttribute("body", "data-model"), "cancelled", `${status}\n${logs.join("\n")}`);
+    assert.match(status, /^Loading cancelled \(before reading transformer\/[^)]+\.safetensors\): no model is loaded\. Nothing half-made was kept; Load starts again\.$/, status);
+    assert.deepEqual(await storedCopies(page), [], "no part of the copy is left");
+    assert.ok(await page.isHidden("#cancel-load"));
+    assert.ok(await page.isHidden("#load-progress"));
+    assert.ok(await page.isEnabled("#load-model"));
+    assert.ok(await page.isDisabled("#decompose"), "nothing is loaded to run");
+    await page.screenshot({ path: `${artifacts}/27-load-cancelled.png` });
+
+    // The next load makes both copies from the start and loads.
+    await page.click("#load-model");
+    await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
+    const again = await page.textContent("#model-status");
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${again}\n${logs.join("\n")}`);
+    for (const what of ["transformer", "text encoder"]) {
+      assert.match(again, new RegExp(`The ${what} was quantized to 4 bits and stored in this browser`), again);
+    }
+    assert.equal((await storedCopies(page)).length, 4, JSON.stringify(await storedCopies(page)));
+  });
 });

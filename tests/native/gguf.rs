@@ -16,8 +16,8 @@ use qwen_layered_web::model::transformer::{
 };
 use qwen_layered_web::weights::gguf::dequantize;
 use qwen_layered_web::weights::{
-    DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision, STORED_FORMAT,
-    SafetensorsFolder, WeightSource, read_json, write_quantized,
+    Cancellable, DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision,
+    STORED_FORMAT, SafetensorsFolder, WeightSource, read_json, write_quantized,
 };
 use safetensors::SafeTensors;
 use sha2::Digest;
@@ -688,6 +688,30 @@ fn the_stored_copy_is_committed_only_when_complete() {
     .expect_err("the source fails")
     .to_string();
     assert!(err.contains("simulated read failure"), "{err}");
+    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+
+    // Cancelled mid-copy (the page's Cancel during a first load): the same, and the error is
+    // the cancel, so the caller stops instead of loading on without the copy.
+    let reads = std::cell::Cell::new(0);
+    let stop = || {
+        reads.set(reads.get() + 1);
+        reads.get() > 5
+    };
+    let cancellable = Cancellable::new(&src, &stop);
+    let err = pollster::block_on(store_quantized(
+        &store,
+        &plan,
+        path,
+        &cancellable,
+        &layout,
+        |_, _| {},
+    ))
+    .expect_err("cancelled");
+    assert!(
+        matches!(&err, qwen_layered_web::Error::Cancelled { at } if at.starts_with("before reading model/transformer/")),
+        "{err}"
+    );
+    assert_eq!(reads.get(), 6, "stopped at the first read after the cancel");
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
 
     let file = pollster::block_on(store_quantized(
