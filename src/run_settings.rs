@@ -101,9 +101,12 @@ impl RunSettings {
         let relative = if (r - 1.0).abs() < 0.005 {
             "the same work as the default".to_owned()
         } else if r < 1.0 {
-            format!("about {:.1}× less work than the default", 1.0 / r)
+            format!("about {}× less work than the default", times(1.0 / r))
         } else {
-            format!("at least {r:.1}× the default's work (attention grows faster)")
+            format!(
+                "at least {}× the default's work (attention grows faster)",
+                times(r)
+            )
         };
         format!(
             "{} steps × {} pass{} over {} image tokens at {}²: {relative}.",
@@ -118,6 +121,22 @@ impl RunSettings {
             self.resolution,
         )
     }
+}
+
+/// A ratio as a person reads it: one decimal under 10 ("2.5"), whole above ("10,000").
+fn times(r: f64) -> String {
+    if r < 9.95 {
+        return format!("{r:.1}");
+    }
+    let whole = format!("{:.0}", r);
+    let mut out = String::new();
+    for (i, c) in whole.chars().enumerate() {
+        if i > 0 && (whole.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[cfg(test)]
@@ -157,6 +176,23 @@ mod tests {
             fast.describe_cost().contains("2.5× less work"),
             "{}",
             fast.describe_cost()
+        );
+        // The tiny test model's settings: a whole number, grouped.
+        let tiny = RunSettings {
+            layers: 2,
+            resolution: 32,
+            steps: 2,
+            ..RunSettings::default()
+        };
+        assert!(
+            tiny.describe_cost()
+                .ends_with("at 32²: about 10,000× less work than the default."),
+            "{}",
+            tiny.describe_cost()
+        );
+        assert_eq!(
+            (times(9.94), times(12.4), times(1234.0)),
+            ("9.9".into(), "12".into(), "1,234".into())
         );
         let quality = s.with_preset(Preset::Quality);
         assert_eq!((quality.resolution, quality.steps), (1024, 50));
