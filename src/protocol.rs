@@ -38,6 +38,13 @@ pub struct CacheState {
     /// The file list is the one recorded when the download started (fixed until the source
     /// is deleted; no hub request), not the hub's listing now.
     pub from_record: bool,
+    /// Bytes of checkpoint files a stored quantized copy serves instead (the transformer's
+    /// bf16 shards once its whole 8-/4-bit copy is committed): counted as verified, not kept.
+    #[serde(default)]
+    pub replaced_bytes: u64,
+    /// Bytes of the stored quantized copies the first load made from the checkpoints.
+    #[serde(default)]
+    pub copy_bytes: u64,
 }
 
 impl CacheState {
@@ -729,6 +736,8 @@ mod tests {
                     files_total: 3,
                     files_verified: 1,
                     from_record: true,
+                    replaced_bytes: 0,
+                    copy_bytes: 7,
                 }),
                 note: None,
             },
@@ -768,6 +777,8 @@ mod tests {
             files_total: 2,
             files_verified: 2,
             from_record: false,
+            replaced_bytes: 3,
+            copy_bytes: 1,
         };
         assert!(state.complete());
         assert!(

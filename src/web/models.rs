@@ -20,8 +20,8 @@ use super::opfs::{
 };
 use crate::download::derived::{discard_derived, store_quantized};
 use crate::download::{
-    DResult, DownloadError, DownloadOptions, DownloadPlan, Progress, Session, Store, discover,
-    download_plan, remaining_bytes,
+    DResult, DownloadError, DownloadOptions, DownloadPlan, FilePlan, Progress, Session, Store,
+    discover, download_plan, remaining_bytes,
 };
 use crate::error::{Error, Result};
 use crate::model::text_encoder;
@@ -88,9 +88,53 @@ async fn plans(source: &ModelSource, quick: bool) -> DResult<(Vec<DownloadPlan>,
     Ok((plans_from_hub(source, &options).await?, false))
 }
 
-/// What the cache holds of `plans`.
-async fn measure(plans: &[DownloadPlan], from_record: bool) -> DResult<CacheState> {
+/// Whether `file` is a bf16 shard of the transformer's checkpoint.
+fn is_transformer_checkpoint(file: &FilePlan) -> bool {
+    file.path.starts_with("transformer/") && file.path.ends_with(".safetensors")
+}
+
+/// The checkpoint files a committed stored copy serves instead, with the index of the plan
+/// that lists them: the transformer's `*.safetensors` once its whole 8-/4-bit copy, in the
+/// precision `source` keeps it in, is committed in that plan's revision. The transformer then
+/// loads from the copy alone, so a load removes them ([`stored_copy`]), the cache state counts
+/// them as present, and a download does not fetch them again. (The text encoder's copy holds
+/// its linear weights only: its checkpoint is still read, and kept.)
+async fn replaced_by_copy(
+    source: &ModelSource,
+    plans: &[DownloadPlan],
+    store: &OpfsStore,
+) -> DResult<Vec<(usize, FilePlan)>> {
+    let Some(copy) = stored_copy_path("transformer", source.precision("transformer")) else {
+        return Ok(Vec::new());
+    };
+    if source.parts().iter().any(|p| p.gguf.is_some()) {
+        return Ok(Vec::new()); // the transformer is a GGUF file: no copy is made of it
+    }
+    let Some(i) = plans
+        .iter()
+        .position(|p| p.files.iter().any(is_transformer_checkpoint))
+    else {
+        return Ok(Vec::new());
+    };
+    if store.committed_file(&plans[i], &copy).await?.is_none() {
+        return Ok(Vec::new());
+    }
+    Ok(plans[i]
+        .files
+        .iter()
+        .filter(|f| is_transformer_checkpoint(f))
+        .map(|f| (i, f.clone()))
+        .collect())
+}
+
+/// What the cache holds of `source`, whose files `plans` list.
+async fn measure(
+    source: &ModelSource,
+    plans: &[DownloadPlan],
+    from_record: bool,
+) -> DResult<CacheState> {
     let store = OpfsStore::open().await?;
+    let replaced = replaced_by_copy(source, plans, &store).await?;
     let mut state = CacheState {
         revisions: plans
             .iter()
@@ -102,16 +146,30 @@ async fn measure(plans: &[DownloadPlan], from_record: bool) -> DResult<CacheStat
         files_total: 0,
         files_verified: 0,
         from_record,
+        replaced_bytes: 0,
+        copy_bytes: 0,
     };
-    for plan in plans {
+    for (i, plan) in plans.iter().enumerate() {
         for file in &plan.files {
             state.total_bytes += file.size;
             state.files_total += 1;
-            if store.is_committed(plan, file).await? {
+            if replaced.iter().any(|(j, r)| *j == i && r.path == file.path) {
+                state.verified_bytes += file.size;
+                state.files_verified += 1;
+                state.replaced_bytes += file.size;
+            } else if store.is_committed(plan, file).await? {
                 state.verified_bytes += file.size;
                 state.files_verified += 1;
             } else {
                 state.partial_bytes += store.present_bytes(plan, file).await?.min(file.size);
+            }
+        }
+        for (component, _) in STORED_COMPONENTS {
+            let Some(path) = stored_copy_path(component, source.precision(component)) else {
+                continue;
+            };
+            if let Some(copy) = store.committed_file(plan, &path).await? {
+                state.copy_bytes += copy.size;
             }
         }
     }
@@ -126,7 +184,7 @@ pub async fn query(source: &ModelSource) -> std::result::Result<CacheState, Stri
             source.repo
         )
     })?;
-    measure(&plans, from_record)
+    measure(source, &plans, from_record)
         .await
         .map_err(|e| format!("Reading the browser's model cache: {e}"))
 }
@@ -153,6 +211,17 @@ pub async fn download(
     write_record(SOURCES_DIR, &record_name(&source.id), &json).await?;
 
     let store = OpfsStore::open().await?;
+    // Checkpoint files a stored copy replaced are not fetched again.
+    let replaced = replaced_by_copy(source, &plans, &store).await?;
+    let plans: Vec<DownloadPlan> = plans
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut plan)| {
+            plan.files
+                .retain(|f| !replaced.iter().any(|(j, r)| *j == i && r.path == f.path));
+            plan
+        })
+        .collect();
     let mut needed = 0;
     for plan in &plans {
         needed += remaining_bytes(&store, plan).await?;
@@ -222,6 +291,8 @@ pub enum StoredCopy {
     Reused {
         /// Its size.
         bytes: u64,
+        /// Bytes of the checkpoint it replaces that were removed now (0: none were left).
+        freed: u64,
     },
     /// The copy was written by this load (and is read).
     Made {
@@ -229,6 +300,8 @@ pub enum StoredCopy {
         bytes: u64,
         /// How long writing it took.
         millis: f64,
+        /// Bytes of the checkpoint it replaces that were removed.
+        freed: u64,
     },
     /// It could not be stored (the reason); the component is quantized at load instead.
     NotStored(String),
@@ -240,17 +313,30 @@ impl StoredCopy {
     pub fn note(&self, what: &str, precision: Precision) -> Option<String> {
         let bits = precision.bits().unwrap_or(32);
         let mb = |b: u64| format!("{:.1} MB", b as f64 / 1e6);
+        let freed = |freed: u64| match freed {
+            0 => String::new(),
+            n => format!(
+                " Its checkpoint ({}) was removed from this browser: the copy replaces it.",
+                mb(n)
+            ),
+        };
         match self {
             StoredCopy::NotUsed => None,
-            StoredCopy::Reused { bytes } => Some(format!(
-                "{what} was read from its {bits}-bit copy stored in this browser ({}).",
-                mb(*bytes)
-            )),
-            StoredCopy::Made { bytes, millis } => Some(format!(
-                "{what} was quantized to {bits} bits and stored in this browser ({}, {:.1} s): \
-                 later loads read that copy.",
+            StoredCopy::Reused { bytes, freed: f } => Some(format!(
+                "{what} was read from its {bits}-bit copy stored in this browser ({}).{}",
                 mb(*bytes),
-                millis / 1000.0
+                freed(*f)
+            )),
+            StoredCopy::Made {
+                bytes,
+                millis,
+                freed: f,
+            } => Some(format!(
+                "{what} was quantized to {bits} bits and stored in this browser ({}, {:.1} s): \
+                 later loads read that copy.{}",
+                mb(*bytes),
+                millis / 1000.0,
+                freed(*f)
             )),
             StoredCopy::NotStored(reason) => Some(format!(
                 "{what} could not be stored {bits}-bit in this browser ({reason}); it was \
@@ -297,7 +383,9 @@ pub async fn use_stored_copies(
     Ok((!notes.is_empty()).then(|| notes.join(" ")))
 }
 
-/// [`use_stored_copies`] for one component.
+/// [`use_stored_copies`] for one component. Once the transformer's copy is committed (made
+/// now or before), its bf16 checkpoint is removed: the copy is the whole transformer, and
+/// nothing reads the checkpoint any more ([`replaced_by_copy`]).
 async fn stored_copy(
     cached: &mut CachedModel,
     component: &str,
@@ -323,10 +411,10 @@ async fn stored_copy(
     }
     let store = OpfsStore::open().await?;
     let plan = cached.parts[i].plan().clone();
-    let folder = SafetensorsFolder::open(&*cached, component).await?;
     let made = match store.committed_file(&plan, &path).await? {
         Some(file) => Ok((file, None)),
         None => {
+            let folder = SafetensorsFolder::open(&*cached, component).await?;
             let origin = format!("{}@{}", plan.repo, plan.revision);
             let layout = match transformer {
                 true => QwenImageTransformer2DModel::stored_quantized_layout(
@@ -364,10 +452,20 @@ async fn stored_copy(
     };
     let bytes = file.size;
     cached.parts[i].add_file(file);
+    let mut freed = 0;
     if transformer {
         cached.gguf = Some(path);
+        // The copy is committed: the checkpoint it replaces goes (a load cut short between
+        // the two finds the copy committed and removes what is left next time).
+        for f in plan.files.iter().filter(|f| is_transformer_checkpoint(f)) {
+            if store.is_committed(&plan, f).await? {
+                freed += f.size;
+            }
+            store.discard(&plan, f).await?;
+        }
     } else {
         // The checkpoint bytes its linear weights take are not read any more.
+        let folder = SafetensorsFolder::open(&*cached, component).await?;
         let copy = GgufFile::open(&*cached, &path).await?;
         let replaced: u64 = copy
             .tensors()
@@ -378,8 +476,12 @@ async fn stored_copy(
         cached.replaced.push((prefix, replaced));
     }
     Ok(match millis {
-        Some(millis) => StoredCopy::Made { bytes, millis },
-        None => StoredCopy::Reused { bytes },
+        Some(millis) => StoredCopy::Made {
+            bytes,
+            millis,
+            freed,
+        },
+        None => StoredCopy::Reused { bytes, freed },
     })
 }
 
@@ -404,7 +506,7 @@ impl CachedModel {
         let (plans, _) = plans(source, true)
             .await
             .map_err(|e| not_cached(format!("not downloaded ({e})")))?;
-        let state = measure(&plans, true).await?;
+        let state = measure(source, &plans, true).await?;
         if !state.complete() {
             return Err(not_cached(format!(
                 "not fully downloaded: {} of {} files verified ({} of {} bytes); press Download first",

@@ -751,9 +751,10 @@ impl RunPanel {
                 if s.complete() {
                     (
                         format!(
-                            "Cached and verified: {} in {} files. {source}.",
+                            "Cached and verified: {} in {} files{}. {source}.",
                             human_bytes(s.total_bytes),
-                            s.files_total
+                            s.files_total,
+                            stored_copies(s)
                         ),
                         "cached",
                     )
@@ -1208,6 +1209,25 @@ fn storage_set(key: &str, value: &str) {
         && let Ok(f) = f.dyn_into::<js_sys::Function>()
     {
         f.call2(&storage, &key.into(), &value.into()).ok();
+    }
+}
+
+/// What the stored quantized copies add to the cache line: their size, and the checkpoint
+/// bytes they replaced (removed from the browser's storage).
+fn stored_copies(s: &CacheState) -> String {
+    match (s.copy_bytes, s.replaced_bytes) {
+        (0, _) => String::new(),
+        (copies, 0) => format!(
+            ", and {} of copies quantized at the first load",
+            human_bytes(copies)
+        ),
+        (copies, replaced) => format!(
+            ", of which {} of checkpoint were replaced by {} of copies quantized at the first \
+             load (this browser keeps {})",
+            human_bytes(replaced),
+            human_bytes(copies),
+            human_bytes(s.total_bytes.saturating_sub(replaced) + copies)
+        ),
     }
 }
 

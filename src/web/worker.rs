@@ -384,7 +384,7 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free:
             };
             MODEL.with(|m| *m.borrow_mut() = Some(model));
             post(&FromWorker::ModelLoaded {
-                id: source.id,
+                id: source.id.clone(),
                 text_encoder: true,
                 captioner,
                 phased,
@@ -404,6 +404,8 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free:
             });
         }
     }
+    // A first load stores quantized copies (and removes the checkpoint a copy replaces).
+    post_state(&source).await;
 }
 
 /// Reads the configs, plans (when the page sent memory settings; the plan is posted before
