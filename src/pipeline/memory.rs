@@ -67,8 +67,22 @@ impl ModelConfigs {
         budget: &MemoryBudget,
         precision: Precision,
         text_precision: Precision,
+        size: (usize, usize),
+        layers: usize,
+    ) -> Result<MemoryPlan> {
+        self.plan_keeping(budget, precision, text_precision, size, layers, None)
+    }
+
+    /// [`plan`](Self::plan), with the exact bytes the text side would keep on the device if
+    /// the whole model stayed loaded between runs ([`PlanRequest::text_kept_bytes`]).
+    pub fn plan_keeping(
+        &self,
+        budget: &MemoryBudget,
+        precision: Precision,
+        text_precision: Precision,
         (width, height): (usize, usize),
         layers: usize,
+        text_kept_bytes: Option<u64>,
     ) -> Result<MemoryPlan> {
         plan_memory(
             budget,
@@ -82,6 +96,7 @@ impl ModelConfigs {
                 height,
                 layers,
                 text_tokens: DEFAULT_MAX_SEQUENCE_LENGTH,
+                text_kept_bytes,
             },
         )
     }
@@ -117,6 +132,11 @@ pub struct PlanRequest<'a> {
     pub layers: usize,
     /// Prompt tokens (an upper bound; the activations grow with it).
     pub text_tokens: usize,
+    /// Bytes the text side keeps on the device when the whole model stays loaded between runs
+    /// (the text encoder, and the captioner's `lm_head` and vision tower when the model can
+    /// caption; exact, from the checkpoint headers). `None`: the plan's estimate of the text
+    /// encoder ([`MemoryEstimate::text_encoder_bytes`]).
+    pub text_kept_bytes: Option<u64>,
 }
 
 /// How the transformer's blocks are kept.
@@ -218,6 +238,11 @@ pub struct MemoryPlan {
     pub oversized: Vec<OversizedTensor>,
     /// The numbers behind it.
     pub estimate: MemoryEstimate,
+    /// The whole model fits the budget at once (the transformer resident, and beside it what
+    /// the text side keeps), so it may stay loaded between runs; otherwise each run loads the
+    /// text encoder, frees it, then loads the transformer and the VAE.
+    #[serde(default)]
+    pub keep_loaded: bool,
 }
 
 /// Activations in a VAE working set per peak tensor (input, output and a residual in flight).
@@ -497,6 +522,12 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
         TransformerResidency::Streaming { ring } => ring,
     };
     let left = room.saturating_sub(block * resident_blocks as u64);
+    // The whole model stays loaded between runs only when the text side fits beside the
+    // resident transformer; it then holds its share during the denoising and the decode too.
+    let text_kept = req.text_kept_bytes.unwrap_or(text_bytes);
+    let keep_loaded = transformer == TransformerResidency::Resident && text_kept <= left;
+    let text_held = if keep_loaded { text_kept } else { 0 };
+    let left = left - text_held;
     let scores_row = 4 * c.num_attention_heads as u64 * s;
     let scores = (left / ATTENTION_TEMPORARIES)
         .min(max_tensor)
@@ -511,7 +542,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
         TransformerResidency::Resident => other + block * c.num_layers as u64,
         TransformerResidency::Streaming { .. } => other,
     };
-    let vae_room = budget.device_bytes.saturating_sub(held + vae);
+    let vae_room = budget.device_bytes.saturating_sub(held + text_held + vae);
     let r = req.vae.spatial_compression_ratio();
     let latent = (req.height / r, req.width / r);
     let fits = |peak: u64| peak <= max_tensor && VAE_WORKING_FACTOR * peak <= vae_room;
@@ -569,6 +600,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             mlp_max_tokens: per_chunk,
             attention_scores_bytes,
         },
+        keep_loaded,
     })
 }
 
@@ -832,6 +864,7 @@ mod tests {
             height: side,
             layers: 4,
             text_tokens: 300,
+            text_kept_bytes: None,
         }
     }
 
@@ -1123,6 +1156,51 @@ mod tests {
         let streamed = plan_with(128 * MIB, 6 * GIB);
         assert!(!streamed.is_resident());
         assert_eq!(streamed.estimate.attention_scores_bytes, 0);
+    }
+
+    /// The page keeps a model loaded between runs only when all of it fits the budget at once:
+    /// the resident transformer's phase and, beside it, what the text side keeps.
+    #[test]
+    fn the_model_stays_loaded_only_when_the_text_side_fits_beside_the_transformer() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let mut req = request(&t, &v, Some(&x), Precision::Q4, 640);
+        let plan_with = |req: &PlanRequest, device_bytes: u64| {
+            let budget = MemoryBudget {
+                limits: limits(4 * GIB, 16 * GIB),
+                device_bytes,
+            };
+            plan_memory(&budget, req).unwrap()
+        };
+        let e = plan_with(&req, 72 * GIB).estimate;
+        let resident = e.transformer_other_bytes
+            + e.vae_bytes
+            + e.transformer_activation_bytes
+            + 60 * e.block_bytes;
+        // 3 GiB beside the resident transformer: the text encoder (5.8 GiB: 4-bit layers and,
+        // with buffers this large, its f32 embedding) does not fit there, so each run loads it
+        // and frees it; the attention has the 3 GiB.
+        let three = plan_with(&req, resident + 3 * GIB);
+        assert!(three.is_resident());
+        assert!(!three.keep_loaded);
+        assert_eq!(three.estimate.attention_scores_bytes, GIB);
+        // 8 GiB: it fits and stays; the attention gets what it leaves.
+        let eight = plan_with(&req, resident + 8 * GIB);
+        assert!(eight.keep_loaded);
+        assert_eq!(
+            eight.estimate.attention_scores_bytes,
+            (8 * GIB - e.text_encoder_bytes) / ATTENTION_TEMPORARIES
+        );
+        // The worker's exact figure (the embedding gathered, the captioner's lm_head and vision
+        // tower) decides.
+        req.text_kept_bytes = Some(8 * GIB + 1);
+        assert!(!plan_with(&req, resident + 8 * GIB).keep_loaded);
+        req.text_kept_bytes = Some(GIB);
+        let small = plan_with(&req, resident + 3 * GIB);
+        assert!(small.keep_loaded);
+        assert_eq!(small.estimate.attention_scores_bytes, 2 * GIB / 3);
+        // A streamed transformer never keeps the model loaded.
+        let streamed = plan_with(&req, 6 * GIB);
+        assert!(!streamed.is_resident() && !streamed.keep_loaded);
     }
 
     #[test]

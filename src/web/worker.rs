@@ -128,29 +128,52 @@ enum Model {
 }
 
 /// Plans `source` for a `width × height` run with `layers` layers under `memory`
-/// ([`ModelConfigs::plan`] with the device's limits, or the forced ones).
+/// ([`ModelConfigs::plan_keeping`] with the device's limits, or the forced ones); `text_kept`:
+/// what the text side keeps on the device if the model stays loaded ([`text_kept_bytes`]).
 fn plan(
     configs: &ModelConfigs,
     source: &ModelSource,
     memory: &MemorySettings,
     size: (usize, usize),
     layers: usize,
+    text_kept: Option<u64>,
 ) -> Result<MemoryPlan> {
     let limits = LIMITS.with(|l| l.borrow().clone()).ok_or(Error::Input {
         model: "memory plan",
         reason: "the GPU's limits are not known yet".into(),
     })?;
-    configs.plan(
+    configs.plan_keeping(
         &memory.budget(&limits),
         source.precision("transformer"),
         source.precision("text_encoder"),
         size,
         layers,
+        text_kept,
     )
 }
 
-/// Posts a plan for the page.
-fn post_plan(id: &str, plan: &MemoryPlan, configs: &ModelConfigs, memory: &MemorySettings) {
+/// Bytes a resident model's text side keeps on the device, from the checkpoint headers: the
+/// text encoder as [`load_model`] loads it (token embedding gathered), with `lm_head` and the
+/// vision tower when the model can caption.
+async fn text_kept_bytes(cached: &CachedModel, source: &ModelSource) -> Result<u64> {
+    let captioning = Captioner::available(cached).await?;
+    let folder = SafetensorsFolder::open(cached, "text_encoder").await?;
+    let load = TextEncoderLoad::gathered(source.precision("text_encoder"));
+    Ok(text_encoder::device_bytes(
+        &folder,
+        load.options(captioning),
+        captioning,
+    ))
+}
+
+/// Posts a plan for the page; `phased`: the model loads in phases for each run.
+fn post_plan(
+    id: &str,
+    plan: &MemoryPlan,
+    configs: &ModelConfigs,
+    memory: &MemorySettings,
+    phased: bool,
+) {
     let Some(limits) = LIMITS.with(|l| l.borrow().clone()) else {
         return;
     };
@@ -161,7 +184,7 @@ fn post_plan(id: &str, plan: &MemoryPlan, configs: &ModelConfigs, memory: &Memor
         plan: plan.clone(),
         budget_bytes: budget.device_bytes,
         limits: budget.limits,
-        phased: !plan.is_resident(),
+        phased,
     });
 }
 
@@ -191,6 +214,8 @@ struct LoadedModel {
     /// The cached files the model was loaded from: the text encoder's token embedding stays
     /// there, and the rows a prompt or caption uses are read from it.
     cached: CachedModel,
+    /// What the text side keeps on the device ([`text_kept_bytes`]), for each run's plan.
+    text_kept: u64,
 }
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
@@ -454,14 +479,15 @@ async fn load_cached(
     let planned = match &memory {
         Some(m) => {
             let side = m.resolution as usize;
-            let plan = plan(&configs, source, m, (side, side), m.layers)?;
-            post_plan(&source.id, &plan, &configs, m);
-            Some(plan)
+            let text_kept = text_kept_bytes(&cached, source).await?;
+            let plan = plan(&configs, source, m, (side, side), m.layers, Some(text_kept))?;
+            post_plan(&source.id, &plan, &configs, m, !plan.keep_loaded);
+            Some((plan, text_kept))
         }
         None => None,
     };
     match (planned, memory) {
-        (Some(plan), Some(memory)) if !plan.is_resident() => {
+        (Some((plan, _)), Some(memory)) if !plan.keep_loaded => {
             let captioner = Captioner::available(&cached).await?;
             Ok(Model::Phased(Rc::new(PhasedModel {
                 source: source.clone(),
@@ -472,9 +498,19 @@ async fn load_cached(
             })))
         }
         (plan, memory) => {
-            let max_part_bytes = plan.as_ref().map(|p| p.estimate.max_tensor_bytes);
-            let model = load_model(cached, source, device, configs, memory, max_part_bytes).await?;
-            if let Some(plan) = plan {
+            let max_part_bytes = plan.as_ref().map(|(p, _)| p.estimate.max_tensor_bytes);
+            let text_kept = plan.as_ref().map_or(0, |(_, bytes)| *bytes);
+            let model = load_model(
+                cached,
+                source,
+                device,
+                configs,
+                memory,
+                max_part_bytes,
+                text_kept,
+            )
+            .await?;
+            if let Some((plan, _)) = plan {
                 plan.apply(&mut model.pipeline.borrow_mut());
             }
             Ok(Model::Resident(Rc::new(model)))
@@ -492,6 +528,7 @@ async fn load_model(
     configs: ModelConfigs,
     memory: Option<MemorySettings>,
     max_part_bytes: Option<u64>,
+    text_kept: u64,
 ) -> Result<LoadedModel> {
     let total = cached.load_bytes(&[""]);
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
@@ -573,6 +610,7 @@ async fn load_model(
         prompt,
         captioner,
         cached,
+        text_kept,
     })
 }
 
@@ -859,9 +897,10 @@ async fn run(
                     memory,
                     (dims.width as usize, dims.height as usize),
                     layers,
+                    Some(m.text_kept),
                 )?;
-                post_plan(&m.source.id, &plan, &m.configs, memory);
-                if plan.is_resident() {
+                post_plan(&m.source.id, &plan, &m.configs, memory, !plan.keep_loaded);
+                if plan.keep_loaded {
                     plan.apply(&mut m.pipeline.borrow_mut());
                     Model::Resident(m)
                 } else {
@@ -896,8 +935,9 @@ async fn run(
                 &p.memory,
                 (dims.width as usize, dims.height as usize),
                 layers,
+                None,
             )?;
-            post_plan(&p.source.id, &plan, &p.configs, &p.memory);
+            post_plan(&p.source.id, &plan, &p.configs, &p.memory, true);
             run.phased(&p, &plan, device).await?
         }
     };

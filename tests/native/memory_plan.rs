@@ -91,6 +91,7 @@ fn a_forced_low_limit_plan_streams_tiles_and_matches_the_normal_run() {
         height: 64,
         layers: 3,
         text_tokens: rec.shape("text.prompt.embeds")[1],
+        text_kept_bytes: None,
     };
     // 64 KiB per buffer, and device memory for everything but 1.5 blocks' worth of the 2.
     let limits = KeyLimits {
