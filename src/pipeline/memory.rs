@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::gpu::KeyLimits;
+use crate::model::nn::DEQUANTIZE_MAX_BYTES;
 use crate::model::text_encoder::{EmbeddingMode, QwenTextConfig};
 use crate::model::transformer::QwenImageTransformerConfig;
 use crate::model::vae::{AutoencoderKLQwenImageConfig, VaeTiling};
@@ -479,10 +480,19 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
         ] {
             oversized.extend(split_weight(name.into(), cols, rows, tp, max_tensor)?);
         }
-        if text_bytes > budget.device_bytes {
+        // A 4-bit weight is multiplied through an f32 copy of it, or of one row part of it
+        // (`QuantizedMatmul::Dequantize`, the default on wgpu), one weight at a time.
+        let dequant = match tp {
+            Precision::Q4 => (4 * (i * h) as u64).min(DEQUANTIZE_MAX_BYTES as u64),
+            _ => 0,
+        };
+        if text_bytes + dequant > budget.device_bytes {
             return bad(format!(
-                "the text encoder needs {} of device memory, the budget is {}",
+                "the text encoder needs {} of device memory ({} of weights and {} for the f32 \
+                 copy a 4-bit weight is multiplied through), the budget is {}",
+                show_bytes(text_bytes + dequant),
                 show_bytes(text_bytes),
+                show_bytes(dequant),
                 show_bytes(budget.device_bytes)
             ));
         }
@@ -1156,6 +1166,32 @@ mod tests {
         let streamed = plan_with(128 * MIB, 6 * GIB);
         assert!(!streamed.is_resident());
         assert_eq!(streamed.estimate.attention_scores_bytes, 0);
+    }
+
+    /// The text encoder's phase counts the f32 copy a 4-bit weight is multiplied through.
+    #[test]
+    fn the_text_encoder_needs_room_for_one_dequantized_weight() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let req = request(&t, &v, Some(&x), Precision::Q4, 640);
+        let plan_with = |device_bytes: u64| {
+            let budget = MemoryBudget {
+                limits: limits(128 * MIB, 256 * MIB),
+                device_bytes,
+            };
+            plan_memory(&budget, &req)
+        };
+        let text = plan_with(72 * GIB).unwrap().estimate.text_encoder_bytes;
+        // The MLP's 18944 × 3584 weight is 259 MiB in f32: a 128 MiB row part at a time.
+        let err = plan_with(text + 100 * MIB).unwrap_err().to_string();
+        assert!(
+            err.contains("for the f32 copy a 4-bit weight is multiplied through")
+                && err.contains("128.00 MiB"),
+            "{err}"
+        );
+        // With that room the text encoder's check passes.
+        if let Err(err) = plan_with(text + 128 * MIB) {
+            assert!(!err.to_string().contains("the text encoder needs"), "{err}");
+        }
     }
 
     /// The page keeps a model loaded between runs only when all of it fits the budget at once:
