@@ -5,17 +5,39 @@
 //! A derived file goes through the same partial-file / commit protocol as a download: it is
 //! written as a partial file, its SHA-256 is computed while writing, and it is committed (the
 //! commit record of the browser's store, the rename of the native one) only once every byte is
-//! written; any failure discards it, so a half-written copy is never served as complete.
+//! written, so a half-written copy is never served as complete. A copy cut short by a cancel
+//! or a closed tab keeps its durable bytes (a checkpoint every [`CHECKPOINT_BYTES`]) and the
+//! next writer of the same layout goes on from the last tensor they hold whole; any other
+//! failure discards it.
 
-use super::{Check, DResult, DownloadPlan, FilePlan, PartFile, Store};
-use crate::error::Result;
-use crate::weights::{QuantizedLayout, WeightSource, write_quantized};
+use sha2::{Digest, Sha256};
+
+use super::{Check, DResult, DownloadError, DownloadPlan, FilePlan, PartFile, Store};
+use crate::error::{Error, Result};
+use crate::weights::{QuantizedLayout, Resume, WeightSource, write_quantized_from};
+
+/// How often a copy being written records how far it got: every 64 MiB.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+/// Bytes read back at a time to hash the part of a copy written before a resume.
+const REHASH_CHUNK: u64 = 8 << 20;
+
+/// A stored copy, committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFile {
+    /// Its path, size and SHA-256 (no URL: it was made, not fetched).
+    pub file: FilePlan,
+    /// The byte this write went on from (0: written whole now).
+    pub resumed_from: u64,
+}
 
 /// Writes `layout` (made from checkpoint tensors read from `source`) as the file `path` of
-/// `plan`'s revision in `store`, committed with its size and SHA-256, and returns its
-/// [`FilePlan`] (no URL: it was made, not fetched). `progress(bytes_written, size)` after each
-/// tensor. On any error the partial file is discarded and the error returned (a full disk is
-/// [`DownloadError::QuotaExceeded`](super::DownloadError::QuotaExceeded)).
+/// `plan`'s revision in `store`, committed with its size and SHA-256. `progress(bytes_written,
+/// size)` after each tensor. A partial copy of the same layout left by an earlier write is
+/// resumed from the last tensor it holds whole (its bytes are read back for the hash). On
+/// [`Error::Cancelled`] the partial copy is kept, with its progress recorded, for the next
+/// write; on any other error it is discarded and the error returned (a full disk is
+/// [`DownloadError::QuotaExceeded`]).
 pub async fn store_quantized<St: Store, S: WeightSource>(
     store: &St,
     plan: &DownloadPlan,
@@ -23,47 +45,96 @@ pub async fn store_quantized<St: Store, S: WeightSource>(
     source: &S,
     layout: &QuantizedLayout,
     progress: impl FnMut(u64, u64),
-) -> Result<FilePlan> {
-    let mut file = unhashed(path, layout.size());
-    let (mut part, _) = store.open_part(plan, &file).await?;
-    let mut offset = 0u64;
-    let written = write_quantized(
-        source,
-        layout,
-        None,
-        async |bytes: &[u8]| {
-            part.write_at(offset, bytes).await?;
-            offset += bytes.len() as u64;
-            Ok(())
-        },
-        progress,
-    )
-    .await;
+) -> Result<StoredFile> {
+    let mut file = partial(path, layout);
+    let (mut part, durable) = store.open_part(plan, &file).await?;
+    let from = layout.resume_point(durable);
+    let written = write_part(&mut part, path, from, source, layout, progress).await;
     let hash = match written {
         Ok(hash) => hash,
-        Err(err) => {
+        Err((err @ Error::Cancelled { .. }, reached)) => {
+            // Kept for the next load, which goes on from its last whole tensor. Should this
+            // record fail, the one before still holds (it never claims more than was written).
+            let _ = part.checkpoint(reached).await;
+            return Err(err);
+        }
+        Err((err, _)) => {
             drop(part);
             store.discard(plan, &file).await?;
             return Err(err);
         }
     };
-    file.check = Check::Sha256(hash.iter().map(|b| format!("{b:02x}")).collect());
+    file.check = Check::Sha256(hex(&hash));
     if let Err(err) = store.commit(plan, &file, part).await {
         store.discard(plan, &file).await?;
         return Err(err.into());
     }
-    Ok(file)
+    Ok(StoredFile {
+        file,
+        resumed_from: from,
+    })
 }
 
-/// A plan for the derived file `path` before its hash is known. A partial copy is never
-/// resumed (no checkpoint is written), so its placeholder hash never matches a resume point.
-fn unhashed(path: &str, size: u64) -> FilePlan {
+/// Hashes the `from` bytes the part already holds, then writes the rest of `layout` into it,
+/// recording its progress every [`CHECKPOINT_BYTES`]. On error, also how far the durable
+/// writing got.
+async fn write_part<P: PartFile, S: WeightSource>(
+    part: &mut P,
+    path: &str,
+    from: u64,
+    source: &S,
+    layout: &QuantizedLayout,
+    progress: impl FnMut(u64, u64),
+) -> std::result::Result<[u8; 32], (Error, u64)> {
+    let mut hash = Sha256::new();
+    let mut at = 0;
+    while at < from {
+        let n = (from - at).min(REHASH_CHUNK);
+        let bytes = part.read_at(at, n).await.map_err(|e| (e.into(), 0))?;
+        if bytes.len() as u64 != n {
+            let reason = format!("{} bytes read back at {at}, {n} expected", bytes.len());
+            let file = path.to_owned();
+            return Err((DownloadError::Storage { file, reason }.into(), 0));
+        }
+        hash.update(&bytes);
+        at += n;
+    }
+    let (mut offset, mut recorded) = (from, from);
+    let start = Resume { offset: from, hash };
+    let result = write_quantized_from(
+        source,
+        layout,
+        None,
+        start,
+        async |bytes: &[u8]| {
+            part.write_at(offset, bytes).await?;
+            offset += bytes.len() as u64;
+            if offset - recorded >= CHECKPOINT_BYTES {
+                part.checkpoint(offset).await?;
+                recorded = offset;
+            }
+            Ok(())
+        },
+        progress,
+    )
+    .await;
+    result.map_err(|e| (e, offset))
+}
+
+/// The plan of the partial copy at `path`: its SHA-256 is not known until it is written, so
+/// the layout's [identity](QuantizedLayout::identity) stands for it; a partial file is
+/// resumed only by a writer of the same layout.
+fn partial(path: &str, layout: &QuantizedLayout) -> FilePlan {
     FilePlan {
         path: path.to_owned(),
-        size,
-        check: Check::Sha256("0".repeat(64)),
+        size: layout.size(),
+        check: Check::Sha256(hex(&layout.identity())),
         url: String::new(),
     }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Removes every trace of the derived file `path` of `plan`'s revision from `store`: the file
@@ -73,5 +144,11 @@ pub async fn discard_derived<St: Store>(
     plan: &DownloadPlan,
     path: &str,
 ) -> DResult<()> {
-    store.discard(plan, &unhashed(path, 0)).await
+    let any = FilePlan {
+        path: path.to_owned(),
+        size: 0,
+        check: Check::Sha256("0".repeat(64)),
+        url: String::new(),
+    };
+    store.discard(plan, &any).await
 }

@@ -302,6 +302,8 @@ pub enum StoredCopy {
         millis: f64,
         /// Bytes of the checkpoint it replaces that were removed.
         freed: u64,
+        /// Bytes an earlier load had written before it was cut short (0: written whole now).
+        resumed_from: u64,
     },
     /// It could not be stored (the reason); the component is quantized at load instead.
     NotStored(String),
@@ -331,11 +333,20 @@ impl StoredCopy {
                 bytes,
                 millis,
                 freed: f,
+                resumed_from,
             } => Some(format!(
-                "{what} was quantized to {bits} bits and stored in this browser ({}, {:.1} s): \
+                "{what} was quantized to {bits} bits and stored in this browser ({}, {:.1} s{}): \
                  later loads read that copy.{}",
                 mb(*bytes),
                 millis / 1000.0,
+                match resumed_from {
+                    0 => String::new(),
+                    &b if b < 1_000_000 => format!(
+                        ", going on from the {:.1} KB an earlier load wrote",
+                        b as f64 / 1e3
+                    ),
+                    &b => format!(", going on from the {} an earlier load wrote", mb(b)),
+                },
                 freed(*f)
             )),
             StoredCopy::NotStored(reason) => Some(format!(
@@ -364,7 +375,8 @@ const STORED_COMPONENTS: [(&str, &str); 2] = [
 /// (no room, a storage error), nothing is left of it and that component is quantized at load
 /// as before. `storage_free` (the test parameter `?storage-free=`) caps the free storage
 /// counted on. Once `stop()` says so (the page's Cancel), the copy being written stops at its
-/// next read, is discarded, and the error is [`Error::Cancelled`]. Returns the page's
+/// next read and the error is [`Error::Cancelled`]; the copy keeps what it wrote, and the
+/// next load goes on from its last whole tensor (as after a closed tab). Returns the page's
 /// sentences about what happened.
 pub async fn use_stored_copies(
     cached: &mut CachedModel,
@@ -441,12 +453,12 @@ async fn stored_copy(
                 progress(d, t)
             })
             .await
-            .map(|file| (file, Some(js_sys::Date::now() - start)))
+            .map(|s| (s.file, Some((js_sys::Date::now() - start, s.resumed_from))))
         }
     };
-    let (file, millis) = match made {
+    let (file, made_now) = match made {
         Ok(done) => done,
-        // Cancelled: the partial copy is already discarded, and the load stops here.
+        // Cancelled: the partial copy keeps what it wrote for the next load; this one stops.
         Err(err @ Error::Cancelled { .. }) => return Err(err),
         Err(err) => return Ok(StoredCopy::NotStored(err.to_string())),
     };
@@ -483,11 +495,12 @@ async fn stored_copy(
             .sum();
         cached.replaced.push((prefix, replaced));
     }
-    Ok(match millis {
-        Some(millis) => StoredCopy::Made {
+    Ok(match made_now {
+        Some((millis, resumed_from)) => StoredCopy::Made {
             bytes,
             millis,
             freed,
+            resumed_from,
         },
         None => StoredCopy::Reused { bytes, freed },
     })

@@ -99,6 +99,9 @@ pub struct RunPanel {
     busy: Cell<bool>,
     /// A load is in flight (`busy` too).
     loading: Cell<bool>,
+    /// The load's current phase (its progress line's component), when it was first reported
+    /// and the bytes then: for its rate and time left.
+    load_phase: RefCell<Option<(String, f64, u64)>>,
     /// When the run started and when denoising started (`performance`-free: `Date.now()`).
     run_started: Cell<f64>,
     denoise_started: Cell<Option<(f64, usize)>>,
@@ -151,6 +154,7 @@ impl RunPanel {
             loaded: RefCell::new(None),
             busy: Cell::new(false),
             loading: Cell::new(false),
+            load_phase: RefCell::new(None),
             run_started: Cell::new(0.0),
             denoise_started: Cell::new(None),
         });
@@ -373,11 +377,26 @@ impl RunPanel {
                 let total = bytes_total.unwrap_or(0).max(1);
                 self.load_progress.set_max(total as f64);
                 self.load_progress.set_value(bytes_read as f64);
+                // Rate and time left over this phase of the load (the copy, the weights).
+                let now = js_sys::Date::now();
+                let mut phase = self.load_phase.borrow_mut();
+                if phase.as_ref().is_none_or(|p| p.0 != component) {
+                    *phase = Some((component.clone(), now, bytes_read));
+                }
+                let (t0, b0) = phase.as_ref().map_or((now, bytes_read), |p| (p.1, p.2));
+                drop(phase);
+                let elapsed_s = (now - t0) / 1000.0;
+                let rate = match elapsed_s >= 1.0 && bytes_read > b0 {
+                    true => (bytes_read - b0) as f64 / elapsed_s,
+                    false => 0.0,
+                };
+                let eta = (rate > 0.0).then(|| total.saturating_sub(bytes_read) as f64 / rate);
                 self.set_model_status(
                     &format!(
-                        "Loading {component}: {} of {}…",
+                        "Loading {component}: {} of {}{}…",
                         megabytes(bytes_read),
-                        megabytes(total)
+                        megabytes(total),
+                        rate_and_eta(rate, eta)
                     ),
                     false,
                 );
@@ -481,8 +500,8 @@ impl RunPanel {
                 self.load_ended();
                 self.set_model_status(
                     &format!(
-                        "Loading cancelled ({at}): no model is loaded. Nothing half-made was \
-                         kept; Load starts again."
+                        "Loading cancelled ({at}): no model is loaded. A quantized copy being \
+                         written keeps what it wrote; the next Load goes on from there."
                     ),
                     false,
                 );
@@ -850,24 +869,15 @@ impl RunPanel {
         }
         self.download_progress.set_max(p.total_bytes.max(1) as f64);
         self.download_progress.set_value(p.done_bytes as f64);
-        let rate = if p.rate_bytes_per_s > 0.0 {
-            format!(" · {}/s", human_bytes(p.rate_bytes_per_s as u64))
-        } else {
-            String::new()
-        };
-        let eta = match p.eta_s {
-            Some(s) if p.done_bytes < p.total_bytes => {
-                format!(" · about {} left", duration(s * 1000.0))
-            }
-            _ => String::new(),
-        };
+        let eta = p.eta_s.filter(|_| p.done_bytes < p.total_bytes);
         self.set_download_status(
             &format!(
-                "Downloading: {} of {} ({} of {} files verified){rate}{eta}",
+                "Downloading: {} of {} ({} of {} files verified){}",
                 human_bytes(p.done_bytes),
                 human_bytes(p.total_bytes),
                 p.files_done,
-                p.files_total
+                p.files_total,
+                rate_and_eta(p.rate_bytes_per_s, eta)
             ),
             false,
         );
@@ -1117,6 +1127,7 @@ impl RunPanel {
     /// A load is over (loaded, failed, cancelled): its progress and Cancel go away.
     fn load_ended(&self) {
         self.loading.set(false);
+        self.load_phase.borrow_mut().take();
         self.busy.set(false);
         self.load_progress.set_hidden(true);
     }
@@ -1210,6 +1221,17 @@ fn storage_set(key: &str, value: &str) {
     {
         f.call2(&storage, &key.into(), &value.into()).ok();
     }
+}
+
+/// ` · 12.0 MB/s · about 3 s left` (the parts known: nothing before a rate is).
+fn rate_and_eta(rate_bytes_per_s: f64, eta_s: Option<f64>) -> String {
+    if rate_bytes_per_s <= 0.0 {
+        return String::new();
+    }
+    let eta = eta_s.map_or(String::new(), |s| {
+        format!(" · about {} left", duration(s * 1000.0))
+    });
+    format!(" · {}/s{eta}", human_bytes(rate_bytes_per_s as u64))
 }
 
 /// What the stored quantized copies add to the cache line: their size, and the checkpoint

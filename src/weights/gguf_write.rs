@@ -170,6 +170,26 @@ pub enum CopyContents {
 }
 
 impl QuantizedLayout {
+    /// Where a write cut short after `durable` bytes can go on from
+    /// ([`write_quantized_from`]): the end of the last tensor wholly inside them, or of the
+    /// header; 0 when not even the header is.
+    pub fn resume_point(&self, durable: u64) -> u64 {
+        let header = self.header.len() as u64;
+        let tensors = self.tensors.iter().map(|t| t.offset + t.len);
+        std::iter::once(header)
+            .chain(tensors)
+            .filter(|&end| end <= durable)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// What tells this layout from any other: the SHA-256 of its header, which holds every
+    /// tensor's name, type, shape and offset and the revision it was made from. A copy cut
+    /// short is resumed only by a writer of the same layout.
+    pub fn identity(&self) -> [u8; 32] {
+        Sha256::digest(&self.header).into()
+    }
+
     /// Plans `folder`'s tensors (in stored order; all of them or the linear weights only, as
     /// `contents` says) with the linear weights (`is_linear(key, shape)`, 2-D `[d_out, d_in]`
     /// with `d_in` a multiple of 32) in `precision` (`Q8` or `Q4`), and `metadata` after the
@@ -333,18 +353,66 @@ pub async fn write_quantized<S: WeightSource>(
     source: &S,
     layout: &QuantizedLayout,
     read_chunk: Option<u64>,
+    sink: impl AsyncFnMut(&[u8]) -> Result<()>,
+    progress: impl FnMut(u64, u64),
+) -> Result<[u8; 32]> {
+    let start = Resume {
+        offset: 0,
+        hash: Sha256::new(),
+    };
+    write_quantized_from(source, layout, read_chunk, start, sink, progress).await
+}
+
+/// Where a write of a [`QuantizedLayout`] goes on from: `offset`, a point
+/// [`QuantizedLayout::resume_point`] gave (0, the end of the header, or the end of a tensor),
+/// and `hash`, the SHA-256 state of the file's bytes before it.
+#[derive(Clone)]
+pub struct Resume {
+    /// Bytes of the file already written (and hashed into `hash`).
+    pub offset: u64,
+    /// The SHA-256 of those bytes, not finalized.
+    pub hash: Sha256,
+}
+
+/// [`write_quantized`] for the bytes from `from.offset` on: the sink receives them in order
+/// from there, tensors wholly before it are not read, and the SHA-256 returned is the whole
+/// file's (`from.hash` holds the part before). An offset that is not a resume point is an
+/// error.
+pub async fn write_quantized_from<S: WeightSource>(
+    source: &S,
+    layout: &QuantizedLayout,
+    read_chunk: Option<u64>,
+    from: Resume,
     mut sink: impl AsyncFnMut(&[u8]) -> Result<()>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<[u8; 32]> {
     let bits = layout.bits;
     let chunk = read_chunk.unwrap_or(DEFAULT_READ_CHUNK).max(1);
-    let mut hash = Sha256::new();
-    hash.update(&layout.header);
-    sink(&layout.header).await?;
-    let mut written = layout.header.len() as u64;
+    if layout.resume_point(from.offset) != from.offset {
+        return Err(Error::Input {
+            model: "quantized copy writer",
+            reason: format!(
+                "byte {} is not where a write can go on from (the end of the header or of a \
+                 tensor)",
+                from.offset
+            ),
+        });
+    }
+    let mut hash = from.hash;
+    let mut written = from.offset;
+    if written == 0 {
+        hash.update(&layout.header);
+        sink(&layout.header).await?;
+        written = layout.header.len() as u64;
+    } else {
+        progress(written, layout.size);
+    }
     let (mut buf, mut out) = (Vec::<u8>::new(), Vec::<u8>::new());
     let (mut words, mut scales) = (Vec::<u32>::new(), Vec::<f16>::new());
     for t in &layout.tensors {
+        if t.offset + t.len <= from.offset {
+            continue; // written before
+        }
         if t.offset > written {
             let pad = vec![0; (t.offset - written) as usize];
             hash.update(&pad);

@@ -37,8 +37,8 @@ pub mod synthetic;
 
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
 pub use gguf_write::{
-    CopyContents, QuantizedLayout, STORED_FORMAT, open_stored_copy, stored_copy_path,
-    write_quantized,
+    CopyContents, QuantizedLayout, Resume, STORED_FORMAT, open_stored_copy, stored_copy_path,
+    write_quantized, write_quantized_from,
 };
 pub use loader::{
     DEFAULT_READ_CHUNK, LinearLoad, Precision, TensorLoader, split_rows, weight_row_bytes,

@@ -640,7 +640,8 @@ impl<S: WeightSource> WeightSource for FailingAfter<S> {
 
 /// `download::derived::store_quantized` writes the stored copy through a download store's
 /// partial-file protocol: committed only once complete, with the SHA-256 of its bytes (the
-/// bytes `write_quantized` makes); a failure mid-copy leaves nothing behind.
+/// bytes `write_quantized` makes); a failure mid-copy leaves nothing behind, a cancel leaves
+/// the partial copy, which the next write goes on with.
 #[test]
 fn the_stored_copy_is_committed_only_when_complete() {
     use qwen_layered_web::download::derived::{discard_derived, store_quantized};
@@ -690,8 +691,9 @@ fn the_stored_copy_is_committed_only_when_complete() {
     assert!(err.contains("simulated read failure"), "{err}");
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
 
-    // Cancelled mid-copy (the page's Cancel during a first load): the same, and the error is
-    // the cancel, so the caller stops instead of loading on without the copy.
+    // Cancelled mid-copy (the page's Cancel during a first load): the error is the cancel, so
+    // the caller stops instead of loading on without the copy, and the partial copy stays,
+    // uncommitted, with how far it got.
     let reads = std::cell::Cell::new(0);
     let stop = || {
         reads.set(reads.get() + 1);
@@ -712,17 +714,56 @@ fn the_stored_copy_is_committed_only_when_complete() {
         "{err}"
     );
     assert_eq!(reads.get(), 6, "stopped at the first read after the cancel");
-    assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
+    let mut left = leftovers();
+    left.sort();
+    assert_eq!(
+        left,
+        ["stored-q4_0.gguf.part", "stored-q4_0.gguf.part.json"].map(std::ffi::OsString::from)
+    );
 
-    let file = pollster::block_on(store_quantized(
+    // The next write goes on after the 5 tensors written whole, reads only the rest, and
+    // commits exactly the bytes (and SHA-256) of a write in one go.
+    let total_reads = {
+        let n = std::cell::Cell::new(0);
+        let count = || {
+            n.set(n.get() + 1);
+            false
+        };
+        pollster::block_on(write_quantized(
+            &Cancellable::new(&src, &count),
+            &layout,
+            None,
+            async |_: &[u8]| Ok(()),
+            |_, _| {},
+        ))
+        .expect("written");
+        n.get()
+    };
+    reads.set(0);
+    let counting = || {
+        reads.set(reads.get() + 1);
+        false
+    };
+    let stored = pollster::block_on(store_quantized(
         &store,
         &plan,
         path,
-        &src,
+        &Cancellable::new(&src, &counting),
         &layout,
         |_, _| {},
     ))
     .expect("stored");
+    assert!(stored.resumed_from > 0, "resumed");
+    assert_eq!(
+        layout.resume_point(stored.resumed_from),
+        stored.resumed_from
+    );
+    assert_eq!(
+        reads.get(),
+        total_reads - 5,
+        "only the tensors not written before"
+    );
+    let file = stored.file;
     let (bytes, hash) = stored_copy(Precision::Q4, None);
     let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(file.check, Check::Sha256(hex));
