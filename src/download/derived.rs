@@ -75,6 +75,18 @@ pub async fn store_quantized<St: Store, S: WeightSource>(
     })
 }
 
+/// Bytes of `path`'s partial copy of `layout` that a write would go on from (0: none, or one
+/// of another layout): what it does not need room for.
+pub async fn partial_bytes<St: Store>(
+    store: &St,
+    plan: &DownloadPlan,
+    path: &str,
+    layout: &QuantizedLayout,
+) -> DResult<u64> {
+    let durable = store.present_bytes(plan, &partial(path, layout)).await?;
+    Ok(layout.resume_point(durable))
+}
+
 /// Hashes the `from` bytes the part already holds, then writes the rest of `layout` into it,
 /// recording its progress every [`CHECKPOINT_BYTES`]. On error, also how far the durable
 /// writing got.

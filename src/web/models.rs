@@ -18,7 +18,7 @@ use super::opfs::{
     MODELS_DIR, OpfsSource, OpfsStore, check_quota, read_record, remove_record, storage_status,
     write_record,
 };
-use crate::download::derived::{discard_derived, store_quantized};
+use crate::download::derived::{discard_derived, partial_bytes, store_quantized};
 use crate::download::{
     DResult, DownloadError, DownloadOptions, DownloadPlan, FilePlan, Progress, Session, Store,
     discover, download_plan, remaining_bytes,
@@ -440,11 +440,14 @@ async fn stored_copy(
                 // The test parameter: no more room than this.
                 status.quota = status.quota.min(status.usage.saturating_add(free));
             }
-            if check_quota(layout.size(), &status).is_err() {
+            // What a copy cut short holds already needs no more room.
+            let partial = partial_bytes(&store, &plan, &path, &layout).await?;
+            let needed = layout.size() - partial;
+            if check_quota(needed, &status).is_err() {
                 let free = status.quota.saturating_sub(status.usage);
                 return Ok(StoredCopy::NotStored(format!(
-                    "not enough browser storage: the copy needs {:.1} MB, {:.1} MB are free",
-                    layout.size() as f64 / 1e6,
+                    "not enough browser storage: the copy needs {:.1} MB more, {:.1} MB are free",
+                    needed as f64 / 1e6,
                     free as f64 / 1e6
                 )));
             }
