@@ -6,10 +6,10 @@
 //! `ArrayBuffer`s instead of cloning them (see [`Rgba`]).
 //!
 //! A session: `ProbeGpu` → `Gpu` + `SelfTest`; `LoadModel` → `MemoryPlan`, `LoadProgress`… →
-//! `ModelLoaded` (or `LoadFailed`, or `LoadCancelled` after `Cancel`); a phased model's runs post `MemoryPlan` and `RunLoading`
-//! for each phase's load; `Decompose` → `RunProgress`… (with an empty prompt first `RunProgress`
-//! `captioning` and `CaptionProgress` per generated token) → `Layers` (or `Cancelled` after
-//! `Cancel`, or `RunFailed`); `Unload` → `Unloaded`.
+//! `ModelLoaded` (or `LoadFailed`, or `LoadCancelled` after `Cancel`); a phased model's runs
+//! post `MemoryPlan` and `RunLoading` for each phase's load; `Decompose` → `RunProgress`…
+//! (with an empty prompt first `RunProgress` `captioning` and `CaptionProgress` per generated
+//! token) → `Layers` (or `Cancelled` after `Cancel`, or `RunFailed`); `Unload` → `Unloaded`.
 
 use serde::{Deserialize, Serialize};
 
@@ -302,7 +302,7 @@ pub enum ToWorker {
     Decompose(DecomposeRequest),
     /// Stop the task in flight: a decomposition after its current step (or at its next weight
     /// read, while a phase of it loads), a load at its next weight read (a stored copy being
-    /// made is discarded).
+    /// written keeps what it wrote, uncommitted, for the next load).
     Cancel,
     /// Free the loaded model.
     Unload,
@@ -415,8 +415,8 @@ pub enum FromWorker {
         #[serde(default)]
         note: Option<String>,
     },
-    /// The load stopped after a `Cancel`; no model is loaded, and no stored copy was left
-    /// half-made.
+    /// The load stopped after a `Cancel`; no model is loaded, and no stored copy is committed
+    /// half-made (a copy being written keeps its bytes for the next load to go on from).
     LoadCancelled {
         /// Where it stopped, e.g. "before reading transformer/x.safetensors".
         at: String,

@@ -444,6 +444,8 @@ async fn stored_copy(
             let partial = partial_bytes(&store, &plan, &path, &layout).await?;
             let needed = layout.size() - partial;
             if check_quota(needed, &status).is_err() {
+                // Not stored: what a copy cut short holds would only take room.
+                discard_derived(&store, &plan, &path).await?;
                 let free = status.quota.saturating_sub(status.usage);
                 return Ok(StoredCopy::NotStored(format!(
                     "not enough browser storage: the copy needs {:.1} MB more, {:.1} MB are free",

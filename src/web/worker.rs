@@ -10,11 +10,11 @@
 //! every denoising step, so a [`ToWorker::Cancel`] arriving meanwhile is seen before the next
 //! one starts. Weight reads are cancellable too ([`Counted`], [`Cancellable`]): a load (or a
 //! phase of a run loading its weights, or a streamed ring reading blocks) stops at its next
-//! read, and a stored copy being made is discarded; the load ends with
-//! [`FromWorker::LoadCancelled`], the run with [`FromWorker::Cancelled`]. Loading a model frees the previous one first; the model loads from the verified
-//! OPFS cache ([`super::models::CachedModel`]) once the source has been downloaded. A download
-//! (at most one) runs beside the other tasks; [`ToWorker::CancelDownload`] stops it between
-//! chunks.
+//! read, and a stored copy being written keeps what it wrote for the next load; the load ends
+//! with [`FromWorker::LoadCancelled`], the run with [`FromWorker::Cancelled`]. Loading a model
+//! frees the previous one first; the model loads from the verified OPFS cache
+//! ([`super::models::CachedModel`]) once the source has been downloaded. A download (at most
+//! one) runs beside the other tasks; [`ToWorker::CancelDownload`] stops it between chunks.
 //!
 //! An empty prompt (`""` or `" "`) is captioned first, as the reference pipeline does
 //! (`get_image_caption` of the picture resized to the working size, English template as the
