@@ -1,9 +1,10 @@
 //! The page's model controls (in `#settings`): pick a model source from `models.json`, see its
 //! size and what the browser's cache holds of it, download it (progress, rate, ETA, Cancel,
 //! resume after a reload, refused up front when storage is short), delete it, load it from the
-//! verified cache with progress and Cancel, decompose the open picture (or the selected layer: "Decompose
-//! layer") with per-step progress, elapsed time, ETA and Cancel, and hand the layers to the page
-//! ([`show_layers`], or [`super::editor_ui::replace_layer`] in place of the layer).
+//! verified cache (progress, rate, ETA, Cancel), decompose the open picture (or the selected
+//! layer: "Decompose layer") with per-step progress, elapsed time, ETA and Cancel, and hand the
+//! layers to the page ([`show_layers`], or [`super::editor_ui::replace_layer`] in place of the
+//! layer).
 //!
 //! An empty prompt is captioned by the worker first: the caption grows in `#run-caption` as its
 //! tokens arrive, and stays there with "Use as prompt" once the run is done (the prompt field
@@ -12,7 +13,8 @@
 //! State flags on `<body>` for tests and styles: `data-models` (`ready` / `failed`),
 //! `data-cache` (`unknown` / `none` / `partial` / `cached`, for the chosen source),
 //! `data-download` (`running` / `done` / `cancelled` / `failed`), `data-model` (`loading` /
-//! `loaded` / `cancelled` / `failed` / `none`), `data-run` (`running` / `done` / `cancelled` / `failed`).
+//! `loaded` / `cancelled` / `failed` / `none`), `data-run` (`running` / `done` / `cancelled` /
+//! `failed`).
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
