@@ -476,18 +476,19 @@ async fn load_cached(
     device: &Device,
 ) -> Result<Model> {
     let configs = ModelConfigs::read(&cached).await?;
+    // Headers only: what the text side takes on the device, for the plan and the size check.
+    let text_kept = text_kept_bytes(&cached, source).await?;
     let planned = match &memory {
         Some(m) => {
             let side = m.resolution as usize;
-            let text_kept = text_kept_bytes(&cached, source).await?;
             let plan = plan(&configs, source, m, (side, side), m.layers, Some(text_kept))?;
             post_plan(&source.id, &plan, &configs, m, !plan.keep_loaded);
-            Some((plan, text_kept))
+            Some(plan)
         }
         None => None,
     };
     match (planned, memory) {
-        (Some((plan, _)), Some(memory)) if !plan.keep_loaded => {
+        (Some(plan), Some(memory)) if !plan.keep_loaded => {
             let captioner = Captioner::available(&cached).await?;
             Ok(Model::Phased(Rc::new(PhasedModel {
                 source: source.clone(),
@@ -498,8 +499,7 @@ async fn load_cached(
             })))
         }
         (plan, memory) => {
-            let max_part_bytes = plan.as_ref().map(|(p, _)| p.estimate.max_tensor_bytes);
-            let text_kept = plan.as_ref().map_or(0, |(_, bytes)| *bytes);
+            let max_part_bytes = plan.as_ref().map(|p| p.estimate.max_tensor_bytes);
             let model = load_model(
                 cached,
                 source,
@@ -510,7 +510,7 @@ async fn load_cached(
                 text_kept,
             )
             .await?;
-            if let Some((plan, _)) = plan {
+            if let Some(plan) = plan {
                 plan.apply(&mut model.pipeline.borrow_mut());
             }
             Ok(Model::Resident(Rc::new(model)))
@@ -519,7 +519,8 @@ async fn load_cached(
 }
 
 /// Loads the pipeline from the cached source in the precisions its registry entry names,
-/// posting [`FromWorker::LoadProgress`] as bytes arrive. The text encoder's token embedding
+/// posting [`FromWorker::LoadProgress`] as bytes arrive; `text_kept` is what the text side
+/// takes on the device ([`text_kept_bytes`]). The text encoder's token embedding
 /// is not loaded: its rows are read from `cached` when prompts are encoded.
 async fn load_model(
     cached: CachedModel,
@@ -542,10 +543,8 @@ async fn load_model(
     };
     let captioning = Captioner::available(&cached).await?;
     // The text encoder at its precision, without its gathered embedding (and with the vision
-    // tower and lm_head only when captioning loads them).
-    let text_folder = SafetensorsFolder::open(&cached, "text_encoder").await?;
-    let mut bytes =
-        text_encoder::device_bytes(&text_folder, text_load.options(captioning), captioning);
+    // tower and lm_head only when captioning loads them): `text_kept`.
+    let mut bytes = text_kept;
     bytes += 4 * SafetensorsFolder::open(&cached, "vae").await?.value_count();
     let transformer_values = match &cached.gguf {
         Some(file) => GgufFile::open(&cached, file)
