@@ -33,8 +33,8 @@ mod native {
     };
     use qwen_layered_web::model::transformer::{BlockLimits, QwenImageTransformerBlock};
     use qwen_layered_web::weights::{
-        CopyContents, DEFAULT_READ_CHUNK, DirSource, GgufFile, Precision, QuantizedLayout,
-        QuantizedMatrix, SafetensorsFolder, TensorLoader, WeightSource, write_quantized,
+        Checkpoint, DEFAULT_READ_CHUNK, DirSource, GgufFile, Precision, QuantizedLayout,
+        QuantizedMatrix, SafetensorsFolder, WeightSource, write_quantized,
     };
 
     const USAGE: &str = "usage: qwen-layered-bench <command> [options]
@@ -86,9 +86,9 @@ commands:
              with a raw sequential read of the same file in the loader's read steps (8 MiB into
              one reused buffer); warm: the file in the page cache (read once first), cold:
              evicted from it (posix_fadvise DONTNEED) before each timed run
-             [--stored]: first write the stored quantized copy of its linear weights
-             (PATH.stored-q4_0.gguf, as the page keeps after a first load; timed), then load
-             through it (the rest from PATH) against a raw read of the copy
+             [--stored]: first write its stored quantized copy (PATH.stored-q4_0.gguf, every
+             tensor, the linear weights quantized, as the page keeps after a first load;
+             timed), then load from it against a raw read of the copy
   help       print this text";
 
     fn usage_error(msg: impl Into<String>) -> Fail {
@@ -944,7 +944,7 @@ commands:
             false => None,
         };
         // The timed raw read: the file, or (with --stored) the copy, which the load reads
-        // instead of the linear weights.
+        // instead.
         let raw_path = match &stored {
             Some(copy) => dir.join(copy),
             None => path.to_path_buf(),
@@ -998,8 +998,8 @@ commands:
         Ok(())
     }
 
-    /// Writes the stored quantized copy of `file`'s linear weights (every 2-D `*.weight`, as
-    /// [`load_all`] takes them) in `precision` beside it, timed; its file name.
+    /// Writes the stored quantized copy of `file` (every tensor; its linear weights, every 2-D
+    /// `*.weight` as [`load_all`] takes them, in `precision`) beside it, timed; its file name.
     fn write_stored(
         source: &DirSource,
         dir: &Path,
@@ -1012,8 +1012,7 @@ commands:
             &[file.to_owned()],
         ))?;
         let is_linear = |key: &str, shape: &[usize]| shape.len() == 2 && key.ends_with(".weight");
-        let only = CopyContents::LinearOnly;
-        let layout = QuantizedLayout::new(&folder, precision, only, "bench", is_linear, &[])?;
+        let layout = QuantizedLayout::new(&folder, precision, "bench", is_linear, &[])?;
         let copy = format!("{file}.stored-{}_0.gguf", name(precision));
         let path = dir.join(&copy);
         let mut out = std::io::BufWriter::with_capacity(8 << 20, std::fs::File::create(&path)?);
@@ -1047,8 +1046,8 @@ commands:
     }
 
     /// Loads every tensor of `file` as the models do (2-D `*.weight` as linear layers with
-    /// their bias, anything else as a plain tensor), the linear weights from the stored copy
-    /// `stored` when given; what was loaded.
+    /// their bias, anything else as a plain tensor), or of its stored copy `stored` when
+    /// given; what was loaded.
     async fn load_all(
         source: &DirSource,
         file: &str,
@@ -1056,28 +1055,28 @@ commands:
         device: &Device,
         precision: Precision,
     ) -> Result<(Vec<Linear>, Vec<Tensor<1>>), Fail> {
-        let folder = SafetensorsFolder::open_files(source, "", &[file.to_owned()]).await?;
-        let keys: Vec<String> = folder.keys().map(str::to_owned).collect();
-        let copy = match stored {
-            Some(name) => Some(GgufFile::open(source, name).await?),
-            None => None,
+        let weights = match stored {
+            Some(name) => Checkpoint::Gguf(GgufFile::open(source, name).await?),
+            None => Checkpoint::Safetensors(
+                SafetensorsFolder::open_files(source, "", &[file.to_owned()]).await?,
+            ),
         };
-        let loader = match &copy {
-            Some(copy) => TensorLoader::with_stored_copy(source, &folder, copy, device)?,
-            None => TensorLoader::new(source, &folder, device),
-        };
-        let mut loader = loader.with_precision(precision);
+        let keys: Vec<String> = weights.keys().into_iter().map(str::to_owned).collect();
+        let mut loader = weights.loader(source, device).with_precision(precision);
         let mut kept: Vec<Tensor<1>> = Vec::new();
         let mut linears: Vec<Linear> = Vec::new();
         for key in &keys {
-            let shape = folder.get(key).map(|e| e.shape.clone()).unwrap_or_default();
+            let shape = weights
+                .shape(key)
+                .map(<[usize]>::to_vec)
+                .unwrap_or_default();
             if let (Some(prefix), [d_out, d_in]) = (key.strip_suffix(".weight"), &shape[..]) {
-                let bias = folder.get(&format!("{prefix}.bias")).is_some();
+                let bias = weights.contains(&format!("{prefix}.bias"));
                 linears.push(loader.linear(prefix, *d_in, *d_out, bias).await?);
             } else if key.strip_suffix(".bias").is_some_and(|prefix| {
-                folder
-                    .get(&format!("{prefix}.weight"))
-                    .is_some_and(|e| e.shape.len() == 2)
+                weights
+                    .shape(&format!("{prefix}.weight"))
+                    .is_some_and(|s| s.len() == 2)
             }) {
                 // Taken with its weight.
             } else {

@@ -99,9 +99,10 @@ commands:
              a first load; decompose --transformer-gguf F.gguf --precision q4|q8 then loads
              exactly the model it would quantize at load, without reading bf16 again
              --model DIR --precision q8|q4 --out F.gguf
-             --component text_encoder: the text encoder's linear weights only, written
-             beside its checkpoint (DIR/text_encoder/qwen-layered-v<format>-q4_0.gguf),
-             where every command with --text-precision q4 (or q8) finds and reads it
+             --component text_encoder: the whole text encoder, written beside its
+             checkpoint (DIR/text_encoder/qwen-layered-v<format>-q4_0.gguf), where every
+             command with --text-precision q4 (or q8) finds it and reads it instead of the
+             checkpoint (which may then be removed)
   gpu        acquire the native wgpu device Burn uses, print its adapter, limits and features,
              and check a 256x256x256 matmul on it against the CPU backend
   fetch      REPO: download a model repository (owner/name) into a local cache folder,
@@ -270,7 +271,7 @@ commands:
         if let (Some(model), Some(copy)) = (opts.get("--model"), beside)
             && Path::new(model).join(&copy).is_file()
         {
-            eprintln!("text encoder: linear weights from the stored copy {model}/{copy}");
+            eprintln!("text encoder: read from the stored copy {model}/{copy}");
         }
         Ok(TextEncoderLoad {
             precision,
@@ -1197,7 +1198,7 @@ commands:
             "text_encoder" => {
                 if opts.get("--out").is_some() {
                     return Err(usage_error(
-                        "--out: the text encoder's copy is read beside its checkpoint, at \
+                        "--out: the text encoder's copy is found beside its checkpoint, at \
                          text_encoder/qwen-layered-v…-q4_0.gguf (or q8_0) in the model folder",
                     ));
                 }

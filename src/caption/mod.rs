@@ -35,7 +35,7 @@ use crate::model::text_encoder::{
 };
 use crate::model::vision::{VisionConfig, VisionTower};
 use crate::text::{PromptEncoder, QwenTokenizer, TOKENIZER_FOLDER, TextEncoderLoad};
-use crate::weights::{SafetensorsFolder, WeightSource, open_stored_copy, read_json};
+use crate::weights::{Checkpoint, Precision, WeightSource, read_json};
 
 /// The pipeline's `max_new_tokens` for captions.
 pub const DEFAULT_MAX_NEW_TOKENS: usize = 512;
@@ -168,14 +168,15 @@ impl Captioner {
         }
         // One loader for the whole checkpoint: the vision tower and the language model (with
         // lm_head) take their tensors, and `finish` refuses anything left over.
-        let folder = SafetensorsFolder::open(source, TEXT_ENCODER_FOLDER).await?;
+        // (Its stored quantized copy for the precision when there is one.)
+        let weights = Checkpoint::open(source, TEXT_ENCODER_FOLDER, options.precision).await?;
         let text_cfg = QwenTextConfig::from_json(&cfg, cfg_file)?;
-        let stored = open_stored_copy(source, TEXT_ENCODER_FOLDER, options.precision).await?;
-        let mut l = text_encoder::loader(source, &folder, stored.as_ref(), device)?
+        let mut l = weights
+            .loader(source, device)
             .with_precision(options.precision);
         let vision = VisionTower::load(&mut l, "visual.", vision_cfg).await?;
-        let lm =
-            QwenLanguageModel::load_with(&text_cfg, &folder, &mut l, options.options(true)).await?;
+        let lm = QwenLanguageModel::load_with(&text_cfg, &weights, &mut l, options.options(true))
+            .await?;
         l.finish()?;
         let text_eos: Vec<u32> = match cfg.get("text_config").and_then(|t| t.get("eos_token_id")) {
             Some(serde_json::Value::Number(n)) => {
@@ -211,18 +212,16 @@ impl Captioner {
     /// Whether `source` (a Qwen-Image-Layered folder) holds what [`Captioner::load`] needs:
     /// the processor settings (`processor/processor_config.json` or
     /// `processor/preprocessor_config.json`) and the vision tower's weights (`visual.*` in
-    /// `text_encoder/`). Reads only small files and the weight headers.
-    pub async fn available<S: WeightSource>(source: &S) -> Result<bool> {
+    /// `text_encoder/`, in its stored copy for `precision` when there is one). Reads only
+    /// small files and the weight headers.
+    pub async fn available<S: WeightSource>(source: &S, precision: Precision) -> Result<bool> {
         let processor = source.exists("processor/processor_config.json").await?
             || source.exists("processor/preprocessor_config.json").await?;
         if !processor {
             return Ok(false);
         }
-        let folder = SafetensorsFolder::open(source, TEXT_ENCODER_FOLDER).await?;
-        let has_vision = folder
-            .keys()
-            .any(|k| k.starts_with("visual.") || k.starts_with("model.visual."));
-        Ok(has_vision)
+        let weights = Checkpoint::open(source, TEXT_ENCODER_FOLDER, precision).await?;
+        Ok(weights.keys().into_iter().any(text_encoder::is_vision_key))
     }
 
     /// A prompt encoder that shares this captioner's language model (its weights are not

@@ -977,7 +977,7 @@ mod tests {
     #[cfg(not(target_arch = "wasm32"))]
     fn the_text_encoder_estimate_is_what_loading_the_real_shapes_takes() {
         use crate::model::text_encoder::device_bytes;
-        use crate::weights::{SafetensorsFolder, SyntheticSource, SyntheticTensor};
+        use crate::weights::{Checkpoint, SafetensorsFolder, SyntheticSource, SyntheticTensor};
         let (t, v, x) = (transformer(), vae(), text());
         let (h, i) = (x.hidden_size, x.intermediate_size);
         let (q, kv) = (
@@ -1019,6 +1019,7 @@ mod tests {
         tensors.push(SyntheticTensor::linear_weight("lm_head", h, x.vocab_size));
         let src = SyntheticSource::new("te/model.safetensors", tensors, 1).unwrap();
         let folder = pollster::block_on(SafetensorsFolder::open(&src, "te")).unwrap();
+        let folder = Checkpoint::Safetensors(folder);
         for (precision, binding) in [
             (Precision::Q4, 128 * MIB),
             (Precision::Q8, 128 * MIB),

@@ -28,7 +28,8 @@ use crate::model::text_encoder;
 use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::protocol::{CacheState, ModelSource};
 use crate::weights::{
-    Cancellable, GgufFile, Precision, SafetensorsFolder, WeightSource, stored_copy_path,
+    Cancellable, Precision, SafetensorsFolder, WeightSource, stored_copy_path,
+    stored_copy_paths_ever,
 };
 
 /// The OPFS folder of the per-source records.
@@ -88,43 +89,53 @@ async fn plans(source: &ModelSource, quick: bool) -> DResult<(Vec<DownloadPlan>,
     Ok((plans_from_hub(source, &options).await?, false))
 }
 
-/// Whether `file` is a bf16 shard of the transformer's checkpoint.
-fn is_transformer_checkpoint(file: &FilePlan) -> bool {
-    file.path.starts_with("transformer/") && file.path.ends_with(".safetensors")
+/// Whether `file` is a shard of `component`'s safetensors checkpoint.
+fn is_checkpoint_of(component: &str, file: &FilePlan) -> bool {
+    file.path
+        .strip_prefix(component)
+        .is_some_and(|rest| rest.starts_with('/') && rest.ends_with(".safetensors"))
+}
+
+/// The components of [`STORED_COMPONENTS`] that `source` keeps as a whole stored copy, with
+/// the copy's path: those it loads 8-/4-bit, but the transformer when it comes from a GGUF
+/// file (no copy is made of that).
+fn copied_components(source: &ModelSource) -> Vec<(&'static str, String)> {
+    let gguf = source.parts().iter().any(|p| p.gguf.is_some());
+    STORED_COMPONENTS
+        .iter()
+        .filter(|(component, _)| !(gguf && *component == "transformer"))
+        .filter_map(|&(component, _)| {
+            Some((
+                component,
+                stored_copy_path(component, source.precision(component))?,
+            ))
+        })
+        .collect()
 }
 
 /// The checkpoint files a committed stored copy serves instead, with the index of the plan
-/// that lists them: the transformer's `*.safetensors` once its whole 8-/4-bit copy, in the
-/// precision `source` keeps it in, is committed in that plan's revision. The transformer then
-/// loads from the copy alone, so a load removes them ([`stored_copy`]), the cache state counts
-/// them as present, and a download does not fetch them again. (The text encoder's copy holds
-/// its linear weights only: its checkpoint is still read, and kept.)
+/// that lists them: a component's `*.safetensors` once its whole 8-/4-bit copy, in the
+/// precision `source` keeps it in, is committed in that plan's revision (the transformer's
+/// 41 GB and the text encoder's 16.6 GB of the real model). The component then loads from the
+/// copy alone, so a load removes them ([`stored_copy`]), the cache state counts them as
+/// present, and a download does not fetch them again.
 async fn replaced_by_copy(
     source: &ModelSource,
     plans: &[DownloadPlan],
     store: &OpfsStore,
 ) -> DResult<Vec<(usize, FilePlan)>> {
-    let Some(copy) = stored_copy_path("transformer", source.precision("transformer")) else {
-        return Ok(Vec::new());
-    };
-    if source.parts().iter().any(|p| p.gguf.is_some()) {
-        return Ok(Vec::new()); // the transformer is a GGUF file: no copy is made of it
+    let mut replaced = Vec::new();
+    for (component, copy) in copied_components(source) {
+        let of = |f: &&FilePlan| is_checkpoint_of(component, f);
+        let Some(i) = plans.iter().position(|p| p.files.iter().any(|f| of(&f))) else {
+            continue;
+        };
+        if store.committed_file(&plans[i], &copy).await?.is_none() {
+            continue;
+        }
+        replaced.extend(plans[i].files.iter().filter(of).map(|f| (i, f.clone())));
     }
-    let Some(i) = plans
-        .iter()
-        .position(|p| p.files.iter().any(is_transformer_checkpoint))
-    else {
-        return Ok(Vec::new());
-    };
-    if store.committed_file(&plans[i], &copy).await?.is_none() {
-        return Ok(Vec::new());
-    }
-    Ok(plans[i]
-        .files
-        .iter()
-        .filter(|f| is_transformer_checkpoint(f))
-        .map(|f| (i, f.clone()))
-        .collect())
+    Ok(replaced)
 }
 
 /// What the cache holds of `source`, whose files `plans` list.
@@ -271,10 +282,10 @@ pub async fn delete(source: &ModelSource) -> DResult<()> {
         for file in &plan.files {
             store.discard(plan, file).await?;
         }
-        let copies = STORED_COMPONENTS.iter().flat_map(|(component, _)| {
-            [Precision::Q8, Precision::Q4].map(|p| stored_copy_path(component, p))
-        });
-        for path in copies.flatten() {
+        let copies = STORED_COMPONENTS
+            .iter()
+            .flat_map(|(component, _)| stored_copy_paths_ever(component));
+        for path in copies {
             // Committed or cut short (a closed tab), every trace of it goes.
             discard_derived(&store, plan, &path).await?;
         }
@@ -367,17 +378,18 @@ const STORED_COMPONENTS: [(&str, &str); 2] = [
 /// encoder): makes `cached` read its stored quantized copy ([`stored_copy_path`], beside the
 /// checkpoint), writing that copy first when this revision has none (quota checked first;
 /// `progress(component, bytes_written, size)` while writing; committed only once complete).
-/// The transformer's copy is a whole GGUF file it then loads from (`cached.gguf`); the text
-/// encoder's holds its linear weights only and its loaders find it beside the checkpoint.
-/// Loading with a copy gives exactly the layers quantizing at load gives, from about a quarter
-/// (4-bit) of the bytes and with no quantization work: at every later load, every run of a
-/// phased model, and every block a streamed transformer re-reads. When a copy cannot be stored
-/// (no room, a storage error), nothing is left of it and that component is quantized at load
-/// as before. `storage_free` (the test parameter `?storage-free=`) caps the free storage
-/// counted on. Once `stop()` says so (the page's Cancel), the copy being written stops at its
-/// next read and the error is [`Error::Cancelled`]; the copy keeps what it wrote, and the
-/// next load goes on from its last whole tensor (as after a closed tab). Returns the page's
-/// sentences about what happened.
+/// A copy is the whole component, so it stands alone: the transformer then loads from it as a
+/// GGUF file (`cached.gguf`), the text encoder's loaders find it first
+/// ([`Checkpoint::open`](crate::weights::Checkpoint::open)), and the checkpoint it replaces
+/// is removed. Loading with a copy gives exactly the layers quantizing at load gives, from
+/// about a quarter (4-bit) of the bytes and with no quantization work: at every later load,
+/// every run of a phased model, and every block a streamed transformer re-reads. When a copy
+/// cannot be stored (no room, a storage error), nothing is left of it and that component is
+/// quantized at load as before. `storage_free` (the test parameter `?storage-free=`) caps the
+/// free storage counted on. Once `stop()` says so (the page's Cancel), the copy being written
+/// stops at its next read and the error is [`Error::Cancelled`]; the copy keeps what it
+/// wrote, and the next load goes on from its last whole tensor (as after a closed tab).
+/// Returns the page's sentences about what happened.
 pub async fn use_stored_copies(
     cached: &mut CachedModel,
     source: &ModelSource,
@@ -389,18 +401,27 @@ pub async fn use_stored_copies(
     for (component, what) in STORED_COMPONENTS {
         let precision = source.precision(component);
         let report = |d, t| progress(component, d, t);
+        let stale = remove_stale_copies(cached, component).await?;
         let done = stored_copy(cached, component, precision, storage_free, &report, stop).await?;
         notes.extend(done.note(what, precision));
+        if stale > 0 {
+            notes.push(format!(
+                "An older copy of the {} ({:.1} MB), of a format this version no longer reads, \
+                 was removed.",
+                what.strip_prefix("The ").unwrap_or(what).to_lowercase(),
+                stale as f64 / 1e6
+            ));
+        }
     }
     Ok((!notes.is_empty()).then(|| notes.join(" ")))
 }
 
-/// [`use_stored_copies`] for one component. Once the transformer's copy is committed (made
-/// now or before), its bf16 checkpoint is removed: the copy is the whole transformer, and
-/// nothing reads the checkpoint any more ([`replaced_by_copy`]).
+/// [`use_stored_copies`] for one component. Once its copy is committed (made now or before),
+/// its bf16 checkpoint is removed: the copy is the whole component, and nothing reads the
+/// checkpoint any more ([`replaced_by_copy`]); so are its copies of an older format.
 async fn stored_copy(
     cached: &mut CachedModel,
-    component: &str,
+    component: &'static str,
     precision: Precision,
     storage_free: Option<u64>,
     progress: &dyn Fn(u64, u64),
@@ -410,16 +431,11 @@ async fn stored_copy(
     let Some(path) = stored_copy_path(component, precision) else {
         return Ok(StoredCopy::NotUsed);
     };
-    let prefix = format!("{component}/");
-    let Some(i) = cached.parts.iter().position(|p| {
-        p.files()
-            .iter()
-            .any(|f| f.path.starts_with(&prefix) && f.path.ends_with(".safetensors"))
-    }) else {
+    let Some(i) = cached.checkpoint_part(component) else {
         return Ok(StoredCopy::NotUsed);
     };
-    if transformer && cached.gguf.is_some() {
-        return Ok(StoredCopy::NotUsed);
+    if transformer && cached.gguf.as_ref().is_some_and(|g| *g != path) {
+        return Ok(StoredCopy::NotUsed); // the transformer comes from a GGUF file
     }
     let store = OpfsStore::open().await?;
     let plan = cached.parts[i].plan().clone();
@@ -468,38 +484,12 @@ async fn stored_copy(
         Err(err) => return Ok(StoredCopy::NotStored(err.to_string())),
     };
     let bytes = file.size;
-    cached.parts[i].add_file(file);
-    let mut freed = 0;
-    if transformer {
-        cached.gguf = Some(path);
-        // The copy is committed: the checkpoint it replaces goes. Not a reason to fail the
-        // load if it cannot go now: the next load, finding the copy committed, tries again.
-        for f in plan.files.iter().filter(|f| is_transformer_checkpoint(f)) {
-            let present = store.is_committed(&plan, f).await.unwrap_or(false);
-            match store.discard(&plan, f).await {
-                Ok(()) if present => freed += f.size,
-                Ok(()) => {}
-                Err(err) => web_sys::console::warn_1(
-                    &format!(
-                        "{}: not removed now ({err}); the next load tries again",
-                        f.path
-                    )
-                    .into(),
-                ),
-            }
-        }
-    } else {
-        // The checkpoint bytes its linear weights take are not read any more.
-        let folder = SafetensorsFolder::open(&*cached, component).await?;
-        let copy = GgufFile::open(&*cached, &path).await?;
-        let replaced: u64 = copy
-            .tensors()
-            .iter()
-            .filter_map(|t| folder.get(&t.name))
-            .map(|e| e.len)
-            .sum();
-        cached.replaced.push((prefix, replaced));
-    }
+    cached.attach(i, component, file);
+    // The copy is committed: the checkpoint it replaces goes, and any copy of an older
+    // format. Not a reason to fail the load if they cannot go now: the next load, finding
+    // the copy committed, tries again.
+    let checkpoint = plan.files.iter().filter(|f| is_checkpoint_of(component, f));
+    let freed = remove_committed(&store, &plan, checkpoint.cloned()).await;
     Ok(match made_now {
         Some((millis, resumed_from)) => StoredCopy::Made {
             bytes,
@@ -511,15 +501,69 @@ async fn stored_copy(
     })
 }
 
+/// Removes what copies of `component` of an older format (not read by this version: the text
+/// encoder's `qwen-layered-v1-*`, which held its linear weights only) left in any revision of
+/// `cached`, committed or cut short; the committed bytes removed. Done before a copy is made,
+/// so their room counts for it. A file that cannot be removed now is logged and left for the
+/// next load.
+async fn remove_stale_copies(cached: &CachedModel, component: &str) -> Result<u64> {
+    let store = OpfsStore::open().await?;
+    let current = [Precision::Q8, Precision::Q4].map(|p| stored_copy_path(component, p));
+    let stale: Vec<String> = stored_copy_paths_ever(component)
+        .into_iter()
+        .filter(|old| !current.contains(&Some(old.clone())))
+        .collect();
+    let mut removed = 0;
+    for part in &cached.parts {
+        for old in &stale {
+            removed += match store.committed_file(part.plan(), old).await {
+                Ok(Some(f)) => f.size,
+                _ => 0,
+            };
+            if let Err(err) = discard_derived(&store, part.plan(), old).await {
+                warn(&format!(
+                    "{old}: not removed now ({err}); the next load tries again"
+                ));
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes `files` of `plan`'s revision from `store`; the bytes of those that were there. A
+/// file that cannot be removed now is logged and left for the next load.
+async fn remove_committed(
+    store: &OpfsStore,
+    plan: &DownloadPlan,
+    files: impl Iterator<Item = FilePlan>,
+) -> u64 {
+    let mut freed = 0;
+    for f in files {
+        let present = store.is_committed(plan, &f).await.unwrap_or(false);
+        match store.discard(plan, &f).await {
+            Ok(()) if present => freed += f.size,
+            Ok(()) => {}
+            Err(err) => warn(&format!(
+                "{}: not removed now ({err}); the next load tries again",
+                f.path
+            )),
+        }
+    }
+    freed
+}
+
+fn warn(message: &str) {
+    web_sys::console::warn_1(&message.into());
+}
+
 /// A source's verified files in OPFS, across its repositories (each path is served by the
 /// repository whose plan lists it).
 pub struct CachedModel {
     parts: Vec<OpfsSource>,
     /// The transformer's GGUF file, when it comes from one.
     pub gguf: Option<String>,
-    /// Checkpoint bytes not read because a stored quantized copy serves them, by folder prefix
-    /// (`text_encoder/`), for load progress.
-    replaced: Vec<(String, u64)>,
+    /// The components a stored quantized copy serves: their safetensors are not read.
+    copied: Vec<&'static str>,
 }
 
 impl CachedModel {
@@ -550,11 +594,43 @@ impl CachedModel {
         for plan in plans {
             parts.push(OpfsSource::open(MODELS_DIR, plan).await?);
         }
-        Ok(Self {
+        let mut me = Self {
             parts,
             gguf,
-            replaced: Vec::new(),
-        })
+            copied: Vec::new(),
+        };
+        // The copies earlier loads committed serve their components from now on (their
+        // checkpoints may be gone).
+        let store = OpfsStore::open().await?;
+        for (component, path) in copied_components(source) {
+            let Some(i) = me.checkpoint_part(component) else {
+                continue;
+            };
+            if let Some(file) = store.committed_file(me.parts[i].plan(), &path).await? {
+                me.attach(i, component, file);
+            }
+        }
+        Ok(me)
+    }
+
+    /// The part whose revision holds `component`'s safetensors checkpoint (its files are
+    /// listed even once a copy replaced them).
+    fn checkpoint_part(&self, component: &str) -> Option<usize> {
+        self.parts
+            .iter()
+            .position(|p| p.files().iter().any(|f| is_checkpoint_of(component, f)))
+    }
+
+    /// Serves `component` from its committed stored copy `file` (in part `i`): the
+    /// transformer's as its GGUF file, the text encoder's where its loaders look first.
+    fn attach(&mut self, i: usize, component: &'static str, file: FilePlan) {
+        if component == "transformer" {
+            self.gguf = Some(file.path.clone());
+        }
+        self.parts[i].add_file(file);
+        if !self.copied.contains(&component) {
+            self.copied.push(component);
+        }
     }
 
     fn part(&self, file: &str) -> Result<&OpfsSource> {
@@ -569,30 +645,21 @@ impl CachedModel {
 
     /// Bytes of the weight files (`.safetensors`, `.gguf`) under the folder prefixes
     /// `prefixes` (all of them: `&[""]`) that a load reads, for load progress: not the
-    /// transformer's safetensors when it loads from a GGUF file, nor the checkpoint bytes a
-    /// stored quantized copy serves instead.
+    /// checkpoint of a component read from a stored quantized copy, nor the transformer's
+    /// safetensors when it loads from a GGUF file.
     pub fn load_bytes(&self, prefixes: &[&str]) -> u64 {
         let wanted = |path: &str| prefixes.iter().any(|p| path.starts_with(p));
-        let skipped = |path: &str| {
-            self.gguf.is_some()
-                && path.starts_with("transformer/")
-                && path.ends_with(".safetensors")
+        let skipped = |f: &FilePlan| {
+            self.copied.iter().any(|c| is_checkpoint_of(c, f))
+                || (self.gguf.is_some() && is_checkpoint_of("transformer", f))
         };
-        let files: u64 = self
-            .parts
+        self.parts
             .iter()
             .flat_map(|p| p.files())
             .filter(|f| f.path.ends_with(".safetensors") || f.path.ends_with(".gguf"))
-            .filter(|f| wanted(&f.path) && !skipped(&f.path))
+            .filter(|f| wanted(&f.path) && !skipped(f))
             .map(|f| f.size)
-            .sum();
-        let replaced: u64 = self
-            .replaced
-            .iter()
-            .filter(|(prefix, _)| wanted(prefix))
-            .map(|(_, bytes)| bytes)
-            .sum();
-        files.saturating_sub(replaced)
+            .sum()
     }
 }
 

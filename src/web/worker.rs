@@ -73,8 +73,8 @@ use crate::text::{
     TOKENIZER_FOLDER, TextEncoderLoad, needs_caption,
 };
 use crate::weights::{
-    BROWSER_F32_WEIGHT_BUDGET, Cancellable, GgufFile, LinearLoad, Precision, SafetensorsFolder,
-    WeightSource, check_f32_footprint,
+    BROWSER_F32_WEIGHT_BUDGET, Cancellable, Checkpoint, GgufFile, LinearLoad, Precision,
+    SafetensorsFolder, WeightSource, check_f32_footprint,
 };
 
 thread_local! {
@@ -156,11 +156,12 @@ fn plan(
 /// text encoder as [`load_model`] loads it (token embedding gathered), with `lm_head` and the
 /// vision tower when the model can caption.
 async fn text_kept_bytes(cached: &CachedModel, source: &ModelSource) -> Result<u64> {
-    let captioning = Captioner::available(cached).await?;
-    let folder = SafetensorsFolder::open(cached, "text_encoder").await?;
-    let load = TextEncoderLoad::gathered(source.precision("text_encoder"));
+    let precision = source.precision("text_encoder");
+    let captioning = Captioner::available(cached, precision).await?;
+    let weights = Checkpoint::open(cached, "text_encoder", precision).await?;
+    let load = TextEncoderLoad::gathered(precision);
     Ok(text_encoder::device_bytes(
-        &folder,
+        &weights,
         load.options(captioning),
         captioning,
     ))
@@ -489,7 +490,8 @@ async fn load_cached(
     };
     match (planned, memory) {
         (Some(plan), Some(memory)) if !plan.keep_loaded => {
-            let captioner = Captioner::available(&cached).await?;
+            let text = source.precision("text_encoder");
+            let captioner = Captioner::available(&cached, text).await?;
             Ok(Model::Phased(Rc::new(PhasedModel {
                 source: source.clone(),
                 cached,
@@ -541,7 +543,7 @@ async fn load_model(
         max_part_bytes,
         ..TextEncoderLoad::gathered(source.precision("text_encoder"))
     };
-    let captioning = Captioner::available(&cached).await?;
+    let captioning = Captioner::available(&cached, text_load.precision).await?;
     // The text encoder at its precision, without its gathered embedding (and with the vision
     // tower and lm_head only when captioning loads them): `text_kept`.
     let mut bytes = text_kept;
@@ -909,7 +911,8 @@ async fn run(
                     free_model();
                     let cached = CachedModel::open(&source).await?;
                     let configs = ModelConfigs::read(&cached).await?;
-                    let captioner = Captioner::available(&cached).await?;
+                    let text = source.precision("text_encoder");
+                    let captioner = Captioner::available(&cached, text).await?;
                     let phased = Model::Phased(Rc::new(PhasedModel {
                         source,
                         cached,

@@ -33,6 +33,11 @@ pub const MAX_STRING_LEN: u64 = 16 << 20;
 pub const MAX_ARRAY_DEPTH: usize = 8;
 /// ggml's `GGML_MAX_DIMS`.
 pub const MAX_DIMS: usize = 4;
+/// Prefix of the metadata key that gives a tensor's shape when it has more dimensions than
+/// GGUF holds: `qwen_layered.shape.{name}` = `u64` array, outermost first. Our stored copies
+/// ([`super::write_quantized`]) write such a tensor with its outer dimensions merged (the
+/// bytes are the same, row major), and the reader reports the recorded shape.
+pub const SHAPE_KEY: &str = "qwen_layered.shape.";
 /// Largest accepted `general.alignment`.
 pub const MAX_ALIGNMENT: u64 = 1 << 20;
 /// The alignment when `general.alignment` is absent.
@@ -788,6 +793,30 @@ fn parse_header(bytes: &[u8], file_size: u64) -> P<GgufFile> {
                 ));
             }
         }
+    }
+    for (key, value) in &metadata {
+        let Some(name) = key.strip_prefix(SHAPE_KEY) else {
+            continue;
+        };
+        let Some(t) = by_name.get(name).map(|&i| &mut tensors[i]) else {
+            return bad(format!("{key}: no tensor {name:?}"));
+        };
+        let MetaValue::Array(MetaArray::U64(dims)) = value else {
+            return bad(format!("{key}: {value} is not a u64 array"));
+        };
+        let numel = dims
+            .iter()
+            .try_fold(1u64, |n, &d| n.checked_mul(d).filter(|_| d > 0));
+        let (block, _) = t.ggml_type.block();
+        let inner_ok = dims.last().is_some_and(|&d| d.is_multiple_of(block));
+        if numel != Some(t.numel() as u64) || !inner_ok || dims.len() > 8 {
+            return bad(format!(
+                "{key}: shape {dims:?} does not hold the {} values of {name:?} ({:?} stored)",
+                t.numel(),
+                t.shape
+            ));
+        }
+        t.shape = dims.iter().map(|&d| d as usize).collect();
     }
     Ok(GgufFile {
         file: String::new(),

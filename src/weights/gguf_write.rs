@@ -26,18 +26,28 @@ use half::f16;
 use safetensors::Dtype;
 use sha2::{Digest, Sha256};
 
-use super::gguf::{DEFAULT_ALIGNMENT, GgmlType, GgufFile, MetaValue};
+use super::gguf::{DEFAULT_ALIGNMENT, GgmlType, MAX_DIMS, MetaArray, MetaValue, SHAPE_KEY};
 use super::par::worker_count;
 use super::quant::{BLOCK, Values, quantize_into};
 use super::{DEFAULT_READ_CHUNK, Precision, SafetensorsFolder, WeightSource};
 use crate::error::{Error, Result};
 
-/// Version of the stored form written by [`write_quantized`] (key `qwen_layered.format`).
-/// Raise it whenever the bytes written for the same checkpoint would change, so copies made by
-/// an older build are not taken for current ones (they are named with it:
-/// [`stored_copy_path`]); the page's Delete (`web::models::delete`) must then remove the older
-/// names too.
-pub const STORED_FORMAT: u32 = 1;
+/// Version of the stored form of `folder`'s copy written by [`write_quantized`] (key
+/// `qwen_layered.format`, and in its file name: [`stored_copy_path`]). Raise a component's
+/// whenever the bytes written for the same checkpoint would change, so copies made by an older
+/// build are not taken for current ones; [`stored_copy_paths_ever`] lists the older names so
+/// that they can be removed.
+///
+/// - `text_encoder`: 2, the whole checkpoint with its linear weights quantized, so that it
+///   stands alone and the 16.6 GB checkpoint can go (format 1 held the linear weights only and
+///   was read beside the checkpoint);
+/// - every other folder (the transformer): 1, the whole checkpoint.
+pub fn stored_format(folder: &str) -> u32 {
+    match folder {
+        "text_encoder" => 2,
+        _ => 1,
+    }
+}
 
 /// One tensor of the file to write.
 #[derive(Debug, Clone)]
@@ -91,7 +101,7 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend(s.as_bytes());
 }
 
-/// One metadata value: its type code and little-endian bytes (arrays are not written).
+/// One metadata value: its type code and little-endian bytes (of arrays, `u64` ones only).
 fn put_value(out: &mut Vec<u8>, key: &str, value: &MetaValue) -> Result<()> {
     let (code, bytes): (u32, Vec<u8>) = match value {
         MetaValue::U8(v) => (0, vec![*v]),
@@ -110,11 +120,17 @@ fn put_value(out: &mut Vec<u8>, key: &str, value: &MetaValue) -> Result<()> {
         MetaValue::U64(v) => (10, v.to_le_bytes().to_vec()),
         MetaValue::I64(v) => (11, v.to_le_bytes().to_vec()),
         MetaValue::F64(v) => (12, v.to_le_bytes().to_vec()),
+        MetaValue::Array(MetaArray::U64(v)) => {
+            let mut b = 10u32.to_le_bytes().to_vec();
+            b.extend((v.len() as u64).to_le_bytes());
+            v.iter().for_each(|x| b.extend(x.to_le_bytes()));
+            (9, b)
+        }
         MetaValue::Array(_) => {
             return Err(Error::Weights {
                 key: key.to_owned(),
                 file: "(GGUF writer)".into(),
-                reason: "array metadata values are not written".into(),
+                reason: "array metadata values other than u64 are not written".into(),
             });
         }
     };
@@ -124,49 +140,50 @@ fn put_value(out: &mut Vec<u8>, key: &str, value: &MetaValue) -> Result<()> {
     Ok(())
 }
 
+/// The dimensions `shape` (PyTorch order) is written with: itself, or with its outer
+/// dimensions merged into the first when it has more than GGUF's [`MAX_DIMS`] (the bytes, row
+/// major, are the same).
+fn gguf_dims(shape: &[usize]) -> Vec<usize> {
+    match shape.len().checked_sub(MAX_DIMS) {
+        Some(extra) if extra > 0 => {
+            let outer: usize = shape[..=extra].iter().product();
+            std::iter::once(outer)
+                .chain(shape[extra + 1..].iter().copied())
+                .collect()
+        }
+        _ => shape.to_vec(),
+    }
+}
+
 fn align(n: u64) -> u64 {
     n.div_ceil(DEFAULT_ALIGNMENT) * DEFAULT_ALIGNMENT
 }
 
 /// Where the stored quantized copy of the checkpoint in `folder` lives, beside it, for
-/// `precision` (`None` for f32, which is not stored): `{folder}/qwen-layered-v{STORED_FORMAT}-
-/// q4_0.gguf` (or `q8_0`). The format version in the name keeps a copy written by a build with
-/// another [`STORED_FORMAT`] from being taken for a current one.
+/// `precision` (`None` for f32, which is not stored): `{folder}/qwen-layered-v{format}-
+/// q4_0.gguf` (or `q8_0`), `format` being [`stored_format`]. The format version in the name
+/// keeps a copy written by a build with another format from being taken for a current one.
 pub fn stored_copy_path(folder: &str, precision: Precision) -> Option<String> {
+    copy_path(folder, stored_format(folder), precision)
+}
+
+fn copy_path(folder: &str, format: u32, precision: Precision) -> Option<String> {
     let ty = match precision {
         Precision::F32 => return None,
         Precision::Q8 => "q8_0",
         Precision::Q4 => "q4_0",
     };
-    Some(format!("{folder}/qwen-layered-v{STORED_FORMAT}-{ty}.gguf"))
+    Some(format!("{folder}/qwen-layered-v{format}-{ty}.gguf"))
 }
 
-/// The stored quantized copy of `folder`'s checkpoint for `precision`
-/// ([`stored_copy_path`]), when `source` has one.
-pub async fn open_stored_copy<S: WeightSource>(
-    source: &S,
-    folder: &str,
-    precision: Precision,
-) -> Result<Option<GgufFile>> {
-    let Some(path) = stored_copy_path(folder, precision) else {
-        return Ok(None);
-    };
-    if !source.exists(&path).await? {
-        return Ok(None);
-    }
-    Ok(Some(GgufFile::open(source, &path).await?))
-}
-
-/// What a stored copy holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CopyContents {
-    /// Every tensor of the checkpoint: the file stands alone (e.g. `decompose
-    /// --transformer-gguf`).
-    Whole,
-    /// The quantized linear weights only: a copy read beside its checkpoint
-    /// ([`TensorLoader::with_stored_copy`](super::TensorLoader::with_stored_copy)), which
-    /// serves everything else (a text encoder's 1 GB token embedding is not copied).
-    LinearOnly,
+/// Every name a stored copy of `folder` has had, in both precisions, up to the current
+/// [`stored_format`]: what removing every copy must remove, and, but for the current names,
+/// what a current build leaves behind as stale.
+pub fn stored_copy_paths_ever(folder: &str) -> Vec<String> {
+    (1..=stored_format(folder))
+        .flat_map(|format| [Precision::Q8, Precision::Q4].map(|p| copy_path(folder, format, p)))
+        .flatten()
+        .collect()
 }
 
 impl QuantizedLayout {
@@ -190,21 +207,19 @@ impl QuantizedLayout {
         Sha256::digest(&self.header).into()
     }
 
-    /// Plans `folder`'s tensors (in stored order; all of them or the linear weights only, as
-    /// `contents` says) with the linear weights (`is_linear(key, shape)`, 2-D `[d_out, d_in]`
+    /// Plans all of `folder`'s tensors (in stored order: the file stands alone) with the
+    /// linear weights (`is_linear(key, shape)`, 2-D `[d_out, d_in]`
     /// with `d_in` a multiple of 32) in `precision` (`Q8` or `Q4`), and `metadata` after the
     /// standard keys (`general.architecture` = `architecture`,
     /// `general.quantization_version` = 2, `general.file_type`, `qwen_layered.format` =
-    /// [`STORED_FORMAT`]).
+    /// [`stored_format`]).
     pub fn new(
         folder: &SafetensorsFolder,
         precision: Precision,
-        contents: CopyContents,
         architecture: &str,
         is_linear: impl Fn(&str, &[usize]) -> bool,
         metadata: &[(&str, MetaValue)],
     ) -> Result<Self> {
-        let all = contents == CopyContents::Whole;
         let bits = precision.bits().ok_or_else(|| Error::Weights {
             key: String::new(),
             file: folder.folder().to_owned(),
@@ -232,18 +247,12 @@ impl QuantizedLayout {
                 && e.shape[1] % BLOCK == 0
                 && e.shape[0] > 0
                 && is_linear(key, &e.shape);
-            if !linear && !all {
-                continue;
-            }
             let stored = match e.dtype {
                 Dtype::F32 => GgmlType::F32,
                 Dtype::F16 => GgmlType::F16,
                 Dtype::BF16 => GgmlType::BF16,
                 other => return Err(bad(format!("dtype {other:?} has no GGUF twin here"))),
             };
-            if e.shape.len() > super::gguf::MAX_DIMS {
-                return Err(bad(format!("{} dimensions (GGUF holds 4)", e.shape.len())));
-            }
             let n: usize = e.shape.iter().product();
             if e.len != (n * (e.dtype.bitsize() / 8)) as u64 {
                 return Err(bad(format!("{} bytes for shape {:?}", e.len, e.shape)));
@@ -272,9 +281,27 @@ impl QuantizedLayout {
             ),
             ("general.quantization_version", MetaValue::U32(2)),
             ("general.file_type", MetaValue::U32(file_type(bits))),
-            ("qwen_layered.format", MetaValue::U32(STORED_FORMAT)),
+            (
+                "qwen_layered.format",
+                MetaValue::U32(stored_format(folder.folder())),
+            ),
         ];
         meta.extend(metadata.iter().cloned());
+        // GGUF holds 4 dimensions; a tensor with more (Qwen2.5-VL's Conv3d patch embedding,
+        // `[1280, 3, 2, 14, 14]`) is written with its outer ones merged, its shape recorded
+        // for the reader (`gguf::SHAPE_KEY`).
+        let shapes: Vec<(String, MetaValue)> = tensors
+            .iter()
+            .filter(|t| t.shape.len() > MAX_DIMS)
+            .map(|t| {
+                let dims = t.shape.iter().map(|&d| d as u64).collect();
+                (
+                    format!("{SHAPE_KEY}{}", t.key),
+                    MetaValue::Array(MetaArray::U64(dims)),
+                )
+            })
+            .collect();
+        meta.extend(shapes.iter().map(|(k, v)| (k.as_str(), v.clone())));
         let mut header = b"GGUF".to_vec();
         header.extend(3u32.to_le_bytes());
         header.extend((tensors.len() as u64).to_le_bytes());
@@ -284,8 +311,9 @@ impl QuantizedLayout {
         }
         for t in &tensors {
             put_str(&mut header, &t.key);
-            header.extend((t.shape.len() as u32).to_le_bytes());
-            for &d in t.shape.iter().rev() {
+            let dims = gguf_dims(&t.shape);
+            header.extend((dims.len() as u32).to_le_bytes());
+            for &d in dims.iter().rev() {
                 header.extend((d as u64).to_le_bytes());
             }
             header.extend(type_code(t.out).to_le_bytes());

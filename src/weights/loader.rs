@@ -144,10 +144,6 @@ pub(super) fn decode_values(
 enum Index<'a> {
     Safetensors(&'a SafetensorsFolder),
     Gguf(&'a GgufFile),
-    /// A safetensors checkpoint whose linear weights are read from a stored quantized copy (a
-    /// GGUF file of some of them, [`super::write_quantized`]) when it has them in the blocks
-    /// being loaded; every other tensor from the checkpoint.
-    Stored(&'a SafetensorsFolder, &'a GgufFile),
 }
 
 /// How a stored tensor is encoded.
@@ -189,41 +185,19 @@ impl<'a> Index<'a> {
                 len: t.len,
                 encoding: Encoding::Gguf(t.ggml_type),
             }),
-            // Only through `get_linear` at the copy's precision.
-            Index::Stored(f, _) => Index::Safetensors(f).get(key),
         }
-    }
-
-    /// The entry of the linear weight `key` loaded as `bits` blocks (`None`: f32): from a
-    /// stored copy when it holds the key in exactly those blocks (`Q8_0` for 8, `Q4_0` for 4),
-    /// else as [`get`](Self::get) (the checkpoint, quantized at load if need be), so a copy
-    /// is never dequantized or requantized.
-    fn get_linear(&self, key: &str, bits: Option<u32>) -> Option<Stored<'a>> {
-        if let Index::Stored(_, g) = *self {
-            let want = match bits {
-                Some(8) => Some(GgmlType::Q8_0),
-                Some(4) => Some(GgmlType::Q4_0),
-                _ => None,
-            };
-            if let Some(t) = g.get(key).filter(|t| Some(t.ggml_type) == want) {
-                return Index::Gguf(g).get(&t.name);
-            }
-        }
-        self.get(key)
     }
 
     fn files(&self) -> String {
         match self {
             Index::Safetensors(f) => f.files().join(", "),
             Index::Gguf(g) => g.file().to_owned(),
-            Index::Stored(f, g) => format!("{}, {}", f.files().join(", "), g.file()),
         }
     }
 
     fn keys(&self) -> Vec<&'a str> {
         match *self {
-            // The copy holds a subset of the checkpoint's keys (checked when it is attached).
-            Index::Safetensors(f) | Index::Stored(f, _) => f.keys().collect(),
+            Index::Safetensors(f) => f.keys().collect(),
             Index::Gguf(g) => g.tensors().iter().map(|t| t.name.as_str()).collect(),
         }
     }
@@ -262,45 +236,6 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     /// diffusion models are the diffusers keys) from `source` onto `device` (f32 precision).
     pub fn gguf(source: &'a S, file: &'a GgufFile, device: &Device) -> Self {
         Self::with_index(source, Index::Gguf(file), device)
-    }
-
-    /// A loader reading `folder`'s tensors, its linear weights from the stored quantized copy
-    /// `stored` ([`super::write_quantized`]: already `Q8_0`/`Q4_0`) when the copy holds them in
-    /// the blocks of the precision being loaded (taken without loss), everything else from
-    /// `folder`. An error when the copy holds a tensor the checkpoint does not have, or with
-    /// another shape (a copy of another checkpoint).
-    pub fn with_stored_copy(
-        source: &'a S,
-        folder: &'a SafetensorsFolder,
-        stored: &'a GgufFile,
-        device: &Device,
-    ) -> Result<Self> {
-        for t in stored.tensors() {
-            match folder.get(&t.name) {
-                Some(e) if e.shape == t.shape => {}
-                found => {
-                    return Err(Error::Weights {
-                        key: t.name.clone(),
-                        file: stored.file().to_owned(),
-                        reason: match found {
-                            None => format!(
-                                "in the stored copy but not in the checkpoint ({})",
-                                folder.files().join(", ")
-                            ),
-                            Some(e) => format!(
-                                "stored copy shape {:?}, checkpoint shape {:?}",
-                                t.shape, e.shape
-                            ),
-                        },
-                    });
-                }
-            }
-        }
-        Ok(Self::with_index(
-            source,
-            Index::Stored(folder, stored),
-            device,
-        ))
     }
 
     fn with_index(source: &'a S, index: Index<'a>, device: &Device) -> Self {
@@ -427,10 +362,7 @@ impl<'a, S: WeightSource> TensorLoader<'a, S> {
     ) -> Result<Linear> {
         let key = format!("{prefix}.weight");
         let bits = self.precision.bits().filter(|_| d_in.is_multiple_of(BLOCK));
-        // The checkpoint's entry (shape checked), or the stored copy's blocks for `bits`.
-        let checked = self.checked_entry(&key, &[d_out, d_in])?;
-        let found = self.index.get_linear(&key, bits).unwrap_or(checked);
-        let entry = self.take_entry(&key, found)?;
+        let entry = self.mark_taken(&key, &[d_out, d_in])?;
         let weight = match (bits, entry.encoding) {
             (None, _) => Loaded::F32(self.read_values(&key, &entry).await?),
             (Some(8), Encoding::Gguf(GgmlType::Q8_0)) => {

@@ -20,11 +20,14 @@
 //! - [`TableRows`] reads single rows of a table on demand (the text encoder's token embedding
 //!   gathered from storage instead of uploaded whole) and keeps the rows it has read;
 //! - [`QuantizedLayout`] and [`write_quantized`] write a checkpoint as a GGUF file with its
-//!   linear weights quantized (the stored form of a model quantized on first load);
+//!   linear weights quantized (the stored form of a model quantized on first load), and
+//!   [`Checkpoint`] opens a component from that copy when there is one, else from its
+//!   safetensors;
 //! - [`Cancellable`] stops any of these at its next read once the caller says so (Cancel);
 //! - [`Precision`] chooses how linear weights are kept: f32, or 8-/4-bit blocks
 //!   ([`QuantizedMatrix`]) quantized at load time or repacked from GGUF `Q8_0`/`Q4_0`.
 
+mod checkpoint;
 pub mod gguf;
 mod gguf_write;
 pub mod http;
@@ -35,9 +38,10 @@ mod rows;
 mod safetensors;
 pub mod synthetic;
 
+pub use checkpoint::Checkpoint;
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
 pub use gguf_write::{
-    CopyContents, QuantizedLayout, Resume, STORED_FORMAT, open_stored_copy, stored_copy_path,
+    QuantizedLayout, Resume, stored_copy_path, stored_copy_paths_ever, stored_format,
     write_quantized, write_quantized_from,
 };
 pub use loader::{

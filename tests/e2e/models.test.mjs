@@ -86,6 +86,27 @@ const opfsFiles = (page) => page.evaluate(async (repo) => {
   return out;
 }, TINY);
 
+/**
+ * Plants what an earlier version of the app left in the cached revision: a committed copy of
+ * the text encoder in an older format (`size` zero bytes at
+ * `text_encoder/qwen-layered-v1-q4_0.gguf`, with its commit record).
+ */
+const plantOldCopy = (page, size) => page.evaluate(async ([repo, size]) => {
+  let dir = await navigator.storage.getDirectory();
+  for (const seg of ["models", ...repo.split("/")]) dir = await dir.getDirectoryHandle(seg);
+  const commits = [];
+  for await (const [, h] of dir.entries()) if (h.kind === "directory") commits.push(h);
+  if (commits.length !== 1) throw new Error(`${commits.length} cached revisions`);
+  const folder = await commits[0].getDirectoryHandle("text_encoder");
+  const write = async (name, data) => {
+    const w = await (await folder.getFileHandle(name, { create: true })).createWritable();
+    await w.write(data);
+    await w.close();
+  };
+  await write("qwen-layered-v1-q4_0.gguf", new Uint8Array(size));
+  await write("qwen-layered-v1-q4_0.gguf.ok.json", JSON.stringify({ size, check: { Sha256: "0".repeat(64) }, offset: size }));
+}, [TINY, size]);
+
 test("download with progress, reload mid-way and resume, then offline: load from the cache, decompose, delete", { timeout: SLOW }, async () => {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   const page = await ctx.newPage();
@@ -172,31 +193,33 @@ test("download with progress, reload mid-way and resume, then offline: load from
     await page.reload();
     await openTiny();
     await wait("body[data-cache=cached]");
+    // An earlier version of the app left a copy of the text encoder in a format this one
+    // does not read.
+    await plantOldCopy(page, 120_000);
     await page.click("#load-model");
     await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
-    assert.equal(await page.getAttribute("body", "data-model"), "loaded",
-      `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
+    const firstLoad = await page.textContent("#model-status");
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${firstLoad}\n${logs.join("\n")}`);
     // The first load quantized both and stored them, committed, beside their checkpoints.
-    for (const what of ["transformer", "text encoder"]) {
-      assert.match(await page.textContent("#model-status"),
-        new RegExp(`The ${what} was quantized to 4 bits and stored in this browser \\([\\d.]+ MB, [\\d.]+ s\\): later loads read that copy\\.`));
-    }
-    // The transformer's copy is the whole transformer: its bf16 checkpoint went. The text
-    // encoder's copy holds its linear weights only: its checkpoint is still read, and kept.
-    assert.match(await page.textContent("#model-status"),
-      /later loads read that copy\. Its checkpoint \(0\.7 MB\) was removed from this browser: the copy replaces it\. The text encoder was quantized/);
+    // Each copy is the whole component: its bf16 checkpoint went (0.7 MB of transformer, 0.4
+    // MB of text encoder), and so did the text encoder's copy of the old format.
+    const said = (what, mb) => `The ${what} was quantized to 4 bits and stored in this browser \\([\\d.]+ MB, [\\d.]+ s\\): later loads read that copy\\. Its checkpoint \\(${mb} MB\\) was removed from this browser: the copy replaces it\\.`;
+    assert.match(firstLoad, new RegExp(`${said("transformer", "0\\.7")} ${said("text encoder", "0\\.4")} An older copy of the text encoder \\(0\\.1 MB\\), of a format this version no longer reads, was removed\\.$`), firstLoad);
     const afterFirst = (await opfsFiles(page)).map(([p]) => p.replace(/^[0-9a-f]{40}\//, ""));
-    assert.ok(!afterFirst.some((p) => p.startsWith("transformer/diffusion_pytorch_model")), JSON.stringify(afterFirst));
-    assert.ok(afterFirst.includes("text_encoder/model.safetensors"), JSON.stringify(afterFirst));
-    assert.ok(afterFirst.includes("transformer/config.json"), JSON.stringify(afterFirst));
+    for (const gone of ["transformer/diffusion_pytorch_model", "text_encoder/model.safetensors", "text_encoder/qwen-layered-v1"]) {
+      assert.ok(!afterFirst.some((p) => p.startsWith(gone)), `${gone}: ${JSON.stringify(afterFirst)}`);
+    }
+    for (const kept of ["transformer/config.json", "text_encoder/config.json"]) {
+      assert.ok(afterFirst.includes(kept), `${kept}: ${JSON.stringify(afterFirst)}`);
+    }
     // The cache still counts the model complete, and says what the copies replaced.
     await page.waitForFunction(() => /replaced by/.test(document.getElementById("model-info").textContent), null, { timeout: 30_000 });
     assert.equal(await page.getAttribute("body", "data-cache"), "cached");
-    assert.match(await info(), /^Cached and verified: [\d.]+ MB in \d+ files, of which 690 KB of checkpoint were replaced by \d+ KB of copies quantized at the first load \(this browser keeps [\d.]+ MB\)\. /);
+    assert.match(await info(), /^Cached and verified: [\d.]+ MB in \d+ files, of which 1\.1 MB of checkpoint were replaced by \d+ KB of copies quantized at the first load \(this browser keeps [\d.]+ MB\)\. /);
     assert.ok(await page.isHidden("#download-model"), "nothing to download again");
     const stored = (await opfsFiles(page)).filter(([p]) => p.includes("/qwen-layered-v"));
     assert.deepEqual(stored.map(([p]) => p.replace(/^[0-9a-f]{40}\//, "")).sort(), [
-      "text_encoder/qwen-layered-v1-q4_0.gguf", "text_encoder/qwen-layered-v1-q4_0.gguf.ok.json",
+      "text_encoder/qwen-layered-v2-q4_0.gguf", "text_encoder/qwen-layered-v2-q4_0.gguf.ok.json",
       "transformer/qwen-layered-v1-q4_0.gguf", "transformer/qwen-layered-v1-q4_0.gguf.ok.json",
     ], JSON.stringify(stored));
     // A second load (after a reload, still offline) reads that copy instead of making it again.

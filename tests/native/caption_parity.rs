@@ -485,8 +485,10 @@ fn captioner_is_detected_and_its_language_model_encodes_prompts() {
     }
 
     let source = model_source();
-    assert!(pollster::block_on(Captioner::available(&source)).unwrap());
-    assert!(!pollster::block_on(Captioner::available(&NoProcessor(model_source()))).unwrap());
+    let f32 = qwen_layered_web::weights::Precision::F32;
+    assert!(pollster::block_on(Captioner::available(&source, f32)).unwrap());
+    let no_processor = NoProcessor(model_source());
+    assert!(!pollster::block_on(Captioner::available(&no_processor, f32)).unwrap());
 
     let captioner = pollster::block_on(Captioner::load(&source, &cpu())).unwrap();
     let tokenizer = pollster::block_on(QwenTokenizer::load(&source, TOKENIZER_FOLDER)).unwrap();

@@ -738,11 +738,11 @@ fn quantize_stores_the_text_encoder_beside_its_checkpoint() {
     );
     let q = quantize(&[]);
     assert!(q.status.success(), "quantize failed");
-    let copy = model.join("text_encoder/qwen-layered-v1-q4_0.gguf");
+    let copy = model.join("text_encoder/qwen-layered-v2-q4_0.gguf");
     assert!(copy.is_file(), "the copy beside the checkpoint");
     let (from_copy, log) = encode("from-copy.safetensors");
     assert!(
-        log.contains("text encoder: linear weights from the stored copy"),
+        log.contains("text encoder: read from the stored copy"),
         "{log}"
     );
     assert!(

@@ -17,7 +17,7 @@ use qwen_layered_web::model::transformer::{
 use qwen_layered_web::weights::gguf::dequantize;
 use qwen_layered_web::weights::{
     Cancellable, DirSource, GgmlType, GgufFile, MemorySource, MetaArray, MetaValue, Precision,
-    STORED_FORMAT, SafetensorsFolder, WeightSource, read_json, write_quantized,
+    SafetensorsFolder, WeightSource, read_json, stored_format, write_quantized,
 };
 use safetensors::SafeTensors;
 use sha2::Digest;
@@ -231,6 +231,42 @@ fn hostile_headers_are_errors() {
             .to_string()
             .contains("too large")
     );
+    // A tensor of 16 f32 values `t` with its shape recorded as `qwen_layered.shape.t` (how our
+    // stored copies keep a 5-D tensor): applied when it holds the same values, else refused.
+    let with_shape = |key: &str, dims: &[u64]| {
+        let mut b = b"GGUF".to_vec();
+        b.extend(3u32.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend(1u64.to_le_bytes());
+        b.extend((key.len() as u64).to_le_bytes());
+        b.extend(key.as_bytes());
+        b.extend(9u32.to_le_bytes()); // array
+        b.extend(10u32.to_le_bytes()); // of u64
+        b.extend((dims.len() as u64).to_le_bytes());
+        dims.iter().for_each(|d| b.extend(d.to_le_bytes()));
+        b.extend(1u64.to_le_bytes());
+        b.push(b't');
+        b.extend(2u32.to_le_bytes());
+        b.extend([8u64, 2].iter().flat_map(|d| d.to_le_bytes()));
+        b.extend(0u32.to_le_bytes()); // F32
+        b.extend(0u64.to_le_bytes());
+        b.resize(b.len().div_ceil(32) * 32 + 64, 0);
+        GgufFile::parse(&b, b.len() as u64)
+    };
+    let g = with_shape("qwen_layered.shape.t", &[2, 1, 2, 2, 2]).expect("5-D");
+    assert_eq!(g.get("t").unwrap().shape, [2, 1, 2, 2, 2]);
+    for (key, dims, why) in [
+        (
+            "qwen_layered.shape.t",
+            &[2u64, 2, 2, 3][..],
+            "does not hold",
+        ),
+        ("qwen_layered.shape.t", &[2, 0, 8], "does not hold"),
+        ("qwen_layered.shape.u", &[16], "no tensor"),
+    ] {
+        let err = with_shape(key, dims).unwrap_err().to_string();
+        assert!(err.contains(why), "{key} {dims:?}: {err}");
+    }
 }
 
 /// The tiny transformer's first conditional call of case a (as in `transformer_parity.rs`).
@@ -519,7 +555,7 @@ fn a_stored_quantized_transformer_loads_as_the_one_quantized_at_load() {
         );
         assert_eq!(
             g.meta("qwen_layered.format"),
-            Some(&MetaValue::U32(STORED_FORMAT))
+            Some(&MetaValue::U32(stored_format("transformer")))
         );
         assert_eq!(
             g.meta("qwen_layered.origin"),

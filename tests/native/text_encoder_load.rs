@@ -17,7 +17,9 @@ use qwen_layered_web::error::Result;
 use qwen_layered_web::model::nn::LinearWeight;
 use qwen_layered_web::model::text_encoder::device_bytes;
 use qwen_layered_web::text::{EmbeddingMode, PromptEncoder, TextEncoderLoad};
-use qwen_layered_web::weights::{MemorySource, Precision, SafetensorsFolder, WeightSource};
+use qwen_layered_web::weights::{
+    Checkpoint, MemorySource, Precision, SafetensorsFolder, WeightSource,
+};
 
 const WEIGHTS: &str = "text_encoder/model.safetensors";
 const EMBED: &str = "model.embed_tokens.weight";
@@ -341,6 +343,7 @@ fn bytes_of<M: Module>(m: &M) -> u64 {
 fn the_size_estimate_from_the_headers_is_what_loading_puts_on_the_device() {
     let source = model_source();
     let folder = pollster::block_on(SafetensorsFolder::open(&source, "text_encoder")).unwrap();
+    let folder = Checkpoint::Safetensors(folder);
     for precision in [Precision::F32, Precision::Q8, Precision::Q4] {
         for embedding in [EmbeddingMode::Resident, EmbeddingMode::Gathered] {
             let options = TextEncoderLoad {
@@ -376,20 +379,32 @@ struct WithCopy {
 
 impl WeightSource for WithCopy {
     async fn exists(&self, file: &str) -> Result<bool> {
-        Ok(file == self.path || self.base.exists(file).await?)
+        Ok(file == self.path || (file != WEIGHTS && self.base.exists(file).await?))
     }
     async fn size(&self, file: &str) -> Result<u64> {
-        match file == self.path {
-            true => Ok(self.bytes.len() as u64),
-            false => self.base.size(file).await,
+        match file {
+            f if f == self.path => Ok(self.bytes.len() as u64),
+            WEIGHTS => Err(gone()),
+            _ => self.base.size(file).await,
         }
     }
     async fn read(&self, file: &str, offset: u64, len: u64) -> Result<Vec<u8>> {
-        if file != self.path {
-            return self.base.read(file, offset, len).await;
+        match file {
+            f if f == self.path => {
+                let (start, end) = (offset as usize, (offset + len) as usize);
+                Ok(self.bytes[start..end.min(self.bytes.len())].to_vec())
+            }
+            WEIGHTS => Err(gone()),
+            _ => self.base.read(file, offset, len).await,
         }
-        let (start, end) = (offset as usize, (offset + len) as usize);
-        Ok(self.bytes[start..end.min(self.bytes.len())].to_vec())
+    }
+}
+
+/// What reading the removed checkpoint gives.
+fn gone() -> qwen_layered_web::Error {
+    qwen_layered_web::Error::Source {
+        file: WEIGHTS.into(),
+        reason: "removed: the stored copy replaces it".into(),
     }
 }
 
@@ -403,15 +418,16 @@ fn checkpoint_bytes<S>(source: &Logged<S>) -> u64 {
         .sum()
 }
 
-/// A stored quantized copy of the text encoder's linear weights (what the page writes on the
-/// first load, `qwen-layered quantize --component text_encoder` natively) is found beside the
-/// checkpoint and read instead of it: the prompt encoder and the captioner (vision tower,
-/// language model, `lm_head`) then hold exactly the layers quantized at load, while reading a
-/// fraction of the checkpoint's bytes.
+/// A stored quantized copy of the text encoder (what the page writes on the first load,
+/// `qwen-layered quantize --component text_encoder` natively) holds every tensor, its linear
+/// weights quantized and the rest as stored (the 5-D patch convolution with its shape kept),
+/// so it stands alone: with the checkpoint removed, the prompt encoder and the captioner
+/// (vision tower, language model, `lm_head`) load from it exactly the layers quantized at load
+/// from the checkpoint.
 #[test]
-fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
+fn a_stored_quantized_copy_stands_alone_and_gives_the_layers_quantized_at_load() {
     use qwen_layered_web::caption::{CaptionOptions, Captioner};
-    use qwen_layered_web::model::text_encoder::stored_quantized_layout;
+    use qwen_layered_web::model::text_encoder::{is_linear_weight, stored_quantized_layout};
     use qwen_layered_web::weights::{GgmlType, GgufFile, stored_copy_path, write_quantized};
 
     let base = model_source();
@@ -424,6 +440,11 @@ fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
         max_new_tokens: 4,
         ..CaptionOptions::default()
     };
+    let five_d: Vec<&str> = folder
+        .keys()
+        .filter(|k| folder.get(k).is_some_and(|e| e.shape.len() == 5))
+        .collect();
+    assert_eq!(five_d, ["visual.patch_embed.proj.weight"]);
     for (precision, ty) in [
         (Precision::Q8, GgmlType::Q8_0),
         (Precision::Q4, GgmlType::Q4_0),
@@ -442,6 +463,7 @@ fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
         ))
         .expect("written");
         let path = stored_copy_path("text_encoder", precision).expect("path");
+        assert!(path.starts_with("text_encoder/qwen-layered-v2-"), "{path}");
         let with_copy = Logged {
             inner: WithCopy {
                 base: model_source(),
@@ -452,17 +474,14 @@ fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
         };
         let g = pollster::block_on(GgufFile::open(&with_copy, &path)).expect("copy");
         let (tensors, quantized) = layout.counts();
-        assert_eq!(
-            (tensors, g.tensors().len()),
-            (quantized, quantized),
-            "only linear weights"
-        );
+        assert_eq!((tensors, g.tensors().len()), (folder.len(), folder.len()));
         assert!(quantized >= 20, "{quantized}");
-        assert!(
-            g.tensors()
-                .iter()
-                .all(|t| t.ggml_type == ty && !t.name.contains("embed"))
-        );
+        for t in g.tensors() {
+            let e = folder.get(&t.name).expect("a checkpoint key");
+            assert_eq!(t.shape, e.shape, "{}", t.name);
+            let linear = is_linear_weight(&t.name, &e.shape) && e.shape[1].is_multiple_of(32);
+            assert_eq!(t.ggml_type == ty, linear, "{} is {:?}", t.name, t.ggml_type);
+        }
         with_copy.take();
 
         let plain = Logged {
@@ -471,12 +490,9 @@ fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
         };
         let from_copy = encoder(&with_copy, TextEncoderLoad::gathered(precision));
         let at_load = encoder(&plain, TextEncoderLoad::gathered(precision));
-        let (copy_read, plain_read) = (checkpoint_bytes(&with_copy), checkpoint_bytes(&plain));
-        eprintln!(
-            "{precision:?}: the prompt encoder read {copy_read} bytes of the checkpoint with the \
-             copy, {plain_read} without"
-        );
-        assert!(copy_read * 4 < plain_read, "{copy_read} vs {plain_read}");
+        let reads = with_copy.take();
+        assert!(reads.iter().any(|r| r.0 == path) && reads.iter().all(|r| r.0 != WEIGHTS));
+        assert!(checkpoint_bytes(&plain) > 0);
         for (_, _, text, max_len) in prompts().into_iter().take(3) {
             let a = pollster::block_on(from_copy.encode_from(&with_copy, &text, max_len));
             let b = pollster::block_on(at_load.encode_from(&plain, &text, max_len));
@@ -492,8 +508,7 @@ fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
             .expect("captioner from the copy");
         let cap_load = pollster::block_on(Captioner::load_with(&plain, &cpu(), options))
             .expect("captioner quantized at load");
-        let (copy_read, plain_read) = (checkpoint_bytes(&with_copy), checkpoint_bytes(&plain));
-        assert!(copy_read * 4 < plain_read, "{copy_read} vs {plain_read}");
+        assert!(pollster::block_on(Captioner::available(&with_copy, precision)).unwrap());
         let go = std::ops::ControlFlow::Continue;
         let copy_ids = pollster::block_on(cap_copy.caption_from(
             &with_copy,
@@ -509,29 +524,30 @@ fn a_stored_quantized_copy_gives_the_layers_quantized_at_load() {
                 .ids;
         assert_eq!(copy_ids, load_ids, "{precision:?}: caption tokens");
         assert_eq!(copy_ids.len(), 4);
+        // The size check before loading counts the same from the copy's header.
+        let copy = Checkpoint::Gguf(g);
+        let checkpoint = Checkpoint::Safetensors(folder.clone());
+        for vision in [false, true] {
+            let o = options.options(vision);
+            assert_eq!(
+                device_bytes(&copy, o, vision),
+                device_bytes(&checkpoint, o, vision)
+            );
+        }
 
-        // A copy whose blocks are not the precision being loaded (here: found under the other
-        // precision's name) is never dequantized or requantized: the checkpoint is read and
-        // quantized at load, as without it.
+        // Without the copy the checkpoint is needed: loading that precision reads it, and
+        // fails here, where it is gone.
         let other = match precision {
             Precision::Q8 => Precision::Q4,
             _ => Precision::Q8,
         };
-        let with_copy = Logged {
-            inner: WithCopy {
-                path: stored_copy_path("text_encoder", other).expect("path"),
-                ..with_copy.inner
-            },
-            reads: RefCell::new(Vec::new()),
+        let Err(err) = pollster::block_on(Captioner::load_with(
+            &with_copy,
+            &cpu(),
+            TextEncoderLoad::gathered(other),
+        )) else {
+            panic!("loaded {other:?} with neither a copy in it nor the checkpoint");
         };
-        plain.take();
-        let copy_other = encoder(&with_copy, TextEncoderLoad::gathered(other));
-        let plain_other = encoder(&plain, TextEncoderLoad::gathered(other));
-        let (copy_read, plain_read) = (checkpoint_bytes(&with_copy), checkpoint_bytes(&plain));
-        assert_eq!(copy_read, plain_read, "{other:?} with a {precision:?} copy");
-        let (_, _, text, max_len) = prompts().remove(0);
-        let a = pollster::block_on(copy_other.encode_from(&with_copy, &text, max_len));
-        let b = pollster::block_on(plain_other.encode_from(&plain, &text, max_len));
-        assert_eq!(read(a.expect("other")), read(b.expect("other")));
+        assert!(err.to_string().contains("no weights found"), "{err}");
     }
 }

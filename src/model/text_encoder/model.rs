@@ -12,8 +12,8 @@ use super::rope::{RopePositions, TextRope};
 use crate::error::{Error, Result};
 use crate::model::nn::{Linear, RmsNorm};
 use crate::weights::{
-    CopyContents, GgufFile, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder,
-    TableRows, TensorLoader, WeightSource, open_component, open_stored_copy,
+    Checkpoint, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder, TableRows,
+    TensorLoader, WeightSource, read_json,
 };
 
 /// Where the token embedding `[vocab, D]` is kept.
@@ -308,9 +308,11 @@ pub struct QwenLanguageModel {
 }
 
 impl QwenLanguageModel {
-    /// Loads `text_encoder/config.json` and the language-model tensors of `text_encoder/`;
-    /// the vision tower (and `lm_head` unless `options.lm_head`) is checked for presence and
-    /// skipped. Missing, wrongly shaped or unexpected tensors are errors.
+    /// Loads `text_encoder/config.json` and the language-model tensors of `text_encoder/`
+    /// (its stored quantized copy for `options.precision` when there is one, else its
+    /// safetensors: [`Checkpoint::open`]); the vision tower (and `lm_head` unless
+    /// `options.lm_head`) is checked for presence and skipped. Missing, wrongly shaped or
+    /// unexpected tensors are errors.
     pub async fn load<S: WeightSource>(
         source: &S,
         device: &Device,
@@ -326,23 +328,17 @@ impl QwenLanguageModel {
         device: &Device,
         options: LoadOptions,
     ) -> Result<Self> {
-        let (json, config_file, weights) =
-            open_component::<serde_json::Value>(source, folder).await?;
+        let config_file = format!("{folder}/config.json");
+        let json: serde_json::Value = read_json(source, &config_file).await?;
         let config = QwenTextConfig::from_json(&json, &config_file)?;
-        let stored = open_stored_copy(source, folder, options.precision).await?;
-        let mut l =
-            loader(source, &weights, stored.as_ref(), device)?.with_linear_load(LinearLoad {
-                precision: options.precision,
-                max_part_bytes: options.max_part_bytes,
-            });
+        let weights = Checkpoint::open(source, folder, options.precision).await?;
+        let mut l = weights.loader(source, device).with_linear_load(LinearLoad {
+            precision: options.precision,
+            max_part_bytes: options.max_part_bytes,
+        });
         let me = Self::load_with(&config, &weights, &mut l, options).await?;
-        let skipped: Vec<(String, Vec<usize>)> = weights
-            .keys()
-            .filter(|k| k.starts_with("visual.") || k.starts_with("model.visual."))
-            .filter_map(|k| weights.get(k).map(|e| (k.to_owned(), e.shape.clone())))
-            .collect();
-        for (key, shape) in &skipped {
-            l.skip(key, shape)?;
+        for key in weights.keys().into_iter().filter(|k| is_vision_key(k)) {
+            l.skip(key, weights.shape(key).unwrap_or_default())?;
         }
         l.finish()?;
         Ok(me)
@@ -356,7 +352,7 @@ impl QwenLanguageModel {
     /// [`TensorLoader::finish`].
     pub async fn load_with<S: WeightSource>(
         config: &QwenTextConfig,
-        weights: &SafetensorsFolder,
+        weights: &Checkpoint,
         l: &mut TensorLoader<'_, S>,
         options: LoadOptions,
     ) -> Result<Self> {
@@ -369,14 +365,14 @@ impl QwenLanguageModel {
 
     async fn take<S: WeightSource>(
         config: &QwenTextConfig,
-        weights: &SafetensorsFolder,
+        weights: &Checkpoint,
         l: &mut TensorLoader<'_, S>,
         options: LoadOptions,
     ) -> Result<Self> {
         let prefix = text_prefix(weights)?;
         let model = QwenTextModel::load_with(config, l, prefix, options.embedding).await?;
         let (v, d) = (config.vocab_size, config.hidden_size);
-        let lm_head = match (options.lm_head, weights.get("lm_head.weight").is_some()) {
+        let lm_head = match (options.lm_head, weights.contains("lm_head.weight")) {
             (true, true) => Some(l.linear("lm_head", d, v, false).await?),
             (true, false) if config.tie_word_embeddings => match &model.embed_tokens.weight {
                 Some(table) => Some(Linear::from_f32(table.val(), None)),
@@ -472,19 +468,10 @@ impl QwenLanguageModel {
     }
 }
 
-/// A loader over the `text_encoder/` checkpoint `weights`, reading the linear weights from its
-/// stored quantized copy when there is one for the precision being loaded (`stored`, from
-/// [`open_stored_copy`]).
-pub fn loader<'a, S: WeightSource>(
-    source: &'a S,
-    weights: &'a SafetensorsFolder,
-    stored: Option<&'a GgufFile>,
-    device: &Device,
-) -> Result<TensorLoader<'a, S>> {
-    match stored {
-        Some(copy) => TensorLoader::with_stored_copy(source, weights, copy, device),
-        None => Ok(TensorLoader::new(source, weights, device)),
-    }
+/// Whether `key` is a tensor of the vision tower (`visual.*`, or `model.visual.*` in
+/// transformers' in-memory names) in a `text_encoder/` checkpoint.
+pub fn is_vision_key(key: &str) -> bool {
+    key.starts_with("visual.") || key.starts_with("model.visual.")
 }
 
 /// Whether the `text_encoder/` checkpoint tensor `key` of `shape` is the weight of a
@@ -494,12 +481,12 @@ pub fn is_linear_weight(key: &str, shape: &[usize]) -> bool {
     shape.len() == 2 && key.ends_with(".weight") && !key.ends_with(".embed_tokens.weight")
 }
 
-/// The stored quantized copy of a `text_encoder/` checkpoint (`weights`) with its linear
-/// layers (language model, `lm_head`, vision tower) in `precision` (`Q8`/`Q4`): only those
-/// weights, read beside the checkpoint ([`crate::weights::stored_copy_path`]; everything else,
-/// the token embedding too, still comes from the checkpoint). Loading with it gives exactly the
-/// layers quantized at load. `origin` (e.g. `repo@commit`) is recorded as
-/// `qwen_layered.origin`.
+/// The stored quantized copy of a `text_encoder/` checkpoint (`weights`): every tensor, with
+/// the linear layers (language model, `lm_head`, vision tower) in `precision` (`Q8`/`Q4`) and
+/// the rest as stored (the bf16 token embedding too, which a gathered embedding reads rows of).
+/// It stands alone ([`Checkpoint::open`] prefers it), so the checkpoint can be removed once it
+/// is written. Loading with it gives exactly the layers quantized at load. `origin` (e.g.
+/// `repo@commit`) is recorded as `qwen_layered.origin`.
 pub fn stored_quantized_layout(
     weights: &SafetensorsFolder,
     precision: Precision,
@@ -508,7 +495,6 @@ pub fn stored_quantized_layout(
     QuantizedLayout::new(
         weights,
         precision,
-        CopyContents::LinearOnly,
         "qwen2_5_vl",
         is_linear_weight,
         &[("qwen_layered.origin", MetaValue::String(origin.to_owned()))],
@@ -525,14 +511,14 @@ pub fn stored_quantized_layout(
 ///   multiple of 32 (`bits / 8` bytes per value plus an f32 scale per 32 values, as
 ///   [`crate::model::nn::BlockWeight`] holds them), else f32;
 /// - everything else (biases, norms, the vision tower's patch convolution) f32.
-pub fn device_bytes(weights: &SafetensorsFolder, options: LoadOptions, vision: bool) -> u64 {
+pub fn device_bytes(weights: &Checkpoint, options: LoadOptions, vision: bool) -> u64 {
     let mut total = 0u64;
     for key in weights.keys() {
-        let Some(entry) = weights.get(key) else {
+        let Some(shape) = weights.shape(key) else {
             continue;
         };
-        let values: u64 = entry.shape.iter().map(|&d| d as u64).product();
-        let is_vision = key.starts_with("visual.") || key.starts_with("model.visual.");
+        let values: u64 = shape.iter().map(|&d| d as u64).product();
+        let is_vision = is_vision_key(key);
         if (is_vision && !vision) || (key == "lm_head.weight" && !options.lm_head) {
             continue;
         }
@@ -542,9 +528,9 @@ pub fn device_bytes(weights: &SafetensorsFolder, options: LoadOptions, vision: b
             }
             continue;
         }
-        let linear = is_linear_weight(key, &entry.shape);
+        let linear = is_linear_weight(key, shape);
         total += match options.precision.bits() {
-            Some(bits) if linear && entry.shape[1].is_multiple_of(crate::weights::BLOCK) => {
+            Some(bits) if linear && shape[1].is_multiple_of(crate::weights::BLOCK) => {
                 values * u64::from(bits) / 8 + 4 * (values / crate::weights::BLOCK as u64)
             }
             _ => 4 * values,
@@ -555,18 +541,15 @@ pub fn device_bytes(weights: &SafetensorsFolder, options: LoadOptions, vision: b
 
 /// The key prefix of the decoder stack: `model` (legacy names, what transformers writes) or
 /// `model.language_model` (transformers' in-memory names).
-fn text_prefix(weights: &SafetensorsFolder) -> Result<&'static str> {
+fn text_prefix(weights: &Checkpoint) -> Result<&'static str> {
     for prefix in ["model", "model.language_model"] {
-        if weights
-            .get(&format!("{prefix}.embed_tokens.weight"))
-            .is_some()
-        {
+        if weights.contains(&format!("{prefix}.embed_tokens.weight")) {
             return Ok(prefix);
         }
     }
     Err(Error::Weights {
         key: "model.embed_tokens.weight".into(),
-        file: weights.files().join(", "),
+        file: weights.files(),
         reason: "missing (nor model.language_model.embed_tokens.weight): not a Qwen2.5-VL \
                  text encoder checkpoint"
             .into(),

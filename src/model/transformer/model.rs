@@ -13,8 +13,8 @@ use super::streaming::BlockProvider;
 use crate::error::{Error, Result};
 use crate::model::nn::{RmsNorm, layer_norm, silu_linear};
 use crate::weights::{
-    CopyContents, GgufFile, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder,
-    TensorLoader, WeightSource, open_component,
+    GgufFile, LinearLoad, MetaValue, Precision, QuantizedLayout, SafetensorsFolder, TensorLoader,
+    WeightSource, open_component,
 };
 
 /// diffusers `AdaLayerNormContinuous(D, D, elementwise_affine=False, eps=1e-6)`:
@@ -201,7 +201,6 @@ impl QwenImageTransformer2DModel {
         QuantizedLayout::new(
             folder,
             precision,
-            CopyContents::Whole,
             "qwen_image",
             Self::is_linear_weight,
             &[("qwen_layered.origin", MetaValue::String(origin.to_owned()))],

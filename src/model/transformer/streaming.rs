@@ -18,7 +18,7 @@ use super::config::QwenImageTransformerConfig;
 use super::model::QwenImageTransformer2DModel;
 use crate::error::{Error, Result};
 use crate::weights::{
-    GgufFile, LinearLoad, SafetensorsFolder, TensorLoader, WeightSource, open_component,
+    Checkpoint, GgufFile, LinearLoad, SafetensorsFolder, WeightSource, open_component,
 };
 
 /// Hands the transformer its blocks, in order, during one forward
@@ -53,42 +53,6 @@ impl BlockProvider for ResidentBlocks<'_> {
     }
 }
 
-/// The checkpoint the blocks are streamed from.
-#[derive(Debug)]
-enum StreamIndex {
-    Safetensors(SafetensorsFolder),
-    Gguf(GgufFile),
-}
-
-impl StreamIndex {
-    fn loader<'a, S: WeightSource>(
-        &'a self,
-        source: &'a S,
-        device: &Device,
-    ) -> TensorLoader<'a, S> {
-        match self {
-            StreamIndex::Safetensors(f) => TensorLoader::new(source, f, device),
-            StreamIndex::Gguf(g) => TensorLoader::gguf(source, g, device),
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        match self {
-            StreamIndex::Safetensors(f) => f.keys().collect(),
-            StreamIndex::Gguf(g) => g.tensors().iter().map(|t| t.name.as_str()).collect(),
-        }
-    }
-
-    /// The stored shape of `key` (empty when it is not stored).
-    fn shape(&self, key: &str) -> Vec<usize> {
-        match self {
-            StreamIndex::Safetensors(f) => f.get(key).map(|e| e.shape.clone()),
-            StreamIndex::Gguf(g) => g.get(key).map(|t| t.shape.clone()),
-        }
-        .unwrap_or_default()
-    }
-}
-
 /// Counters of a [`BlockStream`], for tests and the progress display.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamStats {
@@ -106,7 +70,7 @@ pub struct StreamStats {
 /// non-block part) or [`BlockStream::new`].
 pub struct BlockStream<S: WeightSource> {
     source: S,
-    index: StreamIndex,
+    index: Checkpoint,
     device: Device,
     linear: LinearLoad,
     config: QwenImageTransformerConfig,
@@ -132,7 +96,7 @@ impl<S: WeightSource> std::fmt::Debug for BlockStream<S> {
 impl<S: WeightSource> BlockStream<S> {
     fn with_index(
         source: S,
-        index: StreamIndex,
+        index: Checkpoint,
         config: &QwenImageTransformerConfig,
         device: &Device,
         linear: LinearLoad,
@@ -184,7 +148,7 @@ impl<S: WeightSource> BlockStream<S> {
         linear: impl Into<LinearLoad>,
         ring_size: usize,
     ) -> Result<Self> {
-        let index = StreamIndex::Safetensors(folder);
+        let index = Checkpoint::Safetensors(folder);
         Self::with_index(source, index, config, device, linear.into(), ring_size)
     }
 
@@ -197,7 +161,7 @@ impl<S: WeightSource> BlockStream<S> {
         linear: impl Into<LinearLoad>,
         ring_size: usize,
     ) -> Result<Self> {
-        let index = StreamIndex::Gguf(file);
+        let index = Checkpoint::Gguf(file);
         Self::with_index(source, index, config, device, linear.into(), ring_size)
     }
 
@@ -310,7 +274,7 @@ impl QwenImageTransformer2DModel {
         let (config, config_file, weights) =
             open_component::<QwenImageTransformerConfig>(&source, folder).await?;
         config.validate(&config_file)?;
-        let index = StreamIndex::Safetensors(weights);
+        let index = Checkpoint::Safetensors(weights);
         Self::stream_from(source, index, &config, device, linear.into(), ring_size).await
     }
 
@@ -325,7 +289,7 @@ impl QwenImageTransformer2DModel {
         linear: impl Into<LinearLoad>,
         ring_size: usize,
     ) -> Result<(Self, BlockStream<S>)> {
-        let index = StreamIndex::Gguf(GgufFile::open(&source, gguf_file).await?);
+        let index = Checkpoint::Gguf(GgufFile::open(&source, gguf_file).await?);
         Self::stream_from(source, index, config, device, linear.into(), ring_size).await
     }
 
@@ -333,7 +297,7 @@ impl QwenImageTransformer2DModel {
     /// over the blocks, with block 0 loaded.
     async fn stream_from<S: WeightSource>(
         source: S,
-        index: StreamIndex,
+        index: Checkpoint,
         config: &QwenImageTransformerConfig,
         device: &Device,
         linear: LinearLoad,
@@ -350,7 +314,7 @@ impl QwenImageTransformer2DModel {
             let mut l = index.loader(&source, device).with_linear_load(linear);
             Self::load_without_blocks(config, &mut l).await?;
             for key in keys.iter().filter(|k| is_block(k)) {
-                l.skip(key, &index.shape(key))?;
+                l.skip(key, index.shape(key).unwrap_or_default())?;
             }
             l.finish()?;
         }
