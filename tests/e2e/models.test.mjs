@@ -399,3 +399,35 @@ test("Cancel stops a first load while it stores the 4-bit copy: the copy is not 
     assert.equal((await storedCopies(page)).length, 4, JSON.stringify(await storedCopies(page)));
   });
 });
+
+test("a model kept loaded goes phased for a run that does not fit beside it, and loads each phase from the stored copies", { timeout: SLOW }, async () => {
+  // E2E_GOES_PHASED of tests/native/memory_plan.rs, which checks both plans: kept loaded after
+  // a Load at the 32 bucket, phased for a 40×24 picture at the 64 bucket.
+  await withDownloadedQ4("?gpu-budget=4600K", async (page, logs) => {
+    await page.fill("#set-layers", "2");
+    await page.fill("#set-steps", "2");
+    await page.selectOption("#set-resolution", "32");
+    await page.click("#load-model");
+    await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
+    assert.match(await page.textContent("#memory-plan"), /The model stays loaded between runs\.$/);
+    // The load made the copies and removed both checkpoints: a phase can only read the copies.
+    const files = (await opfsFiles(page)).map(([p]) => p.replace(/^[0-9a-f]{40}\//, ""));
+    for (const gone of ["transformer/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors"]) {
+      assert.ok(!files.includes(gone), `${gone}: ${JSON.stringify(files)}`);
+    }
+    await page.setInputFiles("#file-input", { name: "wide.png", mimeType: "image/png", buffer: picture(40, 24) });
+    await page.selectOption("#set-resolution", "64");
+    await page.fill("#set-prompt", "a wider picture");
+    await page.waitForFunction(() => !document.getElementById("decompose").disabled);
+    await page.click("#decompose");
+    await page.waitForSelector("body[data-run=done], body[data-run=failed]", { timeout: 300_000 });
+    const status = await page.textContent("#run-status");
+    assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
+    assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
+    assert.match(await page.textContent("#memory-plan"),
+      /Each run loads the text encoder, frees it, then loads the transformer and the VAE, and frees them\.$/);
+    assert.equal(await page.locator("#layer-list li.layer").count(), 2);
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+  });
+});

@@ -394,3 +394,51 @@ fn the_browser_tests_forced_limits_stream_a_ring_of_one_and_tile_the_vae() {
     assert!(plan.is_resident());
     assert_eq!((plan.vae_tiling, plan.vae_slicing), (None, false));
 }
+
+/// The browser test of a resident model whose run does not fit beside it
+/// (`tests/e2e/models.test.mjs`): the tiny model kept 4-bit (transformer and text encoder, as
+/// the `tiny-test-q4` entry does) with this budget stays loaded after a Load at the 32 bucket
+/// (2 layers), and a 40×24 picture run at the 64 bucket (96×64) plans it phased, so the page
+/// frees it and loads each phase again, from the stored copies (the checkpoints are gone).
+/// Loads keep the model between 4450 and 4750 KiB here; runs from 4800 KiB.
+pub const E2E_GOES_PHASED: &str = "?gpu-budget=4600K";
+
+#[test]
+fn a_resident_q4_model_goes_phased_for_a_larger_run_under_the_browser_tests_budget() {
+    use qwen_layered_web::model::text_encoder::device_bytes;
+    use qwen_layered_web::pipeline::{Dimensions, ModelConfigs};
+    use qwen_layered_web::protocol::{MemoryOverrides, MemorySettings};
+    use qwen_layered_web::text::TextEncoderLoad;
+    use qwen_layered_web::weights::{Checkpoint, SafetensorsFolder};
+
+    let source = model_source();
+    let configs = pollster::block_on(ModelConfigs::read(&source)).unwrap();
+    let folder = pollster::block_on(SafetensorsFolder::open(&source, "text_encoder")).unwrap();
+    // What the worker counts (`text_kept_bytes`): the captioning parts too.
+    let load = TextEncoderLoad::gathered(Precision::Q4).options(true);
+    let text_kept = device_bytes(&Checkpoint::Safetensors(folder), load, true);
+    let device = KeyLimits {
+        max_buffer_size: 1 << 30,
+        max_storage_buffer_binding_size: 128 << 20,
+        max_compute_workgroup_storage_size: 32768,
+        max_compute_invocations_per_workgroup: 256,
+    };
+    let overrides = MemoryOverrides::from_query(E2E_GOES_PHASED).unwrap();
+    let settings = MemorySettings {
+        budget_bytes: overrides.budget.unwrap(),
+        max_binding: overrides.max_binding,
+        max_buffer: overrides.max_buffer,
+        resolution: 32,
+        layers: 2,
+    };
+    let plan = |size| {
+        let budget = settings.budget(&device);
+        let (p, t) = (Precision::Q4, Some(text_kept));
+        configs.plan_keeping(&budget, p, p, size, 2, t).unwrap()
+    };
+    let at_load = plan((32, 32));
+    assert!(at_load.keep_loaded, "{}", at_load.describe(2));
+    let run = Dimensions::for_image_any_bucket(64, 40, 24).unwrap();
+    let for_run = plan((run.width as usize, run.height as usize));
+    assert!(!for_run.keep_loaded, "{}", for_run.describe(2));
+}
