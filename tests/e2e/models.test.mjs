@@ -204,7 +204,8 @@ test("download with progress, reload mid-way and resume, then offline: load from
     // Each copy is the whole component: its bf16 checkpoint went (0.7 MB of transformer, 0.4
     // MB of text encoder), and so did the text encoder's copy of the old format.
     const said = (what, mb) => `The ${what} was quantized to 4 bits and stored in this browser \\([\\d.]+ MB, [\\d.]+ s\\): later loads read that copy\\. Its checkpoint \\(${mb} MB\\) was removed from this browser: the copy replaces it\\.`;
-    assert.match(firstLoad, new RegExp(`${said("transformer", "0\\.7")} ${said("text encoder", "0\\.4")} An older copy of the text encoder \\(0\\.1 MB\\), of a format this version no longer reads, was removed\\.$`), firstLoad);
+    // The text encoder is copied first: its checkpoint makes room for the transformer's copy.
+    assert.match(firstLoad, new RegExp(`${said("text encoder", "0\\.4")} An older copy of the text encoder \\(0\\.1 MB\\), of a format this version no longer reads, was removed\\. ${said("transformer", "0\\.7")}$`), firstLoad);
     const afterFirst = (await opfsFiles(page)).map(([p]) => p.replace(/^[0-9a-f]{40}\//, ""));
     for (const gone of ["transformer/diffusion_pytorch_model", "text_encoder/model.safetensors", "text_encoder/qwen-layered-v1"]) {
       assert.ok(!afterFirst.some((p) => p.startsWith(gone)), `${gone}: ${JSON.stringify(afterFirst)}`);
@@ -229,7 +230,7 @@ test("download with progress, reload mid-way and resume, then offline: load from
     await page.click("#load-model");
     await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.match(await page.textContent("#model-status"),
-      /The transformer was read from its 4-bit copy stored in this browser \([\d.]+ MB\)\. The text encoder was read from its 4-bit copy stored in this browser \([\d.]+ MB\)\.$/,
+      /The text encoder was read from its 4-bit copy stored in this browser \([\d.]+ MB\)\. The transformer was read from its 4-bit copy stored in this browser \([\d.]+ MB\)\.$/,
       logs.join("\n"));
     await page.setInputFiles("#file-input", { name: "offline.png", mimeType: "image/png", buffer: picture(36, 20) });
     await page.waitForFunction(() => !document.getElementById("decompose").disabled);
@@ -374,12 +375,12 @@ test("Cancel stops a first load while it stores the 4-bit copy: the copy is not 
     await page.waitForSelector("body[data-model=cancelled], body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
     const status = await page.textContent("#model-status");
     assert.equal(await page.getAttribute("body", "data-model"), "cancelled", `${status}\n${logs.join("\n")}`);
-    assert.match(status, /^Loading cancelled \(before reading transformer\/[^)]+\.safetensors\): no model is loaded\. A quantized copy being written keeps what it wrote; the next Load goes on from there\.$/, status);
-    // The transformer's copy holds its header and the record of how far it got, and no commit
-    // record: it is not served. The text encoder's was not begun.
+    assert.match(status, /^Loading cancelled \(before reading text_encoder\/model\.safetensors\): no model is loaded\. A quantized copy being written keeps what it wrote; the next Load goes on from there\.$/, status);
+    // The text encoder's copy (the first one made) holds its header and the record of how far
+    // it got, and no commit record: it is not served. The transformer's was not begun.
     const partial = (await storedCopies(page)).map(([p, size]) => [p.replace(/^[0-9a-f]{40}\//, ""), size]);
     assert.deepEqual(partial.map(([p]) => p).sort(),
-      ["transformer/qwen-layered-v1-q4_0.gguf", "transformer/qwen-layered-v1-q4_0.gguf.part.json"], JSON.stringify(partial));
+      ["text_encoder/qwen-layered-v2-q4_0.gguf", "text_encoder/qwen-layered-v2-q4_0.gguf.part.json"], JSON.stringify(partial));
     const header = partial.find(([p]) => p.endsWith(".gguf"))[1];
     assert.ok(header > 0, JSON.stringify(partial));
     assert.ok(await page.isHidden("#cancel-load"));
@@ -388,14 +389,14 @@ test("Cancel stops a first load while it stores the 4-bit copy: the copy is not 
     assert.ok(await page.isDisabled("#decompose"), "nothing is loaded to run");
     await page.screenshot({ path: `${artifacts}/27-load-cancelled.png` });
 
-    // The next load goes on with the transformer's copy after its header, makes the text
-    // encoder's, and loads.
+    // The next load goes on with the text encoder's copy after its header, makes the
+    // transformer's, and loads.
     await page.click("#load-model");
     await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
     const again = await page.textContent("#model-status");
     assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${again}\n${logs.join("\n")}`);
-    assert.match(again, new RegExp(`The transformer was quantized to 4 bits and stored in this browser \\([\\d.]+ MB, [\\d.]+ s, going on from the ${(header / 1e3).toFixed(1)} KB an earlier load wrote\\)`), again);
-    assert.match(again, /The text encoder was quantized to 4 bits and stored in this browser \([\d.]+ MB, [\d.]+ s\): /, again);
+    assert.match(again, new RegExp(`The text encoder was quantized to 4 bits and stored in this browser \\([\\d.]+ MB, [\\d.]+ s, going on from the ${(header / 1e3).toFixed(1)} KB an earlier load wrote\\)`), again);
+    assert.match(again, /The transformer was quantized to 4 bits and stored in this browser \([\d.]+ MB, [\d.]+ s\): /, again);
     assert.equal((await storedCopies(page)).length, 4, JSON.stringify(await storedCopies(page)));
   });
 });
