@@ -520,14 +520,15 @@ async fn remove_stale_copies(cached: &CachedModel, component: &str) -> Result<u6
     let mut removed = 0;
     for part in &cached.parts {
         for old in &stale {
-            removed += match store.committed_file(part.plan(), old).await {
+            let size = match store.committed_file(part.plan(), old).await {
                 Ok(Some(f)) => f.size,
                 _ => 0,
             };
-            if let Err(err) = discard_derived(&store, part.plan(), old).await {
-                warn(&format!(
+            match discard_derived(&store, part.plan(), old).await {
+                Ok(()) => removed += size,
+                Err(err) => warn(&format!(
                     "{old}: not removed now ({err}); the next load tries again"
-                ));
+                )),
             }
         }
     }
