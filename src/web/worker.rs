@@ -129,7 +129,7 @@ enum Model {
 
 /// Plans `source` for a `width × height` run with `layers` layers under `memory`
 /// ([`ModelConfigs::plan_keeping`] with the device's limits, or the forced ones); `text_kept`:
-/// what the text side keeps on the device if the model stays loaded ([`text_kept_bytes`]).
+/// what the text side keeps on the device if the model stays loaded ([`TextSide`]).
 fn plan(
     configs: &ModelConfigs,
     source: &ModelSource,
@@ -152,19 +152,26 @@ fn plan(
     )
 }
 
-/// Bytes a resident model's text side keeps on the device, from the checkpoint headers: the
-/// text encoder as [`load_model`] loads it (token embedding gathered), with `lm_head` and the
-/// vision tower when the model can caption.
-async fn text_kept_bytes(cached: &CachedModel, source: &ModelSource) -> Result<u64> {
+/// What a model's text side is, from its checkpoint headers (read once per load).
+#[derive(Debug, Clone, Copy)]
+struct TextSide {
+    /// Whether the model can caption ([`Captioner::available`]).
+    captioning: bool,
+    /// Bytes it keeps on the device when the model stays loaded: the text encoder as
+    /// [`load_model`] loads it (token embedding gathered), with `lm_head` and the vision tower
+    /// when the model can caption.
+    kept_bytes: u64,
+}
+
+async fn text_side(cached: &CachedModel, source: &ModelSource) -> Result<TextSide> {
     let precision = source.precision("text_encoder");
     let captioning = Captioner::available(cached, precision).await?;
     let weights = Checkpoint::open(cached, "text_encoder", precision).await?;
     let load = TextEncoderLoad::gathered(precision);
-    Ok(text_encoder::device_bytes(
-        &weights,
-        load.options(captioning),
+    Ok(TextSide {
         captioning,
-    ))
+        kept_bytes: text_encoder::device_bytes(&weights, load.options(captioning), captioning),
+    })
 }
 
 /// Posts a plan for the page; `phased`: the model loads in phases for each run.
@@ -215,7 +222,7 @@ struct LoadedModel {
     /// The cached files the model was loaded from: the text encoder's token embedding stays
     /// there, and the rows a prompt or caption uses are read from it.
     cached: CachedModel,
-    /// What the text side keeps on the device ([`text_kept_bytes`]), for each run's plan.
+    /// What the text side keeps on the device ([`TextSide::kept_bytes`]), for each run's plan.
     text_kept: u64,
 }
 
@@ -478,11 +485,18 @@ async fn load_cached(
 ) -> Result<Model> {
     let configs = ModelConfigs::read(&cached).await?;
     // Headers only: what the text side takes on the device, for the plan and the size check.
-    let text_kept = text_kept_bytes(&cached, source).await?;
+    let text = text_side(&cached, source).await?;
     let planned = match &memory {
         Some(m) => {
             let side = m.resolution as usize;
-            let plan = plan(&configs, source, m, (side, side), m.layers, Some(text_kept))?;
+            let plan = plan(
+                &configs,
+                source,
+                m,
+                (side, side),
+                m.layers,
+                Some(text.kept_bytes),
+            )?;
             post_plan(&source.id, &plan, &configs, m, !plan.keep_loaded);
             Some(plan)
         }
@@ -490,14 +504,12 @@ async fn load_cached(
     };
     match (planned, memory) {
         (Some(plan), Some(memory)) if !plan.keep_loaded => {
-            let text = source.precision("text_encoder");
-            let captioner = Captioner::available(&cached, text).await?;
             Ok(Model::Phased(Rc::new(PhasedModel {
                 source: source.clone(),
                 cached,
                 configs,
                 memory,
-                captioner,
+                captioner: text.captioning,
             })))
         }
         (plan, memory) => {
@@ -509,7 +521,7 @@ async fn load_cached(
                 configs,
                 memory,
                 max_part_bytes,
-                text_kept,
+                text,
             )
             .await?;
             if let Some(plan) = plan {
@@ -521,8 +533,8 @@ async fn load_cached(
 }
 
 /// Loads the pipeline from the cached source in the precisions its registry entry names,
-/// posting [`FromWorker::LoadProgress`] as bytes arrive; `text_kept` is what the text side
-/// takes on the device ([`text_kept_bytes`]). The text encoder's token embedding
+/// posting [`FromWorker::LoadProgress`] as bytes arrive; `text` is what the text side is
+/// ([`text_side`]). The text encoder's token embedding
 /// is not loaded: its rows are read from `cached` when prompts are encoded.
 async fn load_model(
     cached: CachedModel,
@@ -531,7 +543,7 @@ async fn load_model(
     configs: ModelConfigs,
     memory: Option<MemorySettings>,
     max_part_bytes: Option<u64>,
-    text_kept: u64,
+    text: TextSide,
 ) -> Result<LoadedModel> {
     let total = cached.load_bytes(&[""]);
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
@@ -543,10 +555,10 @@ async fn load_model(
         max_part_bytes,
         ..TextEncoderLoad::gathered(source.precision("text_encoder"))
     };
-    let captioning = Captioner::available(&cached, text_load.precision).await?;
+    let captioning = text.captioning;
     // The text encoder at its precision, without its gathered embedding (and with the vision
-    // tower and lm_head only when captioning loads them): `text_kept`.
-    let mut bytes = text_kept;
+    // tower and lm_head only when captioning loads them).
+    let mut bytes = text.kept_bytes;
     bytes += 4 * SafetensorsFolder::open(&cached, "vae").await?.value_count();
     let transformer_values = match &cached.gguf {
         Some(file) => GgufFile::open(&cached, file)
@@ -611,7 +623,7 @@ async fn load_model(
         prompt,
         captioner,
         cached,
-        text_kept,
+        text_kept: text.kept_bytes,
     })
 }
 
