@@ -44,7 +44,7 @@ mod native {
     };
     use qwen_layered_web::weights::{
         DirSource, GgufFile, Precision, SafetensorsFolder, WeightSource, read_json,
-        stored_copy_path, to_f32,
+        stored_copy_path, stored_copy_paths_ever, to_f32,
     };
     use safetensors::{Dtype, SafeTensors};
 
@@ -268,10 +268,20 @@ commands:
             .parse()
             .map_err(usage_error)?;
         let beside = stored_copy_path("text_encoder", precision);
-        if let (Some(model), Some(copy)) = (opts.get("--model"), beside)
-            && Path::new(model).join(&copy).is_file()
-        {
-            eprintln!("text encoder: read from the stored copy {model}/{copy}");
+        if let (Some(model), Some(copy)) = (opts.get("--model"), beside) {
+            if Path::new(model).join(&copy).is_file() {
+                eprintln!("text encoder: read from the stored copy {model}/{copy}");
+            } else {
+                for old in stale_copies(Path::new(model), "text_encoder") {
+                    eprintln!(
+                        "text encoder: {model}/{old} is a stored copy of an older format that \
+                         this version no longer reads, so the checkpoint is quantized at load; \
+                         `quantize --model {model} --component text_encoder --precision \
+                         {}` writes the current one (then {old} can be deleted)",
+                        format!("{precision:?}").to_lowercase()
+                    );
+                }
+            }
         }
         Ok(TextEncoderLoad {
             precision,
@@ -282,6 +292,17 @@ commands:
             },
             max_part_bytes: largest_buffer,
         })
+    }
+
+    /// The stored copies of `folder` in the model folder `model` that this build no longer
+    /// reads (names of an older [`stored_format`], relative to `model`).
+    fn stale_copies(model: &Path, folder: &str) -> Vec<String> {
+        let current = [Precision::Q8, Precision::Q4].map(|p| stored_copy_path(folder, p));
+        stored_copy_paths_ever(folder)
+            .into_iter()
+            .filter(|path| !current.iter().flatten().any(|c| c == path))
+            .filter(|path| model.join(path).is_file())
+            .collect()
     }
 
     /// The single tensor of a safetensors file, as f32 with its name and shape.

@@ -681,9 +681,10 @@ fn quantize_stores_the_transformer_that_decompose_would_quantize() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `quantize --component text_encoder --precision q4` writes the text encoder's 4-bit linear
-/// weights beside its checkpoint, and `encode-prompt --text-precision q4` then reads them
-/// (and says so) and writes exactly the embeddings it writes when quantizing at load.
+/// `quantize --component text_encoder --precision q4` writes the text encoder's 4-bit copy
+/// beside its checkpoint, and `encode-prompt --text-precision q4` then reads it (and says so)
+/// and writes exactly the embeddings it writes when quantizing at load. A copy of an older
+/// format is not read; the log names it and the command that writes the current one.
 #[test]
 fn quantize_stores_the_text_encoder_beside_its_checkpoint() {
     let dir = scratch("quantize-te");
@@ -718,6 +719,16 @@ fn quantize_stores_the_text_encoder_beside_its_checkpoint() {
     };
     let (at_load, log) = encode("at-load.safetensors");
     assert!(!log.contains("stored copy"), "{log}");
+    // A copy of the older, linear-only format is not read, and the log says what to do.
+    let old = model.join("text_encoder/qwen-layered-v1-q4_0.gguf");
+    std::fs::write(&old, b"GGUF, of a format no longer read").expect("old copy");
+    let (beside_old, log) = encode("beside-old.safetensors");
+    assert!(
+        log.contains("text_encoder/qwen-layered-v1-q4_0.gguf is a stored copy of an older format")
+            && log.contains("--component text_encoder --precision q4` writes the current one"),
+        "{log}"
+    );
+    assert_eq!(beside_old, at_load, "the old copy is not read");
     let quantize = |extra: &[&str]| {
         let mut args = vec![
             "quantize",
@@ -742,7 +753,7 @@ fn quantize_stores_the_text_encoder_beside_its_checkpoint() {
     assert!(copy.is_file(), "the copy beside the checkpoint");
     let (from_copy, log) = encode("from-copy.safetensors");
     assert!(
-        log.contains("text encoder: read from the stored copy"),
+        log.contains("text encoder: read from the stored copy") && !log.contains("older format"),
         "{log}"
     );
     assert!(
