@@ -9,6 +9,7 @@ import { chromium } from "playwright-core";
 import { serveStatic } from "./server.mjs";
 import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS, NO_WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
+import { axeViolations } from "./a11y.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
@@ -131,6 +132,7 @@ test("without WebGPU the page says so plainly and still opens images", { timeout
     assert.match(await page.textContent("#status"), /WebGPU is not available/);
     assert.match(await page.textContent("#gpu-info"), /WebGPU is not available/);
     await page.screenshot({ path: `${artifacts}/03-no-webgpu.png` });
+    assert.deepEqual(await axeViolations(page), [], "no WebGPU");
     await page.setInputFiles("#file-input", { name: "a.png", mimeType: "image/png", buffer: encodePng(3, 1, new Uint8Array(12).fill(200)) });
     await page.waitForFunction(() => document.getElementById("composite").width === 3);
     assert.deepEqual((await canvasPixels(page)).data, new Array(12).fill(200));

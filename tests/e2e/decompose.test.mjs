@@ -13,6 +13,7 @@ import { chromium } from "playwright-core";
 import { serveStatic } from "./server.mjs";
 import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
+import { axeViolations } from "./a11y.mjs";
 import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
@@ -118,6 +119,7 @@ test("the picker lists the tiny model plainly; it downloads over HTTP ranges fro
     // Loading read the verified cache, not the network: nothing was requested after the download.
     assert.equal(JSON.stringify(hf.stats().files), afterDownload);
     await page.screenshot({ path: `${artifacts}/10-model-loaded.png` });
+    assert.deepEqual(await axeViolations(page), [], "a model downloaded and loaded");
   } finally {
     await browser.close();
   }
@@ -139,6 +141,7 @@ test("a server that ignores Range still gives verified files; a refused file is 
     assert.notEqual(await page.getAttribute("body", "data-cache"), "cached");
     assert.ok(await page.isDisabled("#load-model"), "an incomplete model cannot be loaded");
     await page.screenshot({ path: `${artifacts}/11-download-failed.png` });
+    assert.deepEqual(await axeViolations(page), [], "a failed download");
 
     // 200 with the whole file for every ranged request: the download must still end verified
     // (each range is cut out of the full body at its offset) and the model load.
@@ -381,6 +384,7 @@ test("an empty prompt is captioned, then a layer decomposes in place and undo re
     assert.deepEqual(layers.map((l) => l.name), ["Layer 2", "Layer 1"]);
     for (const l of layers) assert.equal(l.size, "40×24", "layers at the picture's size");
     await page.screenshot({ path: `${artifacts}/14-captioned.png` });
+    assert.deepEqual(await axeViolations(page), [], "decomposed, with the caption shown");
 
     // Decompose the top layer (selected after the run) into 3 sub-layers, in place.
     const before = layers;

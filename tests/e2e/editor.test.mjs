@@ -14,6 +14,7 @@ import { serveStatic } from "./server.mjs";
 import { CHROMIUM, BASE_ARGS, NO_WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
 import { decodePng, readPsd, readZip } from "./formats.mjs";
+import { axeViolations } from "./a11y.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
@@ -306,9 +307,10 @@ test("awkward files: a clear message or a sensible result, and the tab and docum
   }
 });
 
-test("paste and drop open images; every control has an accessible name", { timeout: 120_000 }, async () => {
+test("paste and drop open images; every control has an accessible name; axe finds no WCAG AA violation", { timeout: 120_000 }, async () => {
   const { ctx, page } = await openPage();
   try {
+    assert.deepEqual(await axeViolations(page), [], "the empty editor");
     const bytes = [...encodePng(2, 1, new Uint8Array([1, 2, 3, 255, 4, 5, 6, 255]))];
     await page.evaluate((b) => {
       const dt = new DataTransfer();
@@ -323,6 +325,18 @@ test("paste and drop open images; every control has an accessible name", { timeo
       .filter((e) => !(e.getAttribute("aria-label") || e.labels?.length || e.textContent.trim()))
       .map((e) => e.outerHTML.slice(0, 80)));
     assert.deepEqual(unnamed, []);
+
+    // A document of two layers, one hidden and half opaque, the top one selected; then the
+    // same at a phone's width (the panel below the canvas); then an error in the status line.
+    await page.click("#layer-duplicate");
+    await page.locator("#layer-list input[type=checkbox]").first().uncheck();
+    await page.locator("#layer-list .layer-opacity").first().fill("50");
+    assert.equal(await page.getAttribute("body", "data-layers"), "2");
+    assert.deepEqual(await axeViolations(page), [], "two layers");
+    await page.setViewportSize({ width: 400, height: 800 });
+    assert.deepEqual(await axeViolations(page), [], "two layers, 400 px wide");
+    assert.match(await openFile(page, "broken.png", Buffer.from("not a picture")), /^Could not/);
+    assert.deepEqual(await axeViolations(page), [], "an error in the status line");
   } finally {
     await ctx.close();
   }

@@ -16,6 +16,7 @@ import { serveStatic } from "./server.mjs";
 import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
 import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
+import { axeViolations } from "./a11y.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
@@ -144,6 +145,7 @@ test("download with progress, reload mid-way and resume, then offline: load from
     assert.ok(await page.isVisible("#cancel-download"), "Cancel while downloading");
     assert.ok(await page.isVisible("#download-progress"));
     await page.screenshot({ path: `${artifacts}/20-downloading.png` });
+    assert.deepEqual(await axeViolations(page), [], "a download in progress");
     // Reload once the small files are in and the VAE is partly there.
     await page.waitForFunction((min) => document.getElementById("download-progress").value >= min,
       totalBytes - 1_300_000, { timeout: 60_000 });
@@ -178,6 +180,7 @@ test("download with progress, reload mid-way and resume, then offline: load from
     assert.ok(Math.min(...starts) > 0, `the VAE resumed from an offset: ${JSON.stringify(vae.ranges.slice(0, 3))}`);
     assert.ok(await page.isHidden("#download-model"), "nothing left to download");
     await page.screenshot({ path: `${artifacts}/22-cached.png` });
+    assert.deepEqual(await axeViolations(page), [], "a model cached");
 
     // The app shell is in the service worker's cache.
     await page.evaluate(async () => {
@@ -388,6 +391,7 @@ test("Cancel stops a first load while it stores the 4-bit copy: the copy is not 
     assert.ok(await page.isEnabled("#load-model"));
     assert.ok(await page.isDisabled("#decompose"), "nothing is loaded to run");
     await page.screenshot({ path: `${artifacts}/27-load-cancelled.png` });
+    assert.deepEqual(await axeViolations(page), [], "a load cancelled");
 
     // The next load goes on with the text encoder's copy after its header, makes the
     // transformer's, and loads.
