@@ -307,7 +307,7 @@ test("awkward files: a clear message or a sensible result, and the tab and docum
   }
 });
 
-test("paste and drop open images; every control has an accessible name; axe finds no WCAG AA violation", { timeout: 120_000 }, async () => {
+test("paste and drop open images; every control has an accessible name and is reached by the keyboard; axe finds no WCAG AA violation", { timeout: 120_000 }, async () => {
   const { ctx, page } = await openPage();
   try {
     assert.deepEqual(await axeViolations(page), [], "the empty editor");
@@ -333,6 +333,22 @@ test("paste and drop open images; every control has an accessible name; axe find
     await page.locator("#layer-list .layer-opacity").first().fill("50");
     assert.equal(await page.getAttribute("body", "data-layers"), "2");
     assert.deepEqual(await axeViolations(page), [], "two layers");
+    // The keyboard alone reaches every control enabled now, each layer row's included. Focus
+    // in a row selects that layer, which enables the layer buttons that fit it: going forward
+    // the bottom layer ends selected, so Down and Merge down are reached going back.
+    const controls = () => page.evaluate(() => [...document.querySelectorAll("button, input, select, textarea, canvas[tabindex]")]
+      .filter((e) => !e.disabled && e.getClientRects().length > 0)
+      .map((e) => e.outerHTML.slice(0, 60)));
+    const focusable = await controls();
+    await page.evaluate(() => document.activeElement?.blur());
+    const reached = new Set();
+    for (const key of ["Tab", "Shift+Tab"]) {
+      for (let i = 0; i < focusable.length + 5; i++) {
+        await page.keyboard.press(key);
+        reached.add(await page.evaluate(() => document.activeElement?.outerHTML.slice(0, 60)));
+      }
+    }
+    assert.deepEqual(focusable.filter((c) => !reached.has(c)), [], "controls the keyboard never reaches");
     await page.setViewportSize({ width: 400, height: 800 });
     assert.deepEqual(await axeViolations(page), [], "two layers, 400 px wide");
     assert.match(await openFile(page, "broken.png", Buffer.from("not a picture")), /^Could not/);

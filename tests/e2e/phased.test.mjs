@@ -26,6 +26,7 @@ import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
 import { decodePng, readZip } from "./formats.mjs";
 import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
+import { axeViolations } from "./a11y.mjs";
 
 const here = fileURLToPath(new URL(".", import.meta.url));
 const dist = fileURLToPath(new URL("../../dist/", import.meta.url));
@@ -253,6 +254,7 @@ test("forced low limits stream a ring of 1 and tile the VAE; the layers match th
     assert.match(plan, /Each run loads the text encoder, frees it, then loads the transformer and the VAE, and frees them\.$/);
     assert.match(await text("#model-status"), /^Ready: Tiny test model.*, loaded in phases for each run as its memory plan says/);
     await page.screenshot({ path: `${artifacts}/30-phased-plan.png` });
+    assert.deepEqual(await axeViolations(page), [], "a phased memory plan shown");
     lap("phased model ready");
     const streamed = await decompose();
     lap("phased run done");
