@@ -315,6 +315,10 @@ pub enum ToWorker {
     DownloadModel {
         /// The source.
         source: ModelSource,
+        /// Test parameter `?storage-free=BYTES`, as for [`ToWorker::LoadModel`]: what the note
+        /// on the first load's stored copies counts on ([`FromWorker::DownloadDone`]).
+        #[serde(default)]
+        storage_free: Option<u64>,
     },
     /// Stop the running download (its durable bytes stay for a resume).
     CancelDownload,
@@ -459,6 +463,10 @@ pub enum FromWorker {
         fetched_bytes: u64,
         /// Wall time, ms.
         millis: f64,
+        /// What the first load's stored quantized copies will take (room on the way, and the
+        /// model's size after), or that the storage cannot hold them; `None`: no copy to make.
+        #[serde(default)]
+        note: Option<String>,
     },
     /// The download stopped because the page asked; its durable bytes stay.
     DownloadCancelled {
@@ -757,6 +765,7 @@ mod tests {
                 id: "tiny".into(),
                 fetched_bytes: 2,
                 millis: 1.0,
+                note: Some("n".into()),
             },
             FromWorker::DownloadCancelled { id: "tiny".into() },
             FromWorker::DownloadFailed {

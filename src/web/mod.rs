@@ -59,3 +59,15 @@ pub fn js_error_text(value: &JsValue) -> String {
     }
     value.as_string().unwrap_or_else(|| format!("{value:?}"))
 }
+
+/// `950 KB`, `3.0 MB`, `41.2 GB` (decimal units, as the Hub shows sizes).
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else {
+        format!("{:.0} KB", (b / 1e3).ceil())
+    }
+}

@@ -14,6 +14,7 @@ use std::cell::Cell;
 use serde::{Deserialize, Serialize};
 
 use super::download::FetchClient;
+use super::human_bytes;
 use super::opfs::{
     MODELS_DIR, OpfsSource, OpfsStore, check_quota, read_record, remove_record, storage_status,
     write_record,
@@ -28,7 +29,7 @@ use crate::model::text_encoder;
 use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::protocol::{CacheState, ModelSource};
 use crate::weights::{
-    Cancellable, Precision, SafetensorsFolder, WeightSource, stored_copy_path,
+    Cancellable, Precision, QuantizedLayout, SafetensorsFolder, WeightSource, stored_copy_path,
     stored_copy_paths_ever,
 };
 
@@ -446,14 +447,7 @@ async fn stored_copy(
     let made = match store.committed_file(&plan, &path).await? {
         Some(file) => Ok((file, None)),
         None => {
-            let folder = SafetensorsFolder::open(&*cached, component).await?;
-            let origin = format!("{}@{}", plan.repo, plan.revision);
-            let layout = match transformer {
-                true => QwenImageTransformer2DModel::stored_quantized_layout(
-                    &folder, precision, &origin,
-                ),
-                false => text_encoder::stored_quantized_layout(&folder, precision, &origin),
-            }?;
+            let layout = copy_layout(cached, component, precision, &plan).await?;
             let start = js_sys::Date::now();
             let mut status = storage_status().await?;
             if let Some(free) = storage_free {
@@ -503,6 +497,127 @@ async fn stored_copy(
         },
         None => StoredCopy::Reused { bytes, freed },
     })
+}
+
+/// The stored copy of `component` in `precision` that a load writes, planned from the headers
+/// of its checkpoint in `plan`'s revision (read from the cache).
+async fn copy_layout(
+    cached: &CachedModel,
+    component: &str,
+    precision: Precision,
+    plan: &DownloadPlan,
+) -> Result<QuantizedLayout> {
+    let folder = SafetensorsFolder::open(cached, component).await?;
+    let origin = format!("{}@{}", plan.repo, plan.revision);
+    match component {
+        "transformer" => {
+            QwenImageTransformer2DModel::stored_quantized_layout(&folder, precision, &origin)
+        }
+        _ => text_encoder::stored_quantized_layout(&folder, precision, &origin),
+    }
+}
+
+/// What the first load's stored copies will do to the browser's storage, said when a
+/// download ends, while there is still time to free room: each copy (text encoder first) is
+/// written whole before its checkpoint goes, so the load needs the largest running total of
+/// copies written less checkpoints removed free at once ([`STORED_COMPONENTS`]). `None` when
+/// no copy is to be made (a load made them already, or the source keeps nothing 8-/4-bit).
+/// `storage_free` (the test parameter `?storage-free=`) caps the free storage counted on, as
+/// in [`use_stored_copies`], which checks again for each copy.
+pub async fn copies_outlook(
+    source: &ModelSource,
+    storage_free: Option<u64>,
+) -> Result<Option<String>> {
+    let cached = CachedModel::open(source).await?;
+    let store = OpfsStore::open().await?;
+    // Per copy to make, in the load's order: its name, the bytes it still needs, and the
+    // checkpoint bytes it frees once committed.
+    let mut copies = Vec::new();
+    let mut change = 0i128;
+    for (component, path) in copied_components(source) {
+        let Some(i) = cached.checkpoint_part(component) else {
+            continue;
+        };
+        let plan = cached.parts[i].plan();
+        if store.committed_file(plan, &path).await?.is_some() {
+            continue;
+        }
+        let precision = source.precision(component);
+        let layout = copy_layout(&cached, component, precision, plan).await?;
+        let needed = layout.size() - partial_bytes(&store, plan, &path, &layout).await?;
+        let checkpoint: u64 = plan
+            .files
+            .iter()
+            .filter(|f| is_checkpoint_of(component, f))
+            .map(|f| f.size)
+            .sum();
+        change += i128::from(layout.size()) - i128::from(checkpoint);
+        let what = STORED_COMPONENTS
+            .iter()
+            .find(|(c, _)| *c == component)
+            .map_or(component, |(_, what)| what)
+            .to_lowercase();
+        let bits = precision.bits().unwrap_or(32);
+        copies.push((format!("{what} {bits}-bit"), what, needed, checkpoint));
+    }
+    if copies.is_empty() {
+        return Ok(None);
+    }
+    let mut status = storage_status().await?;
+    if let Some(free) = storage_free {
+        status.quota = status.quota.min(status.usage.saturating_add(free));
+    }
+    let free = status.quota.saturating_sub(status.usage);
+    // What the load will do: each copy is kept when the room free then holds it (with the
+    // 5 % margin of `check_quota`), and frees its checkpoint; the peak is the room keeping
+    // every one of them needs.
+    let (mut room, mut running, mut peak) = (i128::from(free), 0i128, 0i128);
+    let mut not_kept = Vec::new();
+    for (_, what, needed, checkpoint) in &copies {
+        let with_margin = i128::from(needed + needed / 20);
+        peak = peak.max(running + with_margin);
+        running += i128::from(*needed) - i128::from(*checkpoint);
+        if with_margin <= room {
+            room += i128::from(*checkpoint) - i128::from(*needed);
+        } else {
+            not_kept.push(what.clone());
+        }
+    }
+    let peak = peak.max(0) as u64;
+    let (names, its) = match copies.len() {
+        1 => (copies[0].0.clone(), "its checkpoint"),
+        _ => (
+            copies
+                .iter()
+                .map(|c| c.0.as_str())
+                .collect::<Vec<_>>()
+                .join(" and "),
+            "their checkpoints",
+        ),
+    };
+    Ok(Some(if not_kept.is_empty() {
+        let plans: Vec<DownloadPlan> = cached.parts.iter().map(|p| p.plan().clone()).collect();
+        let state = measure(source, &plans, true).await?;
+        let now = state.verified_bytes - state.replaced_bytes + state.copy_bytes;
+        let after = (i128::from(now) + change).max(0) as u64;
+        format!(
+            "The first Load keeps {names} in place of {its}: it needs {} free on the way, \
+             and the model then takes {} here instead of {}.",
+            human_bytes(peak),
+            human_bytes(after),
+            human_bytes(now)
+        )
+    } else {
+        format!(
+            "The first Load would keep {names} in place of {its}, which needs {} free on \
+             the way, but {} are: free {} more before loading, or every load quantizes {} \
+             again (slower).",
+            human_bytes(peak),
+            human_bytes(free),
+            human_bytes(peak.saturating_sub(free)),
+            not_kept.join(" and ")
+        )
+    }))
 }
 
 /// Removes what copies of `component` of an older format (not read by this version: the text

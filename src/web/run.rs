@@ -28,7 +28,7 @@ use web_sys::{
     Response, Worker,
 };
 
-use super::{js_error_text, pixel_buffers};
+use super::{human_bytes, js_error_text, pixel_buffers};
 use crate::download::Progress;
 use crate::editor::{LayerId, NewLayer};
 use crate::gpu::KeyLimits;
@@ -345,14 +345,16 @@ impl RunPanel {
                 id,
                 fetched_bytes,
                 millis,
+                note,
             } => {
                 self.download_ended(&id);
                 self.set_download_status(
                     &format!(
-                        "Downloaded and verified {} of {} in {:.1} s; it now loads from this browser's cache, offline too.",
+                        "Downloaded and verified {} of {} in {:.1} s; it now loads from this browser's cache, offline too.{}",
                         human_bytes(fetched_bytes),
                         self.label_of(&id),
-                        millis / 1000.0
+                        millis / 1000.0,
+                        note.map(|n| format!(" {n}")).unwrap_or_default()
                     ),
                     false,
                 );
@@ -838,8 +840,15 @@ impl RunPanel {
             }
             Err(_) => false,
         };
+        let storage_free = match storage_free_from_query(&url_query()) {
+            Ok(free) => free,
+            Err(err) => {
+                return self.set_download_status(&format!("Not downloading: {err}"), true);
+            }
+        };
         match self.send(&ToWorker::DownloadModel {
             source: model.clone(),
+            storage_free,
         }) {
             Ok(()) => {
                 *self.downloading.borrow_mut() = Some(model.id.clone());
@@ -1257,18 +1266,6 @@ fn stored_copies(s: &CacheState) -> String {
 
 fn megabytes(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1e6)
-}
-
-/// `950 KB`, `3.0 MB`, `41.2 GB` (decimal units, as the Hub shows sizes).
-fn human_bytes(bytes: u64) -> String {
-    let b = bytes as f64;
-    if b >= 1e9 {
-        format!("{:.1} GB", b / 1e9)
-    } else if b >= 1e6 {
-        format!("{:.1} MB", b / 1e6)
-    } else {
-        format!("{:.0} KB", (b / 1e3).ceil())
-    }
 }
 
 /// The first 7 characters of a commit.

@@ -292,7 +292,10 @@ async fn handle(message: ToWorker) {
             post(&FromWorker::Unloaded);
         }
         ToWorker::QueryModel { source } => post_state(&source).await,
-        ToWorker::DownloadModel { source } => download(source).await,
+        ToWorker::DownloadModel {
+            source,
+            storage_free,
+        } => download(source, storage_free).await,
         ToWorker::CancelDownload => CANCEL_DOWNLOAD.set(true),
         ToWorker::DeleteModel { source } => delete(source).await,
     }
@@ -312,7 +315,7 @@ async fn post_state(source: &ModelSource) {
     });
 }
 
-async fn download(source: ModelSource) {
+async fn download(source: ModelSource, storage_free: Option<u64>) {
     let id = source.id.clone();
     if let Some(other) = DOWNLOADING.with(|d| d.borrow().clone()) {
         return post(&FromWorker::DownloadFailed {
@@ -335,13 +338,27 @@ async fn download(source: ModelSource) {
         }
     };
     let result = models::download(&source, &on_progress, &|| CANCEL_DOWNLOAD.get()).await;
+    let millis = js_sys::Date::now() - start;
+    // What the first load's copies will take: advice only, the download stands whatever it
+    // says. Read while the download still holds the model (a Delete waits for it).
+    let note = match &result {
+        Ok(_) => models::copies_outlook(&source, storage_free)
+            .await
+            .unwrap_or_else(|err| {
+                let text = format!("the stored copies' outlook is unknown: {err}");
+                web_sys::console::warn_1(&text.into());
+                None
+            }),
+        Err(_) => None,
+    };
     DOWNLOADING.with(|d| *d.borrow_mut() = None);
     CANCEL_DOWNLOAD.set(false);
     post(&match result {
         Ok(fetched_bytes) => FromWorker::DownloadDone {
             id: id.clone(),
             fetched_bytes,
-            millis: js_sys::Date::now() - start,
+            millis,
+            note,
         },
         Err(crate::download::DownloadError::Cancelled) => {
             FromWorker::DownloadCancelled { id: id.clone() }

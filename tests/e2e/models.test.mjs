@@ -168,6 +168,10 @@ test("download with progress, reload mid-way and resume, then offline: load from
     await wait("body[data-download=done], body[data-download=failed]");
     assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
     assert.match(await page.textContent("#download-status"), /^Downloaded and verified [\d.]+ (KB|MB) of Tiny test model/);
+    // It says what the first load's 4-bit copies will take, before any load.
+    const outlook = (await page.textContent("#download-status")).match(/ The first Load keeps the text encoder 4-bit and the transformer 4-bit in place of their checkpoints: it needs (\d+) KB free on the way, and the model then takes ([\d.]+) MB here instead of ([\d.]+) MB\.$/);
+    assert.ok(outlook && Number(outlook[1]) > 0, await page.textContent("#download-status"));
+    assert.equal(Number(outlook[3]), Number((totalBytes / 1e6).toFixed(1)), "the whole download now");
     await wait("body[data-cache=cached]");
     assert.match(await info(), /^Cached and verified: [\d.]+ MB in \d+ files\. .*fixed at test\/qwen-image-layered-tiny@[0-9a-f]{7} by the download\)\.$/);
     // The resume fetched only what was missing: verified files not at all, the VAE from its
@@ -219,7 +223,9 @@ test("download with progress, reload mid-way and resume, then offline: load from
     // The cache still counts the model complete, and says what the copies replaced.
     await page.waitForFunction(() => /replaced by/.test(document.getElementById("model-info").textContent), null, { timeout: 30_000 });
     assert.equal(await page.getAttribute("body", "data-cache"), "cached");
-    assert.match(await info(), /^Cached and verified: [\d.]+ MB in \d+ files, of which 1\.1 MB of checkpoint were replaced by \d+ KB of copies quantized at the first load \(this browser keeps [\d.]+ MB\)\. /);
+    const keeps = (await info()).match(/^Cached and verified: [\d.]+ MB in \d+ files, of which 1\.1 MB of checkpoint were replaced by \d+ KB of copies quantized at the first load \(this browser keeps ([\d.]+) MB\)\. /);
+    assert.ok(keeps, await info());
+    assert.equal(keeps[1], outlook[2], "what the download said the model would take");
     assert.ok(await page.isHidden("#download-model"), "nothing to download again");
     const stored = (await opfsFiles(page)).filter(([p]) => p.includes("/qwen-layered-v"));
     assert.deepEqual(stored.map(([p]) => p.replace(/^[0-9a-f]{40}\//, "")).sort(), [
@@ -351,6 +357,8 @@ test("a stored 4-bit copy that the storage cannot hold is not kept: the model lo
   // The test parameter: the worker counts on 10 KiB of free storage at most when it stores
   // the copies (they need more; a browser's storage cannot be filled on demand).
   await withDownloadedQ4("?storage-free=10K", async (page, logs) => {
+    // The download said so first, while there was time to free room.
+    assert.match(await page.textContent("#download-status"), / The first Load would keep the text encoder 4-bit and the transformer 4-bit in place of their checkpoints, which needs \d+ KB free on the way, but 11 KB are: free \d+ KB more before loading, or every load quantizes the text encoder and the transformer again \(slower\)\.$/);
     await page.click("#load-model");
     await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
     const status = await page.textContent("#model-status");
