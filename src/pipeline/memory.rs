@@ -223,6 +223,10 @@ pub struct MemoryEstimate {
     /// flash-attention kernel runs (no scores stored).
     #[serde(default)]
     pub attention_scores_bytes: u64,
+    /// The f32 copy a 4-bit text encoder weight is multiplied through, held beside the text
+    /// encoder during its phase (0 at 8 bits and f32, and without a text encoder).
+    #[serde(default)]
+    pub text_dequant_bytes: u64,
 }
 
 /// The decision.
@@ -446,7 +450,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
     }
 
     // Text encoder (its own phase, freed before the transformer loads).
-    let mut text_bytes = 0;
+    let (mut text_bytes, mut text_dequant) = (0, 0);
     if let Some(t) = req.text {
         let (v, h, i) = (t.vocab_size, t.hidden_size, t.intermediate_size);
         let kv = t.num_key_value_heads * t.head_dim;
@@ -486,6 +490,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             Precision::Q4 => (4 * (i * h) as u64).min(DEQUANTIZE_MAX_BYTES as u64),
             _ => 0,
         };
+        text_dequant = dequant;
         if text_bytes + dequant > budget.device_bytes {
             return bad(format!(
                 "the text encoder needs {} of device memory ({} of weights and {} for the f32 \
@@ -609,6 +614,7 @@ pub fn plan_memory(budget: &MemoryBudget, req: &PlanRequest<'_>) -> Result<Memor
             max_tokens,
             mlp_max_tokens: per_chunk,
             attention_scores_bytes,
+            text_dequant_bytes: text_dequant,
         },
         keep_loaded,
     })
@@ -782,6 +788,26 @@ impl MemoryPlan {
             ));
         }
         parts.join(" · ")
+    }
+
+    /// When a run that captions (an empty prompt) would go over `budget` in its text phase,
+    /// a sentence saying so for the plan's summary; `None` when it stays within, or when the
+    /// model cannot caption (`captioning`: what the text side takes on the device with the
+    /// captioner's `lm_head` and vision tower, [`PlanRequest::text_kept_bytes`]). A phased run
+    /// loads the captioner in place of the text encoder; the plan's own check counts the text
+    /// encoder alone, which every run loads. A model kept loaded holds the captioner within
+    /// the budget already.
+    pub fn captioning_note(&self, captioning: Option<u64>, budget: u64) -> Option<String> {
+        let e = &self.estimate;
+        let with_captioner = captioning? + e.text_dequant_bytes;
+        (!self.keep_loaded && with_captioner > budget).then(|| {
+            format!(
+                "captioning (an empty prompt) loads the vision tower and lm_head with the text \
+                 encoder: {} of device memory, over the budget (a typed prompt needs {})",
+                show_bytes(with_captioner),
+                show_bytes(e.text_encoder_bytes + e.text_dequant_bytes)
+            )
+        })
     }
 
     /// Whether the text encoder's token embedding is to be gathered on the host.
@@ -1256,6 +1282,67 @@ mod tests {
         let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
         let ring = plan.ring().expect("streams");
         assert!((1..60).contains(&ring), "{ring}");
+    }
+
+    /// The real model in 4 bits at the default 4 GiB: the text encoder's phase fits, but a run
+    /// that captions loads `lm_head` and the vision tower too and goes over; the plan says so
+    /// (a model kept loaded holds them within its budget, and says nothing).
+    #[test]
+    fn a_phased_run_that_captions_over_the_budget_is_said() {
+        let (t, v, x) = (transformer(), vae(), text());
+        let budget = MemoryBudget {
+            limits: limits(128 * MIB, 256 * MIB),
+            device_bytes: 4 * GIB,
+        };
+        let plan = plan_memory(&budget, &request(&t, &v, Some(&x), Precision::Q4, 640)).unwrap();
+        assert!(!plan.keep_loaded);
+        let e = plan.estimate;
+        let one_mlp_weight = 4 * 18944 * 3584u64;
+        assert_eq!(
+            e.text_dequant_bytes,
+            one_mlp_weight.min(DEQUANTIZE_MAX_BYTES as u64)
+        );
+        let text_phase = e.text_encoder_bytes + e.text_dequant_bytes;
+        assert!(text_phase <= 4 * GIB, "{text_phase}");
+        // `lm_head` in 4 bits (152064 × 3584, 0.32 GiB) and the vision tower (about 0.4 GiB).
+        let lm_head = linear_bytes(x.hidden_size, x.vocab_size, Precision::Q4);
+        let captioning = e.text_encoder_bytes + lm_head + 400 * MIB;
+        let note = plan
+            .captioning_note(Some(captioning), budget.device_bytes)
+            .expect("over the budget");
+        assert_eq!(
+            note,
+            format!(
+                "captioning (an empty prompt) loads the vision tower and lm_head with the text \
+                 encoder: {} of device memory, over the budget (a typed prompt needs {})",
+                show_bytes(captioning + e.text_dequant_bytes),
+                show_bytes(text_phase)
+            )
+        );
+        // Within the budget, or a model that cannot caption: nothing to say.
+        let within = budget.device_bytes - e.text_dequant_bytes;
+        assert_eq!(
+            plan.captioning_note(Some(within), budget.device_bytes),
+            None
+        );
+        assert!(
+            plan.captioning_note(Some(within + 1), budget.device_bytes)
+                .is_some()
+        );
+        assert_eq!(plan.captioning_note(None, budget.device_bytes), None);
+        // Kept loaded: the plan counted the captioner beside the resident transformer.
+        let mut req = request(&t, &v, Some(&x), Precision::Q4, 640);
+        req.text_kept_bytes = Some(captioning);
+        let kept = plan_memory(
+            &MemoryBudget {
+                limits: limits(4 * GIB, 16 * GIB),
+                device_bytes: 72 * GIB,
+            },
+            &req,
+        )
+        .unwrap();
+        assert!(kept.keep_loaded);
+        assert_eq!(kept.captioning_note(Some(captioning), 72 * GIB), None);
     }
 
     #[test]

@@ -174,21 +174,29 @@ async fn text_side(cached: &CachedModel, source: &ModelSource) -> Result<TextSid
     })
 }
 
-/// Posts a plan for the page; `phased`: the model loads in phases for each run.
+/// Posts a plan for the page; `phased`: the model loads in phases for each run; `text`: what
+/// its text side is, for a sentence when captioning would go over the budget
+/// ([`MemoryPlan::captioning_note`]).
 fn post_plan(
     id: &str,
     plan: &MemoryPlan,
     configs: &ModelConfigs,
     memory: &MemorySettings,
     phased: bool,
+    text: TextSide,
 ) {
     let Some(limits) = LIMITS.with(|l| l.borrow().clone()) else {
         return;
     };
     let budget = memory.budget(&limits);
+    let mut summary = plan.describe(configs.transformer.num_layers);
+    let captioning = text.captioning.then_some(text.kept_bytes);
+    if let Some(note) = plan.captioning_note(captioning, budget.device_bytes) {
+        summary = format!("{summary} · {note}");
+    }
     post(&FromWorker::MemoryPlan {
         id: id.to_owned(),
-        summary: plan.describe(configs.transformer.num_layers),
+        summary,
         plan: plan.clone(),
         budget_bytes: budget.device_bytes,
         limits: budget.limits,
@@ -202,8 +210,9 @@ struct PhasedModel {
     cached: CachedModel,
     configs: ModelConfigs,
     memory: MemorySettings,
-    /// Whether it has the captioning parts.
-    captioner: bool,
+    /// What its text side is: whether it can caption, and what the text encoder with the
+    /// captioning parts takes on the device.
+    text: TextSide,
 }
 
 /// A model on the GPU.
@@ -430,7 +439,7 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free:
         Ok((model, note)) => {
             let (captioner, phased) = match &model {
                 Model::Resident(m) => (m.captioner.is_some(), false),
-                Model::Phased(p) => (p.captioner, true),
+                Model::Phased(p) => (p.text.captioning, true),
             };
             MODEL.with(|m| *m.borrow_mut() = Some(model));
             post(&FromWorker::ModelLoaded {
@@ -514,7 +523,7 @@ async fn load_cached(
                 m.layers,
                 Some(text.kept_bytes),
             )?;
-            post_plan(&source.id, &plan, &configs, m, !plan.keep_loaded);
+            post_plan(&source.id, &plan, &configs, m, !plan.keep_loaded, text);
             Some(plan)
         }
         None => None,
@@ -526,7 +535,7 @@ async fn load_cached(
                 cached,
                 configs,
                 memory,
-                captioner: text.captioning,
+                text,
             })))
         }
         (plan, memory) => {
@@ -929,7 +938,18 @@ async fn run(
                     layers,
                     Some(m.text_kept),
                 )?;
-                post_plan(&m.source.id, &plan, &m.configs, memory, !plan.keep_loaded);
+                let text = TextSide {
+                    captioning: m.captioner.is_some(),
+                    kept_bytes: m.text_kept,
+                };
+                post_plan(
+                    &m.source.id,
+                    &plan,
+                    &m.configs,
+                    memory,
+                    !plan.keep_loaded,
+                    text,
+                );
                 if plan.keep_loaded {
                     plan.apply(&mut m.pipeline.borrow_mut());
                     Model::Resident(m)
@@ -940,14 +960,12 @@ async fn run(
                     free_model();
                     let cached = CachedModel::open(&source).await?;
                     let configs = ModelConfigs::read(&cached).await?;
-                    let text = source.precision("text_encoder");
-                    let captioner = Captioner::available(&cached, text).await?;
                     let phased = Model::Phased(Rc::new(PhasedModel {
                         source,
                         cached,
                         configs,
                         memory,
-                        captioner,
+                        text,
                     }));
                     MODEL.with(|slot| *slot.borrow_mut() = Some(phased.clone()));
                     phased
@@ -968,7 +986,7 @@ async fn run(
                 layers,
                 None,
             )?;
-            post_plan(&p.source.id, &plan, &p.configs, &p.memory, true);
+            post_plan(&p.source.id, &plan, &p.configs, &p.memory, true, p.text);
             run.phased(&p, &plan, device).await?
         }
     };
@@ -1085,7 +1103,7 @@ impl Run<'_> {
             ..TextEncoderLoad::gathered(model.source.precision("text_encoder"))
         };
         let (embeds, caption) = if needs_caption(self.prompt) {
-            if !model.captioner {
+            if !model.text.captioning {
                 return Err(no_captioner());
             }
             self.progress(RunPhase::Captioning, 0);
