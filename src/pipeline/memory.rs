@@ -790,17 +790,17 @@ impl MemoryPlan {
         parts.join(" · ")
     }
 
-    /// When a run that captions (an empty prompt) would go over `budget` in its text phase,
-    /// a sentence saying so for the plan's summary; `None` when it stays within, or when the
-    /// model cannot caption (`captioning`: what the text side takes on the device with the
-    /// captioner's `lm_head` and vision tower, [`PlanRequest::text_kept_bytes`]). A phased run
-    /// loads the captioner in place of the text encoder; the plan's own check counts the text
-    /// encoder alone, which every run loads. A model kept loaded holds the captioner within
-    /// the budget already.
+    /// For a run loaded in phases: when one that captions (an empty prompt) would go over
+    /// `budget` in its text phase, a sentence saying so for the plan's summary; `None` when it
+    /// stays within, or when the model cannot caption (`captioning`: what the text side takes
+    /// on the device with the captioner's `lm_head` and vision tower,
+    /// [`PlanRequest::text_kept_bytes`]). Such a run loads the captioner in place of the text
+    /// encoder; the plan's own check counts the text encoder alone, which every run loads. (A
+    /// model kept loaded holds the captioner within its budget already.)
     pub fn captioning_note(&self, captioning: Option<u64>, budget: u64) -> Option<String> {
         let e = &self.estimate;
         let with_captioner = captioning? + e.text_dequant_bytes;
-        (!self.keep_loaded && with_captioner > budget).then(|| {
+        (with_captioner > budget).then(|| {
             format!(
                 "captioning (an empty prompt) loads the vision tower and lm_head with the text \
                  encoder: {} of device memory, over the budget (a typed prompt needs {})",
@@ -1284,9 +1284,9 @@ mod tests {
         assert!((1..60).contains(&ring), "{ring}");
     }
 
-    /// The real model in 4 bits at the default 4 GiB: the text encoder's phase fits, but a run
-    /// that captions loads `lm_head` and the vision tower too and goes over; the plan says so
-    /// (a model kept loaded holds them within its budget, and says nothing).
+    /// The real model in 4 bits at the default 4 GiB, loaded in phases: the text encoder's
+    /// phase fits, but a run that captions loads `lm_head` and the vision tower too and goes
+    /// over; the plan says so.
     #[test]
     fn a_phased_run_that_captions_over_the_budget_is_said() {
         let (t, v, x) = (transformer(), vae(), text());
@@ -1330,19 +1330,6 @@ mod tests {
                 .is_some()
         );
         assert_eq!(plan.captioning_note(None, budget.device_bytes), None);
-        // Kept loaded: the plan counted the captioner beside the resident transformer.
-        let mut req = request(&t, &v, Some(&x), Precision::Q4, 640);
-        req.text_kept_bytes = Some(captioning);
-        let kept = plan_memory(
-            &MemoryBudget {
-                limits: limits(4 * GIB, 16 * GIB),
-                device_bytes: 72 * GIB,
-            },
-            &req,
-        )
-        .unwrap();
-        assert!(kept.keep_loaded);
-        assert_eq!(kept.captioning_note(Some(captioning), 72 * GIB), None);
     }
 
     #[test]

@@ -175,7 +175,7 @@ async fn text_side(cached: &CachedModel, source: &ModelSource) -> Result<TextSid
 }
 
 /// Posts a plan for the page; `phased`: the model loads in phases for each run; `text`: what
-/// its text side is, for a sentence when captioning would go over the budget
+/// its text side is, for a sentence when a phased run that captions would go over the budget
 /// ([`MemoryPlan::captioning_note`]).
 fn post_plan(
     id: &str,
@@ -191,7 +191,7 @@ fn post_plan(
     let budget = memory.budget(&limits);
     let mut summary = plan.describe(configs.transformer.num_layers);
     let captioning = text.captioning.then_some(text.kept_bytes);
-    if let Some(note) = plan.captioning_note(captioning, budget.device_bytes) {
+    if phased && let Some(note) = plan.captioning_note(captioning, budget.device_bytes) {
         summary = format!("{summary} · {note}");
     }
     post(&FromWorker::MemoryPlan {
