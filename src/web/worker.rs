@@ -231,8 +231,9 @@ struct LoadedModel {
     /// The cached files the model was loaded from: the text encoder's token embedding stays
     /// there, and the rows a prompt or caption uses are read from it.
     cached: CachedModel,
-    /// What the text side keeps on the device ([`TextSide::kept_bytes`]), for each run's plan.
-    text_kept: u64,
+    /// What its text side is ([`TextSide`]), for each run's plan: what it keeps on the device,
+    /// and whether it captions.
+    text: TextSide,
 }
 
 /// Size of the self-test matmul: small, so SwiftShader runs it in about a second.
@@ -649,7 +650,7 @@ async fn load_model(
         prompt,
         captioner,
         cached,
-        text_kept: text.kept_bytes,
+        text,
     })
 }
 
@@ -936,12 +937,9 @@ async fn run(
                     memory,
                     (dims.width as usize, dims.height as usize),
                     layers,
-                    Some(m.text_kept),
+                    Some(m.text.kept_bytes),
                 )?;
-                let text = TextSide {
-                    captioning: m.captioner.is_some(),
-                    kept_bytes: m.text_kept,
-                };
+                let text = m.text;
                 post_plan(
                     &m.source.id,
                     &plan,
