@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Check, DResult, DownloadError, DownloadPlan, FilePlan, PartFile, Store};
 use crate::error::{Error, Result};
-use crate::weights::{QuantizedLayout, Resume, WeightSource, write_quantized_from};
+use crate::weights::{QuantizedLayout, Resume, WeightSource, write_quantized_through};
 
 /// How often a copy being written records how far it got: every 64 MiB.
 pub const CHECKPOINT_BYTES: u64 = 64 << 20;
@@ -98,26 +98,47 @@ async fn write_part<P: PartFile, S: WeightSource>(
     layout: &QuantizedLayout,
     progress: impl FnMut(u64, u64),
 ) -> std::result::Result<[u8; 32], (Error, u64)> {
+    let start = rehash(part, path, from).await.map_err(|e| (e, 0))?;
+    let end = write_through(part, source, layout, start, layout.size(), progress).await?;
+    Ok(end.hash.finalize().into())
+}
+
+/// The hash state of the `from` bytes `part` holds, read back.
+async fn rehash<P: PartFile>(part: &mut P, path: &str, from: u64) -> Result<Resume> {
     let mut hash = Sha256::new();
     let mut at = 0;
     while at < from {
         let n = (from - at).min(REHASH_CHUNK);
-        let bytes = part.read_at(at, n).await.map_err(|e| (e.into(), 0))?;
+        let bytes = part.read_at(at, n).await?;
         if bytes.len() as u64 != n {
             let reason = format!("{} bytes read back at {at}, {n} expected", bytes.len());
             let file = path.to_owned();
-            return Err((DownloadError::Storage { file, reason }.into(), 0));
+            return Err(DownloadError::Storage { file, reason }.into());
         }
         hash.update(&bytes);
         at += n;
     }
-    let (mut offset, mut recorded) = (from, from);
-    let start = Resume { offset: from, hash };
-    let result = write_quantized_from(
+    Ok(Resume { offset: from, hash })
+}
+
+/// Writes the tensors of `layout` after `start` that end at or before `until` into `part`,
+/// recording its progress every [`CHECKPOINT_BYTES`]. On error, also how far the durable
+/// writing got.
+async fn write_through<P: PartFile, S: WeightSource>(
+    part: &mut P,
+    source: &S,
+    layout: &QuantizedLayout,
+    start: Resume,
+    until: u64,
+    progress: impl FnMut(u64, u64),
+) -> std::result::Result<Resume, (Error, u64)> {
+    let (mut offset, mut recorded) = (start.offset, start.offset);
+    let result = write_quantized_through(
         source,
         layout,
         None,
         start,
+        until,
         async |bytes: &[u8]| {
             part.write_at(offset, bytes).await?;
             offset += bytes.len() as u64;
@@ -131,6 +152,59 @@ async fn write_part<P: PartFile, S: WeightSource>(
     )
     .await;
     result.map_err(|e| (e, offset))
+}
+
+/// [`store_quantized`] for a copy made while its checkpoint downloads, so that the storage
+/// never holds the whole checkpoint beside the copy: for each checkpoint file in the order
+/// the copy reads them ([`QuantizedLayout::source_files`]), `fetch(file)` brings it (verified
+/// and committed in `store`, where `source` reads it), the copy is written through its last
+/// tensor and checkpointed, then `consumed(file, end)` is told that the copy holds every
+/// tensor of it durably (through byte `end`), so the caller can record that and remove the
+/// file. A file the partial copy already holds is not fetched (`consumed` is told again, so a
+/// removal cut short is done now). The copy is committed after the last file.
+///
+/// Nothing written is discarded on an error (a failed fetch, a cancel, a full disk): the
+/// partial copy is all that is left of the files it consumed, so it keeps what it holds
+/// durably and the next call goes on from there.
+#[allow(clippy::too_many_arguments)]
+pub async fn store_quantized_as_they_arrive<St: Store, S: WeightSource>(
+    store: &St,
+    plan: &DownloadPlan,
+    path: &str,
+    source: &S,
+    layout: &QuantizedLayout,
+    mut fetch: impl AsyncFnMut(&str) -> Result<()>,
+    mut consumed: impl AsyncFnMut(&str, u64) -> Result<()>,
+    mut progress: impl FnMut(u64, u64),
+) -> Result<StoredFile> {
+    let mut file = partial(path, layout);
+    let (mut part, durable) = store.open_part(plan, &file).await?;
+    let from = layout.resume_point(durable);
+    let mut at = rehash(&mut part, path, from).await?;
+    for (checkpoint, end) in layout.source_files() {
+        if end > at.offset {
+            if let Err(err) = fetch(&checkpoint).await {
+                let _ = part.checkpoint(at.offset).await;
+                return Err(err);
+            }
+            at = match write_through(&mut part, source, layout, at, end, &mut progress).await {
+                Ok(next) => next,
+                Err((err, reached)) => {
+                    // Should this record fail, the one before still holds.
+                    let _ = part.checkpoint(reached).await;
+                    return Err(err);
+                }
+            };
+            part.checkpoint(at.offset).await?;
+        }
+        consumed(&checkpoint, end).await?;
+    }
+    file.check = Check::Sha256(hex(&at.hash.finalize()));
+    store.commit(plan, &file, part).await?;
+    Ok(StoredFile {
+        file,
+        resumed_from: from,
+    })
 }
 
 /// The plan of the partial copy at `path`: its SHA-256 is not known until it is written, so

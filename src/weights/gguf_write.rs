@@ -200,6 +200,21 @@ impl QuantizedLayout {
             .unwrap_or(0)
     }
 
+    /// The checkpoint files the copy is made from, in the order it reads them, each with the
+    /// byte of the copy its last tensor ends at: once a file is at hand (and every one before
+    /// it), the copy can be written through that byte ([`write_quantized_through`]), and the
+    /// file is no longer needed. The last one ends at [`size`](Self::size).
+    pub fn source_files(&self) -> Vec<(String, u64)> {
+        let mut files: Vec<(String, u64)> = Vec::new();
+        for t in &self.tensors {
+            match files.last_mut() {
+                Some((file, end)) if *file == t.file => *end = t.offset + t.len,
+                _ => files.push((t.file.clone(), t.offset + t.len)),
+            }
+        }
+        files
+    }
+
     /// What tells this layout from any other: the SHA-256 of its header, which holds every
     /// tensor's name, type, shape and offset and the revision it was made from. A copy cut
     /// short is resumed only by a writer of the same layout.
@@ -411,9 +426,27 @@ pub async fn write_quantized_from<S: WeightSource>(
     layout: &QuantizedLayout,
     read_chunk: Option<u64>,
     from: Resume,
+    sink: impl AsyncFnMut(&[u8]) -> Result<()>,
+    progress: impl FnMut(u64, u64),
+) -> Result<[u8; 32]> {
+    let end = layout.size;
+    let done = write_quantized_through(source, layout, read_chunk, from, end, sink, progress);
+    Ok(done.await?.hash.finalize().into())
+}
+
+/// [`write_quantized_from`] for the tensors that end at or before `until` only (a point
+/// [`QuantizedLayout::source_files`] gives, or the file's size): those of the checkpoint files
+/// already at hand, when the copy is made as they arrive. Returns where the next write goes
+/// on from (`until` when it is a resume point), with the hash state of every byte before it.
+pub async fn write_quantized_through<S: WeightSource>(
+    source: &S,
+    layout: &QuantizedLayout,
+    read_chunk: Option<u64>,
+    from: Resume,
+    until: u64,
     mut sink: impl AsyncFnMut(&[u8]) -> Result<()>,
     mut progress: impl FnMut(u64, u64),
-) -> Result<[u8; 32]> {
+) -> Result<Resume> {
     let bits = layout.bits;
     let chunk = read_chunk.unwrap_or(DEFAULT_READ_CHUNK).max(1);
     if layout.resume_point(from.offset) != from.offset {
@@ -440,6 +473,9 @@ pub async fn write_quantized_from<S: WeightSource>(
     for t in &layout.tensors {
         if t.offset + t.len <= from.offset {
             continue; // written before
+        }
+        if t.offset + t.len > until {
+            break; // its checkpoint file is not at hand yet
         }
         if t.offset > written {
             let pad = vec![0; (t.offset - written) as usize];
@@ -501,7 +537,10 @@ pub async fn write_quantized_from<S: WeightSource>(
         }
         progress(written, layout.size);
     }
-    Ok(hash.finalize().into())
+    Ok(Resume {
+        offset: written,
+        hash,
+    })
 }
 
 #[cfg(test)]

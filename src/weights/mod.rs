@@ -42,7 +42,7 @@ pub use checkpoint::Checkpoint;
 pub use gguf::{GgmlType, GgufFile, GgufTensor, MetaArray, MetaValue};
 pub use gguf_write::{
     QuantizedLayout, Resume, stored_copy_path, stored_copy_paths_ever, stored_format,
-    write_quantized, write_quantized_from,
+    write_quantized, write_quantized_from, write_quantized_through,
 };
 pub use loader::{
     DEFAULT_READ_CHUNK, LinearLoad, Precision, TensorLoader, split_rows, weight_row_bytes,

@@ -815,3 +815,170 @@ fn the_stored_copy_is_committed_only_when_complete() {
     assert!(leftovers().is_empty(), "left behind: {:?}", leftovers());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `download::derived::store_quantized_as_they_arrive` makes the stored copy while a sharded
+/// checkpoint downloads: each shard is fetched only when the copy reaches its tensors and is
+/// given up as soon as the copy holds them durably, so the storage never holds the whole
+/// checkpoint beside the copy. A download stopped between shards keeps the partial copy (the
+/// shards it consumed are gone); the next one goes on from it without fetching them again,
+/// and commits exactly the bytes of a copy written in one go.
+#[test]
+fn the_stored_copy_is_made_shard_by_shard_as_the_checkpoint_arrives() {
+    use qwen_layered_web::download::derived::store_quantized_as_they_arrive;
+    use qwen_layered_web::download::native::DirStore;
+    use qwen_layered_web::download::{Check, DownloadPlan, Store};
+
+    let root = std::env::temp_dir().join(format!("qlw-arrive-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    // The "hub": the fixture transformer split into two shards with an index, as diffusers
+    // writes a large one.
+    let remote = root.join("remote");
+    let bytes =
+        std::fs::read(fixtures_dir().join("model/transformer/diffusion_pytorch_model.safetensors"))
+            .expect("fixture");
+    let whole = SafeTensors::deserialize(&bytes).expect("fixture safetensors");
+    let mut names: Vec<String> = whole.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let shard_name = |i: usize| format!("diffusion_pytorch_model-0000{i}-of-00002.safetensors");
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    std::fs::create_dir_all(remote.join("transformer")).expect("remote folder");
+    for (i, keys) in [(1, first), (2, second)] {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = keys
+            .iter()
+            .map(|k| (k.clone(), whole.tensor(k).expect("tensor")))
+            .collect();
+        let data = safetensors::serialize(views, None).expect("shard");
+        std::fs::write(remote.join("transformer").join(shard_name(i)), data).expect("write shard");
+        for k in keys {
+            weight_map.insert(k.clone(), shard_name(i).into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        remote.join("transformer/diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .expect("index");
+    let hub = DirSource::new(&remote);
+    let folder = pollster::block_on(SafetensorsFolder::open(&hub, "transformer")).expect("shards");
+    let layout =
+        QwenImageTransformer2DModel::stored_quantized_layout(&folder, Precision::Q4, "test/tiny@1")
+            .expect("layout");
+    let files = layout.source_files();
+    let shard_path = |i: usize| format!("transformer/{}", shard_name(i));
+    assert_eq!(
+        files.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
+        [shard_path(1), shard_path(2)]
+    );
+    assert!(
+        files[0].1 < files[1].1 && files[1].1 == layout.size(),
+        "{files:?}"
+    );
+    // What a copy written in one go holds.
+    let mut want = Vec::new();
+    let want_hash = pollster::block_on(write_quantized(
+        &hub,
+        &layout,
+        None,
+        async |b: &[u8]| {
+            want.extend_from_slice(b);
+            Ok(())
+        },
+        |_, _| {},
+    ))
+    .expect("written in one go");
+
+    let store = DirStore::new(root.join("store"));
+    let plan = DownloadPlan {
+        repo: "test/tiny".into(),
+        revision: "0123456789abcdef0123456789abcdef01234567".into(),
+        files: Vec::new(),
+    };
+    let local = store.model_dir(&plan);
+    let cache = DirSource::new(&local);
+    let path = "transformer/stored-q4_0.gguf";
+    let fetched = std::cell::RefCell::new(Vec::<String>::new());
+    let consumed = std::cell::RefCell::new(Vec::<(String, u64)>::new());
+    // Fetching copies a shard from the hub into the store; `stop_at` is the shard whose fetch
+    // is cancelled.
+    let run = |stop_at: Option<String>| {
+        pollster::block_on(store_quantized_as_they_arrive(
+            &store,
+            &plan,
+            path,
+            &cache,
+            &layout,
+            async |file: &str| {
+                if stop_at.as_deref() == Some(file) {
+                    return Err(qwen_layered_web::Error::Cancelled {
+                        at: format!("before fetching {file}"),
+                    });
+                }
+                // Every shard before it is gone: the storage holds one at a time.
+                let held: Vec<_> = (1..=2)
+                    .filter(|&i| local.join(shard_path(i)).exists())
+                    .collect();
+                assert!(
+                    held.is_empty(),
+                    "fetching {file} while holding shards {held:?}"
+                );
+                std::fs::create_dir_all(local.join("transformer")).expect("folder");
+                std::fs::copy(remote.join(file), local.join(file)).expect("fetched");
+                fetched.borrow_mut().push(file.to_owned());
+                Ok(())
+            },
+            async |file: &str, end: u64| {
+                let _ = std::fs::remove_file(local.join(file));
+                consumed.borrow_mut().push((file.to_owned(), end));
+                Ok(())
+            },
+            |_, _| {},
+        ))
+    };
+
+    // Cancelled before the second shard: the first is consumed, the copy partial.
+    let err = run(Some(shard_path(2))).expect_err("cancelled");
+    assert!(
+        matches!(err, qwen_layered_web::Error::Cancelled { .. }),
+        "{err}"
+    );
+    assert_eq!(*fetched.borrow(), [shard_path(1)]);
+    assert_eq!(*consumed.borrow(), [(shard_path(1), files[0].1)]);
+    let part = local.join("transformer/stored-q4_0.gguf.part");
+    assert!(
+        part.exists() && !local.join(path).exists(),
+        "partial, not committed"
+    );
+    assert!(
+        !local.join(shard_path(1)).exists(),
+        "the consumed shard is gone"
+    );
+
+    // Going on: the first shard is not fetched again, and the copy is the one-go copy.
+    fetched.borrow_mut().clear();
+    consumed.borrow_mut().clear();
+    let stored = run(None).expect("stored");
+    assert_eq!(*fetched.borrow(), [shard_path(2)]);
+    assert_eq!(
+        *consumed.borrow(),
+        [(shard_path(1), files[0].1), (shard_path(2), files[1].1)],
+        "told again of the first, in case its removal was cut short"
+    );
+    assert_eq!(
+        stored.resumed_from, files[0].1,
+        "went on after the first shard's tensors"
+    );
+    let hex: String = want_hash.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(stored.file.check, Check::Sha256(hex));
+    assert_eq!(
+        std::fs::read(local.join(path)).expect("committed copy"),
+        want
+    );
+    assert!(pollster::block_on(store.is_committed(&plan, &stored.file)).expect("store"));
+    assert!(
+        (1..=2).all(|i| !local.join(shard_path(i)).exists()),
+        "no shard is left"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}
