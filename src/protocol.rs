@@ -329,6 +329,19 @@ pub enum ToWorker {
     },
 }
 
+/// A stored quantized copy being written while its checkpoint downloads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CopyProgress {
+    /// The component (`transformer`, `text_encoder`).
+    pub component: String,
+    /// 8 or 4.
+    pub bits: u32,
+    /// Bytes of the copy written.
+    pub written: u64,
+    /// Its size.
+    pub size: u64,
+}
+
 /// Worker → page.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(
@@ -454,6 +467,9 @@ pub enum FromWorker {
         id: String,
         /// The snapshot.
         progress: Progress,
+        /// The stored copy being written from the shard that just arrived, if one is.
+        #[serde(default)]
+        copying: Option<CopyProgress>,
     },
     /// The download finished: every file is verified in the cache.
     DownloadDone {
@@ -760,6 +776,12 @@ mod tests {
                     rate_bytes_per_s: 3.5,
                     eta_s: Some(0.3),
                 },
+                copying: Some(CopyProgress {
+                    component: "transformer".into(),
+                    bits: 4,
+                    written: 10,
+                    size: 20,
+                }),
             },
             FromWorker::DownloadDone {
                 id: "tiny".into(),

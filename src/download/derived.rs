@@ -46,7 +46,7 @@ pub async fn store_quantized<St: Store, S: WeightSource>(
     layout: &QuantizedLayout,
     progress: impl FnMut(u64, u64),
 ) -> Result<StoredFile> {
-    let mut file = partial(path, layout);
+    let mut file = partial_file(path, layout);
     let (mut part, durable) = store.open_part(plan, &file).await?;
     let from = layout.resume_point(durable);
     let written = write_part(&mut part, path, from, source, layout, progress).await;
@@ -83,7 +83,9 @@ pub async fn partial_bytes<St: Store>(
     path: &str,
     layout: &QuantizedLayout,
 ) -> DResult<u64> {
-    let durable = store.present_bytes(plan, &partial(path, layout)).await?;
+    let durable = store
+        .present_bytes(plan, &partial_file(path, layout))
+        .await?;
     Ok(layout.resume_point(durable))
 }
 
@@ -177,7 +179,7 @@ pub async fn store_quantized_as_they_arrive<St: Store, S: WeightSource>(
     mut consumed: impl AsyncFnMut(&str, u64) -> Result<()>,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<StoredFile> {
-    let mut file = partial(path, layout);
+    let mut file = partial_file(path, layout);
     let (mut part, durable) = store.open_part(plan, &file).await?;
     let from = layout.resume_point(durable);
     let mut at = rehash(&mut part, path, from).await?;
@@ -210,7 +212,7 @@ pub async fn store_quantized_as_they_arrive<St: Store, S: WeightSource>(
 /// The plan of the partial copy at `path`: its SHA-256 is not known until it is written, so
 /// the layout's [identity](QuantizedLayout::identity) stands for it; a partial file is
 /// resumed only by a writer of the same layout.
-fn partial(path: &str, layout: &QuantizedLayout) -> FilePlan {
+pub fn partial_file(path: &str, layout: &QuantizedLayout) -> FilePlan {
     FilePlan {
         path: path.to_owned(),
         size: layout.size(),

@@ -14,15 +14,18 @@ use std::cell::Cell;
 use serde::{Deserialize, Serialize};
 
 use super::download::FetchClient;
+use super::http::HttpSource;
 use super::human_bytes;
 use super::opfs::{
     MODELS_DIR, OpfsSource, OpfsStore, check_quota, read_record, remove_record, storage_status,
     write_record,
 };
-use crate::download::derived::{discard_derived, partial_bytes, store_quantized};
+use crate::download::derived::{
+    discard_derived, partial_bytes, partial_file, store_quantized, store_quantized_as_they_arrive,
+};
 use crate::download::{
     DResult, DownloadError, DownloadOptions, DownloadPlan, FilePlan, Progress, Session, Store,
-    discover, download_plan, remaining_bytes,
+    discover, download_file, download_plan, remaining_bytes,
 };
 use crate::error::{Error, Result};
 use crate::model::text_encoder;
@@ -147,6 +150,7 @@ async fn measure(
 ) -> DResult<CacheState> {
     let store = OpfsStore::open().await?;
     let replaced = replaced_by_copy(source, plans, &store).await?;
+    let copying = load_copying_record(source).await;
     let mut state = CacheState {
         revisions: plans
             .iter()
@@ -162,10 +166,14 @@ async fn measure(
         copy_bytes: 0,
     };
     for (i, plan) in plans.iter().enumerate() {
+        // Shards a copy being made holds count as there: the copy stands for them.
+        let consumed = consumed_shards(&copying, plan, &store).await?;
         for file in &plan.files {
             state.total_bytes += file.size;
             state.files_total += 1;
-            if replaced.iter().any(|(j, r)| *j == i && r.path == file.path) {
+            if replaced.iter().any(|(j, r)| *j == i && r.path == file.path)
+                || consumed.contains(&file.path)
+            {
                 state.verified_bytes += file.size;
                 state.files_verified += 1;
                 state.replaced_bytes += file.size;
@@ -207,11 +215,209 @@ fn chunk_bytes(total: u64) -> u64 {
     (total / 64).clamp(64 << 10, 32 << 20)
 }
 
-/// Downloads every missing file of the source, verified, resuming partial files. Refuses up
-/// front when the storage quota cannot hold what is missing. Returns the bytes fetched.
+/// A stored copy made while its checkpoint downloads ([`store_quantized_as_they_arrive`]):
+/// each shard is fetched when the copy reaches it and removed once the copy holds it, so the
+/// storage holds one shard at a time beside the copies instead of the whole checkpoint (for
+/// the real model the peak drops from about 63 GB, the download and then a copy, to about
+/// 22 GB, the copies and one shard).
+struct CopyJob {
+    /// The plan (repository) that lists the checkpoint.
+    plan: usize,
+    component: &'static str,
+    /// The copy's path.
+    path: String,
+    /// Planned from the checkpoint's headers, read from the hub by range requests.
+    layout: QuantizedLayout,
+    /// Bytes the partial copy of an earlier download holds (where it goes on from): the shards
+    /// whose tensors end before are consumed, gone from the cache.
+    partial: u64,
+}
+
+impl CopyJob {
+    /// The checkpoint shards, in the order the copy reads them, each with the byte of the copy
+    /// its tensors end at.
+    fn shards(&self) -> Vec<(String, u64)> {
+        self.layout.source_files()
+    }
+
+    /// Whether `file` is one of its shards the copy already holds.
+    fn consumed(&self, file: &str) -> bool {
+        self.shards()
+            .iter()
+            .any(|(f, end)| f == file && *end <= self.partial)
+    }
+}
+
+/// The record of the copies being made as their checkpoints download
+/// (`model-sources/{id}.copying.json`): for each, the partial copy's file and the byte each
+/// shard's tensors end at. A shard is consumed (held by the copy, removed from the cache) once
+/// the partial copy's durable bytes reach that byte: the cache state counts it as there
+/// without the hub ([`measure`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct CopyingRecord {
+    copies: Vec<CopyingEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CopyingEntry {
+    repo: String,
+    revision: String,
+    /// The partial copy as the store knows it (its size and layout identity).
+    copy: FilePlan,
+    /// Each shard's path and the byte of the copy its tensors end at.
+    shards: Vec<(String, u64)>,
+}
+
+fn copying_record_name(id: &str) -> String {
+    format!("{id}.copying.json")
+}
+
+async fn load_copying_record(source: &ModelSource) -> CopyingRecord {
+    let bytes = read_record(SOURCES_DIR, &copying_record_name(&source.id)).await;
+    bytes
+        .ok()
+        .flatten()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// The shards the partial copies of `record` hold in `plan`'s revision (removed from the cache
+/// or about to be).
+async fn consumed_shards(
+    record: &CopyingRecord,
+    plan: &DownloadPlan,
+    store: &OpfsStore,
+) -> DResult<Vec<String>> {
+    let mut consumed = Vec::new();
+    for entry in &record.copies {
+        if entry.repo != plan.repo || entry.revision != plan.revision {
+            continue;
+        }
+        let durable = store.present_bytes(plan, &entry.copy).await?;
+        let held = entry.shards.iter().filter(|(_, end)| *end <= durable);
+        consumed.extend(held.map(|(f, _)| f.clone()));
+    }
+    Ok(consumed)
+}
+
+/// The copies this download makes as their checkpoints arrive: one per component of
+/// [`copied_components`] whose copy is not committed yet, planned from the checkpoint headers
+/// on the hub. Any failure to plan one (a hub that ignores Range requests, say) is logged and
+/// leaves that copy to the first load, as before.
+async fn copy_jobs(
+    source: &ModelSource,
+    plans: &[DownloadPlan],
+    store: &OpfsStore,
+) -> DResult<Vec<CopyJob>> {
+    let mut jobs = Vec::new();
+    for (component, path) in copied_components(source) {
+        let of = |f: &&FilePlan| is_checkpoint_of(component, f);
+        let Some(i) = plans.iter().position(|p| p.files.iter().any(|f| of(&f))) else {
+            continue; // committed: the plan no longer lists its checkpoint
+        };
+        let plan = &plans[i];
+        let precision = source.precision(component);
+        let hub = HttpSource::hugging_face(&source.host, &plan.repo, &plan.revision);
+        let layout = match copy_layout(&hub, component, precision, plan).await {
+            Ok(layout) => layout,
+            Err(err) => {
+                warn(&format!(
+                    "{component}: its {}-bit copy is left to the first load (its checkpoint's \
+                     headers could not be read from the hub: {err})",
+                    precision.bits().unwrap_or(32)
+                ));
+                continue;
+            }
+        };
+        // Every shard of the plan is one the copy reads, and the other way round.
+        let mut listed: Vec<&str> = plan
+            .files
+            .iter()
+            .filter(of)
+            .map(|f| f.path.as_str())
+            .collect();
+        let mut read: Vec<String> = layout.source_files().into_iter().map(|(f, _)| f).collect();
+        listed.sort_unstable();
+        read.sort_unstable();
+        if listed != read {
+            warn(&format!(
+                "{component}: its copy is left to the first load (the checkpoint lists \
+                 {listed:?}, its headers name {read:?})"
+            ));
+            continue;
+        }
+        let partial = partial_bytes(store, plan, &path, &layout).await?;
+        jobs.push(CopyJob {
+            plan: i,
+            component,
+            path,
+            layout,
+            partial,
+        });
+    }
+    Ok(jobs)
+}
+
+/// The most storage a download making `jobs` as it goes needs at once, beyond what the cache
+/// holds now: each copy's shards in turn (fetched, written into the copy, removed), then the
+/// other files of `plans` still missing.
+async fn copying_peak(store: &OpfsStore, plans: &[DownloadPlan], jobs: &[CopyJob]) -> DResult<u64> {
+    let (mut now, mut peak) = (0i128, 0i128);
+    for job in jobs {
+        let plan = &plans[job.plan];
+        let mut written = job.partial;
+        for (file, end) in job.shards() {
+            if end <= job.partial {
+                continue;
+            }
+            let Some(f) = plan.files.iter().find(|f| f.path == file) else {
+                continue;
+            };
+            let present = store.present_bytes(plan, f).await?.min(f.size);
+            now += i128::from(f.size - present) + i128::from(end - written);
+            written = end;
+            peak = peak.max(now);
+            now -= i128::from(f.size);
+        }
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && is_shard_of(j, f));
+        for f in plan.files.iter().filter(|f| !copied(f)) {
+            now += i128::from(f.size - store.present_bytes(plan, f).await?.min(f.size));
+        }
+    }
+    Ok(peak.max(now).max(0) as u64)
+}
+
+fn is_shard_of(job: &CopyJob, file: &FilePlan) -> bool {
+    is_checkpoint_of(job.component, file)
+}
+
+/// A copy's failure as the download's: its own download errors as they are, a cancel as a
+/// cancel, anything else as a storage failure of the copy.
+fn copy_error(err: Error, path: &str) -> DownloadError {
+    match err {
+        Error::Download(e) => e,
+        Error::Cancelled { .. } => DownloadError::Cancelled,
+        other => DownloadError::Storage {
+            file: path.to_owned(),
+            reason: format!("making the quantized copy: {other}"),
+        },
+    }
+}
+
+/// Downloads every missing file of the source, verified, resuming partial files. The
+/// components the source keeps 8-/4-bit are quantized as their checkpoints arrive, shard by
+/// shard, into their stored copies ([`CopyJob`]; `on_copy(component, written, size)`), when
+/// the storage holds that (`storage_free`, the test parameter `?storage-free=`, caps the free
+/// storage counted on for it); else the whole checkpoints are downloaded and the first load
+/// makes the copies. Refuses up front when the storage quota cannot hold what is missing.
+/// Returns the bytes fetched.
 pub async fn download(
     source: &ModelSource,
+    storage_free: Option<u64>,
     on_progress: &dyn Fn(&Progress),
+    on_copy: &dyn Fn(&str, u64, u64),
     cancelled: &dyn Fn() -> bool,
 ) -> DResult<u64> {
     let (plans, _) = plans(source, false).await?;
@@ -234,13 +440,59 @@ pub async fn download(
             plan
         })
         .collect();
-    let mut needed = 0;
-    for plan in &plans {
-        needed += remaining_bytes(&store, plan).await?;
+    let status = storage_status().await?;
+    let mut jobs = copy_jobs(source, &plans, &store).await?;
+    if !jobs.is_empty() {
+        let mut room = status.clone();
+        if let Some(free) = storage_free {
+            room.quota = room.quota.min(room.usage.saturating_add(free));
+        }
+        let peak = copying_peak(&store, &plans, &jobs).await?;
+        if let Err(err) = check_quota(peak, &room) {
+            // The checkpoints whole, and the copies left to the first load, if that fits.
+            let mut whole = 0;
+            for plan in &plans {
+                whole += remaining_bytes(&store, plan).await?;
+            }
+            if check_quota(whole, &status).is_err() {
+                return Err(err);
+            }
+            warn(&format!("the copies are left to the first load: {err}"));
+            jobs.clear();
+        }
     }
-    if needed > 0 {
-        check_quota(needed, &storage_status().await?)?;
+    if jobs.is_empty() {
+        let mut needed = 0;
+        for plan in &plans {
+            needed += remaining_bytes(&store, plan).await?;
+        }
+        if needed > 0 {
+            check_quota(needed, &status)?;
+        }
+    } else {
+        // Recorded before a shard goes, so the cache state knows what the copies hold.
+        let copies = jobs
+            .iter()
+            .map(|job| CopyingEntry {
+                repo: plans[job.plan].repo.clone(),
+                revision: plans[job.plan].revision.clone(),
+                copy: partial_file(&job.path, &job.layout),
+                shards: job.shards(),
+            })
+            .collect();
+        let json = serde_json::to_vec(&CopyingRecord { copies }).expect("plain structs");
+        write_record(SOURCES_DIR, &copying_record_name(&source.id), &json).await?;
     }
+    // Shards the partial copies hold are gone: not fetched, not counted.
+    let plans: Vec<DownloadPlan> = plans
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut plan)| {
+            plan.files
+                .retain(|f| !jobs.iter().any(|j| j.plan == i && j.consumed(&f.path)));
+            plan
+        })
+        .collect();
     let total: u64 = plans.iter().map(DownloadPlan::total_bytes).sum();
     let files_total: usize = plans.iter().map(|p| p.files.len()).sum();
     let options = DownloadOptions {
@@ -248,8 +500,8 @@ pub async fn download(
         ..DownloadOptions::default()
     };
     let (before_bytes, before_files) = (Cell::new(0u64), Cell::new(0usize));
-    let mut fetched = 0;
-    for plan in &plans {
+    let fetched = Cell::new(0u64);
+    for (i, plan) in plans.iter().enumerate() {
         // One progress over all repositories: earlier plans count as done.
         let whole = |p: &Progress| {
             let done = before_bytes.get() + p.done_bytes;
@@ -266,12 +518,49 @@ pub async fn download(
             });
         };
         let session = Session::new(plan, options.clone(), &whole, cancelled);
-        let report = download_plan(&FetchClient, &store, plan, &session).await?;
-        fetched += report.files.iter().map(|f| f.bytes_fetched).sum::<u64>();
+        let cached = OpfsSource::open(MODELS_DIR, plan.clone())
+            .await
+            .map_err(|e| copy_error(e, &plan.repo))?;
+        let cached = Cancellable::new(&cached, cancelled);
+        for job in jobs.iter().filter(|j| j.plan == i) {
+            let file_plan = |path: &str| plan.files.iter().find(|f| f.path == path).cloned();
+            store_quantized_as_they_arrive(
+                &store,
+                plan,
+                &job.path,
+                &cached,
+                &job.layout,
+                async |shard: &str| {
+                    let Some(file) = file_plan(shard) else {
+                        return Ok(()); // consumed before: never fetched again
+                    };
+                    let outcome =
+                        download_file(&FetchClient, &store, plan, &file, &session).await?;
+                    fetched.set(fetched.get() + outcome.bytes_fetched);
+                    Ok(())
+                },
+                // Held by the copy: the shard goes (again, should an earlier removal have
+                // been cut short).
+                async |shard: &str, _end: u64| Ok(discard_derived(&store, plan, shard).await?),
+                |written, size| on_copy(job.component, written, size),
+            )
+            .await
+            .map_err(|err| copy_error(err, &job.path))?;
+        }
+        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && is_shard_of(j, f));
+        let others = DownloadPlan {
+            files: plan.files.iter().filter(|f| !copied(f)).cloned().collect(),
+            ..plan.clone()
+        };
+        let report = download_plan(&FetchClient, &store, &others, &session).await?;
+        fetched.set(fetched.get() + report.files.iter().map(|f| f.bytes_fetched).sum::<u64>());
         before_bytes.set(before_bytes.get() + plan.total_bytes());
         before_files.set(before_files.get() + plan.files.len());
     }
-    Ok(fetched)
+    // Every copy is committed: what a record of copies being made said (this download's or
+    // one cut short before) is in `replaced_by_copy` now.
+    remove_record(SOURCES_DIR, &copying_record_name(&source.id)).await?;
+    Ok(fetched.get())
 }
 
 /// Removes the source's files (and partial downloads) from the cache, the stored quantized
@@ -291,6 +580,7 @@ pub async fn delete(source: &ModelSource) -> DResult<()> {
             discard_derived(&store, plan, &path).await?;
         }
     }
+    remove_record(SOURCES_DIR, &copying_record_name(&source.id)).await?;
     remove_record(SOURCES_DIR, &record_name(&source.id)).await
 }
 
@@ -502,7 +792,7 @@ async fn stored_copy(
 /// The stored copy of `component` in `precision` that a load writes, planned from the headers
 /// of its checkpoint in `plan`'s revision (read from the cache).
 async fn copy_layout(
-    cached: &CachedModel,
+    cached: &impl WeightSource,
     component: &str,
     precision: Precision,
     plan: &DownloadPlan,
@@ -517,11 +807,19 @@ async fn copy_layout(
     }
 }
 
+fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map_or(String::new(), |c| c.to_uppercase().chain(chars).collect())
+}
+
 /// What the first load's stored copies will do to the browser's storage, said when a
 /// download ends, while there is still time to free room: each copy (text encoder first) is
 /// written whole before its checkpoint goes, so the load needs the largest running total of
-/// copies written less checkpoints removed free at once ([`STORED_COMPONENTS`]). `None` when
-/// no copy is to be made (a load made them already, or the source keeps nothing 8-/4-bit).
+/// copies written less checkpoints removed free at once ([`STORED_COMPONENTS`]). When every
+/// copy is committed already (made as the checkpoints arrived, [`download`]), what the model
+/// takes now. `None` when the source keeps nothing 8-/4-bit.
 /// `storage_free` (the test parameter `?storage-free=`) caps the free storage counted on, as
 /// in [`use_stored_copies`], which checks again for each copy.
 pub async fn copies_outlook(
@@ -533,16 +831,26 @@ pub async fn copies_outlook(
     // Per copy to make, in the load's order: its name, the bytes it still needs, and the
     // checkpoint bytes it frees once committed.
     let mut copies = Vec::new();
+    let mut kept = Vec::new();
     let mut change = 0i128;
     for (component, path) in copied_components(source) {
         let Some(i) = cached.checkpoint_part(component) else {
             continue;
         };
         let plan = cached.parts[i].plan();
+        let precision = source.precision(component);
+        let name = || {
+            let what = STORED_COMPONENTS
+                .iter()
+                .find(|(c, _)| *c == component)
+                .map_or(component, |(_, what)| what)
+                .to_lowercase();
+            format!("{what} {}-bit", precision.bits().unwrap_or(32))
+        };
         if store.committed_file(plan, &path).await?.is_some() {
+            kept.push(name());
             continue;
         }
-        let precision = source.precision(component);
         let layout = copy_layout(&cached, component, precision, plan).await?;
         let needed = layout.size() - partial_bytes(&store, plan, &path, &layout).await?;
         let checkpoint: u64 = plan
@@ -561,7 +869,25 @@ pub async fn copies_outlook(
         copies.push((format!("{what} {bits}-bit"), what, needed, checkpoint));
     }
     if copies.is_empty() {
-        return Ok(None);
+        if kept.is_empty() {
+            return Ok(None);
+        }
+        // Made as the checkpoints arrived: the download says what the model takes now (of
+        // the files the source lists: the copies are attached to `cached`'s).
+        let (plans, _) = plans(source, true).await?;
+        let state = measure(source, &plans, true).await?;
+        let (its, are) = match kept.len() {
+            1 => ("its checkpoint", "is"),
+            _ => ("their checkpoints", "are"),
+        };
+        let now = state.total_bytes - state.replaced_bytes + state.copy_bytes;
+        return Ok(Some(format!(
+            "{} {are} stored in place of {its}, quantized as they arrived: the model takes {} \
+             here instead of {}.",
+            capitalized(&kept.join(" and ")),
+            human_bytes(now),
+            human_bytes(state.total_bytes)
+        )));
     }
     let mut status = storage_status().await?;
     if let Some(free) = storage_free {
@@ -596,7 +922,8 @@ pub async fn copies_outlook(
         ),
     };
     Ok(Some(if not_kept.is_empty() {
-        let plans: Vec<DownloadPlan> = cached.parts.iter().map(|p| p.plan().clone()).collect();
+        // Of the files the source lists (a committed copy is attached to `cached`'s).
+        let (plans, _) = plans(source, true).await?;
         let state = measure(source, &plans, true).await?;
         let now = state.verified_bytes - state.replaced_bytes + state.copy_bytes;
         let after = (i128::from(now) + change).max(0) as u64;

@@ -34,8 +34,8 @@ use crate::editor::{LayerId, NewLayer};
 use crate::gpu::KeyLimits;
 use crate::pipeline::default_budget_bytes;
 use crate::protocol::{
-    CacheState, DecomposeRequest, FromWorker, GpuFault, MemoryOverrides, MemorySettings,
-    ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker, storage_free_from_query,
+    CacheState, CopyProgress, DecomposeRequest, FromWorker, GpuFault, MemoryOverrides,
+    MemorySettings, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker, storage_free_from_query,
 };
 
 /// What a run decomposes, and so where its layers go.
@@ -338,9 +338,11 @@ impl RunPanel {
                 return Some(FromWorker::Ready);
             }
             FromWorker::ModelState { id, state, note } => self.show_state(id, state, note),
-            FromWorker::DownloadProgress { id, progress } => {
-                self.show_download_progress(&id, &progress)
-            }
+            FromWorker::DownloadProgress {
+                id,
+                progress,
+                copying,
+            } => self.show_download_progress(&id, &progress, copying.as_ref()),
             FromWorker::DownloadDone {
                 id,
                 fetched_bytes,
@@ -874,21 +876,32 @@ impl RunPanel {
         self.update_buttons();
     }
 
-    fn show_download_progress(&self, id: &str, p: &Progress) {
+    fn show_download_progress(&self, id: &str, p: &Progress, copying: Option<&CopyProgress>) {
         if self.downloading.borrow().as_deref() != Some(id) {
             return;
         }
         self.download_progress.set_max(p.total_bytes.max(1) as f64);
         self.download_progress.set_value(p.done_bytes as f64);
         let eta = p.eta_s.filter(|_| p.done_bytes < p.total_bytes);
+        // While a shard is quantized into its stored copy, no byte arrives: that is said
+        // instead of a rate.
+        let moving = match copying {
+            Some(c) => format!(
+                " · quantizing the {} to {} bits: {} of {}",
+                c.component.replace('_', " "),
+                c.bits,
+                human_bytes(c.written),
+                human_bytes(c.size)
+            ),
+            None => rate_and_eta(p.rate_bytes_per_s, eta),
+        };
         self.set_download_status(
             &format!(
-                "Downloading: {} of {} ({} of {} files verified){}",
+                "Downloading: {} of {} ({} of {} files verified){moving}",
                 human_bytes(p.done_bytes),
                 human_bytes(p.total_bytes),
                 p.files_done,
                 p.files_total,
-                rate_and_eta(p.rate_bytes_per_s, eta)
             ),
             false,
         );
@@ -1250,13 +1263,10 @@ fn rate_and_eta(rate_bytes_per_s: f64, eta_s: Option<f64>) -> String {
 fn stored_copies(s: &CacheState) -> String {
     match (s.copy_bytes, s.replaced_bytes) {
         (0, _) => String::new(),
-        (copies, 0) => format!(
-            ", and {} of copies quantized at the first load",
-            human_bytes(copies)
-        ),
+        (copies, 0) => format!(", and {} of quantized copies", human_bytes(copies)),
         (copies, replaced) => format!(
-            ", of which {} of checkpoint were replaced by {} of copies quantized at the first \
-             load (this browser keeps {})",
+            ", of which {} of checkpoint were replaced by {} of quantized copies (this browser \
+             keeps {})",
             human_bytes(replaced),
             human_bytes(copies),
             human_bytes(s.total_bytes.saturating_sub(replaced) + copies)

@@ -66,7 +66,8 @@ use crate::pipeline::{
     Progress, PromptEmbeds, encode_prompts_then_free, layers_at_size, resize_rgba_lanczos,
 };
 use crate::protocol::{
-    DecomposeRequest, FromWorker, GpuFault, MemorySettings, ModelSource, Rgba, RunPhase, ToWorker,
+    CopyProgress, DecomposeRequest, FromWorker, GpuFault, MemorySettings, ModelSource, Rgba,
+    RunPhase, ToWorker,
 };
 use crate::text::{
     DEFAULT_MAX_SEQUENCE_LENGTH, DEFAULT_NEGATIVE_PROMPT, PromptEncoder, QwenTokenizer,
@@ -337,17 +338,42 @@ async fn download(source: ModelSource, storage_free: Option<u64>) {
     CANCEL_DOWNLOAD.set(false);
     let start = js_sys::Date::now();
     let last_post = Cell::new(0.0);
+    let last = RefCell::new(None::<crate::download::Progress>);
     let on_progress = |p: &crate::download::Progress| {
+        *last.borrow_mut() = Some(p.clone());
         let now = js_sys::Date::now();
         if now - last_post.get() >= 100.0 || p.done_bytes == p.total_bytes {
             last_post.set(now);
             post(&FromWorker::DownloadProgress {
                 id: id.clone(),
                 progress: p.clone(),
+                copying: None,
             });
         }
     };
-    let result = models::download(&source, &on_progress, &|| CANCEL_DOWNLOAD.get()).await;
+    // A copy being written from the shard that just arrived: the download's bytes stand still
+    // meanwhile, so this is what moves.
+    let on_copy = |component: &str, written: u64, size: u64| {
+        let now = js_sys::Date::now();
+        let Some(progress) = last.borrow().clone() else {
+            return;
+        };
+        if now - last_post.get() >= 100.0 || written == size {
+            last_post.set(now);
+            post(&FromWorker::DownloadProgress {
+                id: id.clone(),
+                progress,
+                copying: Some(CopyProgress {
+                    component: component.to_owned(),
+                    bits: source.precision(component).bits().unwrap_or(32),
+                    written,
+                    size,
+                }),
+            });
+        }
+    };
+    let cancelled = || CANCEL_DOWNLOAD.get();
+    let result = models::download(&source, storage_free, &on_progress, &on_copy, &cancelled).await;
     let millis = js_sys::Date::now() - start;
     // What the first load's copies will take: advice only, the download stands whatever it
     // says. Read while the download still holds the model (a Delete waits for it).
