@@ -103,7 +103,7 @@ fn is_checkpoint_of(component: &str, file: &FilePlan) -> bool {
 /// The components of [`STORED_COMPONENTS`] that `source` keeps as a whole stored copy, with
 /// the copy's path: those it loads 8-/4-bit, but the transformer when it comes from a GGUF
 /// file (no copy is made of that).
-fn copied_components(source: &ModelSource) -> Vec<(&'static str, String)> {
+pub(super) fn copied_components(source: &ModelSource) -> Vec<(&'static str, String)> {
     let gguf = source.parts().iter().any(|p| p.gguf.is_some());
     STORED_COMPONENTS
         .iter()

@@ -818,14 +818,22 @@ impl RunPanel {
             return;
         }
         // Ask for persistent storage first, then refuse up front, with the numbers, when the
-        // quota cannot hold what is missing (the worker checks again before it starts).
-        let missing = self.cache.borrow().as_ref().and_then(|(id, state)| {
-            let s = state.as_ref().filter(|_| *id == model.id)?;
-            Some(
-                s.total_bytes
-                    .saturating_sub(s.verified_bytes + s.partial_bytes),
-            )
-        });
+        // quota cannot hold what is missing (the worker checks again before it starts). Not
+        // for a source whose checkpoints are quantized as they arrive: that needs less than
+        // what is missing, and only the worker, reading the headers, knows how much.
+        let copies = !super::models::copied_components(&model).is_empty();
+        let missing = self
+            .cache
+            .borrow()
+            .as_ref()
+            .filter(|_| !copies)
+            .and_then(|(id, state)| {
+                let s = state.as_ref().filter(|_| *id == model.id)?;
+                Some(
+                    s.total_bytes
+                        .saturating_sub(s.verified_bytes + s.partial_bytes),
+                )
+            });
         let persisted = match super::opfs::storage_status().await {
             Ok(status) => {
                 if let Some(missing) = missing.filter(|&m| m > 0)
