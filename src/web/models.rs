@@ -228,21 +228,18 @@ struct CopyJob {
     path: String,
     /// Planned from the checkpoint's headers, read from the hub by range requests.
     layout: QuantizedLayout,
+    /// The checkpoint shards, in the order the copy reads them, each with the byte of the copy
+    /// its tensors end at ([`QuantizedLayout::source_files`]).
+    shards: Vec<(String, u64)>,
     /// Bytes the partial copy of an earlier download holds (where it goes on from): the shards
     /// whose tensors end before are consumed, gone from the cache.
     partial: u64,
 }
 
 impl CopyJob {
-    /// The checkpoint shards, in the order the copy reads them, each with the byte of the copy
-    /// its tensors end at.
-    fn shards(&self) -> Vec<(String, u64)> {
-        self.layout.source_files()
-    }
-
     /// Whether `file` is one of its shards the copy already holds.
     fn consumed(&self, file: &str) -> bool {
-        self.shards()
+        self.shards
             .iter()
             .any(|(f, end)| f == file && *end <= self.partial)
     }
@@ -336,7 +333,8 @@ async fn copy_jobs(
             .filter(of)
             .map(|f| f.path.as_str())
             .collect();
-        let mut read: Vec<String> = layout.source_files().into_iter().map(|(f, _)| f).collect();
+        let shards = layout.source_files();
+        let mut read: Vec<&str> = shards.iter().map(|(f, _)| f.as_str()).collect();
         listed.sort_unstable();
         read.sort_unstable();
         if listed != read {
@@ -352,6 +350,7 @@ async fn copy_jobs(
             component,
             path,
             layout,
+            shards,
             partial,
         });
     }
@@ -366,7 +365,7 @@ async fn copying_peak(store: &OpfsStore, plans: &[DownloadPlan], jobs: &[CopyJob
     for job in jobs {
         let plan = &plans[job.plan];
         let mut written = job.partial;
-        for (file, end) in job.shards() {
+        for (file, end) in job.shards.iter().cloned() {
             if end <= job.partial {
                 continue;
             }
@@ -441,6 +440,11 @@ pub async fn download(
         })
         .collect();
     let status = storage_status().await?;
+    // What the whole checkpoints need (the plain download, or the fallback).
+    let mut whole = 0;
+    for plan in &plans {
+        whole += remaining_bytes(&store, plan).await?;
+    }
     let mut jobs = copy_jobs(source, &plans, &store).await?;
     if !jobs.is_empty() {
         let mut room = status.clone();
@@ -450,10 +454,6 @@ pub async fn download(
         let peak = copying_peak(&store, &plans, &jobs).await?;
         if let Err(err) = check_quota(peak, &room) {
             // The checkpoints whole, and the copies left to the first load, if that fits.
-            let mut whole = 0;
-            for plan in &plans {
-                whole += remaining_bytes(&store, plan).await?;
-            }
             if check_quota(whole, &status).is_err() {
                 return Err(err);
             }
@@ -462,12 +462,8 @@ pub async fn download(
         }
     }
     if jobs.is_empty() {
-        let mut needed = 0;
-        for plan in &plans {
-            needed += remaining_bytes(&store, plan).await?;
-        }
-        if needed > 0 {
-            check_quota(needed, &status)?;
+        if whole > 0 {
+            check_quota(whole, &status)?;
         }
     } else {
         // Recorded before a shard goes, so the cache state knows what the copies hold.
@@ -477,7 +473,7 @@ pub async fn download(
                 repo: plans[job.plan].repo.clone(),
                 revision: plans[job.plan].revision.clone(),
                 copy: partial_file(&job.path, &job.layout),
-                shards: job.shards(),
+                shards: job.shards.clone(),
             })
             .collect();
         let json = serde_json::to_vec(&CopyingRecord { copies }).expect("plain structs");
