@@ -48,6 +48,29 @@ fn dom_name(e: &JsValue) -> String {
         .unwrap_or_default()
 }
 
+/// Why a sync access handle's `write` of `len` bytes returned `n`, when `n` is not `len`.
+/// Chromium does not throw `QuotaExceededError` there: out of room, it writes what fits and
+/// returns either that shorter count or its file error code as an unsigned 32-bit number
+/// (4294967288 is -8, `FILE_ERROR_NO_SPACE`). Both mean the storage is full; another
+/// negative code is another failure. `Ok(reason)`: out of room; `Err(reason)`: the other.
+fn short_write(n: f64, len: usize) -> std::result::Result<String, String> {
+    let code = n as u64 as u32 as i32;
+    if n >= 0.0 && (n as usize) < len {
+        Ok(format!(
+            "the browser took {n} of {len} bytes, no space left for this site"
+        ))
+    } else if code == -8 {
+        Ok(format!(
+            "the browser refused a write of {len} bytes with file error -8, no space left for \
+             this site"
+        ))
+    } else {
+        Err(format!(
+            "the browser's write of {len} bytes returned {n} (file error {code})"
+        ))
+    }
+}
+
 /// `navigator.storage`, from a page or a worker.
 pub fn storage_manager() -> std::result::Result<StorageManager, JsValue> {
     let global = js_sys::global();
@@ -131,7 +154,11 @@ async fn write_small(
         access.truncate_with_f64(0.0)?;
         let opts = FileSystemReadWriteOptions::new();
         opts.set_at(0.0);
-        access.write_with_u8_array_and_options(bytes, &opts)?;
+        let n = access.write_with_u8_array_and_options(bytes, &opts)?;
+        if n as usize != bytes.len() {
+            let reason = short_write(n, bytes.len()).unwrap_or_else(|other| other);
+            return Err(js_sys::Error::new(&format!("{reason}; free space and retry")).into());
+        }
         access.flush()
     })();
     access.close();
@@ -331,9 +358,16 @@ impl PartFile for OpfsPart {
         opts.set_at(offset as f64);
         match self.access.write_with_u8_array_and_options(bytes, &opts) {
             Ok(n) if n as usize == bytes.len() => Ok(()),
-            Ok(n) => Err(DownloadError::Storage {
-                file: self.path.clone(),
-                reason: format!("wrote {n} of {} bytes at {offset}", bytes.len()),
+            Ok(n) => Err(match short_write(n, bytes.len()) {
+                Ok(reason) => DownloadError::QuotaExceeded {
+                    file: self.path.clone(),
+                    offset,
+                    reason,
+                },
+                Err(reason) => DownloadError::Storage {
+                    file: self.path.clone(),
+                    reason: format!("at byte {offset}: {reason}"),
+                },
             }),
             Err(e) if dom_name(&e) == "QuotaExceededError" => Err(DownloadError::QuotaExceeded {
                 file: self.path.clone(),

@@ -320,6 +320,72 @@ test("a download the storage quota cannot hold is refused up front with the numb
 });
 
 /**
+ * Caps the storage quota Chromium enforces for the page's origin at `bytes` more than it uses
+ * now (DevTools' `Storage.overrideQuotaForOrigin`; no `bytes`: lifts the cap). The browser
+ * then refuses writes past it, as when a visitor's disk or quota is full. `estimate()` still
+ * reports the usual quota, so the app's checks up front pass and only the writes meet it.
+ * Returns the origin's usage before.
+ */
+async function capQuota(page, bytes) {
+  const cdp = await page.context().newCDPSession(page);
+  const origin = new URL(page.url()).origin;
+  const { usage } = await cdp.send("Storage.getUsageAndQuota", { origin });
+  // (Not detached: the override lasts as long as the DevTools session that made it.)
+  await cdp.send("Storage.overrideQuotaForOrigin", bytes === undefined ? { origin } : { origin, quotaSize: usage + bytes });
+  return usage;
+}
+
+test("under the browser's own quota, forced low: the whole checkpoints run out of room mid-file, with a clear error, no partial file left, and resume once there is room; quantized as they arrive, the same room holds the model", { timeout: SLOW }, async () => {
+  // Room for what the model keeps (the 4-bit copies and the rest, about 2.2 MB), not for
+  // its 3.0 MB of checkpoints.
+  const ROOM = 2_500_000;
+  for (const [query, copies] of [["?storage-free=10K", false], ["", true]]) {
+    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const logs = [];
+    try {
+      const page = await ctx.newPage();
+      page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
+      await page.goto(`${server.url}${query}`);
+      await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
+      await page.selectOption("#model-source", TINY_ID);
+      await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
+      const before = await capQuota(page, ROOM);
+      await page.click("#download-model");
+      await page.waitForSelector("body[data-download=done], body[data-download=failed]", { timeout: 120_000 });
+      const status = await page.textContent("#download-status");
+      const files = await opfsFiles(page);
+      const used = (await page.evaluate(async () => (await navigator.storage.estimate()).usage)) - before;
+      console.log(`${query || "(copies as they arrive)"}: ${await page.getAttribute("body", "data-download")}, ${used} bytes more in use; ${status}`);
+      if (copies) {
+        assert.equal(await page.getAttribute("body", "data-download"), "done", `${status}\n${logs.join("\n")}`);
+        assert.match(status, /quantized as they arrived/);
+        assert.ok(used <= ROOM, `${used} bytes`);
+        await page.waitForSelector("body[data-cache=cached]", { timeout: 60_000 });
+      } else {
+        // The checkpoints whole do not fit: the write the browser refused names its file
+        // and says why, and that file's partial download is gone.
+        assert.equal(await page.getAttribute("body", "data-download"), "failed", status);
+        const [, file, why] = status.match(/"([^"]+)": storage full while writing at byte \d+ \((.+)\); the partial file was removed, free space and retry$/) ?? [];
+        assert.ok(file, `${status}\n${JSON.stringify(files)}`);
+        // (Chromium 156 returns its file error from the write instead of throwing.)
+        assert.match(why, /^the browser refused a write of \d+ bytes with file error -8, no space left for this site$|^the browser took \d+ of \d+ bytes, no space left for this site$|QuotaExceededError|quota/, status);
+        const left = files.map(([p]) => p.replace(/^[0-9a-f]{40}\//, ""));
+        assert.ok(!left.some((p) => p.startsWith(file)), `${file}: ${JSON.stringify(left)}`);
+        // Once there is room, the download goes on and ends verified.
+        await capQuota(page);
+        await page.click("#download-model");
+        await page.waitForSelector("body[data-download=done], body[data-download=failed]", { timeout: 120_000 });
+        assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
+        await page.waitForSelector("body[data-cache=cached]", { timeout: 60_000 });
+      }
+      assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+    } finally {
+      await ctx.close();
+    }
+  }
+});
+
+/**
  * The app, its registry's tiny entry on `hub` with the transformer and the text encoder kept
  * 4-bit (as the real entries are).
  */
