@@ -28,6 +28,7 @@ use web_sys::{
     Response, Worker,
 };
 
+use super::status::{Tone, set_status};
 use super::{human_bytes, js_error_text, pixel_buffers};
 use crate::download::Progress;
 use crate::editor::{LayerId, NewLayer};
@@ -578,14 +579,20 @@ impl RunPanel {
                     _ => "Decomposed into".to_owned(),
                 };
                 match shown {
-                    Ok(()) => self.set_run_status(
-                        &format!(
+                    Ok(()) => {
+                        let done = format!(
                             "{what} {} layers in {:.1} s.",
                             layers.len(),
                             millis / 1000.0
-                        ),
-                        false,
-                    ),
+                        );
+                        self.set_run_status(&done, false);
+                        // The run was started down in the side panel: the page's status line
+                        // and the layers panel (scrolled to) show where the result went.
+                        set_status(&format!("{done} They are in the Layers panel."), Tone::Ok);
+                        if let Some(panel) = self.document.get_element_by_id("layers-panel") {
+                            panel.scroll_into_view_with_bool(true);
+                        }
+                    }
                     Err(err) => {
                         self.set_run_status(&format!("Could not show the layers: {err}"), true)
                     }

@@ -229,6 +229,12 @@ test("Cancel stops a run between steps; Decompose then shows N layers; a GPU err
     assert.deepEqual(layers.map((l) => l.name), ["Layer 2", "Layer 1"]);
     // At the picture's size (40×24), not the working size of the 32 bucket.
     for (const l of layers) assert.ok(l.size === "40×24" && l.sum > 0, JSON.stringify(l));
+    // The run was started down in the side panel: the page's status line says where the
+    // layers went, and the layers panel is scrolled into view.
+    assert.match(await page.textContent("#status"), /^Decomposed into 2 layers in \d+\.\d s\. They are in the Layers panel\.$/);
+    const panelTop = await page.evaluate(() => document.getElementById("layers-panel").getBoundingClientRect().top);
+    assert.ok(panelTop >= 0 && panelTop < 200, `the layers panel's top is at ${panelTop} px`);
+    await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
     // The layers are the editor's document now: one undo brings the opened picture back.
     await page.evaluate(() => document.activeElement?.blur());
     await page.keyboard.press("Control+z");
@@ -236,7 +242,6 @@ test("Cancel stops a run between steps; Decompose then shows N layers; a GPU err
     assert.ok(await page.isHidden("#cancel-run"), "Cancel only while running");
     assert.ok(!(await page.isDisabled("#decompose")), "ready for another run");
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
-    await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
 
     // Issue 6: a GPU error, then a lost device, in the middle of a run, caused for real by the
     // worker after the first denoising step (`?gpu-fault=`, read at each Decompose). Each run
