@@ -456,6 +456,22 @@ test("a stored 4-bit copy that the storage cannot hold is not kept: the model lo
   });
 });
 
+test("a stored 4-bit copy that the browser's own quota stops mid-write is not kept either: the model loads, quantized at load, and says the storage is full", { timeout: SLOW }, async () => {
+  // Downloaded with the checkpoints whole, then reopened without the parameter: the worker's
+  // check up front passes (estimate() does not show the cap), and the writes meet the quota.
+  await withDownloadedQ4("?storage-free=10K", async (page, logs) => {
+    await capQuota(page, 50_000); // the copies need about 207 KB
+    await page.click("#load-model");
+    await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
+    const status = await page.textContent("#model-status");
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${status}\n${logs.join("\n")}`);
+    for (const what of ["transformer", "text encoder"]) {
+      assert.match(status, new RegExp(`The ${what} could not be stored 4-bit in this browser \\(.*storage full while writing at byte \\d+ .*no space left for this site.*\\); it was quantized while loading and will be again next time\\.`), status);
+    }
+    assert.deepEqual(await storedCopies(page), [], "nothing of the copies is left");
+  }, "");
+});
+
 test("Cancel stops a first load while it stores the 4-bit copy: the copy is not committed, and the next load goes on with it", { timeout: SLOW }, async () => {
   // Downloaded with too little room for the copies on the way (the checkpoints whole), then
   // loaded with ample room: the first load makes them.
