@@ -58,9 +58,12 @@ pub async fn store_quantized<St: Store, S: WeightSource>(
             let _ = part.checkpoint(reached).await;
             return Err(err);
         }
-        Err((err, _)) => {
+        Err((mut err, _)) => {
             drop(part);
             store.discard(plan, &file).await?;
+            if let Error::Download(DownloadError::QuotaExceeded { removed, .. }) = &mut err {
+                *removed = true;
+            }
             return Err(err);
         }
     };

@@ -495,16 +495,17 @@ async fn download_file_inner<C: HttpClient, S: Store>(
                         outcome.bytes_fetched += offset - before;
                         let retry_reason = match result {
                             Ok(r) => r,
-                            Err(err) => {
+                            Err(mut err) => {
                                 if err == DownloadError::Cancelled {
                                     // Keep what arrived for the next run.
                                     part.checkpoint(offset).await?;
                                 }
-                                if let DownloadError::QuotaExceeded { .. } = err {
+                                if let DownloadError::QuotaExceeded { removed, .. } = &mut err {
                                     // No half-written entry stays behind.
                                     drop(part);
                                     session.tracker.borrow_mut().remove(offset);
                                     store.discard(plan, file).await?;
+                                    *removed = true;
                                 }
                                 return Err(err);
                             }

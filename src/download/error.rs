@@ -120,9 +120,14 @@ pub enum DownloadError {
         /// Advice (persistence, freeing space).
         hint: String,
     },
-    /// Storage ran out while writing (`QuotaExceededError`); the partial file was removed.
+    /// Storage ran out while writing (`QuotaExceededError`, a short write).
     #[error(
-        "\"{file}\": storage full while writing at byte {offset} ({reason}); the partial file was removed, free space and retry"
+        "\"{file}\": storage full while writing at byte {offset} ({reason}); {}",
+        if *.removed {
+            "the partial file was removed, free space and retry"
+        } else {
+            "what it holds is kept, free space and resume"
+        }
     )]
     QuotaExceeded {
         /// The file being written.
@@ -131,6 +136,10 @@ pub enum DownloadError {
         offset: u64,
         /// The storage's message.
         reason: String,
+        /// Whether the partial file was removed (a download's is; a copy made as its
+        /// checkpoint arrives keeps what it holds). A store's write says `false`; whoever
+        /// removes the file sets it.
+        removed: bool,
     },
     /// Another storage failure (OPFS or filesystem).
     #[error("storage \"{file}\": {reason}")]

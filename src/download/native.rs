@@ -236,6 +236,7 @@ impl PartFile for DirPart {
                 file: self.path.display().to_string(),
                 offset,
                 reason: e.to_string(),
+                removed: false,
             },
             _ => io_err(&self.path, e),
         })

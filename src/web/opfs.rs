@@ -350,6 +350,7 @@ impl PartFile for OpfsPart {
                     file: self.path.clone(),
                     offset,
                     reason: "QuotaExceededError (simulated by the test-only byte budget)".into(),
+                    removed: false,
                 });
             }
             budget.set(budget.get() - bytes.len() as u64);
@@ -363,6 +364,7 @@ impl PartFile for OpfsPart {
                     file: self.path.clone(),
                     offset,
                     reason,
+                    removed: false,
                 },
                 Err(reason) => DownloadError::Storage {
                     file: self.path.clone(),
@@ -373,6 +375,7 @@ impl PartFile for OpfsPart {
                 file: self.path.clone(),
                 offset,
                 reason: js_error_text(&e),
+                removed: false,
             }),
             Err(e) => Err(storage_err(&self.path, &e)),
         }
