@@ -671,4 +671,56 @@ mod tests {
             );
         }
     }
+
+    /// The page's Content-Security-Policy binds the model worker too (it is started from a
+    /// `blob:` URL): every host a visitor's entry downloads from must be in its `connect-src`.
+    #[test]
+    fn every_host_visitors_download_from_is_in_the_pages_connect_src() {
+        let html = include_str!("../www/index.html");
+        let policy = html
+            .split("http-equiv=\"Content-Security-Policy\" content=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .expect("index.html has a CSP meta tag");
+        let sources: Vec<&str> = policy
+            .split(';')
+            .map(str::trim)
+            .find_map(|d| d.strip_prefix("connect-src "))
+            .expect("a connect-src directive")
+            .split_whitespace()
+            .collect();
+        // A CSP host source: the scheme, then the host or `*.` and a suffix of it.
+        let allows = |source: &str, base: &str| {
+            let (Some((s_scheme, s_host)), Some((scheme, host))) =
+                (source.split_once("://"), base.split_once("://"))
+            else {
+                return false;
+            };
+            s_scheme == scheme
+                && match s_host.strip_prefix('*') {
+                    Some(suffix) => host.ends_with(suffix),
+                    None => s_host == host,
+                }
+        };
+        let reg = ModelRegistry::from_json(include_str!("../www/models.json")).unwrap();
+        for m in reg.visible("example.org") {
+            for part in m.parts() {
+                let base = &part.spec.base_url;
+                assert!(
+                    sources.iter().any(|s| allows(s, base)),
+                    "{}: {base} is not in connect-src {sources:?}",
+                    m.id
+                );
+            }
+        }
+        // Not a matcher that allows anything.
+        assert!(!sources.iter().any(|s| allows(s, "https://example.org")));
+        assert!(!sources.iter().any(|s| allows(s, "http://127.0.0.1:8090")));
+        // Hugging Face's CDN, where `resolve/` redirects (us.aws.cdn.hf.co, cdn-lfs.hf.co).
+        assert!(
+            sources
+                .iter()
+                .any(|s| allows(s, "https://us.aws.cdn.hf.co"))
+        );
+    }
 }

@@ -15,10 +15,36 @@ use super::status::{Tone, set_status};
 use crate::gpu::GpuReport;
 use crate::protocol::{FromWorker, ToWorker};
 
-/// URL of the worker bootstrap (copied into `dist/` by Trunk).
+/// URL of the worker bootstrap (copied into `dist/` by Trunk), relative to the page.
 const WORKER_URL: &str = "./worker_loader.js";
 /// The service worker that keeps the app shell for offline use (built by Trunk, see `sw.js`).
 const SERVICE_WORKER_URL: &str = "./sw.js";
+
+/// The model worker's script: a `blob:` URL whose few lines load [`WORKER_URL`] (and, through
+/// it, the worker's wasm) by absolute URL. A worker started from its own URL runs under the
+/// policy of that script's response headers, which a static host does not send; one started
+/// from a `blob:` URL inherits the page's Content-Security-Policy, so its `connect-src` (the
+/// model hosts) binds the worker, which does all of the model's network traffic.
+fn worker_script_url(document: &Document) -> Result<String, JsValue> {
+    let page = document
+        .base_uri()?
+        .ok_or_else(|| JsValue::from_str("the page has no base URL"))?;
+    let base = web_sys::Url::new_with_base("./", &page)?.href();
+    let loader = web_sys::Url::new_with_base(WORKER_URL, &page)?.href();
+    // JSON string literals are JavaScript string literals.
+    let quote = |s: &str| serde_json::to_string(s).expect("a string serializes");
+    let script = format!(
+        "self.QLW_BASE = {};\nimportScripts({});\n",
+        quote(&base),
+        quote(&loader)
+    );
+    let parts = js_sys::Array::of1(&JsValue::from_str(&script));
+    let kind = web_sys::BlobPropertyBag::new();
+    kind.set_type("text/javascript");
+    let blob = web_sys::Blob::new_with_str_sequence_and_options(&parts, &kind)?;
+    // Kept for the page's life: the browser may still be reading it after `new Worker`.
+    web_sys::Url::create_object_url_with_blob(&blob)
+}
 
 /// Entry point of the `app` binary.
 pub fn start() {
@@ -117,7 +143,7 @@ impl Ui {
     fn start_worker(ui: &Rc<Self>) -> Result<(), JsValue> {
         let options = WorkerOptions::new();
         options.set_name("model");
-        let worker = Worker::new_with_options(WORKER_URL, &options)?;
+        let worker = Worker::new_with_options(&worker_script_url(&ui.document)?, &options)?;
         ui.run.attach(worker.clone());
 
         let this = ui.clone();

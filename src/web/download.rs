@@ -2,7 +2,10 @@
 //! platform-independent engine (`crate::download`) into OPFS (`super::opfs`). Only ever one
 //! network chunk (tens of KB, as the browser hands it over) is in wasm memory at a time.
 
+use std::cell::RefCell;
 use std::time::Duration;
+
+use gloo::events::EventListener;
 
 use js_sys::{Promise, Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -18,6 +21,53 @@ use crate::download::{
     DResult, DownloadOptions, DownloadPlan, DownloadReport, HttpClient, Progress, ResponseBody,
     ResponseHead, Session, SourceSpec, TransportError, discover, download_plan, remaining_bytes,
 };
+
+thread_local! {
+    /// The origins this context's Content-Security-Policy refused a connection to
+    /// (`connect-src`), in the order first refused: what a failed `fetch` ("Failed to fetch")
+    /// does not say.
+    static CSP_REFUSED: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Starts recording the `connect-src` refusals of this context's Content-Security-Policy
+/// (`securitypolicyviolation` events) for [`FetchClient`]'s messages. Once, at start.
+pub fn watch_csp_violations() {
+    let Some(target) = js_sys::global().dyn_ref::<web_sys::EventTarget>().cloned() else {
+        return;
+    };
+    EventListener::new(&target, "securitypolicyviolation", |event| {
+        let field = |name: &str| {
+            Reflect::get(event, &name.into())
+                .ok()
+                .and_then(|v| v.as_string())
+                .unwrap_or_default()
+        };
+        if field("effectiveDirective") != "connect-src" {
+            return;
+        }
+        // The refused URL, or only its origin where the browser strips it.
+        let blocked = field("blockedURI");
+        let origin = web_sys::Url::new(&blocked).map_or(blocked, |u| u.origin());
+        CSP_REFUSED.with(|r| {
+            let mut refused = r.borrow_mut();
+            if !refused.contains(&origin) {
+                refused.push(origin);
+            }
+        });
+    })
+    .forget(); // for the context's life
+}
+
+/// What the Content-Security-Policy refused so far, as words for a failed fetch's message.
+fn csp_refusals() -> Option<String> {
+    let refused = CSP_REFUSED.with(|r| r.borrow().join(", "));
+    (!refused.is_empty()).then(|| {
+        format!(
+            "; this app's Content-Security-Policy refused connecting to {refused} (connect-src \
+             lists the model hosts the app may reach: see the README's \"Security\")"
+        )
+    })
+}
 
 /// `fetch(url, init)` on the current global (page or worker).
 fn global_fetch(url: &str, init: &RequestInit) -> std::result::Result<Promise, JsValue> {
@@ -125,16 +175,18 @@ impl HttpClient for FetchClient {
                         .is_some_and(|r| r.type_() == web_sys::ResponseType::Opaqueredirect),
                     Err(_) => false,
                 };
+                // (By now the refusal of the first try, if any, has been reported.)
+                let csp = csp_refusals().unwrap_or_default();
                 return Err(if redirected {
                     TransportError::RedirectLoop {
                         hops: 0,
                         detail: format!(
-                            ": the hub redirects this URL and the browser could not follow the redirect ({}): a redirect loop, or a CDN that is unreachable or refuses CORS",
+                            ": the hub redirects this URL and the browser could not follow the redirect ({}): a redirect loop, or a CDN that is unreachable or refuses CORS{csp}",
                             js_error_text(&e)
                         ),
                     }
                 } else {
-                    TransportError::Network(js_error_text(&e))
+                    TransportError::Network(format!("{}{csp}", js_error_text(&e)))
                 });
             }
         };

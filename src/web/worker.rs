@@ -262,6 +262,7 @@ pub fn start() {
     });
     scope.set_onmessage(Some(on_message.as_ref().unchecked_ref()));
     on_message.forget(); // lives as long as the worker
+    super::download::watch_csp_violations();
     post(&FromWorker::Ready);
 }
 

@@ -335,6 +335,33 @@ async function capQuota(page, bytes) {
   return usage;
 }
 
+test("the release build's Content-Security-Policy binds the model worker: a model host it does not list is refused, and the panel says so", { timeout: SLOW }, async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
+  const registry = JSON.parse(await readFile(`${dist}models.json`, "utf8"));
+  registry.models.find((m) => m.id === TINY_ID).host = hub.url;
+  // index.html as built: connect-src lists the Hugging Face hosts only.
+  const app = await serveStatic(dist, { "/models.json": JSON.stringify(registry) }, { releaseCsp: true });
+  try {
+    const page = await ctx.newPage();
+    await page.goto(app.url);
+    await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
+    hub.resetStats();
+    await page.selectOption("#model-source", TINY_ID);
+    await page.waitForFunction(() => /^Size unknown/.test(document.getElementById("model-info").textContent), null, { timeout: 60_000 });
+    const info = await page.textContent("#model-info");
+    const origin = new URL(hub.url).origin;
+    assert.match(info, new RegExp(`^Size unknown: the file list of ${TINY} could not be read \\(.*Failed to fetch; this app's Content-Security-Policy refused connecting to ${origin} \\(connect-src lists the model hosts`), info);
+    // The worker never reached the host.
+    assert.deepEqual(hub.stats().files, {});
+    assert.equal(hub.stats().requests, 0, JSON.stringify(hub.stats()));
+  } finally {
+    await ctx.close();
+    await app.close();
+    await hub.close();
+  }
+});
+
 /**
  * Presses Download after one that failed and waits for this one to end (the page flags a
  * start only once it has checked the storage: the last download's flag goes first).
@@ -351,11 +378,13 @@ test("under the browser's own quota, forced low: the whole checkpoints run out o
   const ROOM = 2_500_000;
   for (const [query, copies] of [["?storage-free=10K", false], ["", true]]) {
     const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+    const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
+    const app = await serveQ4(hub);
     const logs = [];
     try {
       const page = await ctx.newPage();
       page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
-      await page.goto(`${server.url}${query}`);
+      await page.goto(`${app.url}${query}`);
       await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
       await page.selectOption("#model-source", TINY_ID);
       await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
@@ -390,6 +419,8 @@ test("under the browser's own quota, forced low: the whole checkpoints run out o
       assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
     } finally {
       await ctx.close();
+      await app.close();
+      await hub.close();
     }
   }
 });
@@ -399,10 +430,12 @@ test("a copy made as its checkpoint arrives that runs out of room is kept, uncom
   const logs = [];
   const files = async (page) => (await opfsFiles(page)).map(([p]) => p.replace(/^[0-9a-f]{40}\//, ""));
   const COPY = "text_encoder/qwen-layered-v2-q4_0.gguf";
+  const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
+  const app = await serveQ4(hub);
   try {
     const page = await ctx.newPage();
     page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
-    await page.goto(server.url);
+    await page.goto(app.url);
     await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
     await page.selectOption("#model-source", TINY_ID);
     await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
@@ -433,6 +466,8 @@ test("a copy made as its checkpoint arrives that runs out of room is kept, uncom
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
   } finally {
     await ctx.close();
+    await app.close();
+    await hub.close();
   }
 });
 

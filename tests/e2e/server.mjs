@@ -11,8 +11,13 @@ const TYPES = {
 
 /** Serves `root` on 127.0.0.1 at a free port; resolves to { url, close }. `overrides` maps
  *  URL paths ("/models.json") to bodies served instead of the file (e.g. a registry pointing
- *  at a test's mock host; the service worker caches it like any shell file). */
-export async function serveStatic(root, overrides = {}) {
+ *  at a test's mock host; the service worker caches it like any shell file).
+ *
+ *  The release build's Content-Security-Policy lets the page and its model worker reach only
+ *  the Hugging Face hosts; the page is served with `http://127.0.0.1:*` added to its
+ *  `connect-src` (what a debug build has), so the app can reach the tests' mock hosts, unless
+ *  `{ releaseCsp: true }`. */
+export async function serveStatic(root, overrides = {}, { releaseCsp = false } = {}) {
   const base = resolve(root);
   const server = createServer(async (req, res) => {
     try {
@@ -26,7 +31,13 @@ export async function serveStatic(root, overrides = {}) {
       let file = normalize(join(base, path));
       if (!file.startsWith(base)) { res.writeHead(403).end(); return; }
       if ((await stat(file).catch(() => null))?.isDirectory()) file = join(file, "index.html");
-      const body = await readFile(file);
+      let body = await readFile(file);
+      if (!releaseCsp && file === join(base, "index.html")) {
+        const html = body.toString("utf8");
+        const local = html.replace("connect-src 'self'", "connect-src 'self' http://127.0.0.1:*");
+        if (local === html) throw new Error("index.html: no connect-src 'self' to extend");
+        body = Buffer.from(local);
+      }
       res.writeHead(200, { "content-type": TYPES[extname(file)] ?? "application/octet-stream",
         "cache-control": "no-store" });
       res.end(body);
