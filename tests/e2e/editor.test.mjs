@@ -51,6 +51,9 @@ async function openPage(context) {
   return { ctx, page, logs, dialogs };
 }
 
+/** Waits for two animation frames: the canvas draws changes on the next one. */
+const frames = (page) => page.evaluate(() => new Promise((ok) => requestAnimationFrame(() => requestAnimationFrame(ok))));
+
 /** An opaque picture with distinct pixels. */
 function picture(w, h) {
   const rgba = new Uint8Array(w * h * 4);
@@ -243,6 +246,128 @@ test("open, edit every way, undo, and export PNG/ZIP/PSD/ORA that read back righ
     assert.doesNotMatch(csp, /'unsafe-eval'|'unsafe-inline'/);
     assert.deepEqual(await page.evaluate(() => window.__csp), []);
     assert.deepEqual(dialogs, []);
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+  } finally {
+    await ctx.close();
+  }
+});
+
+test("the canvas: the wheel zooms about the pointer, a corner handle scales, a click selects the topmost opaque layer, middle and space drags pan, and Compare shows the original", { timeout: 240_000 }, async () => {
+  const { ctx, page, logs } = await openPage();
+  try {
+    const [w, h] = [40, 30];
+    const rgba = picture(w, h);
+    await openFile(page, "canvas.png", encodePng(w, h, rgba), "image/png");
+    await page.click("#layer-duplicate"); // the copy, on top, selected
+    const canvas = page.locator("#canvas");
+    const box = await canvas.boundingBox();
+    /** The view as drawn ("zoom pan_x pan_y" on the canvas). */
+    const view = async () => (await canvas.getAttribute("data-view")).split(" ").map(Number);
+    const drawn = (before) => page.waitForFunction((b) => document.getElementById("canvas").dataset.view !== b, before);
+    /** A document point on the screen, in the current view. */
+    const at = async (x, y) => { const [z, px, py] = await view(); return [box.x + px + x * z, box.y + py + y * z]; };
+    const selected = () => page.$$eval("#layer-list li", (li) => li.findIndex((l) => l.getAttribute("aria-current") === "true"));
+    const docAlpha = (x, y) => page.evaluate(([x, y]) => document.getElementById("composite").getContext("2d").getImageData(x, y, 1, 1).data[3], [x, y]);
+    /** What the canvas shows at document point (x, y) (its centre), RGBA. */
+    const shown = async (x, y) => {
+      const [z, px, py] = await view();
+      return page.evaluate(([cx, cy]) => {
+        const c = document.getElementById("canvas");
+        const dpr = c.width / c.clientWidth;
+        return Array.from(c.getContext("2d").getImageData(Math.floor(cx * dpr), Math.floor(cy * dpr), 1, 1).data);
+      }, [px + (x + 0.5) * z, py + (y + 0.5) * z]);
+    };
+    const pixel = (x, y) => Array.from(rgba.slice((y * w + x) * 4, (y * w + x) * 4 + 4));
+
+    // The wheel zooms in about the pointer: the document point under it stays there.
+    const [z0] = await view();
+    const [sx, sy] = await at(10, 10);
+    await page.mouse.move(sx, sy);
+    let before = await canvas.getAttribute("data-view");
+    await page.mouse.wheel(0, -600);
+    await drawn(before);
+    const [z1, px1, py1] = await view();
+    assert.ok(z1 > 2 * z0, `zoom ${z0} → ${z1}`);
+    assert.ok(Math.abs((sx - box.x - px1) / z1 - 10) < 0.05 && Math.abs((sy - box.y - py1) / z1 - 10) < 0.05, `${[z1, px1, py1]}`);
+    assert.equal(await page.textContent("#zoom-level"), `${Math.round(z1 * 100)}%`);
+
+    // The bottom-right handle of the selected (top) layer, dragged to the middle, halves it.
+    await page.locator("#layer-list li").nth(1).locator(".layer-visible").uncheck(); // the top alone
+    await page.click("#layer-list li:nth-child(1) .thumb");
+    assert.equal(await selected(), 0);
+    await frames(page);
+    const [hx, hy] = await at(w, h);
+    const [tx, ty] = await at(w / 2, h / 2);
+    await page.mouse.move(hx, hy);
+    await page.mouse.down();
+    await page.mouse.move((hx + tx) / 2, (hy + ty) / 2, { steps: 4 });
+    await page.mouse.move(tx, ty, { steps: 4 });
+    await page.mouse.up();
+    await page.waitForFunction(() => document.getElementById("composite").getContext("2d").getImageData(30, 22, 1, 1).data[3] === 0);
+    assert.equal(await docAlpha(30, 22), 0, "outside the halved layer");
+    assert.equal(await docAlpha(10, 7), 255, "inside it");
+    assert.equal(await docAlpha(18, 13), 255, "near its corner");
+    assert.equal(await docAlpha(22, 17), 0, "past it");
+
+    // A click selects the topmost layer with an opaque pixel there.
+    await page.locator("#layer-list li").nth(1).locator(".layer-visible").check();
+    await page.mouse.click(...await at(30.5, 22.5));
+    assert.equal(await selected(), 1, "only the bottom layer is opaque there");
+    await page.mouse.click(...await at(10.5, 7.5));
+    assert.equal(await selected(), 0, "the top layer is");
+    assert.equal(await docAlpha(22, 17), 255, "the bottom layer shows again");
+    assert.equal(await docAlpha(10, 7), 255);
+
+    // Pan with the middle button, then with Space held: the view moves, the document not.
+    const still = (await page.evaluate(() => Array.from(document.getElementById("composite").getContext("2d").getImageData(0, 0, 40, 30).data))).join();
+    for (const how of ["middle", "space"]) {
+      const [, bx, by] = await view();
+      // On the top layer, where a left drag would move it; whole pixels, so the moves are exact.
+      const [mx, my] = (await at(10.5, 7.5)).map(Math.round);
+      await page.mouse.move(mx, my);
+      if (how === "space") { await page.focus("#canvas"); await page.keyboard.down("Space"); }
+      await page.mouse.down({ button: how === "middle" ? "middle" : "left" });
+      await page.mouse.move(mx + 15, my + 10, { steps: 3 });
+      await page.mouse.move(mx + 30, my + 20, { steps: 3 });
+      await page.mouse.up({ button: how === "middle" ? "middle" : "left" });
+      if (how === "space") await page.keyboard.up("Space");
+      const [, ax, ay] = await view();
+      assert.deepEqual([ax - bx, ay - by], [30, 20], `${how} pan`);
+    }
+    const after = (await page.evaluate(() => Array.from(document.getElementById("composite").getContext("2d").getImageData(0, 0, 40, 30).data))).join();
+    assert.equal(after, still, "panning left the document as it was");
+
+    // Compare: with the bottom hidden, (30, 22) is empty; the original shows its pixel there.
+    await page.locator("#layer-list li").nth(1).locator(".layer-visible").uncheck();
+    await frames(page);
+    assert.equal((await shown(30, 22))[3], 0);
+    await page.selectOption("#compare", "original");
+    await frames(page);
+    assert.deepEqual(await shown(30, 22), pixel(30, 22), "the original under Compare");
+    await page.selectOption("#compare", "off");
+    await frames(page);
+    assert.equal((await shown(30, 22))[3], 0, "the composite again");
+    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
+  } finally {
+    await ctx.close();
+  }
+});
+
+test("the presets set the resolution and steps and state their cost; the settings start at the reference's defaults", { timeout: 120_000 }, async () => {
+  const { ctx, page, logs } = await openPage();
+  try {
+    // The visitors' default source, the real model: 640 and 1024.
+    const settings = () => page.evaluate(() => ["layers", "resolution", "steps", "cfg", "seed", "prompt"]
+      .map((k) => document.getElementById(`set-${k}`)?.value));
+    const cost = () => page.textContent("#preset-cost");
+    const [layers, resolution, steps] = await settings();
+    assert.deepEqual([layers, resolution, steps], ["4", "640", "50"], "the reference's defaults");
+    await page.click("#preset-fast");
+    assert.deepEqual((await settings()).slice(0, 3), ["4", "640", "20"]);
+    assert.equal(await cost(), "20 steps × 2 passes over 9600 image tokens at 640²: about 2.5× less work than the default.");
+    await page.click("#preset-quality");
+    assert.deepEqual((await settings()).slice(0, 3), ["4", "1024", "50"]);
+    assert.match(await cost(), /^50 steps × 2 passes over 24576 image tokens at 1024²: at least 2\.6× the default's work/);
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
   } finally {
     await ctx.close();

@@ -83,6 +83,10 @@ fn draw(ui: &Rc<EditorUi>) -> Result<(), JsValue> {
     ctx.clear_rect(0.0, 0.0, bw as f64, bh as f64);
     el.zoom_level
         .set_text_content(Some(&format!("{:.0}%", v.zoom * 100.0)));
+    // The view as drawn, "zoom pan_x pan_y" (view pixels: a document point (x, y) is at
+    // (pan_x + x·zoom, pan_y + y·zoom) in the canvas element), for tests and debugging.
+    el.canvas
+        .set_attribute("data-view", &format!("{} {} {}", v.zoom, v.pan_x, v.pan_y))?;
     if doc.layers.is_empty() {
         return Ok(());
     }
