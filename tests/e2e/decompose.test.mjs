@@ -8,11 +8,13 @@ import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { mkdir, readFile } from "node:fs/promises";
 import { existsSync } from "node:fs";
+import { execFileSync } from "node:child_process";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { serveStatic } from "./server.mjs";
 import { CHROMIUM, BASE_ARGS, WEBGPU_ARGS } from "./chromium.mjs";
 import { encodePng } from "./png.mjs";
+import { decodePng, readPsd, readZip } from "./formats.mjs";
 import { axeViolations } from "./a11y.mjs";
 import { startMockHf, loadRepoFromDir } from "../mock-hf/server.mjs";
 
@@ -180,6 +182,77 @@ async function shownLayers(page) {
   }));
 }
 
+/** A layer's pixels with alpha, placed at (x, y): "x,y" → "r,g,b,a", sorted. */
+function placed(rgba, w, h, x, y) {
+  const out = [];
+  for (let j = 0; j < h; j++) {
+    for (let i = 0; i < w; i++) {
+      const k = (j * w + i) * 4;
+      if (rgba[k + 3]) out.push(`${x + i},${y + j} ${Array.from(rgba.subarray(k, k + 4)).join(",")}`);
+    }
+  }
+  return out.sort();
+}
+
+/**
+ * Exports the document as ZIP, PSD and ORA and checks each against `stack` ([name, x, y,
+ * visible], bottom to top, every layer at full opacity) and each layer's pixels against the
+ * ZIP's; the composite PNG against the page's composite; psd-tools reads the PSD too.
+ */
+async function checkExports(page, stack) {
+  const save = async (button) => {
+    const [dl] = await Promise.all([page.waitForEvent("download"), page.click(button)]);
+    const path = `${artifacts}/decomposed-${dl.suggestedFilename()}`;
+    await dl.saveAs(path);
+    return { path, bytes: await readFile(path) };
+  };
+  const zip = readZip((await save("#export-zip")).bytes);
+  const manifest = JSON.parse(zip.entries.get("manifest.json").toString());
+  assert.deepEqual(manifest.layers.map((l) => [l.name, l.x, l.y, l.visible, l.opacity]), stack.map((s) => [...s, 1]));
+  const pixels = manifest.layers.map((l) => {
+    const png = decodePng(zip.entries.get(l.file));
+    assert.ok(png.rgba.some((v, k) => k % 4 === 3 && v > 0), `${l.name}: some pixels`);
+    return placed(png.rgba, png.width, png.height, l.x, l.y);
+  });
+  const composite = decodePng((await save("#export-composite")).bytes);
+  const shown = await page.evaluate(() => {
+    const c = document.getElementById("composite");
+    return Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data);
+  });
+  // (The canvas keeps colour premultiplied: where alpha is a, it reads back within 255/a.)
+  assert.equal(composite.rgba.length, shown.length);
+  for (let k = 0; k < shown.length; k += 4) {
+    const a = shown[k + 3];
+    assert.equal(composite.rgba[k + 3], a, `composite alpha at ${k / 4}`);
+    for (let c = 0; c < 3 && a > 0; c++) {
+      assert.ok(Math.abs(composite.rgba[k + c] - shown[k + c]) <= Math.ceil(255 / a), `composite at pixel ${k / 4}: ${composite.rgba.subarray(k, k + 4)} vs ${shown.slice(k, k + 4)}`);
+    }
+  }
+
+  const psdFile = await save("#export-psd");
+  const psd = readPsd(psdFile.bytes);
+  assert.deepEqual(psd.layers.map((l) => [l.name, l.hidden, l.opacity, l.blend]), stack.map(([n, , , v]) => [n, !v, 255, "norm"]));
+  psd.layers.forEach((l, i) => assert.deepEqual(placed(l.rgba, l.right - l.left, l.bottom - l.top, l.left, l.top), pixels[i], `PSD ${l.name}`));
+  if (process.env.QLW_NO_PSD_TOOLS === "1") {
+    console.log("psd-tools check of the decomposed PSD SKIPPED (QLW_NO_PSD_TOOLS=1)");
+  } else {
+    const python = fileURLToPath(new URL("../../.venv-export/bin/python", import.meta.url));
+    assert.ok(existsSync(python), `${python} is missing: run \`bash scripts/setup.sh --test\` (or set QLW_NO_PSD_TOOLS=1 to skip this check)`);
+    const script = "import sys, json\nfrom psd_tools import PSDImage\np = PSDImage.open(sys.argv[1])\n"
+      + "print(json.dumps([[l.name, l.visible, l.opacity] for l in p]))";
+    assert.deepEqual(JSON.parse(execFileSync(python, ["-c", script, psdFile.path]).toString()), stack.map(([n, , , v]) => [n, v, 255]));
+  }
+
+  const ora = readZip((await save("#export-ora")).bytes);
+  const xml = ora.entries.get("stack.xml").toString();
+  const oraLayers = [...xml.matchAll(/<layer name="([^"]*)" src="([^"]*)" x="(-?\d+)" y="(-?\d+)"[^>]*visibility="(\w+)"/g)].reverse();
+  assert.deepEqual(oraLayers.map((m) => [m[1], Number(m[3]), Number(m[4]), m[5] === "visible"]), stack);
+  oraLayers.forEach((m, i) => {
+    const png = decodePng(ora.entries.get(m[2]));
+    assert.deepEqual(placed(png.rgba, png.width, png.height, Number(m[3]), Number(m[4])), pixels[i], `ORA ${m[1]}`);
+  });
+}
+
 // One page for all (a model load and the kernel compilation cost about a minute on SwiftShader):
 // a long run is cancelled midway, then a short one goes through on the same loaded model, then
 // a GPU error and a lost device each end a run.
@@ -235,6 +308,22 @@ test("Cancel stops a run between steps; Decompose then shows N layers; a GPU err
     const panelTop = await page.evaluate(() => document.getElementById("layers-panel").getBoundingClientRect().top);
     assert.ok(panelTop >= 0 && panelTop < 200, `the layers panel's top is at ${panelTop} px`);
     await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
+
+    // The decomposed layers are edited like any: hide the bottom one, raise it, nudge the
+    // other; every export then holds that stack, and they agree on every layer's pixels.
+    await page.locator("#layer-list li").nth(1).locator(".layer-visible").uncheck();
+    await page.click("#layer-list li:nth-child(2) .thumb");
+    await page.focus("#canvas");
+    await page.keyboard.press("Alt+ArrowUp");
+    await page.click("#layer-list li:nth-child(2) .thumb");
+    await page.focus("#canvas");
+    await page.keyboard.press("ArrowRight");
+    await page.keyboard.press("ArrowRight");
+    assert.deepEqual((await shownLayers(page)).map((l) => l.name), ["Layer 1", "Layer 2"]);
+    await checkExports(page, [["Layer 2", 2, 0, true], ["Layer 1", 0, 0, false]]);
+    for (let i = 0; i < 4; i++) await page.keyboard.press("Control+z");
+    assert.deepEqual(await shownLayers(page), layers, "four undos: the decomposition as it came");
+
     // The layers are the editor's document now: one undo brings the opened picture back.
     await page.evaluate(() => document.activeElement?.blur());
     await page.keyboard.press("Control+z");
