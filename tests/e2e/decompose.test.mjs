@@ -480,8 +480,9 @@ test("an empty prompt is captioned, then a layer decomposes in place and undo re
     await page.screenshot({ path: `${artifacts}/14-captioned.png` });
     assert.deepEqual(await axeViolations(page), [], "decomposed, with the caption shown");
 
-    // Decompose the top layer (selected after the run) into 3 sub-layers, in place.
+    // Decompose the bottom layer into 3 sub-layers, in place: under the other, not on top.
     const before = layers;
+    await page.click("#layer-list li:nth-child(2) .thumb");
     assert.ok(!(await page.isDisabled("#decompose-layer")), "a layer is selected");
     await page.fill("#set-layers", "3");
     await page.fill("#set-prompt", "a layer");
@@ -489,12 +490,14 @@ test("an empty prompt is captioned, then a layer decomposes in place and undo re
     await wait("body[data-run=done], body[data-run=failed]", LONG);
     status = await page.textContent("#run-status");
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
-    assert.match(status, /^Decomposed “Layer 2” into 3 layers in \d+\.\d s\.$/);
+    assert.match(status, /^Decomposed “Layer 1” into 3 layers in \d+\.\d s\.$/);
     lap("layer decomposed");
     layers = await shownLayers(page);
-    assert.deepEqual(layers.map((l) => l.name), ["Layer 2 · 3", "Layer 2 · 2", "Layer 2 · 1", "Layer 1"],
+    assert.deepEqual(layers.map((l) => l.name), ["Layer 2", "Layer 1 · 3", "Layer 1 · 2", "Layer 1 · 1"],
       "the sub-layers take the layer's place, bottom one lowest");
-    assert.deepEqual(layers[3], before[1], "the layer below is untouched");
+    // (Its index in the stack, bottom 0, is 3 now.)
+    assert.deepEqual({ ...layers[0], index: "3" }, { ...before[0], index: "3" }, "the layer above is untouched");
+    assert.equal(layers[0].index, "3");
     for (const l of layers) assert.ok(l.size === "40×24" && l.sum > 0, JSON.stringify(l));
     assert.equal(await page.getAttribute("body", "data-layers"), "4");
     await page.screenshot({ path: `${artifacts}/15-layer-decomposed.png` });
