@@ -289,12 +289,23 @@ test("Cancel stops a run between steps; Decompose then shows N layers; a GPU err
       const t = await page.textContent("#run-status").catch(() => "");
       if (t && seen.at(-1) !== t) seen.push(t);
     }, 50);
+    // The page's main thread stays free while the worker runs the model: its long tasks
+    // (over 50 ms) are recorded; a model run on it would be one of many seconds.
+    await page.evaluate(() => {
+      window.__longTasks = [];
+      new PerformanceObserver((list) => window.__longTasks.push(...list.getEntries().map((e) => e.duration)))
+        .observe({ type: "longtask" });
+    });
     await page.click("#decompose");
     await wait("body[data-run=done], body[data-run=failed]", 240_000);
     clearInterval(watcher);
     status = await page.textContent("#run-status");
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
     assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
+    const longTasks = await page.evaluate(() => window.__longTasks);
+    console.log(`main-thread long tasks during the run: ${longTasks.length}, longest ${Math.max(0, ...longTasks).toFixed(0)} ms`);
+    // (Generous: a loaded CI machine stretches tasks; a frozen page is a whole run's length.)
+    assert.ok(Math.max(0, ...longTasks) < 2000, `a main-thread task of ${Math.max(...longTasks)} ms during the run`);
     console.log(`statuses seen: ${seen.join(" | ")}; model: ${await page.textContent("#model-status")}`);
     assert.ok(seen.some((t) => /^Denoising: step [012] of 2 \(\d+ s elapsed/.test(t)), seen.join(" | "));
     const layers = await shownLayers(page);
