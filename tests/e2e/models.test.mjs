@@ -377,17 +377,7 @@ test("under the browser's own quota, forced low: the whole checkpoints run out o
   // its 3.0 MB of checkpoints.
   const ROOM = 2_500_000;
   for (const [query, copies] of [["?storage-free=10K", false], ["", true]]) {
-    const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-    const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
-    const app = await serveQ4(hub);
-    const logs = [];
-    try {
-      const page = await ctx.newPage();
-      page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
-      await page.goto(`${app.url}${query}`);
-      await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
-      await page.selectOption("#model-source", TINY_ID);
-      await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
+    await withFreshQ4(query, async (page, logs) => {
       const before = await capQuota(page, ROOM);
       await page.click("#download-model");
       await page.waitForSelector("body[data-download=done], body[data-download=failed]", { timeout: 120_000 });
@@ -416,29 +406,14 @@ test("under the browser's own quota, forced low: the whole checkpoints run out o
         assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
         await page.waitForSelector("body[data-cache=cached]", { timeout: 60_000 });
       }
-      assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
-    } finally {
-      await ctx.close();
-      await app.close();
-      await hub.close();
-    }
+    });
   }
 });
 
 test("a copy made as its checkpoint arrives that runs out of room is kept, uncommitted, with the checkpoint it is made from; the download finishes once there is room", { timeout: SLOW }, async () => {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const logs = [];
   const files = async (page) => (await opfsFiles(page)).map(([p]) => p.replace(/^[0-9a-f]{40}\//, ""));
   const COPY = "text_encoder/qwen-layered-v2-q4_0.gguf";
-  const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
-  const app = await serveQ4(hub);
-  try {
-    const page = await ctx.newPage();
-    page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
-    await page.goto(app.url);
-    await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
-    await page.selectOption("#model-source", TINY_ID);
-    await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
+  await withFreshQ4("", async (page, logs) => {
     // The text encoder's checkpoint comes first and fits (with the records); its copy does
     // not, beside it.
     const checkpoint = (await readFile(`${modelDir}text_encoder/model.safetensors`)).length;
@@ -463,12 +438,7 @@ test("a copy made as its checkpoint arrives that runs out of room is kept, uncom
     assert.ok(after.includes(`${COPY}.ok.json`) && !after.includes(`${COPY}.part.json`), JSON.stringify(after));
     assert.ok(!after.includes("text_encoder/model.safetensors"), `the checkpoint went: ${JSON.stringify(after)}`);
     await page.waitForSelector("body[data-cache=cached]", { timeout: 60_000 });
-    assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
-  } finally {
-    await ctx.close();
-    await app.close();
-    await hub.close();
-  }
+  });
 });
 
 /**
@@ -489,18 +459,7 @@ async function serveQ4(hub) {
  * with `thenQuery`, the page is opened again with that one after the download).
  */
 async function withDownloadedQ4(query, body, thenQuery) {
-  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
-  const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
-  const app = await serveQ4(hub);
-  const logs = [];
-  try {
-    const page = await ctx.newPage();
-    page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
-    await page.goto(`${app.url}${query}`);
-    await page.waitForSelector("body[data-gpu=ready]", { timeout: 120_000 });
-    await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
-    await page.selectOption("#model-source", TINY_ID);
-    await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
+  await withFreshQ4(query, async (page, logs, app) => {
     await page.click("#download-model");
     await page.waitForSelector("body[data-download=done], body[data-download=failed]", { timeout: 120_000 });
     assert.equal(await page.getAttribute("body", "data-download"), "done", await page.textContent("#download-status"));
@@ -513,6 +472,28 @@ async function withDownloadedQ4(query, body, thenQuery) {
       await page.waitForSelector("#load-model:not([disabled])", { timeout: 60_000 });
     }
     await body(page, logs);
+  });
+}
+
+/**
+ * A fresh profile on its own mock hub, with the tiny entry kept 4-bit (transformer and text
+ * encoder), the page open at `query` with that entry chosen and nothing cached:
+ * `body(page, logs, app)` goes on from there; no panic may be logged.
+ */
+async function withFreshQ4(query, body) {
+  const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
+  const hub = await startMockHf({ repos: { [TINY]: loadRepoFromDir(modelDir) } });
+  const app = await serveQ4(hub);
+  const logs = [];
+  try {
+    const page = await ctx.newPage();
+    page.on("console", (m) => logs.push(`[${m.type()}] ${m.text()}`));
+    await page.goto(`${app.url}${query}`);
+    await page.waitForSelector("body[data-gpu=ready]", { timeout: 120_000 });
+    await page.waitForSelector("body[data-models=ready]", { timeout: 120_000 });
+    await page.selectOption("#model-source", TINY_ID);
+    await page.waitForSelector("body[data-cache=none]", { timeout: 60_000 });
+    await body(page, logs, app);
     assert.ok(!logs.some((l) => l.includes("panicked")), logs.join("\n"));
   } finally {
     await ctx.close();
