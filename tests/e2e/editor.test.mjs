@@ -480,6 +480,10 @@ test("paste and drop open images; every control has an accessible name and is re
     assert.deepEqual(focusable.filter((c) => !reached.has(c)), [], "controls the keyboard never reaches");
     await page.setViewportSize({ width: 400, height: 800 });
     assert.deepEqual(await axeViolations(page), [], "two layers, 400 px wide");
+    // Nothing is wider than the window (no sideways scrolling on a phone).
+    assert.ok(await page.evaluate(() => document.documentElement.scrollWidth <= innerWidth),
+      `page ${await page.evaluate(() => document.documentElement.scrollWidth)} px wide in a 400 px window`);
+    await page.screenshot({ path: `${artifacts}/editor-8-narrow.png`, fullPage: true });
     assert.match(await openFile(page, "broken.png", Buffer.from("not a picture")), /^Could not/);
     assert.deepEqual(await axeViolations(page), [], "an error in the status line");
   } finally {
