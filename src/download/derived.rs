@@ -101,15 +101,24 @@ async fn write_part<P: PartFile, S: WeightSource>(
     from: u64,
     source: &S,
     layout: &QuantizedLayout,
-    progress: impl FnMut(u64, u64),
+    mut progress: impl FnMut(u64, u64),
 ) -> std::result::Result<[u8; 32], (Error, u64)> {
-    let start = rehash(part, path, from).await.map_err(|e| (e, 0))?;
-    let end = write_through(part, source, layout, start, layout.size(), progress).await?;
+    let size = layout.size();
+    let start = rehash(part, path, from, |at| progress(at, size))
+        .await
+        .map_err(|e| (e, 0))?;
+    let end = write_through(part, source, layout, start, size, progress).await?;
     Ok(end.hash.finalize().into())
 }
 
-/// The hash state of the `from` bytes `part` holds, read back.
-async fn rehash<P: PartFile>(part: &mut P, path: &str, from: u64) -> Result<Resume> {
+/// The hash state of the `from` bytes `part` holds, read back; `progress(bytes)` after each
+/// chunk (a large copy takes a while to read back).
+async fn rehash<P: PartFile>(
+    part: &mut P,
+    path: &str,
+    from: u64,
+    mut progress: impl FnMut(u64),
+) -> Result<Resume> {
     let mut hash = Sha256::new();
     let mut at = 0;
     while at < from {
@@ -122,6 +131,7 @@ async fn rehash<P: PartFile>(part: &mut P, path: &str, from: u64) -> Result<Resu
         }
         hash.update(&bytes);
         at += n;
+        progress(at);
     }
     Ok(Resume { offset: from, hash })
 }
@@ -185,7 +195,8 @@ pub async fn store_quantized_as_they_arrive<St: Store, S: WeightSource>(
     let mut file = partial_file(path, layout);
     let (mut part, durable) = store.open_part(plan, &file).await?;
     let from = layout.resume_point(durable);
-    let mut at = rehash(&mut part, path, from).await?;
+    let size = layout.size();
+    let mut at = rehash(&mut part, path, from, |done| progress(done, size)).await?;
     for (checkpoint, end) in layout.source_files() {
         if end > at.offset {
             if let Err(err) = fetch(&checkpoint).await {

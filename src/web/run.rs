@@ -895,6 +895,21 @@ impl RunPanel {
         if self.downloading.borrow().as_deref() != Some(id) {
             return;
         }
+        if let (0, Some(c)) = (p.files_total, copying) {
+            // No file counted yet: a partial copy is being read back to resume it.
+            self.download_progress.set_max(c.size.max(1) as f64);
+            self.download_progress.set_value(c.written as f64);
+            return self.set_download_status(
+                &format!(
+                    "Resuming: reading back the {}'s {}-bit copy made so far: {} of {}",
+                    c.component.replace('_', " "),
+                    c.bits,
+                    human_bytes(c.written),
+                    human_bytes(c.size)
+                ),
+                false,
+            );
+        }
         self.download_progress.set_max(p.total_bytes.max(1) as f64);
         self.download_progress.set_value(p.done_bytes as f64);
         let eta = p.eta_s.filter(|_| p.done_bytes < p.total_bytes);

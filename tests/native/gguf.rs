@@ -900,6 +900,8 @@ fn the_stored_copy_is_made_shard_by_shard_as_the_checkpoint_arrives() {
     let path = "transformer/stored-q4_0.gguf";
     let fetched = std::cell::RefCell::new(Vec::<String>::new());
     let consumed = std::cell::RefCell::new(Vec::<(String, u64)>::new());
+    // (written, size) of each progress report, and how many shards were fetched by then.
+    let reports = std::cell::RefCell::new(Vec::<(u64, u64, usize)>::new());
     // Fetching copies a shard from the hub into the store; `stop_at` is the shard whose fetch
     // is cancelled.
     let run = |stop_at: Option<String>| {
@@ -933,7 +935,10 @@ fn the_stored_copy_is_made_shard_by_shard_as_the_checkpoint_arrives() {
                 consumed.borrow_mut().push((file.to_owned(), end));
                 Ok(())
             },
-            |_, _| {},
+            |written, size| {
+                let shards = fetched.borrow().len();
+                reports.borrow_mut().push((written, size, shards));
+            },
         ))
     };
 
@@ -958,7 +963,22 @@ fn the_stored_copy_is_made_shard_by_shard_as_the_checkpoint_arrives() {
     // Going on: the first shard is not fetched again, and the copy is the one-go copy.
     fetched.borrow_mut().clear();
     consumed.borrow_mut().clear();
+    reports.borrow_mut().clear();
     let stored = run(None).expect("stored");
+    // Reading back what the copy holds is reported before anything is fetched, up to where
+    // the copy goes on, then the quantizing up to the whole copy.
+    let reports = reports.into_inner();
+    let read_back: Vec<_> = reports.iter().filter(|r| r.2 == 0).collect();
+    assert_eq!(
+        read_back.last().map(|r| (r.0, r.1)),
+        Some((files[0].1, layout.size())),
+        "{reports:?}"
+    );
+    assert_eq!(
+        reports.last().map(|r| (r.0, r.1)),
+        Some((layout.size(), layout.size()))
+    );
+    assert!(reports.windows(2).all(|w| w[0].0 <= w[1].0), "{reports:?}");
     assert_eq!(*fetched.borrow(), [shard_path(2)]);
     assert_eq!(
         *consumed.borrow(),
