@@ -1,8 +1,8 @@
 //! Download progress as a person reads it: bytes done of total, the rate (smoothed), and the
 //! time left.
 
-/// A snapshot of a download's progress.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+/// A snapshot of a download's progress (`Default`: nothing counted yet).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Progress {
     /// Bytes present (verified earlier, resumed, or received now) over all files.
     pub done_bytes: u64,
@@ -51,13 +51,9 @@ impl ProgressTracker {
     pub fn new(total_bytes: u64, files_total: usize) -> Self {
         Self {
             progress: Progress {
-                done_bytes: 0,
                 total_bytes,
-                files_done: 0,
                 files_total,
-                current_file: String::new(),
-                rate_bytes_per_s: 0.0,
-                eta_s: None,
+                ..Progress::default()
             },
             last_sample: None,
             network_bytes: 0,

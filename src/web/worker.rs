@@ -358,15 +358,7 @@ async fn download(source: ModelSource, storage_free: Option<u64>) {
         let now = js_sys::Date::now();
         // Before the download's first snapshot (a resumed copy read back first): an empty
         // one, which the page shows as a resume being prepared.
-        let progress = last.borrow().clone().unwrap_or(crate::download::Progress {
-            done_bytes: 0,
-            total_bytes: 0,
-            files_done: 0,
-            files_total: 0,
-            current_file: String::new(),
-            rate_bytes_per_s: 0.0,
-            eta_s: None,
-        });
+        let progress = last.borrow().clone().unwrap_or_default();
         if now - last_post.get() >= 100.0 || written == size {
             last_post.set(now);
             post(&FromWorker::DownloadProgress {
