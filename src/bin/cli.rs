@@ -28,7 +28,7 @@ mod native {
     use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, KeyLimits, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
-    use qwen_layered_web::model::text_encoder;
+    use qwen_layered_web::model::stored_copy_layout;
     use qwen_layered_web::model::transformer::{
         QwenImageTransformer2DModel, QwenImageTransformerConfig,
     };
@@ -836,14 +836,31 @@ commands:
         device.memory_cleanup();
 
         // `DirSource` reads an absolute file name as that path: the GGUF file may be anywhere.
-        let gguf = match opts.get("--transformer-gguf") {
+        // Without one, the transformer's stored copy for `--precision` (written by `fetch
+        // --precision` or `quantize`) is read when the model folder has it: it stands alone,
+        // the checkpoint it was made from may be gone.
+        let gguf_file = match opts.get("--transformer-gguf") {
+            Some(file) => Some(
+                std::path::absolute(file)
+                    .map_err(|e| Fail(format!("--transformer-gguf {file}: {e}"), 1))?
+                    .display()
+                    .to_string(),
+            ),
+            None => stored_copy_path("transformer", precision)
+                .filter(|copy| model.join(copy).is_file())
+                .inspect(|copy| {
+                    log(&format!(
+                        "transformer: read from the stored copy {}/{copy}",
+                        model.display()
+                    ))
+                }),
+        };
+        let gguf = match gguf_file {
             None => None,
             Some(file) => {
-                let path = std::path::absolute(file)
-                    .map_err(|e| Fail(format!("--transformer-gguf {file}: {e}"), 1))?;
                 let config: QwenImageTransformerConfig =
                     pollster::block_on(read_json(&source, "transformer/config.json"))?;
-                Some((path.display().to_string(), config))
+                Some((file, config))
             }
         };
         let mut planned = match (&plan, &gguf) {
@@ -1207,15 +1224,8 @@ commands:
         };
         let source = DirSource::new(&model);
         let origin = model.display().to_string();
-        let (layout, out) = match component {
-            "transformer" => {
-                let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
-                let out = PathBuf::from(opts.required("--out")?);
-                let layout = QwenImageTransformer2DModel::stored_quantized_layout(
-                    &folder, precision, &origin,
-                )?;
-                (layout, out)
-            }
+        let out = match component {
+            "transformer" => PathBuf::from(opts.required("--out")?),
             "text_encoder" => {
                 if opts.get("--out").is_some() {
                     return Err(usage_error(
@@ -1223,9 +1233,7 @@ commands:
                          text_encoder/qwen-layered-v…-q4_0.gguf (or q8_0) in the model folder",
                     ));
                 }
-                let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
-                let layout = text_encoder::stored_quantized_layout(&folder, precision, &origin)?;
-                (layout, model.join(&beside))
+                model.join(&beside)
             }
             other => {
                 return Err(usage_error(format!(
@@ -1233,6 +1241,8 @@ commands:
                 )));
             }
         };
+        let folder = pollster::block_on(SafetensorsFolder::open(&source, component))?;
+        let layout = stored_copy_layout(component, &folder, precision, &origin)?;
         let (tensors, quantized) = layout.counts();
         eprintln!(
             "{component}: {tensors} tensors, {quantized} linear weights to {precision:?}; \
@@ -1295,9 +1305,11 @@ commands:
     }
 
     fn fetch(args: &[String]) -> Result<(), Fail> {
+        use qwen_layered_web::download::derived::{CopyJob, is_checkpoint_of};
         use qwen_layered_web::download::native::{DirStore, UreqClient};
         use qwen_layered_web::download::{
-            DownloadOptions, Progress, Session, SourceSpec, discover, download_plan,
+            Check, DownloadOptions, DownloadPlan, HubSource, Progress, Session, SourceSpec,
+            discover, download_plan,
         };
 
         let Some((repo, rest)) = args.split_first().filter(|(r, _)| !r.starts_with("--")) else {
@@ -1311,6 +1323,8 @@ commands:
                 "--dir",
                 "--components",
                 "--chunk-mib",
+                "--precision",
+                "--text-precision",
             ],
             &[],
             0,
@@ -1334,6 +1348,26 @@ commands:
                 .map(str::to_owned)
                 .collect();
         }
+        // The components to keep 8-/4-bit (the text encoder first, as the page does).
+        let mut kept = Vec::new();
+        for (component, flag) in [
+            ("text_encoder", "--text-precision"),
+            ("transformer", "--precision"),
+        ] {
+            let precision: Precision = match opts.get(flag) {
+                None => continue,
+                Some(p) => p.parse().map_err(usage_error)?,
+            };
+            if precision == Precision::F32 {
+                continue; // the checkpoint as it is
+            }
+            if !spec.components.is_empty() && !spec.components.iter().any(|c| c == component) {
+                return Err(usage_error(format!(
+                    "{flag}: --components leaves out the {component}"
+                )));
+            }
+            kept.push((component, precision));
+        }
         let dir = match opts.get("--dir") {
             Some(d) => PathBuf::from(d),
             None => default_cache_dir()?,
@@ -1350,11 +1384,11 @@ commands:
         };
         let client = UreqClient::new();
         let store = DirStore::new(&dir);
-        let plan = pollster::block_on(discover(&client, &spec, &options))?;
+        let mut plan = pollster::block_on(discover(&client, &spec, &options))?;
+        let model_dir = store.model_dir(&plan);
+        let origin = format!("{}@{}", plan.repo, plan.revision);
         eprintln!(
-            "{}@{}: {} files, {:.3} GB",
-            plan.repo,
-            plan.revision,
+            "{origin}: {} files, {:.3} GB",
             plan.files.len(),
             plan.total_bytes() as f64 / 1e9
         );
@@ -1369,6 +1403,65 @@ commands:
                 bytes as f64 / 1e9
             );
         }
+
+        // Each component kept 8-/4-bit is quantized shard by shard as its checkpoint arrives,
+        // into its stored copy; a shard goes once the copy holds it.
+        let mut jobs = Vec::new();
+        for (component, precision) in kept {
+            let bits = precision.bits().unwrap_or(32);
+            let path = stored_copy_path(component, precision).expect("8-/4-bit");
+            if model_dir.join(&path).is_file() {
+                eprintln!(
+                    "{component}: its {bits}-bit copy {path} is there; its checkpoint is not fetched"
+                );
+                plan.files.retain(|f| !is_checkpoint_of(component, f));
+                continue;
+            }
+            if !plan.files.iter().any(|f| is_checkpoint_of(component, f)) {
+                return Err(Fail(
+                    format!(
+                        "{component}: {origin} has no {component}/*.safetensors checkpoint to keep {bits}-bit"
+                    ),
+                    1,
+                ));
+            }
+            // Planned from the checkpoint's headers, read from the hub by range requests.
+            let hub = HubSource::new(&client, &plan, options.clone());
+            let folder = pollster::block_on(SafetensorsFolder::open(&hub, component))?;
+            let layout = stored_copy_layout(component, &folder, precision, &origin)?;
+            let plans = std::slice::from_ref(&plan);
+            let job =
+                pollster::block_on(CopyJob::new(&store, plans, 0, component, path, layout))?
+                    .map_err(|why| {
+                        Fail(
+                            format!("{component}: its {bits}-bit copy cannot be made as the checkpoint arrives ({why})"),
+                            1,
+                        )
+                    })?;
+            let checkpoint: u64 = plan
+                .files
+                .iter()
+                .filter(|f| job.is_shard(f))
+                .map(|f| f.size)
+                .sum();
+            eprintln!(
+                "{component}: kept {bits}-bit as {} ({}), quantized shard by shard as its \
+                 checkpoint ({}) arrives; each shard is removed once the copy holds it{}",
+                job.path,
+                show_bytes(job.layout.size()),
+                show_bytes(checkpoint),
+                if job.partial > 0 {
+                    format!("; going on from byte {} of the copy", job.partial)
+                } else {
+                    String::new()
+                }
+            );
+            jobs.push(job);
+        }
+        // Shards a partial copy holds are gone: not fetched again.
+        plan.files
+            .retain(|f| !jobs.iter().any(|j| j.consumed(&f.path)));
+
         let last = std::cell::Cell::new(0.0f64);
         let start = Instant::now();
         let on_progress = |p: &Progress| {
@@ -1392,15 +1485,51 @@ commands:
         };
         let never = || false;
         let session = Session::new(&plan, options, &on_progress, &never);
-        let report = pollster::block_on(download_plan(&client, &store, &plan, &session))?;
-        let fetched: u64 = report.files.iter().map(|f| f.bytes_fetched).sum();
+        let others = DownloadPlan {
+            files: (plan.files.iter())
+                .filter(|f| !jobs.iter().any(|j| j.is_shard(f)))
+                .cloned()
+                .collect(),
+            ..plan.clone()
+        };
+        let report = pollster::block_on(download_plan(&client, &store, &others, &session))?;
+        let mut fetched: u64 = report.files.iter().map(|f| f.bytes_fetched).sum();
         let resumed = report.files.iter().filter(|f| f.resumed_from > 0).count();
         let present = report.files.iter().filter(|f| f.already_present).count();
+        let cached = DirSource::new(&model_dir);
+        for job in &jobs {
+            let copy_last = std::cell::Cell::new(0.0f64);
+            let on_copy = |written: u64, size: u64| {
+                let now = start.elapsed().as_secs_f64();
+                if now - copy_last.get() >= 1.0 || written == size {
+                    copy_last.set(now);
+                    eprintln!(
+                        "  {}: {} of {} of its copy written",
+                        job.component,
+                        show_bytes(written),
+                        show_bytes(size)
+                    );
+                }
+            };
+            let (stored, bytes) =
+                pollster::block_on(job.run(&client, &store, &plan, &cached, &session, on_copy))?;
+            fetched += bytes;
+            let hash = match &stored.file.check {
+                Check::Sha256(h) => format!("sha256 {h}"),
+                Check::GitBlobSha1(h) => format!("git blob sha1 {h}"),
+            };
+            eprintln!(
+                "{}: {} written ({}), {hash}",
+                job.component,
+                stored.file.path,
+                show_bytes(stored.file.size)
+            );
+        }
         eprintln!(
             "done in {:.1} s: {fetched} bytes fetched, {resumed} files resumed, {present} already present, all verified",
             start.elapsed().as_secs_f64()
         );
-        println!("{}", store.model_dir(&plan).display());
+        println!("{}", model_dir.display());
         Ok(())
     }
 

@@ -12,7 +12,10 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{Check, DResult, DownloadError, DownloadPlan, FilePlan, PartFile, Store};
+use super::{
+    Check, DResult, DownloadError, DownloadPlan, FilePlan, HttpClient, PartFile, Session, Store,
+    download_file,
+};
 use crate::error::{Error, Result};
 use crate::weights::{QuantizedLayout, Resume, WeightSource, write_quantized_through};
 
@@ -221,6 +224,145 @@ pub async fn store_quantized_as_they_arrive<St: Store, S: WeightSource>(
         file,
         resumed_from: from,
     })
+}
+
+/// Whether `file` is a shard of `component`'s safetensors checkpoint
+/// (`{component}/*.safetensors`).
+pub fn is_checkpoint_of(component: &str, file: &FilePlan) -> bool {
+    file.path
+        .strip_prefix(component)
+        .is_some_and(|rest| rest.starts_with('/') && rest.ends_with(".safetensors"))
+}
+
+/// The shards of `component`'s checkpoint in the order `layout` reads them, each with the byte
+/// of the copy its tensors end at ([`QuantizedLayout::source_files`]), once checked against
+/// `plan`'s file list: every shard listed is one the copy reads, and the other way round.
+/// `Err`: the two lists, when they differ.
+pub fn matching_shards(
+    plan: &DownloadPlan,
+    component: &str,
+    layout: &QuantizedLayout,
+) -> std::result::Result<Vec<(String, u64)>, String> {
+    let mut listed: Vec<&str> = plan
+        .files
+        .iter()
+        .filter(|f| is_checkpoint_of(component, f))
+        .map(|f| f.path.as_str())
+        .collect();
+    let shards = layout.source_files();
+    let mut read: Vec<&str> = shards.iter().map(|(f, _)| f.as_str()).collect();
+    listed.sort_unstable();
+    read.sort_unstable();
+    if listed != read {
+        return Err(format!(
+            "the checkpoint lists {listed:?}, its headers name {read:?}"
+        ));
+    }
+    Ok(shards)
+}
+
+/// A stored copy made while its checkpoint downloads ([`store_quantized_as_they_arrive`]):
+/// each shard is fetched when the copy reaches it and removed once the copy holds it, so the
+/// storage holds one shard at a time beside the copy instead of the whole checkpoint (for the
+/// real model the peak drops from about 63 GB, the download and then the copies, to about
+/// 22 GB, the copies and one shard). The browser's download and `qwen-layered fetch
+/// --precision q4` both make their copies this way.
+#[derive(Debug, Clone)]
+pub struct CopyJob {
+    /// The index of the plan (repository) that lists the checkpoint, among the caller's.
+    pub plan: usize,
+    /// `transformer` or `text_encoder`.
+    pub component: &'static str,
+    /// The copy's path ([`crate::weights::stored_copy_path`]).
+    pub path: String,
+    /// Planned from the checkpoint's headers (read from the hub by range requests).
+    pub layout: QuantizedLayout,
+    /// The checkpoint shards, in the order the copy reads them, each with the byte of the copy
+    /// its tensors end at ([`matching_shards`]).
+    pub shards: Vec<(String, u64)>,
+    /// Bytes the partial copy of an earlier download holds (where it goes on from): the shards
+    /// whose tensors end before are consumed, gone from the store.
+    pub partial: u64,
+}
+
+impl CopyJob {
+    /// The copy of `component` at `path`, listed by `plans[plan]`, as `layout` plans it;
+    /// what a partial copy in `store` already holds is read from its progress record.
+    /// `Ok(Err(why))`: the copy cannot be made as the checkpoint arrives (see
+    /// [`matching_shards`]).
+    pub async fn new<St: Store>(
+        store: &St,
+        plans: &[DownloadPlan],
+        plan: usize,
+        component: &'static str,
+        path: String,
+        layout: QuantizedLayout,
+    ) -> DResult<std::result::Result<Self, String>> {
+        let shards = match matching_shards(&plans[plan], component, &layout) {
+            Ok(shards) => shards,
+            Err(why) => return Ok(Err(why)),
+        };
+        let partial = partial_bytes(store, &plans[plan], &path, &layout).await?;
+        Ok(Ok(Self {
+            plan,
+            component,
+            path,
+            layout,
+            shards,
+            partial,
+        }))
+    }
+
+    /// Whether the file `path` is one of its shards the copy already holds.
+    pub fn consumed(&self, path: &str) -> bool {
+        self.shards
+            .iter()
+            .any(|(f, end)| f == path && *end <= self.partial)
+    }
+
+    /// Whether `file` is one of its checkpoint's shards.
+    pub fn is_shard(&self, file: &FilePlan) -> bool {
+        is_checkpoint_of(self.component, file)
+    }
+
+    /// Makes the copy: each shard that `plan` (this job's, less the shards consumed before)
+    /// lists is downloaded through `client` into `store` within `session` when the copy
+    /// reaches it, written into the copy (read back through `source`, which reads `store`'s
+    /// files), then removed. `on_copy(bytes_written, size)` as the copy grows. Returns the
+    /// committed copy and the bytes fetched. Nothing is discarded on an error: the partial
+    /// copy keeps what it holds and the next run goes on from there.
+    pub async fn run<C: HttpClient, St: Store, S: WeightSource>(
+        &self,
+        client: &C,
+        store: &St,
+        plan: &DownloadPlan,
+        source: &S,
+        session: &Session<'_>,
+        on_copy: impl FnMut(u64, u64),
+    ) -> Result<(StoredFile, u64)> {
+        let mut fetched = 0;
+        let stored = store_quantized_as_they_arrive(
+            store,
+            plan,
+            &self.path,
+            source,
+            &self.layout,
+            async |shard: &str| {
+                let Some(file) = plan.files.iter().find(|f| f.path == shard) else {
+                    return Ok(()); // consumed before: never fetched again
+                };
+                let outcome = download_file(client, store, plan, file, session).await?;
+                fetched += outcome.bytes_fetched;
+                Ok(())
+            },
+            // Held by the copy: the shard goes (again, should an earlier removal have been
+            // cut short).
+            async |shard: &str, _end: u64| Ok(discard_derived(store, plan, shard).await?),
+            on_copy,
+        )
+        .await?;
+        Ok((stored, fetched))
+    }
 }
 
 /// The plan of the partial copy at `path`: its SHA-256 is not known until it is written, so

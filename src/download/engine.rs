@@ -190,11 +190,25 @@ async fn get_small<C: HttpClient>(
     url: &str,
     opts: &DownloadOptions,
 ) -> DResult<Vec<u8>> {
+    Ok(get_retrying(client, url, None, opts).await?.1)
+}
+
+/// GETs `url` (bytes `range`, inclusive, when given), retrying transient failures (network
+/// errors, a body cut short, 429/5xx with backoff honouring `Retry-After`): the answer's head
+/// and its body. A `206` must bring every byte asked for (else it is retried); a server that
+/// ignores the Range header answers `200` with the whole file, of which no more is read than
+/// the asked range needs (the caller slices it).
+pub(crate) async fn get_retrying<C: HttpClient>(
+    client: &C,
+    url: &str,
+    range: Option<(u64, u64)>,
+    opts: &DownloadOptions,
+) -> DResult<(ResponseHead, Vec<u8>)> {
     let mut failures = 0;
     loop {
         let retry_after;
         let reason;
-        match client.get(url, None).await {
+        match client.get(url, range).await {
             Err(TransportError::RedirectLoop { hops, detail }) => {
                 return Err(DownloadError::RedirectLoop {
                     url: url.into(),
@@ -208,9 +222,14 @@ async fn get_small<C: HttpClient>(
             }
             Ok((head, mut body)) => match classify(head.status) {
                 StatusClass::Ok => {
+                    // Enough of the body: the asked range of a 206, or of a whole file.
+                    let enough = range.map(|(a, b)| match head.status {
+                        206 => b - a + 1,
+                        _ => b + 1,
+                    });
                     let mut out = Vec::new();
                     let mut failed = None;
-                    loop {
+                    while enough.is_none_or(|n| (out.len() as u64) < n) {
                         match body.next_chunk().await {
                             Ok(Some(b)) => out.extend_from_slice(&b),
                             Ok(None) => break,
@@ -221,8 +240,15 @@ async fn get_small<C: HttpClient>(
                             }
                         }
                     }
+                    let short = enough.filter(|&n| head.status == 206 && (out.len() as u64) < n);
+                    if let Some(n) = short {
+                        failed.get_or_insert(format!(
+                            "the body ended after {} of the {n} bytes asked for",
+                            out.len()
+                        ));
+                    }
                     match failed {
-                        None => return Ok(out),
+                        None => return Ok((head, out)),
                         Some(e) => {
                             retry_after = None;
                             reason = Err(e);

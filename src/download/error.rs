@@ -80,7 +80,7 @@ pub enum DownloadError {
     },
     /// The file's contents do not match the hash published for it, on every attempt.
     #[error(
-        "\"{file}\": {algorithm} mismatch after {attempts} full downloads (expected {expected}, got {actual}); the copy was discarded"
+        "\"{file}\": {algorithm} mismatch after {attempts} full downloads (expected {expected}, got {actual}); the download was discarded"
     )]
     Integrity {
         /// The file, relative to the repository root.

@@ -9,11 +9,15 @@
 //! - [`retry`]: options, backoff, `Retry-After`, status classes;
 //! - [`progress`]: bytes, rate, ETA;
 //! - [`derived`]: files made from a revision and kept beside it (the stored quantized
-//!   transformer), committed the same way.
+//!   transformer and text encoder), committed the same way, also made while their checkpoint
+//!   downloads ([`derived::CopyJob`]);
+//! - [`HubSource`]: a revision's files read from the hub by Range requests (the headers a
+//!   stored copy is planned from, before anything is downloaded).
 
 pub mod derived;
 pub mod engine;
 mod error;
+mod hub;
 pub mod plan;
 pub mod progress;
 pub mod retry;
@@ -27,6 +31,7 @@ pub use engine::{
     TransportError, discover, download_file, download_plan, remaining_bytes,
 };
 pub use error::{DResult, DownloadError};
+pub use hub::HubSource;
 pub use plan::{DEFAULT_BASE_URL, DownloadPlan, FilePlan, SourceSpec};
 pub use progress::{Progress, ProgressTracker};
 pub use retry::DownloadOptions;

@@ -21,15 +21,14 @@ use super::opfs::{
     write_record,
 };
 use crate::download::derived::{
-    discard_derived, partial_bytes, partial_file, store_quantized, store_quantized_as_they_arrive,
+    CopyJob, discard_derived, is_checkpoint_of, partial_bytes, partial_file, store_quantized,
 };
 use crate::download::{
     DResult, DownloadError, DownloadOptions, DownloadPlan, FilePlan, Progress, Session, Store,
-    discover, download_file, download_plan, remaining_bytes,
+    discover, download_plan, remaining_bytes,
 };
 use crate::error::{Error, Result};
-use crate::model::text_encoder;
-use crate::model::transformer::QwenImageTransformer2DModel;
+use crate::model::stored_copy_layout;
 use crate::protocol::{CacheState, ModelSource};
 use crate::weights::{
     Cancellable, Precision, QuantizedLayout, SafetensorsFolder, WeightSource, stored_copy_path,
@@ -91,13 +90,6 @@ async fn plans(source: &ModelSource, quick: bool) -> DResult<(Vec<DownloadPlan>,
         options.max_retries = 1;
     }
     Ok((plans_from_hub(source, &options).await?, false))
-}
-
-/// Whether `file` is a shard of `component`'s safetensors checkpoint.
-fn is_checkpoint_of(component: &str, file: &FilePlan) -> bool {
-    file.path
-        .strip_prefix(component)
-        .is_some_and(|rest| rest.starts_with('/') && rest.ends_with(".safetensors"))
 }
 
 /// The components of [`STORED_COMPONENTS`] that `source` keeps as a whole stored copy, with
@@ -215,36 +207,6 @@ fn chunk_bytes(total: u64) -> u64 {
     (total / 64).clamp(64 << 10, 32 << 20)
 }
 
-/// A stored copy made while its checkpoint downloads ([`store_quantized_as_they_arrive`]):
-/// each shard is fetched when the copy reaches it and removed once the copy holds it, so the
-/// storage holds one shard at a time beside the copies instead of the whole checkpoint (for
-/// the real model the peak drops from about 63 GB, the download and then a copy, to about
-/// 22 GB, the copies and one shard).
-struct CopyJob {
-    /// The plan (repository) that lists the checkpoint.
-    plan: usize,
-    component: &'static str,
-    /// The copy's path.
-    path: String,
-    /// Planned from the checkpoint's headers, read from the hub by range requests.
-    layout: QuantizedLayout,
-    /// The checkpoint shards, in the order the copy reads them, each with the byte of the copy
-    /// its tensors end at ([`QuantizedLayout::source_files`]).
-    shards: Vec<(String, u64)>,
-    /// Bytes the partial copy of an earlier download holds (where it goes on from): the shards
-    /// whose tensors end before are consumed, gone from the cache.
-    partial: u64,
-}
-
-impl CopyJob {
-    /// Whether `file` is one of its shards the copy already holds.
-    fn consumed(&self, file: &str) -> bool {
-        self.shards
-            .iter()
-            .any(|(f, end)| f == file && *end <= self.partial)
-    }
-}
-
 /// The record of the copies being made as their checkpoints download
 /// (`model-sources/{id}.copying.json`): for each, the partial copy's file and the byte each
 /// shard's tensors end at. A shard is consumed (held by the copy, removed from the cache) once
@@ -326,33 +288,12 @@ async fn copy_jobs(
                 continue;
             }
         };
-        // Every shard of the plan is one the copy reads, and the other way round.
-        let mut listed: Vec<&str> = plan
-            .files
-            .iter()
-            .filter(of)
-            .map(|f| f.path.as_str())
-            .collect();
-        let shards = layout.source_files();
-        let mut read: Vec<&str> = shards.iter().map(|(f, _)| f.as_str()).collect();
-        listed.sort_unstable();
-        read.sort_unstable();
-        if listed != read {
-            warn(&format!(
-                "{component}: its copy is left to the first load (the checkpoint lists \
-                 {listed:?}, its headers name {read:?})"
-            ));
-            continue;
+        match CopyJob::new(store, plans, i, component, path, layout).await? {
+            Ok(job) => jobs.push(job),
+            Err(why) => warn(&format!(
+                "{component}: its copy is left to the first load ({why})"
+            )),
         }
-        let partial = partial_bytes(store, plan, &path, &layout).await?;
-        jobs.push(CopyJob {
-            plan: i,
-            component,
-            path,
-            layout,
-            shards,
-            partial,
-        });
     }
     Ok(jobs)
 }
@@ -380,16 +321,12 @@ async fn copying_peak(store: &OpfsStore, plans: &[DownloadPlan], jobs: &[CopyJob
         }
     }
     for (i, plan) in plans.iter().enumerate() {
-        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && is_shard_of(j, f));
+        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && j.is_shard(f));
         for f in plan.files.iter().filter(|f| !copied(f)) {
             now += i128::from(f.size - store.present_bytes(plan, f).await?.min(f.size));
         }
     }
     Ok(peak.max(now).max(0) as u64)
-}
-
-fn is_shard_of(job: &CopyJob, file: &FilePlan) -> bool {
-    is_checkpoint_of(job.component, file)
 }
 
 /// A copy's failure as the download's: its own download errors as they are, a cancel as a
@@ -519,31 +456,14 @@ pub async fn download(
             .map_err(|e| copy_error(e, &plan.repo))?;
         let cached = Cancellable::new(&cached, cancelled);
         for job in jobs.iter().filter(|j| j.plan == i) {
-            let file_plan = |path: &str| plan.files.iter().find(|f| f.path == path).cloned();
-            store_quantized_as_they_arrive(
-                &store,
-                plan,
-                &job.path,
-                &cached,
-                &job.layout,
-                async |shard: &str| {
-                    let Some(file) = file_plan(shard) else {
-                        return Ok(()); // consumed before: never fetched again
-                    };
-                    let outcome =
-                        download_file(&FetchClient, &store, plan, &file, &session).await?;
-                    fetched.set(fetched.get() + outcome.bytes_fetched);
-                    Ok(())
-                },
-                // Held by the copy: the shard goes (again, should an earlier removal have
-                // been cut short).
-                async |shard: &str, _end: u64| Ok(discard_derived(&store, plan, shard).await?),
-                |written, size| on_copy(job.component, written, size),
-            )
-            .await
-            .map_err(|err| copy_error(err, &job.path))?;
+            let on_job = |written, size| on_copy(job.component, written, size);
+            let (_, bytes) = job
+                .run(&FetchClient, &store, plan, &cached, &session, on_job)
+                .await
+                .map_err(|err| copy_error(err, &job.path))?;
+            fetched.set(fetched.get() + bytes);
         }
-        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && is_shard_of(j, f));
+        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && j.is_shard(f));
         let others = DownloadPlan {
             files: plan.files.iter().filter(|f| !copied(f)).cloned().collect(),
             ..plan.clone()
@@ -795,12 +715,7 @@ async fn copy_layout(
 ) -> Result<QuantizedLayout> {
     let folder = SafetensorsFolder::open(cached, component).await?;
     let origin = format!("{}@{}", plan.repo, plan.revision);
-    match component {
-        "transformer" => {
-            QwenImageTransformer2DModel::stored_quantized_layout(&folder, precision, &origin)
-        }
-        _ => text_encoder::stored_quantized_layout(&folder, precision, &origin),
-    }
+    stored_copy_layout(component, &folder, precision, &origin)
 }
 
 fn capitalized(text: &str) -> String {

@@ -291,3 +291,37 @@ pub fn check<const D: usize>(rec: &Record, name: &str, got: Tensor<D>, atol: f32
     let label = format!("{}: {name}", rec.name);
     assert_close(&label, &read(got), &want, &shape, atol)
 }
+
+/// Writes the fixture transformer into `dir/transformer/` as diffusers writes a large one: two
+/// shards (the sorted keys split in half) and `diffusion_pytorch_model.safetensors.index.json`.
+/// Returns the two shards' paths, relative to `dir`.
+pub fn write_sharded_transformer(dir: &std::path::Path) -> [String; 2] {
+    let bytes =
+        std::fs::read(fixtures_dir().join("model/transformer/diffusion_pytorch_model.safetensors"))
+            .expect("fixture");
+    let whole = SafeTensors::deserialize(&bytes).expect("fixture safetensors");
+    let mut names: Vec<String> = whole.names().into_iter().map(str::to_owned).collect();
+    names.sort();
+    let shard_name = |i: usize| format!("diffusion_pytorch_model-0000{i}-of-00002.safetensors");
+    let (first, second) = names.split_at(names.len() / 2);
+    let mut weight_map = serde_json::Map::new();
+    std::fs::create_dir_all(dir.join("transformer")).expect("transformer folder");
+    for (i, keys) in [(1, first), (2, second)] {
+        let views: Vec<(String, safetensors::tensor::TensorView)> = keys
+            .iter()
+            .map(|k| (k.clone(), whole.tensor(k).expect("tensor")))
+            .collect();
+        let data = safetensors::serialize(views, None).expect("shard");
+        std::fs::write(dir.join("transformer").join(shard_name(i)), data).expect("write shard");
+        for k in keys {
+            weight_map.insert(k.clone(), shard_name(i).into());
+        }
+    }
+    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
+    std::fs::write(
+        dir.join("transformer/diffusion_pytorch_model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .expect("index");
+    [1, 2].map(|i| format!("transformer/{}", shard_name(i)))
+}

@@ -30,9 +30,15 @@ struct MockHf {
 
 impl MockHf {
     fn start(faults: &str) -> Self {
+        Self::start_with(&[], faults)
+    }
+
+    /// With more arguments for the server (`--root DIR --repo owner/name`: serve a folder).
+    fn start_with(args: &[&str], faults: &str) -> Self {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
         let mut child = Command::new("node")
             .arg(root.join("tests/mock-hf/server.mjs"))
+            .args(args)
             .args(["--port", "0", "--cdn-port", "0", "--faults", faults])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -69,8 +75,13 @@ impl MockHf {
 
     /// `(start, end)` of every GET that served bytes of `path` (`None` = no Range header).
     fn ranges(&self, path: &str) -> Vec<Option<(u64, u64)>> {
+        self.ranges_in(REPO, path)
+    }
+
+    /// [`ranges`](Self::ranges) of a file of `repo`.
+    fn ranges_in(&self, repo: &str, path: &str) -> Vec<Option<(u64, u64)>> {
         let stats = self.stats();
-        let Some(ranges) = stats["files"][format!("{REPO}/{path}")]["ranges"]
+        let Some(ranges) = stats["files"][format!("{repo}/{path}")]["ranges"]
             .as_array()
             .cloned()
         else {
@@ -516,4 +527,227 @@ fn the_fetch_command_downloads_a_verified_model_folder() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not found (HTTP 404)"));
+}
+
+/// Copies the folder `from` into `to` (created), leaving out the files `skip` names (relative
+/// paths).
+fn copy_tree(from: &Path, to: &Path, skip: &[&str]) {
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        std::fs::create_dir_all(to.join(&rel)).unwrap();
+        for e in std::fs::read_dir(from.join(&rel)).unwrap().flatten() {
+            let rel = rel.join(e.file_name());
+            if e.path().is_dir() {
+                stack.push(rel);
+            } else if !skip.iter().any(|s| Path::new(s) == rel) {
+                std::fs::copy(e.path(), to.join(&rel)).unwrap();
+            }
+        }
+    }
+}
+
+/// Every file under `dir`, relative, sorted.
+fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p
+                    .strip_prefix(dir)
+                    .unwrap()
+                    .to_string_lossy()
+                    .replace('\\', "/");
+                out.push(rel);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `fetch --precision q4 --text-precision q4` keeps the transformer and the text encoder as
+/// their stored 4-bit copies, made shard by shard as the checkpoints arrive (planned from the
+/// headers read from the hub by range requests), so the disk never holds a whole checkpoint
+/// beside its copy, and each shard goes once the copy holds it. A run that fails on the second
+/// transformer shard keeps the partial copy; the next run goes on from it without fetching the
+/// first shard again. The copies are byte for byte the ones written in one go from the whole
+/// checkpoint, and `decompose` runs from the fetched folder alone (checkpoints gone) with the
+/// layers of quantizing the fixture model at load.
+#[test]
+fn the_fetch_command_keeps_4_bit_copies_made_as_the_shards_arrive_and_decompose_reads_them() {
+    use qwen_layered_web::model::stored_copy_layout;
+    use qwen_layered_web::weights::{
+        DirSource, Precision, SafetensorsFolder, stored_copy_path, write_quantized,
+    };
+
+    const REAL: &str = "test/tiny-real";
+    let root = scratch("copies");
+    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model");
+    let served = root.join("hub");
+    copy_tree(
+        &model,
+        &served,
+        &["transformer/diffusion_pytorch_model.safetensors"],
+    );
+    let [first, second] = crate::common::write_sharded_transformer(&served);
+    // The second shard comes corrupt (a flipped byte past its header) until the faults are
+    // cleared: its download fails verification every time.
+    let faults = format!(r#"[{{"path":"{second}","fault":"corrupt","at":150000}}]"#);
+    let hf = MockHf::start_with(
+        &["--root", &served.display().to_string(), "--repo", REAL],
+        &faults,
+    );
+    let dir = root.join("cache");
+    let fetch = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_qwen-layered"))
+            .args(["fetch", REAL, "--base-url", &hf.url, "--dir"])
+            .arg(&dir)
+            .args(["--precision", "q4", "--text-precision", "q4"])
+            .args(["--chunk-mib", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        eprintln!("{stderr}");
+        (out, stderr)
+    };
+    let transformer_copy = stored_copy_path("transformer", Precision::Q4).unwrap();
+    let text_copy = stored_copy_path("text_encoder", Precision::Q4).unwrap();
+
+    let (out, first_log) = fetch();
+    assert_eq!(out.status.code(), Some(1), "{first_log}");
+    let stderr = first_log.clone();
+    assert!(
+        stderr.contains(&second) && stderr.contains("sha256"),
+        "{stderr}"
+    );
+    let commit_dirs: Vec<_> = std::fs::read_dir(dir.join(REAL))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(commit_dirs.len(), 1);
+    let local = commit_dirs[0].path();
+    let commit = commit_dirs[0].file_name().to_string_lossy().into_owned();
+    let held = files_under(&local);
+    // The text encoder's copy is whole and its checkpoint gone; the transformer's copy holds
+    // the first shard (gone too) and waits, uncommitted, for the second.
+    assert!(held.contains(&text_copy), "{held:?}");
+    assert!(
+        !held.contains(&"text_encoder/model.safetensors".to_owned()),
+        "{held:?}"
+    );
+    assert!(
+        held.contains(&format!("{transformer_copy}.part")),
+        "{held:?}"
+    );
+    assert!(!held.contains(&transformer_copy), "{held:?}");
+    assert!(
+        !held.contains(&first) && !held.iter().any(|f| f.starts_with(&second)),
+        "{held:?}"
+    );
+    assert!(
+        held.contains(&"vae/diffusion_pytorch_model.safetensors".to_owned()),
+        "{held:?}"
+    );
+    let first_requests = hf.ranges_in(REAL, &first).len();
+
+    hf.set_faults("[]");
+    let (out, stderr) = fetch();
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("going on from byte"), "{stderr}");
+    assert_eq!(
+        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()),
+        local
+    );
+    // The first shard: its header read again to plan the copy, its tensors not fetched again.
+    let size = |p: &str| std::fs::metadata(served.join(p)).unwrap().len();
+    let again: Vec<_> = hf.ranges_in(REAL, &first)[first_requests..].to_vec();
+    assert!(
+        again
+            .iter()
+            .all(|r| r.is_some_and(|(a, b)| b - a + 1 < size(&first) / 4)),
+        "{again:?}"
+    );
+    let held = files_under(&local);
+    assert!(
+        held.contains(&transformer_copy) && held.contains(&text_copy),
+        "{held:?}"
+    );
+    assert!(
+        !held
+            .iter()
+            .any(|f| f.ends_with(".safetensors") && !f.starts_with("vae/")),
+        "no checkpoint shard is left: {held:?}"
+    );
+    assert_no_leftovers(&local);
+    // Each copy is the one written in one go from the whole checkpoint.
+    let hub = DirSource::new(&served);
+    for (component, copy) in [
+        ("transformer", &transformer_copy),
+        ("text_encoder", &text_copy),
+    ] {
+        let folder = pollster::block_on(SafetensorsFolder::open(&hub, component)).unwrap();
+        let origin = format!("{REAL}@{commit}");
+        let layout = stored_copy_layout(component, &folder, Precision::Q4, &origin).unwrap();
+        let hash = pollster::block_on(write_quantized(
+            &hub,
+            &layout,
+            None,
+            async |_: &[u8]| Ok(()),
+            |_, _| {},
+        ))
+        .unwrap();
+        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(sha256_file(&local.join(copy)), hex, "{copy}");
+        let log = if component == "transformer" {
+            &stderr
+        } else {
+            &first_log
+        };
+        assert!(log.contains(&format!("{copy} written")), "{log}");
+    }
+
+    // `decompose` from the fetched folder reads both copies, and gives the layers of the
+    // fixture model quantized at load.
+    let image = model
+        .parent()
+        .unwrap()
+        .join("a_lin_cfgnorm_l3_s3_64/input.png");
+    let decompose = |model: &Path, out: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_qwen-layered"))
+            .args(["decompose", "--model"])
+            .arg(model)
+            .arg("--image")
+            .arg(&image)
+            .args(["--prompt", "a red square", "--seed", "3", "--layers", "2"])
+            .args(["--steps", "2", "--resolution", "64"])
+            .args(["--precision", "q4", "--text-precision", "q4", "--out"])
+            .arg(out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let from_copies = root.join("out-copies");
+    let at_load = root.join("out-at-load");
+    let log = decompose(&local, &from_copies);
+    assert!(
+        log.contains("transformer: read from the stored copy")
+            && log.contains("text encoder: read from the stored copy"),
+        "{log}"
+    );
+    decompose(&model, &at_load);
+    let layers = files_under(&from_copies);
+    assert!(!layers.is_empty());
+    assert_eq!(layers, files_under(&at_load));
+    for f in &layers {
+        assert!(
+            std::fs::read(from_copies.join(f)).unwrap() == std::fs::read(at_load.join(f)).unwrap(),
+            "{f} differs"
+        );
+    }
 }

@@ -833,40 +833,14 @@ fn the_stored_copy_is_made_shard_by_shard_as_the_checkpoint_arrives() {
     // The "hub": the fixture transformer split into two shards with an index, as diffusers
     // writes a large one.
     let remote = root.join("remote");
-    let bytes =
-        std::fs::read(fixtures_dir().join("model/transformer/diffusion_pytorch_model.safetensors"))
-            .expect("fixture");
-    let whole = SafeTensors::deserialize(&bytes).expect("fixture safetensors");
-    let mut names: Vec<String> = whole.names().into_iter().map(str::to_owned).collect();
-    names.sort();
-    let shard_name = |i: usize| format!("diffusion_pytorch_model-0000{i}-of-00002.safetensors");
-    let (first, second) = names.split_at(names.len() / 2);
-    let mut weight_map = serde_json::Map::new();
-    std::fs::create_dir_all(remote.join("transformer")).expect("remote folder");
-    for (i, keys) in [(1, first), (2, second)] {
-        let views: Vec<(String, safetensors::tensor::TensorView)> = keys
-            .iter()
-            .map(|k| (k.clone(), whole.tensor(k).expect("tensor")))
-            .collect();
-        let data = safetensors::serialize(views, None).expect("shard");
-        std::fs::write(remote.join("transformer").join(shard_name(i)), data).expect("write shard");
-        for k in keys {
-            weight_map.insert(k.clone(), shard_name(i).into());
-        }
-    }
-    let index = serde_json::json!({ "metadata": {}, "weight_map": weight_map });
-    std::fs::write(
-        remote.join("transformer/diffusion_pytorch_model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .expect("index");
+    let shard_paths = common::write_sharded_transformer(&remote);
     let hub = DirSource::new(&remote);
     let folder = pollster::block_on(SafetensorsFolder::open(&hub, "transformer")).expect("shards");
     let layout =
         QwenImageTransformer2DModel::stored_quantized_layout(&folder, Precision::Q4, "test/tiny@1")
             .expect("layout");
     let files = layout.source_files();
-    let shard_path = |i: usize| format!("transformer/{}", shard_name(i));
+    let shard_path = |i: usize| shard_paths[i - 1].clone();
     assert_eq!(
         files.iter().map(|(f, _)| f.clone()).collect::<Vec<_>>(),
         [shard_path(1), shard_path(2)]
