@@ -59,7 +59,8 @@ commands:
              [--negative-prompt TEXT (\" \" with --prompt) | --negative-prompt-embeds F.safetensors]
              [--max-sequence-length L (512)]
              [--cfg-normalize] [--scheduler-config F.json] [--device cpu|wgpu (cpu)]
-             [--precision f32|q8|q4 (f32)] [--transformer-gguf F.gguf]
+             [--precision f32|q8|q4 (f32)] [--transformer-gguf F.gguf (default, with q8/q4:
+             the transformer's stored copy in the model folder, if it has one)]
              [--text-precision f32|q8|q4 (f32)] [--gather-embedding]
              [--gpu-budget B] [--gpu-max-binding B] [--gpu-max-buffer B]
              no prompt (or \"\" or \" \"): the image is captioned first, as the reference
@@ -110,6 +111,10 @@ commands:
              [--revision R (main)] [--base-url U (HF_ENDPOINT or https://huggingface.co)]
              [--dir D (QWEN_LAYERED_CACHE or ~/.cache/qwen-layered)]
              [--components transformer,vae,... (all)] [--chunk-mib N (32)]
+             [--precision q8|q4] [--text-precision q8|q4]: keep the transformer / the text
+             encoder as its stored 8-/4-bit copy (what the page keeps, and what decompose
+             --precision / --text-precision then reads), quantized shard by shard as the
+             checkpoint arrives; each shard is deleted once the copy holds it
              prints the model folder (D/owner/name/COMMIT) on stdout
   help       print this text";
 

@@ -751,3 +751,47 @@ fn the_fetch_command_keeps_4_bit_copies_made_as_the_shards_arrive_and_decompose_
         );
     }
 }
+
+/// `HubSource` (what `fetch --precision` plans its copies with) reads exact byte ranges from
+/// the hub through the CDN redirect: a server that ignores the Range header (200 with the whole
+/// file) still gives the asked bytes, a body cut short is asked again, and a range past the
+/// end or a file the plan does not list is an error naming it.
+#[test]
+fn the_hub_source_reads_exact_ranges_through_faults() {
+    use qwen_layered_web::download::HubSource;
+    use qwen_layered_web::weights::WeightSource;
+
+    let hf = MockHf::start(&format!(
+        r#"[{{"path":"{VAE}","fault":"ignore-range","times":1}},
+            {{"path":"{TRANSFORMER}","fault":"reset","afterBytes":10,"times":1}}]"#
+    ));
+    let client = UreqClient::new();
+    let options = DownloadOptions::for_tests();
+    let plan = pollster::block_on(discover(&client, &hf.spec(), &options)).expect("plan");
+    let hub = HubSource::new(&client, &plan, options);
+    let read = |file: &str, offset: u64, len: u64| pollster::block_on(hub.read(file, offset, len));
+
+    let ignored = read(VAE, 1000, 64).expect("through an ignored range");
+    let exact = read(VAE, 1000, 64).expect("ranged");
+    assert_eq!(ignored, exact);
+    assert_eq!(hf.ranges(VAE), [None, Some((1000, 1063))]);
+
+    let retried = read(TRANSFORMER, 5000, 100).expect("asked again after the reset");
+    assert_eq!(retried.len(), 100);
+    assert_eq!(retried, read(TRANSFORMER, 5000, 100).unwrap());
+    assert!(hf.ranges(TRANSFORMER).len() >= 3);
+
+    let size = pollster::block_on(hub.size(VAE)).unwrap();
+    let err = read(VAE, size - 10, 20)
+        .expect_err("past the end")
+        .to_string();
+    assert!(
+        err.contains(VAE) && err.contains("runs past its end"),
+        "{err}"
+    );
+    let err = read("nothing/here.bin", 0, 1)
+        .expect_err("unlisted")
+        .to_string();
+    assert!(err.contains("not in the file list"), "{err}");
+    assert!(!pollster::block_on(hub.exists("nothing/here.bin")).unwrap());
+}
