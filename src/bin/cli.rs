@@ -1310,7 +1310,7 @@ commands:
     }
 
     fn fetch(args: &[String]) -> Result<(), Fail> {
-        use qwen_layered_web::download::derived::{CopyJob, is_checkpoint_of};
+        use qwen_layered_web::download::derived::{CopyJob, copying_peak, is_checkpoint_of};
         use qwen_layered_web::download::native::{DirStore, UreqClient};
         use qwen_layered_web::download::{
             Check, DownloadOptions, DownloadPlan, HubSource, Progress, Session, SourceSpec,
@@ -1467,6 +1467,10 @@ commands:
         plan.files
             .retain(|f| !jobs.iter().any(|j| j.consumed(&f.path)));
 
+        // Refused up front when the disk cannot hold the peak.
+        let needed = pollster::block_on(copying_peak(&store, std::slice::from_ref(&plan), &jobs))?;
+        check_disk(&dir, needed, !jobs.is_empty())?;
+
         let last = std::cell::Cell::new(0.0f64);
         let start = Instant::now();
         let on_progress = |p: &Progress| {
@@ -1497,10 +1501,8 @@ commands:
                 .collect(),
             ..plan.clone()
         };
-        let report = pollster::block_on(download_plan(&client, &store, &others, &session))?;
-        let mut fetched: u64 = report.files.iter().map(|f| f.bytes_fetched).sum();
-        let resumed = report.files.iter().filter(|f| f.resumed_from > 0).count();
-        let present = report.files.iter().filter(|f| f.already_present).count();
+        let mut fetched = 0;
+        // The copies first, as the page makes them: the peak `copying_peak` counts.
         let cached = DirSource::new(&model_dir);
         for job in &jobs {
             let copy_last = std::cell::Cell::new(0.0f64);
@@ -1530,12 +1532,78 @@ commands:
                 show_bytes(stored.file.size)
             );
         }
+        let report = pollster::block_on(download_plan(&client, &store, &others, &session))?;
+        fetched += report.files.iter().map(|f| f.bytes_fetched).sum::<u64>();
+        let resumed = report.files.iter().filter(|f| f.resumed_from > 0).count();
+        let present = report.files.iter().filter(|f| f.already_present).count();
         eprintln!(
             "done in {:.1} s: {fetched} bytes fetched, {resumed} files resumed, {present} already present, all verified",
             start.elapsed().as_secs_f64()
         );
         println!("{}", model_dir.display());
         Ok(())
+    }
+
+    /// Refuses a fetch into `dir` that needs `needed` bytes more on its disk (5 % margin) than
+    /// the disk has free, with the numbers. `QWEN_LAYERED_DISK_FREE` (bytes, `64K`, `3G`)
+    /// caps the free space counted on, for tests.
+    fn check_disk(dir: &Path, needed: u64, copies: bool) -> Result<(), Fail> {
+        let capped = std::env::var("QWEN_LAYERED_DISK_FREE")
+            .ok()
+            .map(|v| {
+                parse_bytes(&v).ok_or_else(|| {
+                    usage_error(format!(
+                        "QWEN_LAYERED_DISK_FREE {v:?} is not a byte count (e.g. 64K, 3G)"
+                    ))
+                })
+            })
+            .transpose()?;
+        let Some(free) = disk_free(dir).into_iter().chain(capped).min() else {
+            return Ok(()); // unknown: the writes say so if it runs out
+        };
+        if needed.saturating_add(needed / 20) <= free {
+            return Ok(());
+        }
+        let what = if copies {
+            "at the peak: the stored copies and one checkpoint shard at a time, then the other \
+             files"
+        } else {
+            "for the files still missing"
+        };
+        Err(Fail(
+            format!(
+                "{} ({needed} bytes) more are needed on the disk of {} ({what}), {} ({free} \
+                 bytes) are free there: free {} or give --dir on another disk",
+                show_bytes(needed),
+                dir.display(),
+                show_bytes(free),
+                show_bytes(needed.saturating_add(needed / 20) - free)
+            ),
+            1,
+        ))
+    }
+
+    /// Bytes free for this user on the file system of `dir` (or of its nearest existing
+    /// parent), if the system says.
+    #[cfg(unix)]
+    fn disk_free(dir: &Path) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = std::path::absolute(dir).ok()?;
+        let existing = dir.ancestors().find(|d| d.exists())?;
+        let path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs is plain old data, and all-zero bytes are a valid value of it.
+        let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `path` is a NUL-terminated string and `stat` a writable statvfs.
+        let rc = unsafe { libc::statvfs(path.as_ptr(), &mut stat) };
+        // (The field types' widths differ from one system to another.)
+        #[allow(clippy::unnecessary_cast)]
+        let (blocks, block_size) = (stat.f_bavail as u64, stat.f_frsize as u64);
+        (rc == 0).then(|| blocks.saturating_mul(block_size))
+    }
+
+    #[cfg(not(unix))]
+    fn disk_free(_dir: &Path) -> Option<u64> {
+        None
     }
 
     fn default_cache_dir() -> Result<PathBuf, Fail> {

@@ -365,6 +365,41 @@ impl CopyJob {
     }
 }
 
+/// The most storage a download making `jobs` as it goes needs at once, beyond what the cache
+/// holds now: each copy's shards in turn (fetched, written into the copy, removed), then the
+/// other files of `plans` still missing. Without jobs: every file still missing.
+pub async fn copying_peak<St: Store>(
+    store: &St,
+    plans: &[DownloadPlan],
+    jobs: &[CopyJob],
+) -> DResult<u64> {
+    let (mut now, mut peak) = (0i128, 0i128);
+    for job in jobs {
+        let plan = &plans[job.plan];
+        let mut written = job.partial;
+        for (file, end) in job.shards.iter().cloned() {
+            if end <= job.partial {
+                continue;
+            }
+            let Some(f) = plan.files.iter().find(|f| f.path == file) else {
+                continue;
+            };
+            let present = store.present_bytes(plan, f).await?.min(f.size);
+            now += i128::from(f.size - present) + i128::from(end - written);
+            written = end;
+            peak = peak.max(now);
+            now -= i128::from(f.size);
+        }
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && j.is_shard(f));
+        for f in plan.files.iter().filter(|f| !copied(f)) {
+            now += i128::from(f.size - store.present_bytes(plan, f).await?.min(f.size));
+        }
+    }
+    Ok(peak.max(now).max(0) as u64)
+}
+
 /// The plan of the partial copy at `path`: its SHA-256 is not known until it is written, so
 /// the layout's [identity](QuantizedLayout::identity) stands for it; a partial file is
 /// resumed only by a writer of the same layout.

@@ -21,7 +21,8 @@ use super::opfs::{
     write_record,
 };
 use crate::download::derived::{
-    CopyJob, discard_derived, is_checkpoint_of, partial_bytes, partial_file, store_quantized,
+    CopyJob, copying_peak, discard_derived, is_checkpoint_of, partial_bytes, partial_file,
+    store_quantized,
 };
 use crate::download::{
     DResult, DownloadError, DownloadOptions, DownloadPlan, FilePlan, Progress, Session, Store,
@@ -296,37 +297,6 @@ async fn copy_jobs(
         }
     }
     Ok(jobs)
-}
-
-/// The most storage a download making `jobs` as it goes needs at once, beyond what the cache
-/// holds now: each copy's shards in turn (fetched, written into the copy, removed), then the
-/// other files of `plans` still missing.
-async fn copying_peak(store: &OpfsStore, plans: &[DownloadPlan], jobs: &[CopyJob]) -> DResult<u64> {
-    let (mut now, mut peak) = (0i128, 0i128);
-    for job in jobs {
-        let plan = &plans[job.plan];
-        let mut written = job.partial;
-        for (file, end) in job.shards.iter().cloned() {
-            if end <= job.partial {
-                continue;
-            }
-            let Some(f) = plan.files.iter().find(|f| f.path == file) else {
-                continue;
-            };
-            let present = store.present_bytes(plan, f).await?.min(f.size);
-            now += i128::from(f.size - present) + i128::from(end - written);
-            written = end;
-            peak = peak.max(now);
-            now -= i128::from(f.size);
-        }
-    }
-    for (i, plan) in plans.iter().enumerate() {
-        let copied = |f: &FilePlan| jobs.iter().any(|j| j.plan == i && j.is_shard(f));
-        for f in plan.files.iter().filter(|f| !copied(f)) {
-            now += i128::from(f.size - store.present_bytes(plan, f).await?.min(f.size));
-        }
-    }
-    Ok(peak.max(now).max(0) as u64)
 }
 
 /// A copy's failure as the download's: its own download errors as they are, a cancel as a

@@ -602,22 +602,55 @@ fn the_fetch_command_keeps_4_bit_copies_made_as_the_shards_arrive_and_decompose_
         &faults,
     );
     let dir = root.join("cache");
-    let fetch = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_qwen-layered"))
-            .args(["fetch", REAL, "--base-url", &hf.url, "--dir"])
+    // `copies`: with `--precision q4 --text-precision q4`; `free`: the disk space counted on.
+    let fetch_with = |copies: bool, free: Option<u64>| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_qwen-layered"));
+        cmd.args(["fetch", REAL, "--base-url", &hf.url, "--dir"])
             .arg(&dir)
-            .args(["--precision", "q4", "--text-precision", "q4"])
-            .args(["--chunk-mib", "1"])
-            .output()
-            .unwrap();
+            .args(["--chunk-mib", "1"]);
+        if copies {
+            cmd.args(["--precision", "q4", "--text-precision", "q4"]);
+        }
+        if let Some(free) = free {
+            cmd.env("QWEN_LAYERED_DISK_FREE", free.to_string());
+        }
+        let out = cmd.output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         eprintln!("{stderr}");
         (out, stderr)
     };
+    let fetch = || fetch_with(true, None);
+    // Refused up front when the disk cannot hold the peak, with the numbers: the copies need
+    // less room than the whole checkpoints.
+    let needed = |copies: bool, free: u64| {
+        let (out, log) = fetch_with(copies, Some(free));
+        assert_eq!(out.status.code(), Some(1), "{log}");
+        let what = match copies {
+            true => "at the peak: the stored copies and one checkpoint shard at a time",
+            false => "for the files still missing",
+        };
+        assert!(
+            log.contains(what) && log.contains("give --dir on another disk"),
+            "{log}"
+        );
+        let (before, _) = log
+            .split_once(" bytes) more are needed")
+            .expect("the numbers");
+        before.rsplit('(').next().unwrap().parse::<u64>().unwrap()
+    };
+    let peak = needed(true, 1000);
+    let whole = needed(false, 1000);
+    let room = peak + peak / 20 + 1;
+    assert!(
+        room < whole,
+        "copies {peak} bytes at the peak, whole {whole}"
+    );
+    assert_eq!(needed(false, room), whole);
+    assert!(files_under(&dir).is_empty(), "{:?}", files_under(&dir));
     let transformer_copy = stored_copy_path("transformer", Precision::Q4).unwrap();
     let text_copy = stored_copy_path("text_encoder", Precision::Q4).unwrap();
 
-    let (out, first_log) = fetch();
+    let (out, first_log) = fetch_with(true, Some(room));
     assert_eq!(out.status.code(), Some(1), "{first_log}");
     let stderr = first_log.clone();
     assert!(
@@ -648,10 +681,8 @@ fn the_fetch_command_keeps_4_bit_copies_made_as_the_shards_arrive_and_decompose_
         !held.contains(&first) && !held.iter().any(|f| f.starts_with(&second)),
         "{held:?}"
     );
-    assert!(
-        held.contains(&"vae/diffusion_pytorch_model.safetensors".to_owned()),
-        "{held:?}"
-    );
+    // The other files come after the copies (the order the peak is counted in).
+    assert!(!held.contains(&VAE.to_owned()), "{held:?}");
     let first_requests = hf.ranges_in(REAL, &first).len();
 
     hf.set_faults("[]");
