@@ -54,6 +54,38 @@ impl CacheState {
     }
 }
 
+/// One revision folder of the browser's model cache, as the storage manager lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredRevision {
+    /// `owner/name`.
+    pub repo: String,
+    /// The commit.
+    pub revision: String,
+    /// Bytes of its files, committed or partial.
+    pub bytes: u64,
+    /// The labels of the listed sources that use it (none: nothing reads it any more).
+    pub used_by: Vec<String>,
+    /// Its files that none of them reads or keeps, with their bytes
+    /// ([`crate::registry::revision_use`]).
+    pub unused: Vec<(String, u64)>,
+}
+
+/// Everything the browser's model cache holds, against the listed sources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageReport {
+    /// One entry per revision folder.
+    pub revisions: Vec<StoredRevision>,
+    /// What the site stores (all of it, not only models), as `navigator.storage.estimate()`
+    /// says.
+    pub usage: u64,
+    /// The most it may store.
+    pub quota: u64,
+    /// Whether the browser granted persistent storage.
+    pub persisted: bool,
+}
+
 /// Straight-alpha RGBA8 pixels, row-major, `width·height·4` bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -327,6 +359,22 @@ pub enum ToWorker {
         /// The source.
         source: ModelSource,
     },
+    /// List every revision folder of the model cache against `sources` (the page's model
+    /// list): who uses it, and what in it nobody reads ([`FromWorker::Storage`]).
+    ListStorage {
+        /// The listed sources.
+        sources: Vec<ModelSource>,
+    },
+    /// Remove what none of `sources` reads from the revision folder `repo@revision`: the whole
+    /// folder when none of them uses it, else the files none of them keeps. Then lists again.
+    CleanStorage {
+        /// The listed sources.
+        sources: Vec<ModelSource>,
+        /// `owner/name`.
+        repo: String,
+        /// The commit.
+        revision: String,
+    },
 }
 
 /// A stored quantized copy being written while its checkpoint downloads.
@@ -459,6 +507,14 @@ pub enum FromWorker {
         /// source was ever downloaded here).
         state: Option<CacheState>,
         /// Why the state is unknown, or what went wrong reading it.
+        note: Option<String>,
+    },
+    /// The model cache's revision folders ([`ToWorker::ListStorage`],
+    /// [`ToWorker::CleanStorage`]).
+    Storage {
+        /// `None` when the cache could not be read.
+        report: Option<StorageReport>,
+        /// What went wrong, or why a clean-up was refused.
         note: Option<String>,
     },
     /// A download's progress (bytes done/total over all files, rate, ETA).

@@ -24,10 +24,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::download::derived::is_checkpoint_of;
 use crate::download::plan::is_commit;
 use crate::download::{DownloadPlan, SourceSpec};
-use crate::weights::Precision;
 use crate::weights::http::resolve_base;
+use crate::weights::{Precision, stored_copy_path};
 
 /// The components a model source must provide, in load order.
 pub const COMPONENTS: [&str; 5] = [
@@ -128,6 +129,44 @@ fn default_resolutions() -> Vec<u32> {
     vec![640, 1024]
 }
 
+/// Who uses one revision folder of the model cache, and what in it nobody keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevisionUse {
+    /// The ids of the sources whose recorded download lists this revision.
+    pub used_by: Vec<String>,
+    /// Its files (of `files`) that none of them reads or keeps ([`ModelSource::keeps`]):
+    /// stored copies of another precision or of an older format, files of a listing since
+    /// changed. Every file when no source uses the revision.
+    pub unused: Vec<String>,
+}
+
+/// What `records` (each source with the plans its download recorded) make of the revision
+/// folder `repo@revision` holding `files` (paths).
+pub fn revision_use(
+    records: &[(ModelSource, Vec<DownloadPlan>)],
+    repo: &str,
+    revision: &str,
+    files: &[String],
+) -> RevisionUse {
+    let users: Vec<(&ModelSource, &DownloadPlan)> = records
+        .iter()
+        .filter_map(|(source, plans)| {
+            let plan = plans
+                .iter()
+                .find(|p| p.repo == repo && p.revision == revision)?;
+            Some((source, plan))
+        })
+        .collect();
+    RevisionUse {
+        used_by: users.iter().map(|(s, _)| s.id.clone()).collect(),
+        unused: files
+            .iter()
+            .filter(|f| !users.iter().any(|(s, plan)| s.keeps(plan, f)))
+            .cloned()
+            .collect(),
+    }
+}
+
 /// One repository to download for a source: its spec and the patterns of the files wanted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
@@ -225,6 +264,29 @@ impl ModelSource {
             .and_then(|c| c.precision)
             .unwrap_or_default()
             .into()
+    }
+
+    /// The components this source keeps as a whole stored 8-/4-bit copy, in the order their
+    /// copies are made (the text encoder first), each with the copy's path
+    /// ([`stored_copy_path`]): those it loads 8-/4-bit, but the transformer when it comes
+    /// from a GGUF file (no copy is made of that).
+    pub fn stored_copies(&self) -> Vec<(&'static str, String)> {
+        let gguf = self.components.iter().any(|c| c.gguf.is_some());
+        ["text_encoder", "transformer"]
+            .into_iter()
+            .filter(|component| !(gguf && *component == "transformer"))
+            .filter_map(|c| Some((c, stored_copy_path(c, self.precision(c))?)))
+            .collect()
+    }
+
+    /// Whether this source reads or keeps the file `path` of the revision that `plan` (one of
+    /// the plans its download recorded) lists: one of its files, or the stored copy of a
+    /// component whose checkpoint that plan lists.
+    pub fn keeps(&self, plan: &DownloadPlan, path: &str) -> bool {
+        plan.files.iter().any(|f| f.path == path)
+            || self.stored_copies().iter().any(|(component, copy)| {
+                copy == path && plan.files.iter().any(|f| is_checkpoint_of(component, f))
+            })
     }
 
     /// The repositories to download: the source's own, then one per GGUF repository.
@@ -436,6 +498,69 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    /// The cache manager's view of a revision folder: which sources use it, and which of its
+    /// files none of them keeps (another precision's copy, an older format's, a stray file).
+    #[test]
+    fn a_revision_folder_is_used_by_the_sources_that_recorded_it_and_the_rest_is_unused() {
+        let reg = registry(&[
+            entry("q8", "", T_SAFE),
+            entry("gguf", "", T_GGUF),
+            entry("q4", "", &T_SAFE.replace("q8", "q4")),
+        ])
+        .unwrap();
+        let [q8, gguf, q4] = [0, 1, 2].map(|i| reg.models[i].clone());
+        const REPO: &str = "Qwen/Qwen-Image-Layered";
+        let main = plan(
+            REPO,
+            &[
+                "transformer/config.json",
+                "transformer/diffusion_pytorch_model-00001-of-00002.safetensors",
+                "transformer/diffusion_pytorch_model-00002-of-00002.safetensors",
+                "vae/diffusion_pytorch_model.safetensors",
+            ],
+        );
+        let q8_copy = stored_copy_path("transformer", Precision::Q8).unwrap();
+        let q4_copy = stored_copy_path("transformer", Precision::Q4).unwrap();
+        let old_copy = "transformer/qwen-layered-v0-q8_0.gguf".to_owned();
+        let files: Vec<String> = main
+            .files
+            .iter()
+            .map(|f| f.path.clone())
+            .chain([q8_copy.clone(), q4_copy.clone(), old_copy.clone()])
+            .chain(["transformer/stray.bin".to_owned()])
+            .collect();
+        assert_eq!(q8.stored_copies(), [("transformer", q8_copy.clone())]);
+        assert!(
+            gguf.stored_copies().is_empty(),
+            "no copy of a GGUF transformer"
+        );
+        // Only the 8-bit source recorded this revision: the 4-bit copy is of no use to it.
+        let records = vec![(q8.clone(), vec![main.clone()]), (q4.clone(), Vec::new())];
+        let used = revision_use(&records, REPO, COMMIT, &files);
+        assert_eq!(used.used_by, ["q8"]);
+        assert_eq!(
+            used.unused,
+            [
+                q4_copy.clone(),
+                old_copy.clone(),
+                "transformer/stray.bin".into()
+            ]
+        );
+        // Both recorded it: each keeps its own copy.
+        let records = vec![(q8.clone(), vec![main.clone()]), (q4, vec![main.clone()])];
+        let used = revision_use(&records, REPO, COMMIT, &files);
+        assert_eq!(used.used_by, ["q8", "q4"]);
+        assert_eq!(used.unused, [old_copy, "transformer/stray.bin".to_owned()]);
+        // A GGUF source keeps no transformer copy, even in a revision it uses.
+        let records = vec![(gguf, vec![main.clone()])];
+        let used = revision_use(&records, REPO, COMMIT, &files);
+        assert!(used.unused.contains(&q8_copy) && used.unused.contains(&q4_copy));
+        // A revision no source recorded (an older commit, a source no longer listed): all of it.
+        let used = revision_use(&records, REPO, &"f".repeat(40), &files);
+        assert!(used.used_by.is_empty());
+        assert_eq!(used.unused, files);
     }
 
     #[test]

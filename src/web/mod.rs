@@ -10,6 +10,8 @@
 //! - [`opfs`]: OPFS storage of model files, quota check, cache manager, `OpfsSource`.
 //! - [`http`]: [`http::HttpSource`], model files read with HTTP range requests.
 //! - [`run`]: the page's model picker, load / decompose / cancel controls and progress.
+//! - [`storage_ui`]: the storage manager under the model card (every cached revision, what
+//!   no listed model reads, and its removal).
 
 pub mod adapter;
 pub mod app;
@@ -20,6 +22,7 @@ pub mod models;
 pub mod opfs;
 pub mod run;
 pub mod status;
+pub mod storage_ui;
 pub mod worker;
 
 use js_sys::{Array, Reflect, Uint8Array};

@@ -17,8 +17,8 @@ use super::download::FetchClient;
 use super::http::HttpSource;
 use super::human_bytes;
 use super::opfs::{
-    MODELS_DIR, OpfsSource, OpfsStore, check_quota, read_record, remove_record, storage_status,
-    write_record,
+    CachedModel as CachedRevision, MODELS_DIR, OpfsSource, OpfsStore, check_quota, delete_cached,
+    list_cached, read_record, remove_record, storage_status, write_record,
 };
 use crate::download::derived::{
     CopyJob, copying_peak, discard_derived, is_checkpoint_of, partial_bytes, partial_file,
@@ -30,7 +30,8 @@ use crate::download::{
 };
 use crate::error::{Error, Result};
 use crate::model::stored_copy_layout;
-use crate::protocol::{CacheState, ModelSource};
+use crate::protocol::{CacheState, ModelSource, StorageReport, StoredRevision};
+use crate::registry::revision_use;
 use crate::weights::{
     Cancellable, Precision, QuantizedLayout, SafetensorsFolder, WeightSource, stored_copy_path,
     stored_copy_paths_ever,
@@ -93,23 +94,6 @@ async fn plans(source: &ModelSource, quick: bool) -> DResult<(Vec<DownloadPlan>,
     Ok((plans_from_hub(source, &options).await?, false))
 }
 
-/// The components of [`STORED_COMPONENTS`] that `source` keeps as a whole stored copy, with
-/// the copy's path: those it loads 8-/4-bit, but the transformer when it comes from a GGUF
-/// file (no copy is made of that).
-pub(super) fn copied_components(source: &ModelSource) -> Vec<(&'static str, String)> {
-    let gguf = source.parts().iter().any(|p| p.gguf.is_some());
-    STORED_COMPONENTS
-        .iter()
-        .filter(|(component, _)| !(gguf && *component == "transformer"))
-        .filter_map(|&(component, _)| {
-            Some((
-                component,
-                stored_copy_path(component, source.precision(component))?,
-            ))
-        })
-        .collect()
-}
-
 /// The checkpoint files a committed stored copy serves instead, with the index of the plan
 /// that lists them: a component's `*.safetensors` once its whole 8-/4-bit copy, in the
 /// precision `source` keeps it in, is committed in that plan's revision (the transformer's
@@ -122,7 +106,7 @@ async fn replaced_by_copy(
     store: &OpfsStore,
 ) -> DResult<Vec<(usize, FilePlan)>> {
     let mut replaced = Vec::new();
-    for (component, copy) in copied_components(source) {
+    for (component, copy) in source.stored_copies() {
         let of = |f: &&FilePlan| is_checkpoint_of(component, f);
         let Some(i) = plans.iter().position(|p| p.files.iter().any(|f| of(&f))) else {
             continue;
@@ -261,7 +245,7 @@ async fn consumed_shards(
 }
 
 /// The copies this download makes as their checkpoints arrive: one per component of
-/// [`copied_components`] whose copy is not committed yet, planned from the checkpoint headers
+/// [`ModelSource::stored_copies`] whose copy is not committed yet, planned from the checkpoint headers
 /// on the hub. Any failure to plan one (a hub that ignores Range requests, say) is logged and
 /// leaves that copy to the first load, as before.
 async fn copy_jobs(
@@ -270,7 +254,7 @@ async fn copy_jobs(
     store: &OpfsStore,
 ) -> DResult<Vec<CopyJob>> {
     let mut jobs = Vec::new();
-    for (component, path) in copied_components(source) {
+    for (component, path) in source.stored_copies() {
         let of = |f: &&FilePlan| is_checkpoint_of(component, f);
         let Some(i) = plans.iter().position(|p| p.files.iter().any(|f| of(&f))) else {
             continue; // committed: the plan no longer lists its checkpoint
@@ -468,6 +452,80 @@ pub async fn delete(source: &ModelSource) -> DResult<()> {
     }
     remove_record(SOURCES_DIR, &copying_record_name(&source.id)).await?;
     remove_record(SOURCES_DIR, &record_name(&source.id)).await
+}
+
+/// The storage manager's view of the model cache: every revision folder against `sources`
+/// (the page's model list; what their downloads recorded, no hub request), after removing
+/// from the folder `clean` (`repo`, `revision`) what none of them reads: the whole folder when
+/// none of them uses it, else the files none of them keeps ([`revision_use`]: a stored copy of
+/// another precision or an older format, a file of a listing since changed).
+pub async fn storage(
+    sources: &[ModelSource],
+    clean: Option<(&str, &str)>,
+) -> DResult<StorageReport> {
+    let mut records = Vec::new();
+    for source in sources {
+        let plans = load_record(source).await.map(|r| r.plans);
+        records.push((source.clone(), plans.unwrap_or_default()));
+    }
+    let paths = |m: &CachedRevision| m.files.iter().map(|f| f.path.clone()).collect::<Vec<_>>();
+    if let Some((repo, revision)) = clean {
+        let cached = list_cached(MODELS_DIR).await?;
+        if let Some(m) = cached
+            .iter()
+            .find(|m| m.repo == repo && m.revision == revision)
+        {
+            let found = revision_use(&records, repo, revision, &paths(m));
+            if found.used_by.is_empty() {
+                delete_cached(MODELS_DIR, repo, Some(revision)).await?;
+            } else {
+                let store = OpfsStore::open().await?;
+                let plan = DownloadPlan {
+                    repo: repo.to_owned(),
+                    revision: revision.to_owned(),
+                    files: Vec::new(),
+                };
+                for path in &found.unused {
+                    // Committed or partial, every trace of it (sidecar records too).
+                    discard_derived(&store, &plan, path).await?;
+                }
+            }
+        }
+    }
+    let label = |id: &String| {
+        sources
+            .iter()
+            .find(|s| &s.id == id)
+            .map_or_else(|| id.clone(), |s| s.label.clone())
+    };
+    let revisions = list_cached(MODELS_DIR)
+        .await?
+        .into_iter()
+        .filter(|m| !m.files.is_empty())
+        .map(|m| {
+            let found = revision_use(&records, &m.repo, &m.revision, &paths(&m));
+            let bytes_of =
+                |p: &String| m.files.iter().find(|f| &f.path == p).map_or(0, |f| f.bytes);
+            StoredRevision {
+                bytes: m.complete_bytes + m.partial_bytes,
+                used_by: found.used_by.iter().map(label).collect(),
+                unused: found
+                    .unused
+                    .iter()
+                    .map(|p| (p.clone(), bytes_of(p)))
+                    .collect(),
+                repo: m.repo,
+                revision: m.revision,
+            }
+        })
+        .collect();
+    let status = storage_status().await?;
+    Ok(StorageReport {
+        revisions,
+        usage: status.usage,
+        quota: status.quota,
+        persisted: status.persisted,
+    })
 }
 
 /// What [`use_stored_copies`] did for one component of a load.
@@ -714,7 +772,7 @@ pub async fn copies_outlook(
     let mut copies = Vec::new();
     let mut kept = Vec::new();
     let mut change = 0i128;
-    for (component, path) in copied_components(source) {
+    for (component, path) in source.stored_copies() {
         let Some(i) = cached.checkpoint_part(component) else {
             continue;
         };
@@ -930,7 +988,7 @@ impl CachedModel {
         // The copies earlier loads committed serve their components from now on (their
         // checkpoints may be gone).
         let store = OpfsStore::open().await?;
-        for (component, path) in copied_components(source) {
+        for (component, path) in source.stored_copies() {
             let Some(i) = me.checkpoint_part(component) else {
                 continue;
             };

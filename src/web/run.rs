@@ -29,6 +29,7 @@ use web_sys::{
 };
 
 use super::status::{Tone, set_status};
+use super::storage_ui::StoragePanel;
 use super::{human_bytes, js_error_text, pixel_buffers};
 use crate::download::Progress;
 use crate::editor::{LayerId, NewLayer};
@@ -108,6 +109,10 @@ pub struct RunPanel {
     /// When the run started and when denoising started (`performance`-free: `Date.now()`).
     run_started: Cell<f64>,
     denoise_started: Cell<Option<(f64, usize)>>,
+    /// The storage manager under the model card.
+    storage: StoragePanel,
+    /// A clean-up was asked for: the chosen model's state is read again once it is done.
+    cleaning: Cell<bool>,
 }
 
 impl RunPanel {
@@ -160,6 +165,8 @@ impl RunPanel {
             load_phase: RefCell::new(None),
             run_started: Cell::new(0.0),
             denoise_started: Cell::new(None),
+            storage: StoragePanel::mount(document)?,
+            cleaning: Cell::new(false),
         });
 
         let this = panel.clone();
@@ -195,6 +202,20 @@ impl RunPanel {
         EventListener::new(&panel.delete_button, "click", move |_| this.delete()).forget();
         let this = panel.clone();
         EventListener::new(&panel.cancel_button, "click", move |_| this.cancel()).forget();
+        let this = panel.clone();
+        EventListener::new(panel.storage.details(), "toggle", move |_| {
+            if this.storage.is_open() {
+                this.list_storage();
+            }
+        })
+        .forget();
+        let this = panel.clone();
+        EventListener::new(panel.storage.list(), "click", move |event| {
+            if let Some((repo, revision)) = StoragePanel::clicked(event) {
+                this.clean_storage(repo, revision);
+            }
+        })
+        .forget();
         let this = panel.clone();
         EventListener::new(&panel.decompose_layer_button, "click", move |_| {
             this.decompose_layer()
@@ -338,7 +359,22 @@ impl RunPanel {
                 self.query_state();
                 return Some(FromWorker::Ready);
             }
-            FromWorker::ModelState { id, state, note } => self.show_state(id, state, note),
+            FromWorker::ModelState { id, state, note } => {
+                self.show_state(id, state, note);
+                if self.storage.is_open() && !self.cleaning.get() {
+                    self.list_storage();
+                }
+            }
+            FromWorker::Storage { report, note } => {
+                self.storage.show(report.as_ref(), note.as_deref());
+                self.flag(
+                    "data-storage",
+                    if report.is_some() { "listed" } else { "failed" },
+                );
+                if self.cleaning.replace(false) {
+                    self.query_state();
+                }
+            }
             FromWorker::DownloadProgress {
                 id,
                 progress,
@@ -727,6 +763,45 @@ impl RunPanel {
             .map_err(|e| js_error_text(&e))
     }
 
+    /// Asks the worker for the storage manager's listing.
+    fn list_storage(&self) {
+        if !self.worker_ready.get() {
+            return self
+                .storage
+                .busy("The model worker is starting; open this again in a moment.");
+        }
+        let sources = self.models.borrow().clone();
+        match self.send(&ToWorker::ListStorage { sources }) {
+            Ok(()) => {
+                self.storage.busy("Reading this browser's storage…");
+                self.flag("data-storage", "listing");
+            }
+            Err(err) => self
+                .storage
+                .busy(&format!("Could not ask the worker: {err}")),
+        }
+    }
+
+    /// Asks the worker to remove what no listed model reads from `repo@revision`.
+    fn clean_storage(&self, repo: String, revision: String) {
+        let sources = self.models.borrow().clone();
+        let message = ToWorker::CleanStorage {
+            sources,
+            repo,
+            revision,
+        };
+        match self.send(&message) {
+            Ok(()) => {
+                self.cleaning.set(true);
+                self.storage.busy("Removing…");
+                self.flag("data-storage", "cleaning");
+            }
+            Err(err) => self
+                .storage
+                .busy(&format!("Could not ask the worker: {err}")),
+        }
+    }
+
     /// Asks the worker what the cache holds of the chosen source.
     fn query_state(&self) {
         let Some(model) = self.chosen() else { return };
@@ -828,7 +903,7 @@ impl RunPanel {
         // quota cannot hold what is missing (the worker checks again before it starts). Not
         // for a source whose checkpoints are quantized as they arrive: that needs less than
         // what is missing, and only the worker, reading the headers, knows how much.
-        let copies = !super::models::copied_components(&model).is_empty();
+        let copies = !model.stored_copies().is_empty();
         let missing = self
             .cache
             .borrow()

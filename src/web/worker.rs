@@ -310,6 +310,12 @@ async fn handle(message: ToWorker) {
         } => download(source, storage_free).await,
         ToWorker::CancelDownload => CANCEL_DOWNLOAD.set(true),
         ToWorker::DeleteModel { source } => delete(source).await,
+        ToWorker::ListStorage { sources } => storage(&sources, None).await,
+        ToWorker::CleanStorage {
+            sources,
+            repo,
+            revision,
+        } => storage(&sources, Some((repo, revision))).await,
     }
 }
 
@@ -421,6 +427,26 @@ async fn delete(source: ModelSource) {
         });
     }
     post_state(&source).await;
+}
+
+/// Lists the model cache against `sources`, after cleaning the revision `clean` up (refused
+/// while a download or a load runs: they write into the cache).
+async fn storage(sources: &[ModelSource], clean: Option<(String, String)>) {
+    let running = DOWNLOADING.with(|d| d.borrow().is_some()) || BUSY.get() == Some(Task::Loading);
+    let refused = (clean.is_some() && running)
+        .then(|| "A download or a load is running: clean up once it has ended.".to_owned());
+    let clean = clean.filter(|_| refused.is_none());
+    let clean = clean
+        .as_ref()
+        .map(|(repo, rev)| (repo.as_str(), rev.as_str()));
+    let (report, note) = match models::storage(sources, clean).await {
+        Ok(report) => (Some(report), refused),
+        Err(err) => (
+            None,
+            Some(format!("Reading the browser's model cache: {err}")),
+        ),
+    };
+    post(&FromWorker::Storage { report, note });
 }
 
 fn device() -> Option<Device> {

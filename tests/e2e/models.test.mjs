@@ -728,3 +728,62 @@ test("a sharded checkpoint is quantized shard by shard as it downloads: paused b
     await hub.close();
   }
 });
+
+/**
+ * Writes `files` ({ path: size }) as committed files of zero bytes, each with its commit
+ * record, under the cached revision `models/{repo}/{revision}/` in OPFS: what an older
+ * revision, or a copy of another precision, leaves there.
+ */
+const plantFiles = (page, repo, revision, files) => page.evaluate(async ([repo, revision, files]) => {
+  let dir = await navigator.storage.getDirectory();
+  for (const seg of ["models", ...repo.split("/"), revision]) dir = await dir.getDirectoryHandle(seg, { create: true });
+  for (const [path, size] of Object.entries(files)) {
+    const segs = path.split("/");
+    let folder = dir;
+    for (const seg of segs.slice(0, -1)) folder = await folder.getDirectoryHandle(seg, { create: true });
+    const write = async (name, data) => {
+      const w = await (await folder.getFileHandle(name, { create: true })).createWritable();
+      await w.write(data);
+      await w.close();
+    };
+    const name = segs[segs.length - 1];
+    await write(name, new Uint8Array(size));
+    await write(`${name}.ok.json`, JSON.stringify({ size, check: { Sha256: "0".repeat(64) }, offset: size }));
+  }
+}, [repo, revision, files]);
+
+test("the storage manager lists every cached revision: one no listed model uses is deleted whole, and a copy of another precision is removed from the model's own revision, which stays cached", { timeout: SLOW }, async () => {
+  await withDownloadedQ4("", async (page, logs) => {
+    const commit = (await opfsFiles(page))[0][0].split("/")[0];
+    const OLD = "a".repeat(40);
+    const Q8 = "transformer/qwen-layered-v1-q8_0.gguf";
+    await plantFiles(page, TINY, OLD, { "transformer/diffusion_pytorch_model.safetensors": 300_000, "vae/config.json": 100 });
+    await plantFiles(page, TINY, commit, { [Q8]: 200_000 });
+    await page.click("#storage-manager summary");
+    await page.waitForSelector("body[data-storage=listed]", { timeout: 60_000 });
+    const item = (revision) => `#storage-list li[data-revision="${revision}"]`;
+    const text = async (revision) => (await page.textContent(item(revision))).replace(/\s+/g, " ");
+    const summary = await page.textContent("#storage-summary");
+    assert.match(summary, /^This site stores \d+(\.\d)? [KMG]B of the \d+(\.\d)? [KMG]B the browser lets it use \(persistent storage: (granted|not granted)\); model files: \d+(\.\d)? MB\.$/, summary);
+    const own = await text(commit);
+    assert.match(own, new RegExp(`^${TINY} @ ${commit.slice(0, 7)}: \\d\\.\\d MB, used by Tiny test model[^.]*\\. 200 KB of it no listed model reads: ${Q8.replace(/\./g, "\\.")}\\.Remove unused files$`), own);
+    assert.equal(await text(OLD), `${TINY} @ aaaaaaa: 301 KB, used by no model in the list (an older revision, or a model no longer listed).Delete`);
+    assert.deepEqual(await axeViolations(page), [], "the storage manager's listing");
+    await page.locator("#storage-manager").screenshot({ path: `${artifacts}/30-storage-manager.png` });
+
+    // The revision no model uses goes whole.
+    await page.click(`${item(OLD)} button`);
+    await page.waitForSelector(item(OLD), { state: "detached", timeout: 60_000 });
+    await page.waitForSelector("body[data-storage=listed]", { timeout: 60_000 });
+    assert.ok(!(await opfsFiles(page)).some(([p]) => p.startsWith(OLD)), "the older revision is gone from OPFS");
+    // In the model's own revision, only what it does not read goes: the 8-bit copy.
+    const before = (await opfsFiles(page)).map(([p]) => p);
+    await page.click(`${item(commit)} button`);
+    await page.waitForFunction((sel) => !document.querySelector(sel)?.textContent.includes("no listed model reads"), item(commit), { timeout: 60_000 });
+    const after = (await opfsFiles(page)).map(([p]) => p);
+    assert.deepEqual(before.filter((p) => !after.includes(p)).sort(), [`${commit}/${Q8}`, `${commit}/${Q8}.ok.json`]);
+    assert.ok(after.some((p) => p.endsWith("/qwen-layered-v1-q4_0.gguf")) && after.some((p) => p.endsWith("/qwen-layered-v2-q4_0.gguf")), `the 4-bit copies stay: ${after}`);
+    assert.ok(!(await text(commit)).includes("Remove"), await text(commit));
+    await page.waitForSelector("body[data-cache=cached]", { timeout: 60_000 });
+  });
+});
