@@ -111,6 +111,8 @@ commands:
              [--revision R (main)] [--base-url U (HF_ENDPOINT or https://huggingface.co)]
              [--dir D (QWEN_LAYERED_CACHE or ~/.cache/qwen-layered)]
              [--components transformer,vae,... (all)] [--chunk-mib N (32)]
+             [--files GLOB,GLOB...: only the files these patterns match, each one at least,
+             e.g. '*-Q4_0.gguf' of a GGUF repository holding every quantization]
              [--precision q8|q4] [--text-precision q8|q4]: keep the transformer / the text
              encoder as its stored 8-/4-bit copy (what the page keeps, and what decompose
              --precision / --text-precision then reads), quantized shard by shard as the
@@ -1316,6 +1318,7 @@ commands:
             Check, DownloadOptions, DownloadPlan, HubSource, Progress, Session, SourceSpec,
             discover, download_plan,
         };
+        use qwen_layered_web::registry::Part;
 
         let Some((repo, rest)) = args.split_first().filter(|(r, _)| !r.starts_with("--")) else {
             return Err(usage_error("fetch needs a REPO (owner/name)"));
@@ -1330,6 +1333,7 @@ commands:
                 "--chunk-mib",
                 "--precision",
                 "--text-precision",
+                "--files",
             ],
             &[],
             0,
@@ -1390,6 +1394,17 @@ commands:
         let client = UreqClient::new();
         let store = DirStore::new(&dir);
         let mut plan = pollster::block_on(discover(&client, &spec, &options))?;
+        if let Some(list) = opts.get("--files") {
+            // As a registry entry picks files: each pattern must match one at least.
+            let part = Part {
+                spec: spec.clone(),
+                patterns: (list.split(',').filter(|p| !p.is_empty()))
+                    .map(|p| ("--files".to_owned(), p.to_owned()))
+                    .collect(),
+                gguf: None,
+            };
+            plan = part.select(plan).map_err(|e| Fail(e, 1))?;
+        }
         let model_dir = store.model_dir(&plan);
         let origin = format!("{}@{}", plan.repo, plan.revision);
         eprintln!(

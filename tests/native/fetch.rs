@@ -826,3 +826,38 @@ fn the_hub_source_reads_exact_ranges_through_faults() {
     assert!(err.contains("not in the file list"), "{err}");
     assert!(!pollster::block_on(hub.exists("nothing/here.bin")).unwrap());
 }
+
+/// `fetch --files` keeps only the files its patterns match (as a registry entry picks them:
+/// one GGUF file of a repository holding every quantization, say); a pattern that matches
+/// nothing is an error naming it, before anything is fetched.
+#[test]
+fn the_fetch_command_fetches_only_the_files_asked_for() {
+    let hf = MockHf::start("[]");
+    let dir = scratch("files");
+    let fetch = |files: &str| {
+        Command::new(env!("CARGO_BIN_EXE_qwen-layered"))
+            .args(["fetch", REPO, "--base-url", &hf.url, "--dir"])
+            .arg(&dir)
+            .args(["--files", files])
+            .output()
+            .unwrap()
+    };
+    let out = fetch("vae/*.safetensors,model_index.json");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let model = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert_eq!(files_under(&model), ["model_index.json", VAE]);
+    assert!(
+        hf.ranges(TRANSFORMER).is_empty(),
+        "nothing else was fetched"
+    );
+
+    let out = fetch("vae/*,*.gguf");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("--files: no file of {REPO}@"))
+            && stderr.contains("matches \"*.gguf\""),
+        "{stderr}"
+    );
+}
