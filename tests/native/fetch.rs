@@ -208,20 +208,11 @@ fn assert_complete(hf: &MockHf, run: &Run) {
 }
 
 fn assert_no_leftovers(dir: &Path) {
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let name = p.to_string_lossy();
-                assert!(
-                    !name.ends_with(".part") && !name.ends_with(".part.json"),
-                    "left behind: {name}"
-                );
-            }
-        }
+    for name in files_under(dir) {
+        assert!(
+            !name.ends_with(".part") && !name.ends_with(".part.json"),
+            "left behind: {name}"
+        );
     }
 }
 
