@@ -50,6 +50,8 @@ commands:
              wgpu in the default QuantizedMatmul of each: fused at 8 bits, dequantized at 4);
              8fused,4fused,8deq,4deq: Linear in that QuantizedMatmul (fused: Burn's quantized
              matmul on our blocks; deq: dequantized to f32 per call, then Burn's f32 matmul);
+             8f16,4f16: Linear dequantized per call with f16 operands (model::nn::f16_linear:
+             rows scaled into [-1, 1], Burn's f16 matmul; shader-f16);
              f16: the f32 operands cast to f16 (shader-f16), Burn's matmul in f16
              real shapes at 640², 4 layers: image side M = 9600, text side M = 300,
              K = 3072 (N = 3072, 12288, 18432) and the MLP out projection K = 12288, N = 3072
@@ -60,7 +62,8 @@ commands:
              [--apply A (B): blocks applied per forward, cycling over the B loaded ones]
              [--resolution R (640)] [--layers N (4)] [--txt T (300)]
              [--tokens S (a short image sequence of S tokens instead of R², N layers)]
-             [--qmatmul fused|deq (the default of --bits): how quantized weights multiply]
+             [--qmatmul fused|deq|f16 (the default of --bits): how quantized weights multiply
+             (f16: dequantized, f16 operands; shader-f16)]
              [--scores-mib M (1024): the attention in runs of query rows holding at most M MiB
              of scores, as the memory plan sets it; 0: the flash kernel]
              [--profile: after the timed forwards, one block with the device awaited after
@@ -220,6 +223,8 @@ commands:
                 "4fused" => Ok(Self::ModelWith(4, QuantizedMatmul::Fused)),
                 "8deq" => Ok(Self::ModelWith(8, QuantizedMatmul::Dequantize)),
                 "4deq" => Ok(Self::ModelWith(4, QuantizedMatmul::Dequantize)),
+                "8f16" => Ok(Self::ModelWith(8, QuantizedMatmul::DequantizeF16)),
+                "4f16" => Ok(Self::ModelWith(4, QuantizedMatmul::DequantizeF16)),
                 "f16" => Ok(Self::F16),
                 other => precision_of_bits(other).map(Self::Model),
             }
@@ -230,6 +235,7 @@ commands:
                 Self::Model(p) => name(p).into(),
                 Self::ModelWith(bits, QuantizedMatmul::Fused) => format!("{bits}fused"),
                 Self::ModelWith(bits, QuantizedMatmul::Dequantize) => format!("{bits}deq"),
+                Self::ModelWith(bits, QuantizedMatmul::DequantizeF16) => format!("{bits}f16"),
                 Self::F16 => "f16".into(),
                 Self::Tiled(bits, tile) => format!("q{bits}t{}", tile.size()),
                 Self::Burn(bits) => format!("burn{bits}"),
@@ -480,9 +486,10 @@ commands:
                 None => {}
                 Some("fused") => set_quantized_matmul(bits, QuantizedMatmul::Fused),
                 Some("deq") => set_quantized_matmul(bits, QuantizedMatmul::Dequantize),
+                Some("f16") => set_quantized_matmul(bits, QuantizedMatmul::DequantizeF16),
                 Some(other) => {
                     return Err(usage_error(format!(
-                        "--qmatmul {other:?}: use fused or deq"
+                        "--qmatmul {other:?}: use fused, deq or f16"
                     )));
                 }
             }

@@ -28,6 +28,7 @@ mod native {
     use qwen_layered_web::cli_args::{self, Fail, Options};
     use qwen_layered_web::gpu::{GpuReport, KeyLimits, matmul_self_test, read_f32};
     use qwen_layered_web::image_io::decode_image;
+    use qwen_layered_web::model::nn::{QuantizedMatmul, set_quantized_matmul};
     use qwen_layered_web::model::stored_copy_layout;
     use qwen_layered_web::model::transformer::{
         QwenImageTransformer2DModel, QwenImageTransformerConfig,
@@ -63,6 +64,9 @@ commands:
              the transformer's stored copy in the model folder, if it has one)]
              [--text-precision f32|q8|q4 (f32)] [--gather-embedding]
              [--gpu-budget B] [--gpu-max-binding B] [--gpu-max-buffer B]
+             [--f16: with --device wgpu and q8/q4 weights, multiply them dequantized with
+             f16 operands (each input row scaled into [-1, 1], f32 accumulation; the GPU
+             must have shader-f16); not the default until its speed is measured]
              no prompt (or \"\" or \" \"): the image is captioned first, as the reference
              does, with [--zh] [--max-new-tokens N (512)] as for `caption`
              on --device wgpu the run follows the app's memory plan for the device's
@@ -374,12 +378,21 @@ commands:
     /// buffers have no size limit of their own).
     fn device(opts: &Options) -> Result<(Device, Option<KeyLimits>), Fail> {
         match opts.get("--device").unwrap_or("cpu") {
+            "cpu" if opts.flag("--f16") => Err(usage_error("--f16 needs --device wgpu")),
             "cpu" => Ok((Device::flex(), None)),
             "wgpu" => {
                 let (device, setup) = Device::wgpu_options()
                     .init_with_setup()
                     .map_err(|e| Fail(format!("no native GPU adapter: {e}"), 1))?;
                 watch_gpu_errors(&device, &setup.device)?;
+                if opts.flag("--f16") {
+                    if !setup.device.features().contains(wgpu::Features::SHADER_F16) {
+                        return Err(Fail("--f16: this GPU's device has no shader-f16".into(), 1));
+                    }
+                    for bits in [8, 4] {
+                        set_quantized_matmul(bits, QuantizedMatmul::DequantizeF16);
+                    }
+                }
                 let limits = KeyLimits::from_wgpu(&setup.device.limits());
                 Ok((device, Some(limits)))
             }
@@ -684,7 +697,7 @@ commands:
                 "--gpu-max-buffer",
                 "--gpu-fault",
             ],
-            &["--cfg-normalize", "--zh", "--gather-embedding"],
+            &["--cfg-normalize", "--zh", "--gather-embedding", "--f16"],
             0,
             USAGE,
         )?;

@@ -81,6 +81,12 @@ pub enum QuantizedMatmul {
     /// quantized matmul measured half the f32 speed, and a tenth at `K = 12288` (BENCHMARKS.md).
     /// Inputs of fewer than [`DEQUANTIZE_MIN_ROWS`] rows (the modulation's `temb`) stay fused.
     Dequantize,
+    /// [`QuantizedMatmul::Dequantize`] with f16 operands ([`f16_linear`]: f32 accumulation,
+    /// each input row scaled into [-1, 1] first). Only for a wgpu device with `shader-f16`
+    /// (whoever sets it checks that: the product fails elsewhere). Not a default: Burn's f16
+    /// matmul measured 1.5–1.6× its f32 one at the image-side shapes on an H200, but the
+    /// model's forward with it has not been timed yet (BENCHMARKS.md).
+    DequantizeF16,
 }
 
 /// The largest temporary f32 weight [`QuantizedMatmul::Dequantize`] makes: 128 MiB, WebGPU's
@@ -106,6 +112,7 @@ fn policy_slot(bits: u32) -> &'static std::sync::atomic::AtomicU8 {
 pub fn quantized_matmul(bits: u32) -> QuantizedMatmul {
     match policy_slot(bits).load(std::sync::atomic::Ordering::Relaxed) {
         x if x == QuantizedMatmul::Dequantize as u8 => QuantizedMatmul::Dequantize,
+        x if x == QuantizedMatmul::DequantizeF16 as u8 => QuantizedMatmul::DequantizeF16,
         _ => QuantizedMatmul::Fused,
     }
 }
@@ -114,6 +121,30 @@ pub fn quantized_matmul(bits: u32) -> QuantizedMatmul {
 /// built afterwards take it into account for their parts; it applies to every forward.
 pub fn set_quantized_matmul(bits: u32, how: QuantizedMatmul) {
     policy_slot(bits).store(how as u8, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `x · w (+ bias)` with f16 operands: each row of `x` divided by its largest magnitude (so
+/// every operand is in [-1, 1] and no partial sum can overflow f16 unless the weights' column
+/// sums do), both operands cast to f16, Burn's matmul (f32 accumulation, f16 result), the
+/// result cast back to f32 and multiplied by the row's scale. Relative error about 3e-4
+/// against the f32 product (the operands' rounding), whatever the inputs' magnitude.
+///
+/// - x: `[..., d_in]`, w: `[d_in, d_out]`, bias: `[d_out]` → `[..., d_out]`
+pub fn f16_linear<const D: usize>(
+    x: Tensor<D>,
+    w: Tensor<2>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    use burn::tensor::FloatDType;
+    // [..., 1]; a row of zeros keeps a positive scale (0 / tiny = 0).
+    let scale = x.clone().abs().max_dim(D - 1).clamp_min(f32::MIN_POSITIVE);
+    let x_h = (x / scale.clone()).cast(FloatDType::F16);
+    let w_h = w.cast(FloatDType::F16);
+    let y = burn::tensor::module::linear(x_h, w_h, None).cast(FloatDType::F32) * scale;
+    match bias {
+        Some(b) => y + b.unsqueeze::<D>(),
+        None => y,
+    }
 }
 
 impl QuantWeight {
@@ -167,7 +198,7 @@ impl QuantWeight {
 
     /// `x · Wᵀ (+ bias)` the way `how` says. [`QuantizedMatmul::Dequantize`] falls back to fused
     /// for inputs of fewer than [`DEQUANTIZE_MIN_ROWS`] rows and for weights whose f32 values
-    /// exceed [`DEQUANTIZE_MAX_BYTES`].
+    /// exceed [`DEQUANTIZE_MAX_BYTES`] (so does [`QuantizedMatmul::DequantizeF16`]).
     ///
     /// - x: `[..., d_in]`, bias: `[d_out]` → `[..., d_out]`
     pub fn linear<const D: usize>(
@@ -178,15 +209,17 @@ impl QuantWeight {
     ) -> Tensor<D> {
         let [d_out, d_in] = self.q.dims();
         let rows = x.shape().num_elements() / d_in.max(1);
-        let dequantize = how == QuantizedMatmul::Dequantize
+        let dequantize = how != QuantizedMatmul::Fused
             && rows >= DEQUANTIZE_MIN_ROWS
             && d_out * d_in * 4 <= DEQUANTIZE_MAX_BYTES;
-        let w = match dequantize {
+        match (dequantize, how) {
             // [d_out, d_in] f32, a temporary freed after the matmul
-            true => self.dequantize(),
-            false => self.q.val(),
-        };
-        burn::tensor::module::linear(x, w.transpose(), bias)
+            (true, QuantizedMatmul::DequantizeF16) => {
+                f16_linear(x, self.dequantize().transpose(), bias)
+            }
+            (true, _) => burn::tensor::module::linear(x, self.dequantize().transpose(), bias),
+            (false, _) => burn::tensor::module::linear(x, self.q.val().transpose(), bias),
+        }
     }
 }
 
@@ -264,12 +297,14 @@ impl Linear {
         }
         // Row parts whose f32 values fit DEQUANTIZE_MAX_BYTES each (one part when fused).
         let parts = match quantized_matmul(weight.bits) {
-            QuantizedMatmul::Dequantize => crate::weights::split_rows(
-                weight.rows,
-                4 * weight.cols as u64,
-                DEQUANTIZE_MAX_BYTES as u64,
-            )
-            .unwrap_or_else(|_| vec![weight.rows]),
+            QuantizedMatmul::Dequantize | QuantizedMatmul::DequantizeF16 => {
+                crate::weights::split_rows(
+                    weight.rows,
+                    4 * weight.cols as u64,
+                    DEQUANTIZE_MAX_BYTES as u64,
+                )
+                .unwrap_or_else(|_| vec![weight.rows])
+            }
             QuantizedMatmul::Fused => vec![weight.rows],
         };
         let weight = if parts.len() == 1 {

@@ -315,3 +315,70 @@ fn quantized_linear_matches_flex_on_wgpu() {
         );
     }
 }
+
+/// f16 operands (`QuantizedMatmul::DequantizeF16`: `f16_linear`, each input row scaled into
+/// [-1, 1], Burn's f16 matmul) give the f32 product of the same dequantized weight within
+/// 1e-3 (relative L2) on wgpu with `shader-f16`: also for rows whose values would overflow f16
+/// unscaled (1e5, summed over 512 terms) and for a row of zeros; the bias is added in f32.
+#[test]
+fn f16_operands_match_the_f32_product_on_wgpu() {
+    use qwen_layered_web::gpu::FeatureState;
+    use qwen_layered_web::model::nn::{QuantWeight, QuantizedMatmul};
+    use qwen_layered_web::weights::QuantizedMatrix;
+    let Some((device, report)) = common::gpu_with_report() else {
+        return;
+    };
+    if report.shader_f16 != FeatureState::Enabled {
+        eprintln!(
+            "SKIPPED: this adapter has no shader-f16 ({:?})",
+            report.description
+        );
+        return;
+    }
+    let (d_in, d_out, rows) = (512, 96, 24);
+    let weights: Vec<f32> = (0..d_in * d_out)
+        .map(|i| ((i * 7919 % 1013) as f32 - 506.0) / 3000.0)
+        .collect();
+    let mut x: Vec<f32> = (0..rows * d_in)
+        .map(|i| ((i * 31 % 17) as f32 - 8.0) / 5.0)
+        .collect();
+    // Row 1 far beyond f16's range once summed; row 2 all zeros.
+    x[d_in..2 * d_in].iter_mut().for_each(|v| *v *= 1e5);
+    x[2 * d_in..3 * d_in].fill(0.0);
+    let bias: Vec<f32> = (0..d_out).map(|i| i as f32 / 10.0).collect();
+    let input = Tensor::<2>::from_data(TensorData::new(x, [rows, d_in]), &device);
+    let b = Tensor::<1>::from_data(TensorData::new(bias, [d_out]), &device);
+    for bits in [8, 4] {
+        let m = QuantizedMatrix::quantize(&weights, d_out, d_in, bits).expect("quantize");
+        let w = QuantWeight::new(m, &device);
+        let f32_product = w.linear(input.clone(), Some(b.clone()), QuantizedMatmul::Dequantize);
+        let f16_product = w.linear(
+            input.clone(),
+            Some(b.clone()),
+            QuantizedMatmul::DequantizeF16,
+        );
+        let (want, got) = (common::read(f32_product), common::read(f16_product));
+        assert!(got.iter().all(|v| v.is_finite()), "{bits}-bit: not finite");
+        let err: f32 = want.iter().zip(&got).map(|(a, b)| (a - b) * (a - b)).sum();
+        let norm: f32 = want.iter().map(|a| a * a).sum();
+        for (r, name) in [(0, "an ordinary row"), (1, "a row of 1e5s")] {
+            let row = |v: &[f32]| v[r * d_out..(r + 1) * d_out].to_vec();
+            let (a, b) = (row(&want), row(&got));
+            let e: f32 = a.iter().zip(&b).map(|(a, b)| (a - b) * (a - b)).sum();
+            let n: f32 = a.iter().map(|a| a * a).sum();
+            let rel = (e / n).sqrt();
+            eprintln!("{bits}-bit, {name}: relative L2 error {rel:.2e}");
+            assert!(rel < 1e-3, "{bits}-bit, {name}: {rel:.2e}");
+        }
+        let zero_row = &got[2 * d_out..3 * d_out];
+        assert_eq!(
+            zero_row,
+            &want[2 * d_out..3 * d_out],
+            "a row of zeros gives the bias"
+        );
+        eprintln!(
+            "{bits}-bit: relative L2 error {:.2e} overall",
+            (err / norm).sqrt()
+        );
+    }
+}
