@@ -769,7 +769,7 @@ test("the storage manager lists every cached revision: one no listed model uses 
     assert.match(own, new RegExp(`^${TINY} @ ${commit.slice(0, 7)}: \\d\\.\\d MB, used by Tiny test model[^.]*\\. 200 KB of it no listed model reads: ${Q8.replace(/\./g, "\\.")}\\.Remove unused files$`), own);
     assert.equal(await text(OLD), `${TINY} @ aaaaaaa: 301 KB, used by no model in the list (an older revision, or a model no longer listed).Delete`);
     assert.deepEqual(await axeViolations(page), [], "the storage manager's listing");
-    await page.locator("#storage-manager").screenshot({ path: `${artifacts}/30-storage-manager.png` });
+    await page.locator("#storage-manager").screenshot({ path: `${artifacts}/32-storage-manager.png` });
 
     // The revision no model uses goes whole.
     await page.click(`${item(OLD)} button`);
