@@ -121,6 +121,8 @@ commands:
              encoder as its stored 8-/4-bit copy (what the page keeps, and what decompose
              --precision / --text-precision then reads), quantized shard by shard as the
              checkpoint arrives; each shard is deleted once the copy holds it
+             refused up front when the disk cannot hold the peak; [--dry-run]: plan, check
+             and say what it would fetch and need, fetching nothing
              prints the model folder (D/owner/name/COMMIT) on stdout
   help       print this text";
 
@@ -1329,7 +1331,7 @@ commands:
         use qwen_layered_web::download::native::{DirStore, UreqClient};
         use qwen_layered_web::download::{
             Check, DownloadOptions, DownloadPlan, HubSource, Progress, Session, SourceSpec,
-            discover, download_plan,
+            discover, download_plan, remaining_bytes,
         };
         use qwen_layered_web::registry::Part;
 
@@ -1348,7 +1350,7 @@ commands:
                 "--text-precision",
                 "--files",
             ],
-            &[],
+            &["--dry-run"],
             0,
             USAGE,
         )?;
@@ -1497,7 +1499,19 @@ commands:
 
         // Refused up front when the disk cannot hold the peak.
         let needed = pollster::block_on(copying_peak(&store, std::slice::from_ref(&plan), &jobs))?;
-        check_disk(&dir, needed, !jobs.is_empty())?;
+        let free = check_disk(&dir, needed, !jobs.is_empty())?;
+        if opts.flag("--dry-run") {
+            let missing = pollster::block_on(remaining_bytes(&store, &plan))?;
+            eprintln!(
+                "dry run: {} ({missing} bytes) to fetch; {} ({needed} bytes) more on the disk at \
+                 the peak, {} free there; nothing fetched",
+                show_bytes(missing),
+                show_bytes(needed),
+                free.map_or_else(|| "unknown".to_owned(), show_bytes)
+            );
+            println!("{}", model_dir.display());
+            return Ok(());
+        }
 
         let last = std::cell::Cell::new(0.0f64);
         let start = Instant::now();
@@ -1573,9 +1587,9 @@ commands:
     }
 
     /// Refuses a fetch into `dir` that needs `needed` bytes more on its disk (5 % margin) than
-    /// the disk has free, with the numbers. `QWEN_LAYERED_DISK_FREE` (bytes, `64K`, `3G`)
-    /// caps the free space counted on, for tests.
-    fn check_disk(dir: &Path, needed: u64, copies: bool) -> Result<(), Fail> {
+    /// the disk has free, with the numbers; else the free bytes counted on (`None`: unknown).
+    /// `QWEN_LAYERED_DISK_FREE` (bytes, `64K`, `3G`) caps the free space counted on, for tests.
+    fn check_disk(dir: &Path, needed: u64, copies: bool) -> Result<Option<u64>, Fail> {
         let capped = std::env::var("QWEN_LAYERED_DISK_FREE")
             .ok()
             .map(|v| {
@@ -1587,10 +1601,10 @@ commands:
             })
             .transpose()?;
         let Some(free) = disk_free(dir).into_iter().chain(capped).min() else {
-            return Ok(()); // unknown: the writes say so if it runs out
+            return Ok(None); // unknown: the writes say so if it runs out
         };
         if needed.saturating_add(needed / 20) <= free {
-            return Ok(());
+            return Ok(Some(free));
         }
         let what = if copies {
             "at the peak: the stored copies and one checkpoint shard at a time, then the other \

@@ -631,6 +631,21 @@ fn the_fetch_command_keeps_4_bit_copies_made_as_the_shards_arrive_and_decompose_
     };
     let peak = needed(true, 1000);
     let whole = needed(false, 1000);
+    // A dry run says the same numbers and fetches nothing (the headers only, to plan).
+    let dry = Command::new(env!("CARGO_BIN_EXE_qwen-layered"))
+        .args(["fetch", REAL, "--base-url", &hf.url, "--dir"])
+        .arg(&dir)
+        .args(["--precision", "q4", "--text-precision", "q4", "--dry-run"])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&dry.stderr);
+    assert!(dry.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("({whole} bytes) to fetch; "))
+            && log.contains(&format!("({peak} bytes) more on the disk at the peak"))
+            && log.contains("nothing fetched"),
+        "{log}"
+    );
     let room = peak + peak / 20 + 1;
     assert!(
         room < whole,
