@@ -245,9 +245,9 @@ async fn consumed_shards(
 }
 
 /// The copies this download makes as their checkpoints arrive: one per component of
-/// [`ModelSource::stored_copies`] whose copy is not committed yet, planned from the checkpoint headers
-/// on the hub. Any failure to plan one (a hub that ignores Range requests, say) is logged and
-/// leaves that copy to the first load, as before.
+/// [`ModelSource::stored_copies`] whose copy is not committed yet, planned from the checkpoint
+/// headers on the hub. Any failure to plan one (a hub that ignores Range requests, say) is
+/// logged and leaves that copy to the first load, as before.
 async fn copy_jobs(
     source: &ModelSource,
     plans: &[DownloadPlan],
