@@ -276,6 +276,22 @@ pub fn storage_free_from_query(query: &str) -> Result<Option<u64>, String> {
     Ok(None)
 }
 
+/// The URL parameter `f16` of the page (`?f16=1`): multiply quantized weights with f16
+/// operands where the GPU has `shader-f16` ([`crate::model::nn::QuantizedMatmul::DequantizeF16`];
+/// not the default until it is timed on a GPU). `1`/`on`/`true`, `0`/`off`/`false`.
+pub fn f16_from_query(query: &str) -> Result<bool, String> {
+    for pair in query.trim_start_matches('?').split('&') {
+        if let Some(("f16", value)) = pair.split_once('=') {
+            return match value {
+                "1" | "on" | "true" => Ok(true),
+                "0" | "off" | "false" => Ok(false),
+                other => Err(format!("the URL parameter f16={other} is not 1 or 0")),
+            };
+        }
+    }
+    Ok(false)
+}
+
 /// `65536`, `64K`, `512M`, `3G` (binary units) → bytes; `None` for anything else or 0 (the
 /// page's URL parameters and the CLI's `--gpu-*` options).
 pub fn parse_bytes(text: &str) -> Option<u64> {
@@ -329,6 +345,10 @@ pub enum ToWorker {
         /// cannot be filled on demand). `None`: what `navigator.storage.estimate()` says.
         #[serde(default)]
         storage_free: Option<u64>,
+        /// The page's `?f16=1` ([`f16_from_query`]): quantized weights multiply with f16
+        /// operands if the device has `shader-f16`.
+        #[serde(default)]
+        f16: bool,
     },
     /// Decompose a picture with the loaded model.
     Decompose(DecomposeRequest),
@@ -630,6 +650,10 @@ mod tests {
 
     #[test]
     fn the_storage_free_parameter_is_a_byte_count() {
+        assert_eq!(f16_from_query("?gpu-budget=1G"), Ok(false));
+        assert_eq!(f16_from_query("?a=1&f16=1"), Ok(true));
+        assert_eq!(f16_from_query("f16=off"), Ok(false));
+        assert!(f16_from_query("?f16=yes").unwrap_err().contains("f16=yes"));
         assert_eq!(storage_free_from_query("?gpu-budget=1G"), Ok(None));
         assert_eq!(
             storage_free_from_query("?a=1&storage-free=10K"),
@@ -740,6 +764,7 @@ mod tests {
                     layers: 3,
                 }),
                 storage_free: Some(10 << 10),
+                f16: true,
             },
             ToWorker::Decompose(request()),
             ToWorker::Cancel,

@@ -97,10 +97,19 @@ pub const DEQUANTIZE_MAX_BYTES: usize = 128 << 20;
 /// few rows, writing and reading the f32 weight costs more than the product.
 pub const DEQUANTIZE_MIN_ROWS: usize = 16;
 
+/// How quantized weights of `bits` (8 or 4) are multiplied on wgpu unless told otherwise
+/// ([`set_quantized_matmul`]): fused at 8 bits, dequantized (f32 operands) at 4.
+pub const fn default_quantized_matmul(bits: u32) -> QuantizedMatmul {
+    match bits {
+        8 => QuantizedMatmul::Fused,
+        _ => QuantizedMatmul::Dequantize,
+    }
+}
+
 /// [`QuantizedMatmul`] per precision, as `u8`s: 8-bit at index 0, 4-bit at index 1.
 static QUANTIZED_MATMUL: [std::sync::atomic::AtomicU8; 2] = [
-    std::sync::atomic::AtomicU8::new(QuantizedMatmul::Fused as u8),
-    std::sync::atomic::AtomicU8::new(QuantizedMatmul::Dequantize as u8),
+    std::sync::atomic::AtomicU8::new(default_quantized_matmul(8) as u8),
+    std::sync::atomic::AtomicU8::new(default_quantized_matmul(4) as u8),
 ];
 
 fn policy_slot(bits: u32) -> &'static std::sync::atomic::AtomicU8 {

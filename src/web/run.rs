@@ -37,7 +37,8 @@ use crate::gpu::KeyLimits;
 use crate::pipeline::default_budget_bytes;
 use crate::protocol::{
     CacheState, CopyProgress, DecomposeRequest, FromWorker, GpuFault, MemoryOverrides,
-    MemorySettings, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker, storage_free_from_query,
+    MemorySettings, ModelRegistry, ModelSource, Rgba, RunPhase, ToWorker, f16_from_query,
+    storage_free_from_query,
 };
 
 /// What a run decomposes, and so where its layers go.
@@ -1056,14 +1057,20 @@ impl RunPanel {
             Ok(memory) => memory,
             Err(err) => return self.set_model_status(&format!("Not loading: {err}"), true),
         };
-        let storage_free = match storage_free_from_query(&url_query()) {
-            Ok(free) => free,
-            Err(err) => return self.set_model_status(&format!("Not loading: {err}"), true),
+        let (storage_free, f16) = match (
+            storage_free_from_query(&url_query()),
+            f16_from_query(&url_query()),
+        ) {
+            (Ok(free), Ok(f16)) => (free, f16),
+            (Err(err), _) | (_, Err(err)) => {
+                return self.set_model_status(&format!("Not loading: {err}"), true);
+            }
         };
         match self.send(&ToWorker::LoadModel {
             source: model.clone(),
             memory: Some(memory),
             storage_free,
+            f16,
         }) {
             Ok(()) => {
                 self.busy.set(true);

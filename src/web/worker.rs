@@ -59,6 +59,7 @@ use super::{js_error_text, pixel_buffers};
 use crate::caption::{CaptionLanguage, CaptionOptions, Captioner};
 use crate::error::{Error, Result};
 use crate::gpu::{FeatureState, GpuReport, KeyLimits, lost_device_reason, matmul_self_test};
+use crate::model::nn::{QuantizedMatmul, default_quantized_matmul, set_quantized_matmul};
 use crate::model::text_encoder;
 use crate::model::transformer::QwenImageTransformer2DModel;
 use crate::pipeline::{
@@ -287,7 +288,8 @@ async fn handle(message: ToWorker) {
             source,
             memory,
             storage_free,
-        } => load(source, memory, storage_free).await,
+            f16,
+        } => load(source, memory, storage_free, f16).await,
         ToWorker::Decompose(request) => decompose(request).await,
         ToWorker::Cancel => {
             if BUSY.get().is_some() {
@@ -463,7 +465,44 @@ fn free_model() {
 
 // ---- loading ------------------------------------------------------------------------------
 
-async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free: Option<u64>) {
+/// Sets how quantized weights multiply from this load on: with f16 operands when the page asked
+/// (`?f16=1`) and the device has `shader-f16`, else as by default. The sentence for the page
+/// when it asked.
+fn choose_operands(f16: bool) -> Option<String> {
+    let has = WGPU_DEVICE.with(|d| {
+        d.borrow()
+            .as_ref()
+            .is_some_and(|d| d.features().contains(wgpu::Features::SHADER_F16))
+    });
+    let on = f16 && has;
+    for bits in [8, 4] {
+        let how = match on {
+            true => QuantizedMatmul::DequantizeF16,
+            false => default_quantized_matmul(bits),
+        };
+        set_quantized_matmul(bits, how);
+    }
+    match (f16, has) {
+        (false, _) => None,
+        (true, true) => Some(
+            "Its 8-/4-bit weights multiply with f16 operands (?f16=1; each input row scaled \
+             into [-1, 1], f32 accumulation)."
+                .into(),
+        ),
+        (true, false) => Some(
+            "?f16=1 asks for f16 operands, but this GPU has no shader-f16: its weights \
+             multiply in f32."
+                .into(),
+        ),
+    }
+}
+
+async fn load(
+    source: ModelSource,
+    memory: Option<MemorySettings>,
+    storage_free: Option<u64>,
+    f16: bool,
+) {
     if let Some(task) = BUSY.get() {
         return post(&FromWorker::LoadFailed {
             message: format!("the worker is busy ({task:?}); wait or cancel first"),
@@ -479,6 +518,7 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free:
     free_model();
     clear_gpu_error();
     let start = js_sys::Date::now();
+    let operands = choose_operands(f16);
     let result = load_planned(&source, memory, storage_free, &device).await;
     BUSY.set(None);
     CANCEL.set(false);
@@ -496,6 +536,10 @@ async fn load(source: ModelSource, memory: Option<MemorySettings>, storage_free:
                 Model::Phased(p) => (p.text.captioning, true),
             };
             MODEL.with(|m| *m.borrow_mut() = Some(model));
+            let note = match (note, operands) {
+                (Some(a), Some(b)) => Some(format!("{a} {b}")),
+                (a, b) => a.or(b),
+            };
             post(&FromWorker::ModelLoaded {
                 id: source.id.clone(),
                 text_encoder: true,

@@ -787,3 +787,16 @@ test("the storage manager lists every cached revision: one no listed model uses 
     await page.waitForSelector("body[data-cache=cached]", { timeout: 60_000 });
   });
 });
+
+test("?f16=1 asks for f16 operands: where the GPU has no shader-f16 (SwiftShader) the model loads and the page says its weights multiply in f32", { timeout: SLOW }, async () => {
+  await withDownloadedQ4("?f16=1", async (page, logs) => {
+    const hasF16 = await page.evaluate(async () => (await navigator.gpu.requestAdapter()).features.has("shader-f16"));
+    await page.click("#load-model");
+    await page.waitForSelector("body[data-model=loaded], body[data-model=failed]", { timeout: 300_000 });
+    const status = await page.textContent("#model-status");
+    assert.equal(await page.getAttribute("body", "data-model"), "loaded", `${status}\n${logs.join("\n")}`);
+    assert.match(status, hasF16
+      ? / Its 8-\/4-bit weights multiply with f16 operands \(\?f16=1; each input row scaled into \[-1, 1\], f32 accumulation\)\.$/
+      : / \?f16=1 asks for f16 operands, but this GPU has no shader-f16: its weights multiply in f32\.$/, status);
+  });
+});
