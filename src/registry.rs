@@ -134,7 +134,7 @@ fn default_resolutions() -> Vec<u32> {
 pub struct RevisionUse {
     /// The ids of the sources whose recorded download lists this revision.
     pub used_by: Vec<String>,
-    /// Its files (of `files`) that none of them reads or keeps ([`ModelSource::keeps`]):
+    /// Its files (of `files`) that none of them reads or keeps ([`ModelSource::kept_files`]):
     /// stored copies of another precision or of an older format, files of a listing since
     /// changed. Every file when no source uses the revision.
     pub unused: Vec<String>,
@@ -157,11 +157,15 @@ pub fn revision_use(
             Some((source, plan))
         })
         .collect();
+    let kept: std::collections::HashSet<_> = users
+        .iter()
+        .flat_map(|(s, plan)| s.kept_files(plan))
+        .collect();
     RevisionUse {
         used_by: users.iter().map(|(s, _)| s.id.clone()).collect(),
         unused: files
             .iter()
-            .filter(|f| !users.iter().any(|(s, plan)| s.keeps(plan, f)))
+            .filter(|f| !kept.contains(f.as_str()))
             .cloned()
             .collect(),
     }
@@ -279,14 +283,17 @@ impl ModelSource {
             .collect()
     }
 
-    /// Whether this source reads or keeps the file `path` of the revision that `plan` (one of
-    /// the plans its download recorded) lists: one of its files, or the stored copy of a
-    /// component whose checkpoint that plan lists.
-    pub fn keeps(&self, plan: &DownloadPlan, path: &str) -> bool {
-        plan.files.iter().any(|f| f.path == path)
-            || self.stored_copies().iter().any(|(component, copy)| {
-                copy == path && plan.files.iter().any(|f| is_checkpoint_of(component, f))
-            })
+    /// The files this source reads or keeps in the revision that `plan` (one of the plans its
+    /// download recorded) lists: its files, and the stored copy of each component whose
+    /// checkpoint that plan lists.
+    pub fn kept_files<'a>(&self, plan: &'a DownloadPlan) -> Vec<std::borrow::Cow<'a, str>> {
+        let copies = self
+            .stored_copies()
+            .into_iter()
+            .filter(|(component, _)| plan.files.iter().any(|f| is_checkpoint_of(component, f)));
+        (plan.files.iter().map(|f| f.path.as_str().into()))
+            .chain(copies.map(|(_, copy)| copy.into()))
+            .collect()
     }
 
     /// The repositories to download: the source's own, then one per GGUF repository.

@@ -161,10 +161,8 @@ async fn measure(
                 state.partial_bytes += store.present_bytes(plan, file).await?.min(file.size);
             }
         }
-        for (component, _) in STORED_COMPONENTS {
-            let Some(path) = stored_copy_path(component, source.precision(component)) else {
-                continue;
-            };
+        // The copies this source reads (not another precision's, nor a GGUF source's).
+        for (_, path) in source.stored_copies() {
             if let Some(copy) = store.committed_file(plan, &path).await? {
                 state.copy_bytes += copy.size;
             }
