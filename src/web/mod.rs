@@ -12,9 +12,11 @@
 //! - [`run`]: the page's model picker, load / decompose / cancel controls and progress.
 //! - [`storage_ui`]: the storage manager under the model card (every cached revision, what
 //!   no listed model reads, and its removal).
+//! - [`confirm`]: the second click the buttons that delete model files ask for.
 
 pub mod adapter;
 pub mod app;
+pub mod confirm;
 pub mod download;
 pub mod editor_ui;
 pub mod http;

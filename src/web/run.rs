@@ -29,6 +29,7 @@ use web_sys::{
 };
 
 use super::status::{Tone, set_status};
+use super::confirm;
 use super::storage_ui::StoragePanel;
 use super::{human_bytes, js_error_text, pixel_buffers};
 use crate::download::Progress;
@@ -212,7 +213,7 @@ impl RunPanel {
         .forget();
         let this = panel.clone();
         EventListener::new(panel.storage.list(), "click", move |event| {
-            if let Some((repo, revision)) = StoragePanel::clicked(event) {
+            if let Some((repo, revision)) = StoragePanel::confirmed_click(event) {
                 this.clean_storage(repo, revision);
             }
         })
@@ -694,6 +695,14 @@ impl RunPanel {
         self.models.borrow().iter().find(|m| m.id == id).cloned()
     }
 
+    /// The bytes the browser holds of source `id`, when its cache state is known.
+    fn stored_bytes_of(&self, id: &str) -> Option<u64> {
+        match self.cache.borrow().as_ref() {
+            Some((cached, Some(state))) if cached == id => Some(held_bytes(state)),
+            _ => None,
+        }
+    }
+
     fn label_of(&self, id: &str) -> String {
         self.models
             .borrow()
@@ -705,6 +714,7 @@ impl RunPanel {
     /// The resolution choices and the cache state follow the chosen model.
     fn model_chosen(&self) {
         let Some(model) = self.chosen() else { return };
+        confirm::disarm(&self.delete_button);
         self.query_state();
         self.resolution.set_inner_html("");
         for r in &model.resolutions {
@@ -740,8 +750,11 @@ impl RunPanel {
             _ => "Download",
         }));
         self.cancel_download_button.set_hidden(!this_downloading);
-        self.delete_button
-            .set_disabled(!self.worker_ready.get() || this_downloading || !stored);
+        let can_delete = self.worker_ready.get() && !this_downloading && stored;
+        self.delete_button.set_disabled(!can_delete);
+        if !can_delete {
+            confirm::disarm(&self.delete_button);
+        }
         self.load_button
             .set_disabled(!worker || busy || this_downloading || !complete);
         self.cancel_load_button.set_hidden(!self.loading.get());
@@ -1036,6 +1049,13 @@ impl RunPanel {
 
     fn delete(&self) {
         let Some(model) = self.chosen() else { return };
+        let question = match self.stored_bytes_of(&model.id) {
+            Some(bytes) if bytes > 0 => format!("Delete {}? Click again", human_bytes(bytes)),
+            _ => "Delete? Click again".to_owned(),
+        };
+        if !confirm::second_click(&self.delete_button, &question) {
+            return;
+        }
         match self.send(&ToWorker::DeleteModel {
             source: model.clone(),
         }) {
@@ -1368,6 +1388,12 @@ fn rate_and_eta(rate_bytes_per_s: f64, eta_s: Option<f64>) -> String {
         format!(" · about {} left", duration(s * 1000.0))
     });
     format!(" · {}/s{eta}", human_bytes(rate_bytes_per_s as u64))
+}
+
+/// The bytes this browser holds of a source: its committed files less the checkpoint bytes
+/// its quantized copies replaced, its partial downloads and the copies.
+fn held_bytes(s: &CacheState) -> u64 {
+    s.verified_bytes.saturating_sub(s.replaced_bytes) + s.partial_bytes + s.copy_bytes
 }
 
 /// What the stored quantized copies add to the cache line: their size, and the checkpoint

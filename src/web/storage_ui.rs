@@ -1,7 +1,8 @@
 //! The storage manager under the model card (`#storage-manager`, a `<details>`): every model
 //! revision this browser's cache holds, its size, which listed model uses it, and what in it
 //! no listed model reads (an older revision, a model no longer listed, a stored copy of
-//! another precision or an older format), with a button to remove that. The worker lists and
+//! another precision or an older format), with a button to remove that (after a second
+//! click, [`confirm`]). The worker lists and
 //! cleans ([`ToWorker::ListStorage`](crate::protocol::ToWorker::ListStorage),
 //! [`ToWorker::CleanStorage`](crate::protocol::ToWorker::CleanStorage)); this renders its
 //! [`StorageReport`].
@@ -9,7 +10,7 @@
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{Document, Element, Event};
 
-use super::human_bytes;
+use super::{confirm, human_bytes};
 use crate::protocol::{StorageReport, StoredRevision};
 
 /// The storage manager's elements.
@@ -41,7 +42,7 @@ impl StoragePanel {
         &self.details
     }
 
-    /// The list (its clicks carry the revision to clean up, [`StoragePanel::clicked`]).
+    /// The list (its clicks carry the revision to clean up, [`StoragePanel::confirmed_click`]).
     pub fn list(&self) -> &Element {
         &self.list
     }
@@ -51,10 +52,17 @@ impl StoragePanel {
         self.details.has_attribute("open")
     }
 
-    /// `(repo, revision)` of the clean-up button a click on the list hit, if it hit one.
-    pub fn clicked(event: &Event) -> Option<(String, String)> {
+    /// The clean-up a click on the list asks for, if it hit a button and confirmed it: the
+    /// first click on a button only arms it ([`confirm::second_click`]).
+    ///
+    /// Returns `(repo, revision)`.
+    pub fn confirmed_click(event: &Event) -> Option<(String, String)> {
         let target = event.target()?.dyn_into::<Element>().ok()?;
         let button = target.closest("button[data-revision]").ok()??;
+        let question = button.get_attribute("data-question")?;
+        if !confirm::second_click(&button, &question) {
+            return None;
+        }
         Some((
             button.get_attribute("data-repo")?,
             button.get_attribute("data-revision")?,
@@ -128,7 +136,11 @@ impl StoragePanel {
                      longer listed).",
                     human_bytes(r.bytes)
                 ),
-                Some(("Delete", format!("Delete {name} from this browser"))),
+                Some((
+                    "Delete",
+                    format!("Delete {name} from this browser"),
+                    format!("Delete {}? Click again", human_bytes(r.bytes)),
+                )),
             )
         } else {
             let mut text = format!(
@@ -146,6 +158,7 @@ impl StoragePanel {
                 (
                     "Remove unused files",
                     format!("Remove unused files of {name}"),
+                    format!("Remove {}? Click again", human_bytes(unused)),
                 )
             });
             (text, button)
@@ -153,13 +166,14 @@ impl StoragePanel {
         let line = self.document.create_element("span")?;
         line.set_text_content(Some(&text));
         item.append_child(&line)?;
-        if let Some((label, accessible)) = button {
+        if let Some((label, accessible, question)) = button {
             let b = self.document.create_element("button")?;
             b.set_attribute("type", "button")?;
             b.set_attribute("class", "secondary")?;
             b.set_attribute("aria-label", &accessible)?;
             b.set_attribute("data-repo", &r.repo)?;
             b.set_attribute("data-revision", &r.revision)?;
+            b.set_attribute("data-question", &question)?;
             b.set_text_content(Some(label));
             item.append_child(&b)?;
         }

@@ -264,8 +264,16 @@ test("download with progress, reload mid-way and resume, then offline: load from
     assert.ok(before.some(([p]) => p.endsWith(VAE)), JSON.stringify(before));
     const usage = () => page.evaluate(async () => (await navigator.storage.estimate()).usage);
     const usedBefore = await usage();
+    // The first click only asks (with the size at stake); the second deletes.
+    await page.click("#delete-model");
+    const question = await page.textContent("#delete-model");
+    assert.match(question, /^Delete \d+(\.\d)? [KMG]B\? Click again$/, question);
+    assert.equal(await page.getAttribute("#delete-model", "aria-label"), question);
+    assert.notEqual(await page.getAttribute("body", "data-download"), "deleted");
+    assert.ok((await opfsFiles(page)).some(([p]) => p.endsWith(VAE)), "one click deletes nothing");
     await page.click("#delete-model");
     await wait("body[data-cache=unknown]");
+    assert.equal(await page.textContent("#delete-model"), "Delete");
     assert.match(await info(), /^Size unknown: the file list of test\/qwen-image-layered-tiny could not be read/);
     const left = (await opfsFiles(page)).filter(([, size]) => size > 0);
     assert.deepEqual(left, [], "no model bytes left in OPFS");
@@ -771,13 +779,24 @@ test("the storage manager lists every cached revision: one no listed model uses 
     assert.deepEqual(await axeViolations(page), [], "the storage manager's listing");
     await page.locator("#storage-manager").screenshot({ path: `${artifacts}/32-storage-manager.png` });
 
-    // The revision no model uses goes whole.
-    await page.click(`${item(OLD)} button`);
+    // A click only asks, and the question lapses: nothing is deleted.
+    const button = `${item(OLD)} button`;
+    await page.click(button);
+    assert.equal(await page.textContent(button), "Delete 301 KB? Click again");
+    assert.equal(await page.getAttribute(button, "aria-label"), "Delete 301 KB? Click again");
+    await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === "Delete", button, { timeout: 15_000 });
+    assert.equal(await page.getAttribute(button, "aria-label"), `Delete ${TINY} @ aaaaaaa from this browser`);
+    assert.ok((await opfsFiles(page)).some(([p]) => p.startsWith(OLD)), "the older revision is still in OPFS");
+    // The revision no model uses goes whole, on a second click.
+    await page.click(button);
+    await page.click(button);
     await page.waitForSelector(item(OLD), { state: "detached", timeout: 60_000 });
     await page.waitForSelector("body[data-storage=listed]", { timeout: 60_000 });
     assert.ok(!(await opfsFiles(page)).some(([p]) => p.startsWith(OLD)), "the older revision is gone from OPFS");
     // In the model's own revision, only what it does not read goes: the 8-bit copy.
     const before = (await opfsFiles(page)).map(([p]) => p);
+    await page.click(`${item(commit)} button`);
+    assert.equal(await page.textContent(`${item(commit)} button`), "Remove 200 KB? Click again");
     await page.click(`${item(commit)} button`);
     await page.waitForFunction((sel) => !document.querySelector(sel)?.textContent.includes("no listed model reads"), item(commit), { timeout: 60_000 });
     const after = (await opfsFiles(page)).map(([p]) => p);
