@@ -55,6 +55,13 @@ commands:
              f16: the f32 operands cast to f16 (shader-f16), Burn's matmul in f16
              real shapes at 640², 4 layers: image side M = 9600, text side M = 300,
              K = 3072 (N = 3072, 12288, 18432) and the MLP out projection K = 12288, N = 3072
+  dequantize time turning 8-/4-bit weights into the f32 matrix the dequantized matmul reads
+             (QuantizedMatmul::Dequantize's temporary), GB/s of codes read + f32 written
+             [--device cpu|wgpu (cpu)] [--shapes RxC,... (3072x3072,6144x3072,1536x12288:
+             the real weights' parts as Linear holds them, d_out x d_in)] [--bits 8,4]
+             [--way burn,ops (both): burn: Burn's dequantize of the model's quantized tensor;
+             ops: the plain-Burn twin on the packed words (BlockWeight::dequantize)]
+             [--iters N (3)]
   block      time one or more full-size transformer blocks (random weights, no download) and
              extrapolate to 60 blocks and 100 forwards; peak device memory where the backend
              reports it
@@ -103,6 +110,7 @@ commands:
         let rest = args.get(1..).unwrap_or_default();
         let result = match args.first().map(String::as_str) {
             Some("gemm") => gemm(rest),
+            Some("dequantize") => dequantize(rest),
             Some("block") => block(rest),
             Some("attention") => attention(rest),
             Some("cosine") => cosine(rest),
@@ -436,6 +444,97 @@ commands:
                     }
                 }
                 std::io::stdout().flush().ok();
+            }
+        }
+        if failed > 0 {
+            return Err(Fail(format!("{failed} case(s) failed (above)"), 1));
+        }
+        Ok(())
+    }
+
+    /// The weights `dequantize` times by default: `[d_out, d_in]` of the real model's linear
+    /// weights as `Linear` holds them on wgpu when dequantizing (row parts of at most
+    /// `DEQUANTIZE_MAX_BYTES` of f32: the MLP's `[12288, 3072]` and `[3072, 12288]` in halves).
+    const DEQUANTIZE_SHAPES: &str = "3072x3072,6144x3072,1536x12288";
+
+    fn dequantize(args: &[String]) -> Result<(), Fail> {
+        let opts = Options::parse(
+            args,
+            &["--device", "--shapes", "--bits", "--way", "--iters"],
+            &[],
+            1,
+            USAGE,
+        )?;
+        let (device, what) = device(&opts)?;
+        let iters = opts.number("--iters", 3)?.max(1);
+        let bits = opts
+            .get("--bits")
+            .unwrap_or("8,4")
+            .split(',')
+            .map(|b| match b {
+                "8" => Ok(8u32),
+                "4" => Ok(4),
+                other => Err(usage_error(format!("--bits {other:?}: expected 8 or 4"))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let ways: Vec<&str> = opts.get("--way").unwrap_or("burn,ops").split(',').collect();
+        if let Some(bad) = ways.iter().find(|w| !matches!(**w, "burn" | "ops")) {
+            return Err(usage_error(format!("--way {bad:?}: expected burn or ops")));
+        }
+        println!("device: {what}");
+        println!("weight (RxC)   bits  way   median ms    GB/s  rel. error vs host (L2)");
+        let mut failed = 0;
+        for spec in opts.get("--shapes").unwrap_or(DEQUANTIZE_SHAPES).split(',') {
+            let dims: Vec<usize> = spec
+                .split('x')
+                .map(|v| v.parse::<usize>())
+                .collect::<Result<_, _>>()
+                .map_err(|_| usage_error(format!("shape {spec:?}: expected RxC")))?;
+            let [rows, cols] = dims[..] else {
+                return Err(usage_error(format!("shape {spec:?}: expected RxC")));
+            };
+            let w = seeded_values(2, rows * cols);
+            for &b in &bits {
+                let m = QuantizedMatrix::quantize(&w, rows, cols, b).map_err(|e| Fail(e, 1))?;
+                // The values every way must give: the host's dequantization of the same codes.
+                let host = m.dequantize();
+                for &way in &ways {
+                    let timed = guarded(way, || {
+                        let expected = Tensor::<2>::from_data(
+                            TensorData::new(host.clone(), [rows, cols]),
+                            &device,
+                        );
+                        let (t, y) = match way {
+                            "burn" => {
+                                let q = QuantWeight::new(m.clone(), &device);
+                                time_runs(&device, iters, || q.dequantize())?
+                            }
+                            _ => {
+                                let blocks = BlockWeight::new(m.clone(), &device);
+                                time_runs(&device, iters, || blocks.dequantize())?
+                            }
+                        };
+                        Ok((t, relative_error(y, expected)?))
+                    });
+                    let label = format!("{rows}x{cols}");
+                    match timed {
+                        Ok((t, error)) => {
+                            // Codes and scales read, f32 values written.
+                            let bytes = (rows * cols) as f64 * (4.0 + b as f64 / 8.0)
+                                + (rows * cols / 32) as f64 * 4.0;
+                            println!(
+                                "{label:<14} {b:>4}  {way:<4}  {:>9.2}  {:>6.2}  {error:.2e}",
+                                t.as_secs_f64() * 1e3,
+                                bytes / t.as_secs_f64() / 1e9
+                            );
+                        }
+                        Err(Fail(msg, _)) => {
+                            failed += 1;
+                            println!("{label:<14} {b:>4}  {way:<4}  failed: {msg}");
+                        }
+                    }
+                    std::io::stdout().flush().ok();
+                }
             }
         }
         if failed > 0 {

@@ -28,8 +28,8 @@ use web_sys::{
     Response, Worker,
 };
 
-use super::status::{Tone, set_status};
 use super::confirm;
+use super::status::{Tone, set_status};
 use super::storage_ui::StoragePanel;
 use super::{human_bytes, js_error_text, pixel_buffers};
 use crate::download::Progress;
