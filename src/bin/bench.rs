@@ -257,6 +257,15 @@ commands:
         w_t.quantize_dynamic(&QuantWeight::scheme(bits as u32))
     }
 
+    /// The end of a command that measured several cases and printed each: an error when
+    /// `failed` of them failed.
+    fn none_failed(failed: usize) -> Result<(), Fail> {
+        match failed {
+            0 => Ok(()),
+            n => Err(Fail(format!("{n} case(s) failed (above)"), 1)),
+        }
+    }
+
     /// Runs `f`, turning a panic (an unsupported kernel, a buffer over the device's limit) into
     /// an error, so that one failing case does not end a benchmark run.
     fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, Fail>) -> Result<T, Fail> {
@@ -446,10 +455,7 @@ commands:
                 std::io::stdout().flush().ok();
             }
         }
-        if failed > 0 {
-            return Err(Fail(format!("{failed} case(s) failed (above)"), 1));
-        }
-        Ok(())
+        none_failed(failed)
     }
 
     /// The weights `dequantize` times by default: `[d_out, d_in]` of the real model's linear
@@ -537,10 +543,7 @@ commands:
                 }
             }
         }
-        if failed > 0 {
-            return Err(Fail(format!("{failed} case(s) failed (above)"), 1));
-        }
-        Ok(())
+        none_failed(failed)
     }
 
     /// `--tokens S` (a short sequence) or the pipeline layout of `--resolution`, `--layers`.
@@ -896,10 +899,7 @@ commands:
             }
             std::io::stdout().flush().ok();
         }
-        if failed > 0 {
-            return Err(Fail(format!("{failed} case(s) failed (above)"), 1));
-        }
-        Ok(())
+        none_failed(failed)
     }
 
     fn cosine(args: &[String]) -> Result<(), Fail> {
