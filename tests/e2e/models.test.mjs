@@ -271,6 +271,7 @@ test("download with progress, reload mid-way and resume, then offline: load from
     assert.equal(await page.getAttribute("#delete-model", "aria-label"), question);
     assert.notEqual(await page.getAttribute("body", "data-download"), "deleted");
     assert.ok((await opfsFiles(page)).some(([p]) => p.endsWith(VAE)), "one click deletes nothing");
+    await page.screenshot({ path: `${artifacts}/24-delete-asks.png` });
     await page.click("#delete-model");
     await wait("body[data-cache=unknown]");
     assert.equal(await page.textContent("#delete-model"), "Delete");
