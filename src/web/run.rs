@@ -1407,7 +1407,7 @@ fn stored_copies(s: &CacheState) -> String {
              keeps {})",
             human_bytes(replaced),
             human_bytes(copies),
-            human_bytes(s.total_bytes.saturating_sub(replaced) + copies)
+            human_bytes(held_bytes(s))
         ),
     }
 }
