@@ -60,3 +60,33 @@ fn a_non_image_file_is_an_error_not_a_panic() {
     let err = qwen_layered_web::image_io::decode_image("notes.txt", b"plain text").unwrap_err();
     assert!(err.to_string().contains("not an image"));
 }
+
+/// The real checkpoint's sizes in a safetensors header, read on wasm32 (32-bit `usize`): the
+/// text encoder's 152064 × 3584 bf16 embedding (1.09 GB: more bits than a `u32` counts) and a
+/// tensor past 4 GiB in a ~5 GB shard. The `safetensors` crate's `Metadata` refused both here,
+/// so the page could read neither the real text encoder nor the real transformer's shards.
+#[wasm_bindgen_test]
+async fn real_sized_safetensors_headers_parse_on_wasm32() {
+    use qwen_layered_web::weights::{SafetensorsFolder, SyntheticSource, SyntheticTensor};
+    let source = SyntheticSource::new(
+        "text_encoder/model.safetensors",
+        vec![
+            SyntheticTensor::linear_weight("model.embed_tokens", 3584, 152_064),
+            SyntheticTensor::linear_weight("filler", 50_000, 40_000), // 4 GB
+            SyntheticTensor::linear_weight("lm_head", 3584, 152_064),
+        ],
+        1,
+    )
+    .expect("synthetic file");
+    let folder = SafetensorsFolder::open(&source, "text_encoder")
+        .await
+        .expect("the header parses on wasm32");
+    let embed = folder.get("model.embed_tokens.weight").expect("embedding");
+    assert_eq!(
+        (embed.shape.as_slice(), embed.len),
+        (&[152_064, 3584][..], 1_090_002_944)
+    );
+    let head = folder.get("lm_head.weight").expect("lm_head");
+    assert!(head.offset > 1 << 32, "lm_head at {}", head.offset);
+    assert_eq!(head.offset + head.len, source.len());
+}

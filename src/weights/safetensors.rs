@@ -1,12 +1,14 @@
 //! safetensors headers and index files: where each tensor of a diffusers folder lives.
 //!
-//! Only headers are read here (8 bytes of length, then the JSON header), never tensor data;
-//! the header JSON is parsed and validated by the `safetensors` crate's `Metadata`.
+//! Only headers are read here (8 bytes of length, then the JSON header), never tensor data.
+//! The header JSON is parsed and validated here ([`parse_header`]) with offsets and sizes in
+//! `u64`, by the rules of the `safetensors` crate's `Metadata`, which holds them in `usize`: on
+//! wasm32 that crate refuses every file over 4 GiB (the real checkpoint's ~5 GB shards) and every
+//! tensor of 512 MiB or more (it counts bits: the text encoder's 152064 × 3584 embedding).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use safetensors::Dtype;
-use safetensors::tensor::Metadata;
 use serde::Deserialize;
 
 use super::{WeightSource, read_json};
@@ -220,18 +222,17 @@ async fn read_header(
         )));
     }
     let header = source.read(file, 8, n).await?;
-    let metadata: Metadata = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("not a safetensors header: {e}")))?;
     let data_start = 8 + n;
     let mut out = HashMap::new();
-    for (key, info) in metadata.tensors() {
-        let (start, end) = info.data_offsets;
+    for (key, info) in
+        parse_header(&header).map_err(|e| bad(format!("not a safetensors header: {e}")))?
+    {
         let entry = TensorEntry {
             file: file.to_owned(),
             dtype: info.dtype,
-            shape: info.shape.clone(),
-            offset: data_start + start as u64,
-            len: (end - start) as u64,
+            shape: info.shape,
+            offset: data_start + info.start,
+            len: info.len,
         };
         if entry.offset + entry.len > size {
             return Err(Error::Weights {
@@ -245,6 +246,90 @@ async fn read_header(
             });
         }
         out.insert(key, entry);
+    }
+    Ok(out)
+}
+
+/// One tensor of a header as stored: offsets relative to the end of the header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HeaderTensor {
+    dtype: Dtype,
+    shape: Vec<usize>,
+    start: u64,
+    len: u64,
+}
+
+/// A header entry as the file spells it, every number in `u64` whatever the platform.
+#[derive(Deserialize)]
+struct StoredInfo {
+    dtype: Dtype,
+    shape: Vec<u64>,
+    data_offsets: (u64, u64),
+}
+
+/// Parses and validates a safetensors header JSON (`__metadata__` skipped): every entry's
+/// `data_offsets` must follow the previous one's without a gap (in offset order, from 0) and
+/// span exactly its shape's values in its dtype. The rules of the `safetensors` crate's
+/// `Metadata`, with sizes in `u64`/`u128` so that a header parses on wasm32 as natively; a
+/// dimension over the platform's `usize` is refused by name.
+fn parse_header(json: &[u8]) -> std::result::Result<Vec<(String, HeaderTensor)>, String> {
+    let map: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(json).map_err(|e| e.to_string())?;
+    let mut tensors = Vec::with_capacity(map.len());
+    for (key, value) in map {
+        if key == "__metadata__" {
+            continue;
+        }
+        let info: StoredInfo =
+            serde_json::from_value(value).map_err(|e| format!("tensor {key:?}: {e}"))?;
+        tensors.push((key, info));
+    }
+    tensors.sort_by_key(|(_, info)| info.data_offsets);
+    let mut at = 0u64;
+    let mut out = Vec::with_capacity(tensors.len());
+    for (key, info) in tensors {
+        let (start, end) = info.data_offsets;
+        if start != at || end < start {
+            return Err(format!(
+                "tensor {key:?}: data_offsets [{start}, {end}] do not follow the previous tensor's end {at}"
+            ));
+        }
+        at = end;
+        let values = info
+            .shape
+            .iter()
+            .try_fold(1u128, |n, &d| n.checked_mul(u128::from(d)))
+            .ok_or_else(|| format!("tensor {key:?}: shape {:?} overflows", info.shape))?;
+        let bits = values * info.dtype.bitsize() as u128;
+        if !bits.is_multiple_of(8) || bits / 8 != u128::from(end - start) {
+            return Err(format!(
+                "tensor {key:?}: {} bytes of data for {values} {:?} values of shape {:?}",
+                end - start,
+                info.dtype,
+                info.shape
+            ));
+        }
+        let shape = info
+            .shape
+            .iter()
+            .map(|&d| usize::try_from(d))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|_| {
+                format!(
+                    "tensor {key:?}: shape {:?} has a dimension over this platform's {} bits",
+                    info.shape,
+                    usize::BITS
+                )
+            })?;
+        out.push((
+            key,
+            HeaderTensor {
+                dtype: info.dtype,
+                shape,
+                start,
+                len: end - start,
+            },
+        ));
     }
     Ok(out)
 }
@@ -399,6 +484,94 @@ mod tests {
             .expect_err("absent")
             .to_string();
         assert!(err.contains("no weights found"), "{err}");
+    }
+
+    #[test]
+    fn headers_parse_as_the_safetensors_crate_validates_them() {
+        // What the crate writes (and `__metadata__`) parses to the crate's own reading.
+        let (a, b) = ([7u8; 12], [1u8; 6]);
+        let views = [
+            (
+                "a",
+                safetensors::tensor::TensorView::new(Dtype::F32, vec![3], &a).expect("a"),
+            ),
+            (
+                "b",
+                safetensors::tensor::TensorView::new(Dtype::BF16, vec![1, 3], &b).expect("b"),
+            ),
+        ];
+        let meta = HashMap::from([("format".to_owned(), "pt".to_owned())]);
+        let bytes = safetensors::serialize(views, Some(meta)).expect("serialize");
+        let n = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+        let crate_view = safetensors::SafeTensors::deserialize(&bytes).expect("crate");
+        let mine = parse_header(&bytes[8..8 + n]).expect("parse");
+        assert_eq!(mine.len(), 2);
+        for (key, t) in &mine {
+            let theirs = crate_view.tensor(key).expect("in the crate's reading");
+            assert_eq!(
+                (t.dtype, t.shape.as_slice()),
+                (theirs.dtype(), theirs.shape())
+            );
+            assert_eq!(t.len as usize, theirs.data().len(), "{key}");
+        }
+
+        // What the crate refuses, refused with the tensor's name.
+        let refused = |json: &str, says: &str| {
+            let err = parse_header(json.as_bytes()).expect_err(json);
+            assert!(err.contains(says), "{json}: {err}");
+        };
+        let t = |name: &str, shape: &str, from: u64, to: u64| {
+            format!(r#""{name}":{{"dtype":"BF16","shape":{shape},"data_offsets":[{from},{to}]}}"#)
+        };
+        refused(
+            &format!("{{{}}}", t("w", "[2,2]", 0, 6)),
+            "\"w\": 6 bytes of data for 4 BF16",
+        );
+        refused(
+            &format!("{{{},{}}}", t("a", "[2]", 0, 4), t("b", "[2]", 6, 10)),
+            "\"b\": data_offsets [6, 10] do not follow",
+        );
+        refused(
+            &format!("{{{},{}}}", t("a", "[2]", 0, 4), t("b", "[2]", 2, 6)),
+            "\"b\": data_offsets [2, 6]",
+        );
+        refused(
+            &format!("{{{}}}", t("w", "[1]", 2, 4)),
+            "\"w\": data_offsets [2, 4]",
+        );
+        refused(
+            r#"{"w":{"dtype":"Q9","shape":[1],"data_offsets":[0,2]}}"#,
+            "tensor \"w\"",
+        );
+        refused(r#"{"w":{"dtype":"BF16","shape":[1]}}"#, "data_offsets");
+        refused("[1, 2]", "invalid type");
+        refused(
+            &format!(
+                "{{{}}}",
+                t(
+                    "w",
+                    "[4294967296,4294967296,4294967296,4294967296,4294967296]",
+                    0,
+                    2
+                )
+            ),
+            "overflows",
+        );
+    }
+
+    /// The real checkpoint's sizes: a 1.09 GB bf16 embedding (152064 × 3584: 17.4 G bits, over
+    /// a 32-bit count) and a ~5 GB shard (offsets past 4 GiB). The crate's `Metadata` refuses
+    /// both on wasm32 (`tests/web.rs` reads the same header there); this reads both exactly.
+    #[test]
+    fn real_sized_tensors_and_offsets_past_4_gib_parse() {
+        let big = 152_064u64 * 3584 * 2;
+        let end = big + 4_000_000_000;
+        let json = format!(
+            r#"{{"embed":{{"dtype":"BF16","shape":[152064,3584],"data_offsets":[0,{big}]}},"next":{{"dtype":"F32","shape":[1000000000],"data_offsets":[{big},{end}]}}}}"#
+        );
+        let parsed = parse_header(json.as_bytes()).expect("parse");
+        assert_eq!(parsed[0].1.shape, vec![152_064, 3584]);
+        assert_eq!((parsed[1].1.start, parsed[1].1.len), (big, 4_000_000_000));
     }
 
     #[test]
