@@ -48,6 +48,13 @@ fn dom_name(e: &JsValue) -> String {
         .unwrap_or_default()
 }
 
+/// Said with every "storage full" in the browser: Chromium's private windows keep their storage
+/// in memory and run out after a few GB while `estimate()` reports a 10 GiB quota (measured:
+/// Chromium 156, a 5 GB download failed at about 2 GB), so the up-front quota check passes
+/// and freeing space does not help there.
+const PRIVATE_WINDOW: &str =
+    "a private window holds far less than the browser reports: use a normal one";
+
 /// Why a sync access handle's `write` of `len` bytes returned `n`, when `n` is not `len`.
 /// Chromium does not throw `QuotaExceededError` there: out of room, it writes what fits and
 /// returns either that shorter count or its file error code as an unsigned 32-bit number
@@ -57,12 +64,12 @@ fn short_write(n: f64, len: usize) -> std::result::Result<String, String> {
     let code = n as u64 as u32 as i32;
     if n >= 0.0 && (n as usize) < len {
         Ok(format!(
-            "the browser took {n} of {len} bytes, no space left for this site"
+            "the browser took {n} of {len} bytes, no space left for this site; {PRIVATE_WINDOW}"
         ))
     } else if code == -8 {
         Ok(format!(
             "the browser refused a write of {len} bytes with file error -8, no space left for \
-             this site"
+             this site; {PRIVATE_WINDOW}"
         ))
     } else {
         Err(format!(
@@ -374,7 +381,7 @@ impl PartFile for OpfsPart {
             Err(e) if dom_name(&e) == "QuotaExceededError" => Err(DownloadError::QuotaExceeded {
                 file: self.path.clone(),
                 offset,
-                reason: js_error_text(&e),
+                reason: format!("{}; {PRIVATE_WINDOW}", js_error_text(&e)),
                 removed: false,
             }),
             Err(e) => Err(storage_err(&self.path, &e)),
