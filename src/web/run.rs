@@ -391,10 +391,10 @@ impl RunPanel {
                 self.download_ended(&id);
                 self.set_download_status(
                     &format!(
-                        "Downloaded and verified {} of {} in {:.1} s; it now loads from this browser's cache, offline too.{}",
+                        "Downloaded and verified {} of {} in {}; it now loads from this browser's cache, offline too.{}",
                         human_bytes(fetched_bytes),
                         self.label_of(&id),
-                        millis / 1000.0,
+                        took(millis),
                         note.map(|n| format!(" {n}")).unwrap_or_default()
                     ),
                     false,
@@ -519,7 +519,7 @@ impl RunPanel {
                         millis / 1000.0
                     )
                 } else {
-                    format!("Loaded {label} in {:.1} s.", millis / 1000.0)
+                    format!("Loaded {label} in {}.", took(millis))
                 };
                 if let Some(extra) = load_note {
                     status = format!("{status} {extra}");
@@ -618,11 +618,7 @@ impl RunPanel {
                 };
                 match shown {
                     Ok(()) => {
-                        let done = format!(
-                            "{what} {} layers in {:.1} s.",
-                            layers.len(),
-                            millis / 1000.0
-                        );
+                        let done = format!("{what} {} layers in {}.", layers.len(), took(millis));
                         self.set_run_status(&done, false);
                         // The run was started down in the side panel: the page's status line
                         // and the layers panel (scrolled to) show where the result went.
@@ -1419,6 +1415,16 @@ fn megabytes(bytes: u64) -> String {
 /// The first 7 characters of a commit.
 fn short(sha: &str) -> &str {
     sha.get(..7).unwrap_or(sha)
+}
+
+/// How long something finished took: tenths of a second under a minute ("12.4 s"), then as
+/// [`duration`] ("24 min 18 s", not "1457.7 s").
+fn took(ms: f64) -> String {
+    if ms < 59_950.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        duration(ms)
+    }
 }
 
 fn duration(ms: f64) -> String {
