@@ -68,15 +68,23 @@ try {
   const wait = (selector, timeout) => page.waitForSelector(selector, { timeout }).catch((e) => {
     throw new Error(`${e.message}\nconsole:\n${logs.join("\n")}`);
   });
-  // The status line as it changes, for the report (the page's own progress reports).
-  const watch = (selector, into) => setInterval(() => {
-    page.textContent(selector).then((t) => { if (t && into.at(-1) !== t) into.push(t); }, () => {});
-  }, 1000);
-  const timed = async (name, what) => {
+  // One phase: click `button`, wait until `body[data-FLAG]` is `ok` or `failed` (at most an
+  // hour), record its status line as it changes (`status`) and how long it took; a failure
+  // throws with the status line and the console.
+  const phase = async (name, button, flag, ok, status) => {
+    const seen = [];
+    const poll = setInterval(() => {
+      page.textContent(status).then((t) => { if (t && seen.at(-1) !== t) seen.push(t); }, () => {});
+    }, 1000);
     const t0 = Date.now();
-    await what();
+    await page.click(button);
+    await wait(`body[data-${flag}=${ok}], body[data-${flag}=failed]`, HOUR).finally(() => clearInterval(poll));
     report[`${name}_s`] = (Date.now() - t0) / 1000;
+    report[name] = seen;
     console.log(`${name}: ${report[`${name}_s`].toFixed(1)} s`);
+    if (await page.getAttribute("body", `data-${flag}`) !== ok) {
+      throw new Error(`${name} failed: ${await page.textContent(status)}\nconsole:\n${logs.join("\n")}`);
+    }
   };
   await page.goto(server.url);
   await wait("body[data-gpu=ready]", 120_000);
@@ -86,31 +94,11 @@ try {
   report.model_info = await page.textContent("#model-info");
   report.estimate = await page.evaluate(() => navigator.storage.estimate().then(({ quota, usage }) => ({ quota, usage })));
 
-  const downloadSeen = [];
-  await timed("download", async () => {
-    const w = watch("#download-status", downloadSeen);
-    await page.click("#download-model");
-    await wait("body[data-download=done], body[data-download=failed]", HOUR);
-    clearInterval(w);
-  });
-  report.download = downloadSeen;
-  if (await page.getAttribute("body", "data-download") !== "done") {
-    throw new Error(`download failed: ${await page.textContent("#download-status")}`);
-  }
+  await phase("download", "#download-model", "download", "done", "#download-status");
   await wait("body[data-cache=cached]", 60_000);
   report.cache = await page.textContent("#model-info");
 
-  const loadSeen = [];
-  await timed("load", async () => {
-    const w = watch("#model-status", loadSeen);
-    await page.click("#load-model");
-    await wait("body[data-model=loaded], body[data-model=failed]", HOUR);
-    clearInterval(w);
-  });
-  report.load = loadSeen;
-  if (await page.getAttribute("body", "data-model") !== "loaded") {
-    throw new Error(`load failed: ${await page.textContent("#model-status")}\n${logs.join("\n")}`);
-  }
+  await phase("load", "#load-model", "model", "loaded", "#model-status");
 
   await page.setInputFiles("#file-input", {
     name: "input.png", mimeType: "image/png", buffer: await readFile(`${reference}/input.png`),
@@ -123,17 +111,7 @@ try {
   await page.setChecked("#set-cfg-normalize", kase.cfg_normalize);
   await page.fill("#set-seed", seed);
   await page.fill("#set-prompt", kase.prompt);
-  const runSeen = [];
-  await timed("run", async () => {
-    const w = watch("#run-status", runSeen);
-    await page.click("#decompose");
-    await wait("body[data-run=done], body[data-run=failed]", HOUR);
-    clearInterval(w);
-  });
-  report.run = runSeen;
-  if (await page.getAttribute("body", "data-run") !== "done") {
-    throw new Error(`run failed: ${await page.textContent("#run-status")}\n${logs.join("\n")}`);
-  }
+  await phase("run", "#decompose", "run", "done", "#run-status");
   await page.screenshot({ path: `${out}/page.png` });
 
   const [dl] = await Promise.all([page.waitForEvent("download"), page.click("#export-zip")]);

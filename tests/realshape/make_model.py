@@ -78,29 +78,6 @@ def real_configs(blocks, text_layers, vision_depth):
     return text, vision, ids, transformer, vae
 
 
-def write_tokenizer_folder(folder, vocab, merges, added):
-    """tokenizer/ as the official repository has it: vocab.json + merges.txt +
-    tokenizer_config.json (added tokens in `added_tokens_decoder`), no tokenizer.json."""
-    shutil.rmtree(folder, ignore_errors=True)
-    os.makedirs(folder)
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False, separators=(",", ":"))
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-    config = {  # the fields of the real Qwen2.5-VL-7B-Instruct tokenizer_config.json that matter
-        "add_bos_token": False, "add_prefix_space": False,
-        "added_tokens_decoder": {str(i): {"content": t, "lstrip": False, "normalized": False,
-                                          "rstrip": False, "single_word": False, "special": s}
-                                 for i, t, s in added},
-        "bos_token": None, "clean_up_tokenization_spaces": False, "eos_token": "<|im_end|>",
-        "errors": "replace", "model_max_length": 131072, "pad_token": "<|endoftext|>",
-        "split_special_tokens": False, "tokenizer_class": "Qwen2Tokenizer", "unk_token": None,
-    }
-    with open(os.path.join(folder, "tokenizer_config.json"), "w", encoding="utf-8") as f:
-        json.dump(config, f, ensure_ascii=False, indent=2)
-        f.write("\n")
-
-
 def make(args):
     import torch
     import gen_fixtures as fx  # the fixture generator's helpers (imports torch, diffusers, ...)
@@ -138,7 +115,9 @@ def make(args):
     counts = {n: sum(p.numel() for p in m.parameters()) for n, m in
               (("transformer", transformer), ("text_encoder", text_encoder), ("vae", vae))}
     pipe.save_pretrained(repo, safe_serialization=True, max_shard_size="1GB")
-    write_tokenizer_folder(os.path.join(repo, "tokenizer"), vocab, merges, tk.ADDED)
+    # tokenizer/ as the official repository has it (no tokenizer.json; processor/ has one).
+    shutil.rmtree(os.path.join(repo, "tokenizer"), ignore_errors=True)
+    tk.write_official_layout(os.path.join(repo, "tokenizer"), vocab, merges)
     del pipe, text_encoder, transformer, vae
     built = time.perf_counter() - t0
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(repo) for f in fs)
