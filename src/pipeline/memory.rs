@@ -1002,7 +1002,7 @@ mod tests {
     #[test]
     #[cfg(not(target_arch = "wasm32"))]
     fn the_text_encoder_estimate_is_what_loading_the_real_shapes_takes() {
-        use crate::model::text_encoder::device_bytes;
+        use crate::model::text_encoder::{LoadOptions, device_bytes, read_bytes};
         use crate::weights::{Checkpoint, SafetensorsFolder, SyntheticSource, SyntheticTensor};
         let (t, v, x) = (transformer(), vae(), text());
         let (h, i) = (x.hidden_size, x.intermediate_size);
@@ -1046,6 +1046,25 @@ mod tests {
         let src = SyntheticSource::new("te/model.safetensors", tensors, 1).unwrap();
         let folder = pollster::block_on(SafetensorsFolder::open(&src, "te")).unwrap();
         let folder = Checkpoint::Safetensors(folder);
+        // What a load reads of it (the page's load progress): not the gathered embedding, and
+        // `lm_head` only to caption.
+        let stored = |key: &str| folder.stored_bytes(key).expect(key);
+        let all: u64 = folder.keys().into_iter().map(stored).sum();
+        let (embedding, head) = (
+            stored("model.embed_tokens.weight"),
+            stored("lm_head.weight"),
+        );
+        let gathered = crate::text::TextEncoderLoad::gathered(Precision::Q4);
+        assert_eq!(
+            read_bytes(&folder, gathered.options(false), false),
+            all - embedding - head
+        );
+        assert_eq!(
+            read_bytes(&folder, gathered.options(true), true),
+            all - embedding
+        );
+        let resident = LoadOptions::default();
+        assert_eq!(read_bytes(&folder, resident, false), all - head);
         for (precision, binding) in [
             (Precision::Q4, 128 * MIB),
             (Precision::Q8, 128 * MIB),

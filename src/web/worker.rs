@@ -163,6 +163,22 @@ struct TextSide {
     /// [`load_model`] loads it (token embedding gathered), with `lm_head` and the vision tower
     /// when the model can caption.
     kept_bytes: u64,
+    /// Bytes of its files that loading it to encode prompts reads (the token embedding
+    /// gathered, no `lm_head`, no vision tower): what the load progress counts to.
+    prompt_read_bytes: u64,
+    /// The same when it loads to caption (with `lm_head` and the vision tower).
+    caption_read_bytes: u64,
+}
+
+impl TextSide {
+    /// Bytes a load of the text side reads: to caption, or only to encode prompts.
+    fn read_bytes(&self, captioning: bool) -> u64 {
+        if captioning {
+            self.caption_read_bytes
+        } else {
+            self.prompt_read_bytes
+        }
+    }
 }
 
 async fn text_side(cached: &CachedModel, source: &ModelSource) -> Result<TextSide> {
@@ -173,6 +189,8 @@ async fn text_side(cached: &CachedModel, source: &ModelSource) -> Result<TextSid
     Ok(TextSide {
         captioning,
         kept_bytes: text_encoder::device_bytes(&weights, load.options(captioning), captioning),
+        prompt_read_bytes: text_encoder::read_bytes(&weights, load.options(false), false),
+        caption_read_bytes: text_encoder::read_bytes(&weights, load.options(true), true),
     })
 }
 
@@ -669,7 +687,9 @@ async fn load_model(
     max_part_bytes: Option<u64>,
     text: TextSide,
 ) -> Result<LoadedModel> {
-    let total = cached.load_bytes(&[""]);
+    // Everything but the text encoder's files, and of those what its load reads.
+    let total = cached.load_bytes(&[""]) - cached.load_bytes(&["text_encoder/"])
+        + text.read_bytes(text.captioning);
     // Only headers are read here: refuse a model that cannot fit before its weights are read.
     let transformer_load = LinearLoad {
         precision: source.precision("transformer"),
@@ -1191,7 +1211,12 @@ impl Run<'_> {
     ) -> Result<(Vec<RgbaImage>, Option<String>)> {
         let sizes = |prefixes: &[&str]| model.cached.load_bytes(prefixes);
         let cached = &model.cached;
-        let text = Counted::new(cached, sizes(&["text_encoder/"]), Report::Run(self.start));
+        let captioning = needs_caption(self.prompt) && model.text.captioning;
+        let text = Counted::new(
+            cached,
+            model.text.read_bytes(captioning),
+            Report::Run(self.start),
+        );
         // The token embedding stays in storage; only a prompt's rows are read.
         let text_load = TextEncoderLoad {
             max_part_bytes: Some(plan.estimate.max_tensor_bytes),

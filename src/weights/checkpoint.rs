@@ -65,6 +65,15 @@ impl Checkpoint {
         }
     }
 
+    /// The bytes `key`'s data takes in its file (what loading it reads), when the checkpoint
+    /// holds it.
+    pub fn stored_bytes(&self, key: &str) -> Option<u64> {
+        match self {
+            Checkpoint::Safetensors(f) => f.get(key).map(|e| e.len),
+            Checkpoint::Gguf(g) => g.get(key).map(|t| t.len),
+        }
+    }
+
     /// Whether the checkpoint holds `key`.
     pub fn contains(&self, key: &str) -> bool {
         self.shape(key).is_some()

@@ -31,6 +31,6 @@ pub use config::{QwenTextConfig, TEXT_ENCODER_FOLDER};
 pub use decoder::Qwen2DecoderLayer;
 pub use model::{
     Embedding, EmbeddingMode, LoadOptions, QwenLanguageModel, QwenTextModel, device_bytes,
-    is_linear_weight, is_vision_key, stored_quantized_layout,
+    is_linear_weight, is_vision_key, read_bytes, stored_quantized_layout,
 };
 pub use rope::{RopePositions, RopeTables, TextRope, apply_rotary_pos_emb};

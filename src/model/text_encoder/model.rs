@@ -517,15 +517,12 @@ pub fn device_bytes(weights: &Checkpoint, options: LoadOptions, vision: bool) ->
         let Some(shape) = weights.shape(key) else {
             continue;
         };
-        let values: u64 = shape.iter().map(|&d| d as u64).product();
-        let is_vision = is_vision_key(key);
-        if (is_vision && !vision) || (key == "lm_head.weight" && !options.lm_head) {
+        if !loads(key, options, vision) {
             continue;
         }
-        if key.ends_with(".embed_tokens.weight") && !is_vision {
-            if options.embedding == EmbeddingMode::Resident {
-                total += 4 * values;
-            }
+        let values: u64 = shape.iter().map(|&d| d as u64).product();
+        if is_token_embedding(key) {
+            total += 4 * values; // resident (a gathered one is not loaded)
             continue;
         }
         let linear = is_linear_weight(key, shape);
@@ -537,6 +534,38 @@ pub fn device_bytes(weights: &Checkpoint, options: LoadOptions, vision: bool) ->
         };
     }
     total
+}
+
+/// Bytes of `weights`' files that loading it with `options` reads (the vision tower with
+/// `vision`): the stored sizes of the tensors [`device_bytes`] counts, so a gathered token
+/// embedding, a skipped `lm_head` and a vision tower left out are not among them (the page's
+/// load progress counts to this, not to the files' whole size).
+pub fn read_bytes(weights: &Checkpoint, options: LoadOptions, vision: bool) -> u64 {
+    weights
+        .keys()
+        .into_iter()
+        .filter(|key| loads(key, options, vision))
+        .filter_map(|key| weights.stored_bytes(key))
+        .sum()
+}
+
+/// Whether loading a `text_encoder/` checkpoint with `options` (the vision tower with
+/// `vision`) reads `key`: not the vision tower without `vision`, not `lm_head` without
+/// `options.lm_head`, not the token embedding unless it is resident.
+fn loads(key: &str, options: LoadOptions, vision: bool) -> bool {
+    if is_vision_key(key) {
+        return vision;
+    }
+    if key == "lm_head.weight" {
+        return options.lm_head;
+    }
+    !is_token_embedding(key) || options.embedding == EmbeddingMode::Resident
+}
+
+/// The language model's token embedding (`model.embed_tokens.weight`, or under
+/// `model.language_model.`).
+fn is_token_embedding(key: &str) -> bool {
+    key.ends_with(".embed_tokens.weight") && !is_vision_key(key)
 }
 
 /// The key prefix of the decoder stack: `model` (legacy names, what transformers writes) or
