@@ -105,7 +105,7 @@ test("the picker lists the tiny model plainly; it downloads over HTTP ranges fro
     await wait("body[data-model=loaded], body[data-model=failed]", 300_000);
     assert.equal(await page.getAttribute("body", "data-model"), "loaded",
       `${await page.textContent("#model-status")}\n${logs.join("\n")}`);
-    assert.match(await page.textContent("#model-status"), /^Loaded Tiny test model.* in \d+\.\d s\.$/);
+    assert.match(await page.textContent("#model-status"), /^Loaded Tiny test model.* in (\d+\.\d s|\d+ min \d\d s)\.$/);
     // The resolution choices follow the model.
     assert.deepEqual(await page.$$eval("#set-resolution option", (os) => os.map((o) => o.value)), ["64", "32", "128"]);
 
@@ -301,7 +301,7 @@ test("Cancel stops a run between steps; Decompose then shows N layers; a GPU err
     clearInterval(watcher);
     status = await page.textContent("#run-status");
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
-    assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
+    assert.match(status, /^Decomposed into 2 layers in (\d+\.\d s|\d+ min \d\d s)\.$/);
     const longTasks = await page.evaluate(() => window.__longTasks);
     console.log(`main-thread long tasks during the run: ${longTasks.length}, longest ${Math.max(0, ...longTasks).toFixed(0)} ms`);
     // (Generous: a loaded CI machine stretches tasks; a frozen page is a whole run's length.)
@@ -315,7 +315,7 @@ test("Cancel stops a run between steps; Decompose then shows N layers; a GPU err
     for (const l of layers) assert.ok(l.size === "40×24" && l.sum > 0, JSON.stringify(l));
     // The run was started down in the side panel: the page's status line says where the
     // layers went, and the layers panel is scrolled into view.
-    assert.match(await page.textContent("#status"), /^Decomposed into 2 layers in \d+\.\d s\. They are in the Layers panel\.$/);
+    assert.match(await page.textContent("#status"), /^Decomposed into 2 layers in (\d+\.\d s|\d+ min \d\d s)\. They are in the Layers panel\.$/);
     const panelTop = await page.evaluate(() => document.getElementById("layers-panel").getBoundingClientRect().top);
     assert.ok(panelTop >= 0 && panelTop < 200, `the layers panel's top is at ${panelTop} px`);
     await page.screenshot({ path: `${artifacts}/13-decomposed.png` });
@@ -460,7 +460,7 @@ test("an empty prompt is captioned, then a layer decomposes in place and undo re
     const seen = await watch.stop();
     status = await page.textContent("#run-status");
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
-    assert.match(status, /^Decomposed into 2 layers in \d+\.\d s\.$/);
+    assert.match(status, /^Decomposed into 2 layers in (\d+\.\d s|\d+ min \d\d s)\.$/);
     lap("captioned and decomposed");
     const statuses = seen["#run-status"];
     console.log(`statuses: ${statuses.join(" | ")}`);
@@ -501,7 +501,7 @@ test("an empty prompt is captioned, then a layer decomposes in place and undo re
     await wait("body[data-run=done], body[data-run=failed]", LONG);
     status = await page.textContent("#run-status");
     assert.equal(await page.getAttribute("body", "data-run"), "done", `${status}\n${logs.join("\n")}`);
-    assert.match(status, /^Decomposed “Layer 1” into 3 layers in \d+\.\d s\.$/);
+    assert.match(status, /^Decomposed “Layer 1” into 3 layers in (\d+\.\d s|\d+ min \d\d s)\.$/);
     lap("layer decomposed");
     layers = await shownLayers(page);
     assert.deepEqual(layers.map((l) => l.name), ["Layer 2", "Layer 1 · 3", "Layer 1 · 2", "Layer 1 · 1"],
