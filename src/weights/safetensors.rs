@@ -295,12 +295,15 @@ fn parse_header(json: &[u8]) -> std::result::Result<Vec<(String, HeaderTensor)>,
             ));
         }
         at = end;
+        let overflow = || format!("tensor {key:?}: shape {:?} overflows", info.shape);
         let values = info
             .shape
             .iter()
             .try_fold(1u128, |n, &d| n.checked_mul(u128::from(d)))
-            .ok_or_else(|| format!("tensor {key:?}: shape {:?} overflows", info.shape))?;
-        let bits = values * info.dtype.bitsize() as u128;
+            .ok_or_else(overflow)?;
+        let bits = values
+            .checked_mul(info.dtype.bitsize() as u128)
+            .ok_or_else(overflow)?;
         if !bits.is_multiple_of(8) || bits / 8 != u128::from(end - start) {
             return Err(format!(
                 "tensor {key:?}: {} bytes of data for {values} {:?} values of shape {:?}",
@@ -554,6 +557,14 @@ mod tests {
                     0,
                     2
                 )
+            ),
+            "overflows",
+        );
+        // Values that fit a u128 but whose bits do not (2^126 values of 16 bits).
+        refused(
+            &format!(
+                "{{{}}}",
+                t("w", "[9223372036854775808,9223372036854775808]", 0, 2)
             ),
             "overflows",
         );
