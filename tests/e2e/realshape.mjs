@@ -82,6 +82,7 @@ try {
     report[`${name}_s`] = (Date.now() - t0) / 1000;
     report[name] = seen;
     console.log(`${name}: ${report[`${name}_s`].toFixed(1)} s`);
+    await writeFile(`${out}/page.json`, JSON.stringify(report, null, 1)); // so far, if stopped
     if (await page.getAttribute("body", `data-${flag}`) !== ok) {
       throw new Error(`${name} failed: ${await page.textContent(status)}\nconsole:\n${logs.join("\n")}`);
     }
