@@ -17,6 +17,9 @@ bin=${QWEN_LAYERED:-target/native/qwen-layered}
 py=${PYTHON:-.venv-fixtures/bin/python}
 repo=$root/test/qwen-image-layered-realshape
 ref=$root/reference
+[ -f "$ref/case.json" ] || { echo "no $ref/case.json: run .venv-fixtures/bin/python tests/realshape/make_model.py make $root first" >&2; exit 2; }
+[ -x "$bin" ] || { echo "no $bin: build it with cargo build --profile native --bin qwen-layered (or set QWEN_LAYERED)" >&2; exit 2; }
+[ -x "$py" ] || { echo "no $py: install tests/fixtures/requirements.txt into .venv-fixtures (tests/realshape/README.md), or set PYTHON" >&2; exit 2; }
 field() { "$py" -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$ref/case.json" "$1"; }
 args=(--model "$repo" --image "$ref/input.png" --prompt "$(field prompt)" --negative-prompt "$(field negative_prompt)"
   --layers "$(field layers)" --steps "$(field steps)" --resolution "$(field bucket)"
